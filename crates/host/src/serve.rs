@@ -1,0 +1,286 @@
+//! The host's side of the channel: serving hooks on the main thread and carrying API calls from any
+//! plugin thread, with no thread of our own.
+//!
+//! # Thread design: leader/follower on one socket
+//! Every thread that waits for something from the service (the main thread waiting for the next hook,
+//! a plugin thread waiting for the reply to its API call) may become *the reader*: the one thread
+//! blocked in `recv` on the socket. The reader routes each frame it receives: its own reply or hook
+//! ends its wait at once (no hand-off); a frame for another waiter is stored in that waiter's slot and
+//! the waiter is unparked. When a reader leaves with its answer it unparks one remaining waiter, which
+//! takes the reader role. Sends need no lock: a `SOCK_SEQPACKET` send is one atomic message.
+//!
+//! Consequences: a hook (main thread reading), a nested call from the hook thread (it becomes the
+//! reader itself) and a call from a lone plugin thread while the main thread is parked in a hook all
+//! get their reply with no thread hop. A call from a plugin thread while the main thread sits idle in
+//! `recv` costs one hop (the main thread receives the reply and unparks the caller).
+//!
+//! # Lock
+//! `Demux::state` (the only lock): guards the pending-call table, the hook queue and the reader flag.
+//! Never held across `recv`, `send` or plugin code.
+//!
+//! # Shutdown
+//! When the channel closes or the service sends `Shutdown`, every waiter wakes with
+//! `PLUGHOST_E_SHUTTING_DOWN`, new calls fail with it at once, and the main thread ends the process
+//! with `_exit` (no C destructors run under plugin threads). The demux is `'static`, so a plugin thread
+//! racing the exit never touches freed memory.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Mutex, MutexGuard};
+use std::thread::Thread;
+
+use plughost_abi::PLUGHOST_E_SHUTTING_DOWN;
+use plughost_sys::{ChannelError, Seqpacket};
+use plughost_wire::{
+    decode, encode, ApiCall, Hook, HostMsg, RequestId, ServiceMsg, MAX_FRAME,
+};
+
+use plughost_host::{Backend, BackendReply};
+
+/// What the main thread waits for.
+pub enum MainEvent {
+    Hook(RequestId, Hook),
+    /// The channel closed or the service asked us to exit.
+    Closed,
+}
+
+#[derive(Default)]
+struct State {
+    /// A thread is blocked in `recv` (or about to be).
+    reader_active: bool,
+    /// Next API request id.
+    next_id: u64,
+    /// API calls waiting for their reply: the caller's thread, and the reply once it came.
+    pending: HashMap<u64, (Thread, Option<BackendReply>)>,
+    /// Hooks received by a plugin thread acting as reader, for the main thread.
+    hooks: VecDeque<(RequestId, Hook)>,
+    /// The main thread, while it is parked waiting for a hook.
+    main_waiting: Option<Thread>,
+    /// The channel is gone or shutting down.
+    closed: bool,
+}
+
+pub struct Demux {
+    channel: Seqpacket,
+    state: Mutex<State>,
+}
+
+thread_local! {
+    static SEND_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static RECV_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// What one waiter wants.
+#[derive(Clone, Copy)]
+enum Want {
+    Main,
+    Reply(u64),
+}
+
+enum Got {
+    Main(MainEvent),
+    Reply(Result<BackendReply, i32>),
+}
+
+impl Demux {
+    pub fn new(channel: Seqpacket) -> Demux {
+        Demux { channel, state: Mutex::new(State::default()) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock means a panic in our own routing code: the state is still consistent
+        // (every update is a single assignment), so keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends one message (any thread).
+    pub fn send(&self, msg: &HostMsg) -> Result<(), ChannelError> {
+        SEND_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if encode(msg, &mut buf).is_err() {
+                // Only an oversized call can fail to encode; the plugin's arguments were too large.
+                return Err(ChannelError::Oversized { len: buf.len(), limit: MAX_FRAME });
+            }
+            self.channel.send(&buf, &[])
+        })
+    }
+
+    /// Receives the handshake answer before any other thread exists.
+    pub fn recv_direct(&self) -> Result<ServiceMsg, String> {
+        let (msg, fds) = self.recv_one().map_err(|e| e.to_string())?;
+        if !fds.is_empty() {
+            return Err("unexpected file descriptors".into());
+        }
+        Ok(msg)
+    }
+
+    fn recv_one(&self) -> Result<(ServiceMsg, Vec<OwnedFd>), ChannelError> {
+        RECV_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.resize(MAX_FRAME, 0);
+            let mut fds = Vec::new();
+            let len = self.channel.recv(&mut buf, &mut fds)?;
+            let msg = decode::<ServiceMsg>(&buf[..len]).map_err(|e| {
+                ChannelError::Io(std::io::Error::other(format!("bad frame from service: {e}")))
+            })?;
+            if fds.len() != msg.fds_expected() {
+                return Err(ChannelError::Io(std::io::Error::other(
+                    "wrong number of file descriptors from service",
+                )));
+            }
+            Ok((msg, fds))
+        })
+    }
+
+    /// The main thread: waits for the next hook.
+    pub fn next_hook(&self) -> MainEvent {
+        match self.wait(Want::Main) {
+            Got::Main(event) => event,
+            Got::Reply(_) => MainEvent::Closed,
+        }
+    }
+
+    /// Marks the channel closed and wakes every waiter.
+    fn close(&self, state: &mut State) {
+        state.closed = true;
+        for (thread, _) in state.pending.values() {
+            thread.unpark();
+        }
+        if let Some(main) = state.main_waiting.take() {
+            main.unpark();
+        }
+    }
+
+    fn take_ready(state: &mut State, want: Want) -> Option<Got> {
+        match want {
+            Want::Main => {
+                if let Some((id, hook)) = state.hooks.pop_front() {
+                    return Some(Got::Main(MainEvent::Hook(id, hook)));
+                }
+                state.closed.then_some(Got::Main(MainEvent::Closed))
+            }
+            Want::Reply(id) => {
+                let ready = state.pending.get(&id).is_some_and(|(_, reply)| reply.is_some());
+                if ready {
+                    let (_, reply) = state.pending.remove(&id)?;
+                    return reply.map(|r| Got::Reply(Ok(r)));
+                }
+                if state.closed {
+                    state.pending.remove(&id);
+                    return Some(Got::Reply(Err(PLUGHOST_E_SHUTTING_DOWN)));
+                }
+                None
+            }
+        }
+    }
+
+    /// Wakes one waiter other than the caller so it can take over reading.
+    fn promote_one(state: &mut State) {
+        if let Some((thread, _)) = state.pending.values().find(|(_, reply)| reply.is_none()) {
+            thread.unpark();
+        } else if let Some(main) = &state.main_waiting {
+            main.unpark();
+        }
+    }
+
+    fn wait(&self, want: Want) -> Got {
+        let mut state = self.lock();
+        loop {
+            if let Some(got) = Self::take_ready(&mut state, want) {
+                if matches!(want, Want::Main) {
+                    state.main_waiting = None;
+                }
+                if !state.reader_active {
+                    Self::promote_one(&mut state);
+                }
+                return got;
+            }
+            if state.reader_active {
+                if matches!(want, Want::Main) {
+                    state.main_waiting = Some(std::thread::current());
+                }
+                drop(state);
+                std::thread::park();
+                state = self.lock();
+                continue;
+            }
+            state.reader_active = true;
+            drop(state);
+            let received = self.recv_one();
+            state = self.lock();
+            state.reader_active = false;
+            match received {
+                Err(ChannelError::Disconnected) => self.close(&mut state),
+                Err(e) => {
+                    host_log(&format!("closing the channel: {e}"));
+                    self.close(&mut state);
+                }
+                Ok((msg, fds)) => self.route(&mut state, want, msg, fds),
+            }
+        }
+    }
+
+    fn route(&self, state: &mut State, want: Want, msg: ServiceMsg, mut fds: Vec<OwnedFd>) {
+        match msg {
+            ServiceMsg::Hook { id, hook } => {
+                state.hooks.push_back((id, hook));
+                if !matches!(want, Want::Main) {
+                    if let Some(main) = &state.main_waiting {
+                        main.unpark();
+                    }
+                }
+            }
+            ServiceMsg::Reply { id, reply } => match state.pending.get_mut(&id.0) {
+                Some((thread, slot)) if slot.is_none() => {
+                    *slot = Some((reply, fds.pop()));
+                    if !matches!(want, Want::Reply(mine) if mine == id.0) {
+                        thread.unpark();
+                    }
+                }
+                _ => {
+                    host_log(&format!("reply to unknown request {}: closing", id.0));
+                    self.close(state);
+                }
+            },
+            ServiceMsg::Shutdown => self.close(state),
+            ServiceMsg::Welcome(_) => {
+                host_log("unexpected second welcome: closing");
+                self.close(state);
+            }
+        }
+    }
+}
+
+impl Backend for Demux {
+    fn call(&self, call: ApiCall) -> Result<BackendReply, i32> {
+        let id = {
+            let mut state = self.lock();
+            if state.closed {
+                return Err(PLUGHOST_E_SHUTTING_DOWN);
+            }
+            state.next_id += 1;
+            let id = state.next_id;
+            state.pending.insert(id, (std::thread::current(), None));
+            id
+        };
+        if self.send(&HostMsg::Call { id: RequestId(id), call }).is_err() {
+            self.lock().pending.remove(&id);
+            return Err(PLUGHOST_E_SHUTTING_DOWN);
+        }
+        match self.wait(Want::Reply(id)) {
+            Got::Reply(reply) => reply,
+            Got::Main(_) => Err(PLUGHOST_E_SHUTTING_DOWN),
+        }
+    }
+}
+
+impl AsFd for Demux {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.channel.as_fd()
+    }
+}
+
+/// One diagnostic line on stderr (the service prefixes it with the plugin's name).
+pub fn host_log(line: &str) {
+    eprintln!("plughost-host: {line}");
+}

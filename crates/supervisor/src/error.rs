@@ -1,0 +1,98 @@
+//! The errors a service shows its users, worded as `PLUGIN_ABI.md` ("User-visible errors") says.
+
+use std::fmt;
+
+use plughost_sys::ProcessExit;
+use plughost_wire::{HookKind, Version};
+
+/// How a host ended, or why the service ended it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CrashCause {
+    /// The host process ended on its own (a signal from a fault, `exit`, ...).
+    Exited(ProcessExit),
+    /// The host broke the protocol (malformed, oversized or unexpected message); the service killed it.
+    ProtocolViolation(String),
+    /// The host closed its channel but kept running; the service killed it.
+    ChannelClosed,
+}
+
+impl fmt::Display for CrashCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CrashCause::Exited(exit) => exit.fmt(f),
+            CrashCause::ProtocolViolation(what) => write!(f, "protocol violation: {what}"),
+            CrashCause::ChannelClosed => f.write_str("closed its channel to the service"),
+        }
+    }
+}
+
+/// A plugin made an operation fail, or could not be loaded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PluginError {
+    /// A veto hook returned a failure (or set a message and returned success, which is reported as
+    /// `PLUGHOST_E_ILLEGAL_STATE`).
+    #[error("plugin '{plugin}' returned a fatal error{}", vetoed_suffix(message, *status))]
+    Vetoed { plugin: String, hook: HookKind, status: i32, message: Option<String> },
+    /// The host died or was killed during the operation (or earlier: the crash is latched).
+    #[error("plugin '{plugin}' crashed: {cause}")]
+    Crashed { plugin: String, hook: Option<HookKind>, cause: CrashCause },
+    /// The plugin could not be loaded.
+    #[error("plugin '{plugin}' failed to load: {reason}")]
+    LoadFailed { plugin: String, reason: String },
+    /// `PLUGHOST_REQUIRE_VERSION` refused the running version.
+    #[error("plugin '{plugin}' requires a newer version of plughost than {running}")]
+    RequiresUpdate { plugin: String, running: Version },
+}
+
+fn vetoed_suffix(message: &Option<String>, status: i32) -> String {
+    match message {
+        Some(message) => format!(": {message} (status {status})"),
+        None => format!(" (status {status})"),
+    }
+}
+
+impl PluginError {
+    /// The plugin at fault.
+    pub fn plugin(&self) -> &str {
+        match self {
+            PluginError::Vetoed { plugin, .. }
+            | PluginError::Crashed { plugin, .. }
+            | PluginError::LoadFailed { plugin, .. }
+            | PluginError::RequiresUpdate { plugin, .. } => plugin,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_follow_the_spec() {
+        let e = PluginError::Vetoed {
+            plugin: "p".into(),
+            hook: HookKind::VmStarted,
+            status: -22,
+            message: Some("no".into()),
+        };
+        assert_eq!(e.to_string(), "plugin 'p' returned a fatal error: no (status -22)");
+        let e = PluginError::Vetoed {
+            plugin: "p".into(),
+            hook: HookKind::VmStarted,
+            status: -5,
+            message: None,
+        };
+        assert_eq!(e.to_string(), "plugin 'p' returned a fatal error (status -5)");
+        let e = PluginError::Crashed {
+            plugin: "p".into(),
+            hook: None,
+            cause: CrashCause::Exited(ProcessExit::Signal { signal: 11, core_dumped: false }),
+        };
+        assert_eq!(e.to_string(), "plugin 'p' crashed: killed by signal SIGSEGV");
+        let e = PluginError::RequiresUpdate {
+            plugin: "p".into(),
+            running: Version { major: 0, minor: 1, revision: 0 },
+        };
+        assert_eq!(e.to_string(), "plugin 'p' requires a newer version of plughost than 0.1.0");
+    }
+}

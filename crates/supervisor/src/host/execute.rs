@@ -1,0 +1,131 @@
+//! Running one plugin API call against the service's callbacks, for either isolation mode.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::Mutex;
+
+use plughost_wire::{ApiCall, ApiReply, ProcessHandle};
+
+use crate::callbacks::{
+    CallContext, ContainerProcess, CreateProcessError, ProcessStream, ServiceCallbacks, Status,
+};
+
+/// The container processes one plugin created and has not released. A leaf lock.
+#[derive(Default)]
+pub(crate) struct ProcessTable {
+    next: u64,
+    live: HashMap<u64, Box<dyn ContainerProcess>>,
+}
+
+/// Most unreleased processes one plugin may hold; past it `container_create_process` fails with
+/// `-EMFILE` (a plugin that leaks handles must not grow the service without bound).
+const MAX_PROCESSES: usize = 4096;
+
+fn reply_status(result: Result<(), Status>) -> (ApiReply, Option<OwnedFd>) {
+    match result {
+        Ok(()) => (ApiReply::Status(0), None),
+        Err(status) => (ApiReply::Status(status.as_failure()), None),
+    }
+}
+
+fn reply_fd(result: Result<OwnedFd, Status>) -> (ApiReply, Option<OwnedFd>) {
+    match result {
+        Ok(fd) => (ApiReply::Fd, Some(fd)),
+        Err(status) => (ApiReply::Status(status.as_failure()), None),
+    }
+}
+
+fn with_process<T>(
+    table: &Mutex<ProcessTable>,
+    handle: ProcessHandle,
+    f: impl FnOnce(&mut dyn ContainerProcess) -> Result<T, Status>,
+) -> Result<T, Status> {
+    let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
+    let process = table.live.get_mut(&handle.0).ok_or(Status::NOT_FOUND)?;
+    f(process.as_mut())
+}
+
+/// Runs `call` with `handler`. Never panics on plugin input; every failure becomes a status.
+pub(crate) fn execute(
+    ctx: CallContext<'_>,
+    call: ApiCall,
+    handler: &dyn ServiceCallbacks,
+    processes: &Mutex<ProcessTable>,
+) -> (ApiReply, Option<OwnedFd>) {
+    match call {
+        ApiCall::MountFolder { session, host_path, vm_path, read_only, name } => reply_status(
+            handler.mount_folder(ctx, session, &host_path, &vm_path, read_only, &name),
+        ),
+        ApiCall::ExecuteBinary { session, path, argv } => {
+            reply_fd(handler.execute_binary(ctx, session, &path, &argv))
+        }
+        ApiCall::ExecuteBinaryInDistribution { session, distribution, path, argv } => reply_fd(
+            handler.execute_binary_in_distribution(ctx, session, distribution, &path, &argv),
+        ),
+        ApiCall::ContainerMountFolder { container_session, host_path, mountpoint, read_only } => {
+            if !mountpoint.starts_with('/') {
+                return (ApiReply::Status(-libc_einval()), None);
+            }
+            reply_status(handler.container_mount_folder(
+                ctx,
+                container_session,
+                &host_path,
+                &mountpoint,
+                read_only,
+            ))
+        }
+        ApiCall::ContainerUnmountFolder { container_session, mountpoint } => {
+            reply_status(handler.container_unmount_folder(ctx, container_session, &mountpoint))
+        }
+        ApiCall::ContainerCreateProcess { container_session, path, argv, envp } => {
+            if processes.lock().unwrap_or_else(|e| e.into_inner()).live.len() >= MAX_PROCESSES {
+                return (ApiReply::Status(-24), None);
+            }
+            match handler.container_create_process(
+                ctx,
+                container_session,
+                &path,
+                &argv,
+                envp.as_deref(),
+            ) {
+                Ok(process) => {
+                    let mut table = processes.lock().unwrap_or_else(|e| e.into_inner());
+                    table.next += 1;
+                    let handle = table.next;
+                    table.live.insert(handle, process);
+                    (ApiReply::Process(ProcessHandle(handle)), None)
+                }
+                Err(CreateProcessError { status, errno }) => {
+                    (ApiReply::ProcessFailed { status: status.as_failure(), errno }, None)
+                }
+            }
+        }
+        ApiCall::ProcessGetFd { process, which } => {
+            let stream = match which {
+                0 => ProcessStream::Stdin,
+                1 => ProcessStream::Stdout,
+                2 => ProcessStream::Stderr,
+                _ => return (ApiReply::Status(-libc_einval()), None),
+            };
+            reply_fd(with_process(processes, process, |p| p.fd(stream)))
+        }
+        ApiCall::ProcessGetExitFd { process } => {
+            reply_fd(with_process(processes, process, |p| p.exit_fd()))
+        }
+        ApiCall::ProcessGetExitCode { process } => {
+            match with_process(processes, process, |p| p.exit_code()) {
+                Ok(code) => (ApiReply::ExitCode(code), None),
+                Err(status) => (ApiReply::Status(status.as_failure()), None),
+            }
+        }
+        ApiCall::ProcessRelease { process } => {
+            let removed =
+                processes.lock().unwrap_or_else(|e| e.into_inner()).live.remove(&process.0);
+            reply_status(removed.map(drop).ok_or(Status::NOT_FOUND))
+        }
+    }
+}
+
+const fn libc_einval() -> i32 {
+    22
+}

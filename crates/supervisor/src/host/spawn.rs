@@ -1,0 +1,257 @@
+//! Starting a host: spawn, handshake, load.
+//!
+//! Hosts are spawned by one long-lived thread (the [`Spawner`]): a child's parent-death signal fires
+//! when the *thread* that spawned it exits, so spawning from a caller's short-lived thread would kill
+//! the host with that thread. The spawn uses plain `std::process::Command` (posix_spawn/vfork, no
+//! `pre_exec`): the channel goes in as stdin, stdout and stderr go to one pipe that the monitor logs,
+//! the environment is exactly the plugin's configured one, and the host leads a new process group.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+
+use plughost_sys::{Pidfd, Seqpacket};
+use plughost_wire::{HostMsg, LoadFailure, ServiceMsg, Version, Welcome, PROTOCOL_VERSION};
+
+use super::{new_reader, Host};
+use crate::callbacks::ServiceCallbacks;
+use crate::config::PluginConfig;
+use crate::error::CrashCause;
+use crate::pool::Pool;
+
+/// How long a host has to say hello, and then to load its plugin.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+type SpawnJob = (Command, mpsc::Sender<std::io::Result<u32>>);
+
+/// The thread that spawns every host of one manager, and lives as long as the manager.
+pub(crate) struct Spawner {
+    jobs: Mutex<Option<mpsc::Sender<SpawnJob>>>,
+}
+
+impl Spawner {
+    pub fn start() -> std::io::Result<Spawner> {
+        let (tx, rx) = mpsc::channel::<SpawnJob>();
+        std::thread::Builder::new().name("plughost-spawner".into()).spawn(move || {
+            for (mut command, reply) in rx {
+                // The Child handle is dropped without waiting: the host is reaped through its pidfd.
+                let _ = reply.send(command.spawn().map(|child| child.id()));
+            }
+        })?;
+        Ok(Spawner { jobs: Mutex::new(Some(tx)) })
+    }
+
+    fn spawn(&self, command: Command) -> std::io::Result<u32> {
+        let (tx, rx) = mpsc::channel();
+        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let sender = jobs.as_ref().ok_or_else(|| std::io::Error::other("manager shut down"))?;
+        sender.send((command, tx)).map_err(|_| std::io::Error::other("spawner thread is gone"))?;
+        drop(jobs);
+        rx.recv().map_err(|_| std::io::Error::other("spawner thread is gone"))?
+    }
+
+    /// Lets the thread end (after the hosts it spawned are gone).
+    pub fn stop(&self) {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// Why a host could not be started; becomes `PluginError::LoadFailed` / `RequiresUpdate` / `Crashed`.
+#[derive(Debug)]
+pub(crate) enum StartError {
+    Load(String),
+    RequiresUpdate,
+    Crashed(CrashCause),
+}
+
+/// What a started host hands the monitor: the read end of its output pipe.
+pub(crate) struct Started {
+    pub host: Arc<Host>,
+    pub output: OwnedFd,
+}
+
+pub(crate) struct StartParams<'a> {
+    pub id: u64,
+    pub config: &'a PluginConfig,
+    pub host_binary: &'a Path,
+    pub service_version: Version,
+    pub spawner: &'a Spawner,
+    pub pool: &'a Arc<Pool>,
+    pub default: &'a dyn ServiceCallbacks,
+}
+
+pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<OwnedFd>)> {
+    let name = &p.config.name;
+    let (ours, theirs) =
+        Seqpacket::pair().map_err(|e| (StartError::Load(format!("socketpair: {e}")), None))?;
+    let (out_read, out_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| (StartError::Load(format!("pipe: {e}")), None))?;
+    let out_write2 = out_write
+        .try_clone()
+        .map_err(|e| (StartError::Load(format!("pipe: {e}")), None))?;
+    let mut command = Command::new(p.host_binary);
+    command
+        .arg("--name")
+        .arg(name)
+        .arg("--parent-pid")
+        .arg(std::process::id().to_string())
+        .stdin(Stdio::from(theirs.into_fd()))
+        .stdout(Stdio::from(out_write))
+        .stderr(Stdio::from(out_write2))
+        .env_clear()
+        .envs(p.config.env.iter().map(|(k, v)| (k, v)))
+        .current_dir("/")
+        .process_group(0);
+    let pid = p.spawner.spawn(command).map_err(|e| {
+        (
+            StartError::Load(format!("cannot start {}: {e}", p.host_binary.display())),
+            None,
+        )
+    })?;
+    // The pid is our unreaped child, so it cannot have been recycled yet.
+    let pidfd = Pidfd::open(pid).map_err(|e| (StartError::Load(format!("pidfd_open: {e}")), None))?;
+    let host = Arc::new(Host {
+        name: Arc::from(name.as_str()),
+        id: p.id,
+        hooks: Default::default(),
+        pidfd,
+        channel: ours,
+        reader: Mutex::new(new_reader()),
+        next_hook: AtomicU64::new(1),
+        exit: Mutex::new(None),
+        killed_for: OnceLock::new(),
+        dead: AtomicBool::new(false),
+        processes: Mutex::new(Default::default()),
+        pool: p.pool.clone(),
+    });
+    match handshake(&host, &p) {
+        Ok(hooks) => {
+            // Safe to rebuild: nobody else holds the Arc yet.
+            let host = match Arc::try_unwrap(host) {
+                Ok(mut host) => {
+                    host.hooks = hooks;
+                    Arc::new(host)
+                }
+                Err(host) => host,
+            };
+            Ok(Started { host, output: out_read })
+        }
+        Err(e) => {
+            host.kill();
+            let _ = host.pidfd.wait_exit_timeout(Some(Duration::from_secs(5)));
+            let _ = host.pidfd.try_wait();
+            Err((e, Some(out_read)))
+        }
+    }
+}
+
+/// Waits until the channel is readable or `deadline` passes.
+fn wait_readable(host: &Host, deadline: Instant) -> Result<(), StartError> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(StartError::Load(format!(
+                "the host did not answer within {} s",
+                HANDSHAKE_TIMEOUT.as_secs()
+            )));
+        }
+        let ts = Timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos().into() };
+        let mut fds = [
+            PollFd::new(&host.channel, PollFlags::IN),
+            PollFd::new(host.pidfd(), PollFlags::IN),
+        ];
+        match poll(&mut fds, Some(&ts)) {
+            Ok(0) | Err(Errno::INTR) => continue,
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(StartError::Load(format!("poll: {e}"))),
+        }
+    }
+}
+
+fn next(host: &Host, deadline: Instant) -> Result<HostMsg, StartError> {
+    let mut reader = host.reader.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        wait_readable(host, deadline)?;
+        match host.recv(&mut reader, false) {
+            Ok(Some(msg)) => return Ok(msg),
+            Ok(None) => {
+                if host.pidfd.has_exited() {
+                    return Err(StartError::Crashed(host.crash_cause()));
+                }
+            }
+            Err(cause) => return Err(StartError::Crashed(cause)),
+        }
+    }
+}
+
+fn handshake(host: &Host, p: &StartParams<'_>) -> Result<plughost_wire::HookSet, StartError> {
+    let name = &p.config.name;
+    let hello = match next(host, Instant::now() + HANDSHAKE_TIMEOUT)? {
+        HostMsg::Hello(hello) => hello,
+        other => {
+            return Err(StartError::Crashed(
+                host.violation(format!("sent {} instead of Hello", super::host_msg_name(&other))),
+            ))
+        }
+    };
+    if hello.protocol != PROTOCOL_VERSION {
+        return Err(StartError::Load(format!(
+            "host speaks protocol {}, the service speaks {PROTOCOL_VERSION}",
+            hello.protocol
+        )));
+    }
+    if hello.plugin != *name || (hello.pid != 1 && hello.pid != host.pid()) {
+        return Err(StartError::Crashed(host.violation(format!(
+            "handshake names plugin {:?} pid {}, expected {name:?} pid {}",
+            hello.plugin,
+            hello.pid,
+            host.pid()
+        ))));
+    }
+    let welcome = Welcome {
+        protocol: PROTOCOL_VERSION,
+        service_version: p.service_version,
+        plugin_path: p.config.path.to_string_lossy().into_owned(),
+    };
+    if host.send(&ServiceMsg::Welcome(welcome), None).is_err() {
+        return Err(StartError::Crashed(host.crash_cause()));
+    }
+    let deadline = Instant::now() + LOAD_TIMEOUT;
+    loop {
+        match next(host, deadline)? {
+            HostMsg::Loaded { hooks } => return Ok(hooks),
+            HostMsg::LoadFailed(LoadFailure::Open(reason)) => return Err(StartError::Load(reason)),
+            HostMsg::LoadFailed(LoadFailure::NoEntryPoint) => {
+                return Err(StartError::Load(format!(
+                    "{} does not export {}",
+                    p.config.path.display(),
+                    plughost_abi::PLUGHOST_ENTRY_POINT_V1
+                )))
+            }
+            HostMsg::LoadFailed(LoadFailure::EntryFailed(status))
+                if status == plughost_abi::PLUGHOST_E_REQUIRES_UPDATE =>
+            {
+                return Err(StartError::RequiresUpdate)
+            }
+            HostMsg::LoadFailed(LoadFailure::EntryFailed(status)) => {
+                return Err(StartError::Load(format!("entry point returned status {status}")))
+            }
+            // The entry point may already call the API.
+            HostMsg::Call { id, call } => host.serve_call(id, call, p.default),
+            other => {
+                return Err(StartError::Crashed(host.violation(format!(
+                    "sent {} while loading",
+                    super::host_msg_name(&other)
+                ))))
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! One thread per manager that notices host deaths at once (pidfd) and logs what plugins print.
+//!
+//! It never blocks on anything but `epoll_wait` and non-blocking reads, so a busy or stuck service
+//! callback cannot delay crash detection.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex, Weak};
+
+use rustix::event::epoll::{self, EventData, EventFlags};
+use rustix::event::{eventfd, EventfdFlags};
+use rustix::io::Errno;
+
+use crate::config::OutputSink;
+use crate::host::Host;
+
+const STOP_KEY: u64 = u64::MAX;
+/// A line longer than this is cut (and the rest logged as further lines), so a plugin printing
+/// without newlines cannot grow the service's memory.
+const MAX_LINE: usize = 4096;
+
+enum Watch {
+    Death(Weak<Host>),
+    Output { plugin: Arc<str>, pipe: OwnedFd, partial: Vec<u8> },
+}
+
+pub(crate) struct Monitor {
+    epoll: OwnedFd,
+    stop: OwnedFd,
+    /// Leaf lock: epoll key to what it watches.
+    watches: Mutex<HashMap<u64, Watch>>,
+    output: Arc<dyn OutputSink>,
+}
+
+impl Monitor {
+    pub fn start(output: Arc<dyn OutputSink>) -> std::io::Result<Arc<Monitor>> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let stop = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        epoll::add(&epoll, &stop, EventData::new_u64(STOP_KEY), EventFlags::IN)?;
+        let monitor =
+            Arc::new(Monitor { epoll, stop, watches: Mutex::new(HashMap::new()), output });
+        let thread = monitor.clone();
+        std::thread::Builder::new().name("plughost-monitor".into()).spawn(move || thread.run())?;
+        Ok(monitor)
+    }
+
+    fn add(&self, key: u64, fd: std::os::fd::BorrowedFd<'_>, watch: Watch) {
+        let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = epoll::add(&self.epoll, fd, EventData::new_u64(key), EventFlags::IN) {
+            tracing::error!("monitor cannot watch fd: {e}");
+            return;
+        }
+        watches.insert(key, watch);
+    }
+
+    /// Watches a host's pidfd.
+    pub fn watch_host(&self, host: &Arc<Host>) {
+        self.add(host.id * 2, host.pidfd().as_fd(), Watch::Death(Arc::downgrade(host)));
+    }
+
+    /// Logs a host's output pipe until it closes.
+    pub fn watch_output(&self, id: u64, plugin: Arc<str>, pipe: OwnedFd) {
+        let _ = rustix::fs::fcntl_setfl(&pipe, rustix::fs::OFlags::NONBLOCK);
+        let key = id * 2 + 1;
+        let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = epoll::add(&self.epoll, &pipe, EventData::new_u64(key), EventFlags::IN) {
+            tracing::error!(plugin = %plugin, "monitor cannot watch the host's output: {e}");
+            return;
+        }
+        watches.insert(key, Watch::Output { plugin, pipe, partial: Vec::new() });
+    }
+
+    pub fn stop(&self) {
+        let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());
+    }
+
+    fn run(&self) {
+        let mut events = Vec::with_capacity(16);
+        loop {
+            events.clear();
+            match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), None) {
+                Ok(_) => {}
+                Err(Errno::INTR) => continue,
+                Err(e) => {
+                    tracing::error!("plughost monitor stops: epoll_wait: {e}");
+                    return;
+                }
+            }
+            for event in &events {
+                let key = event.data.u64();
+                if key == STOP_KEY {
+                    return;
+                }
+                self.handle(key);
+            }
+        }
+    }
+
+    fn handle(&self, key: u64) {
+        let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+        let done = match watches.get_mut(&key) {
+            None => false,
+            Some(Watch::Death(host)) => {
+                if let Some(host) = host.upgrade() {
+                    host.on_exit();
+                }
+                true
+            }
+            Some(Watch::Output { plugin, pipe, partial }) => {
+                read_output(pipe, partial, plugin, &*self.output)
+            }
+        };
+        if done {
+            if let Some(watch) = watches.remove(&key) {
+                match &watch {
+                    Watch::Death(host) => {
+                        if let Some(host) = host.upgrade() {
+                            let _ = epoll::delete(&self.epoll, host.pidfd().as_fd());
+                        }
+                    }
+                    Watch::Output { pipe, .. } => {
+                        let _ = epoll::delete(&self.epoll, pipe);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads what is available; returns true at end of file.
+fn read_output(
+    pipe: &OwnedFd,
+    partial: &mut Vec<u8>,
+    plugin: &str,
+    sink: &dyn OutputSink,
+) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match rustix::io::read(pipe, &mut buf) {
+            Ok(0) => {
+                if !partial.is_empty() {
+                    sink.line(plugin, &String::from_utf8_lossy(partial));
+                    partial.clear();
+                }
+                return true;
+            }
+            Ok(n) => {
+                partial.extend_from_slice(&buf[..n]);
+                while let Some(pos) = partial.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = partial.drain(..=pos).collect();
+                    sink.line(plugin, String::from_utf8_lossy(&line[..pos]).trim_end_matches('\r'));
+                }
+                while partial.len() >= MAX_LINE {
+                    let line: Vec<u8> = partial.drain(..MAX_LINE).collect();
+                    sink.line(plugin, &String::from_utf8_lossy(&line));
+                }
+            }
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) => return false,
+            Err(_) => return true,
+        }
+    }
+}

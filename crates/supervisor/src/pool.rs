@@ -1,0 +1,114 @@
+//! Threads that serve a plugin's API calls when none of its hooks is in flight.
+//!
+//! Every host's channel is registered in one epoll with `EPOLLONESHOT`, armed while no dispatcher holds
+//! the host's read token. [`POOL_THREADS`] threads block in `epoll_wait` on it (the kernel wakes one
+//! per event); the woken thread takes one frame, re-arms, and runs the call with the default
+//! callbacks, so calls from several plugin threads run in parallel.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex, Weak};
+
+use rustix::event::epoll::{self, EventData, EventFlags};
+use rustix::event::{eventfd, EventfdFlags};
+use rustix::io::Errno;
+
+use crate::callbacks::ServiceCallbacks;
+use crate::host::Host;
+
+pub(crate) const POOL_THREADS: usize = 2;
+const STOP_KEY: u64 = u64::MAX;
+
+pub(crate) struct Pool {
+    epoll: OwnedFd,
+    stop: OwnedFd,
+    /// Leaf lock: host id to host. Looked up per event, never held while serving.
+    hosts: Mutex<HashMap<u64, Weak<Host>>>,
+}
+
+impl Pool {
+    pub fn new() -> std::io::Result<Arc<Pool>> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let stop = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        epoll::add(&epoll, &stop, EventData::new_u64(STOP_KEY), EventFlags::IN)?;
+        Ok(Arc::new(Pool { epoll, stop, hosts: Mutex::new(HashMap::new()) }))
+    }
+
+    pub fn start(
+        self: &Arc<Self>,
+        default: Arc<dyn ServiceCallbacks + Send + Sync>,
+    ) -> std::io::Result<()> {
+        for i in 0..POOL_THREADS {
+            let pool = self.clone();
+            let default = default.clone();
+            std::thread::Builder::new()
+                .name(format!("plughost-pool-{i}"))
+                .spawn(move || pool.run(&*default))?;
+        }
+        Ok(())
+    }
+
+    pub fn register(&self, host: &Arc<Host>) {
+        self.hosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(host.id, Arc::downgrade(host));
+        let flags = EventFlags::IN | EventFlags::ONESHOT;
+        if let Err(e) = epoll::add(&self.epoll, host.channel_fd(), EventData::new_u64(host.id), flags)
+        {
+            tracing::error!(plugin = %host.name, "cannot watch the host's channel: {e}");
+        }
+    }
+
+    pub fn unregister(&self, host: &Host) {
+        let _ = epoll::delete(&self.epoll, host.channel_fd());
+        self.hosts.lock().unwrap_or_else(|e| e.into_inner()).remove(&host.id);
+    }
+
+    /// Re-arms the host's channel (level-checked: a frame already waiting fires at once).
+    pub fn arm(&self, host: &Host) {
+        let flags = EventFlags::IN | EventFlags::ONESHOT;
+        let _ = epoll::modify(&self.epoll, host.channel_fd(), EventData::new_u64(host.id), flags);
+    }
+
+    /// Stops pool threads from waking for this channel while a dispatcher reads it.
+    pub fn disarm(&self, host: &Host) {
+        let flags = EventFlags::ONESHOT;
+        let _ = epoll::modify(&self.epoll, host.channel_fd(), EventData::new_u64(host.id), flags);
+    }
+
+    pub fn stop(&self) {
+        let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());
+    }
+
+    fn run(&self, default: &dyn ServiceCallbacks) {
+        let mut events = Vec::with_capacity(1);
+        loop {
+            events.clear();
+            match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), None) {
+                Ok(_) => {}
+                Err(Errno::INTR) => continue,
+                Err(e) => {
+                    tracing::error!("plugin call pool stops: epoll_wait: {e}");
+                    return;
+                }
+            }
+            for event in &events {
+                let key = event.data.u64();
+                if key == STOP_KEY {
+                    return;
+                }
+                let host = self.hosts.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+                if let Some(host) = host.and_then(|h| h.upgrade()) {
+                    host.serve_idle(default);
+                }
+            }
+        }
+    }
+}
+
+impl AsFd for Pool {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.epoll.as_fd()
+    }
+}

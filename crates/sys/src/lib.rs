@@ -1,0 +1,18 @@
+//! The OS seam of plughost: everything that talks to the kernel beyond plain `std` lives here, behind
+//! small typed APIs.
+//!
+//! - [`channel`]: the `SOCK_SEQPACKET` channel between service and host, with `SCM_RIGHTS`.
+//! - [`process`]: pidfds, how a process ended ([`process::ProcessExit`]), signal names.
+//! - [`confine`]: what the host binary does to itself before any plugin code runs (parent-death
+//!   signal, closing inherited fds, its own pid namespace).
+//!
+//! Syscalls go through `rustix`; `libc` only where rustix has no wrapper (`fork`, `close_range`,
+//! `_exit`), each in a small `unsafe` block with its invariant written next to it. This crate knows
+//! nothing about plugins or the wire format.
+
+pub mod channel;
+pub mod confine;
+pub mod process;
+
+pub use channel::{ChannelError, Seqpacket};
+pub use process::{signal_name, Pidfd, ProcessExit};

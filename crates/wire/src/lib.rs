@@ -1,0 +1,109 @@
+//! The wire protocol between the service (supervisor) and one plugin host.
+//!
+//! One message per `SOCK_SEQPACKET` packet: a 4-byte header (`b"PH"`, protocol version, reserved flags
+//! that must be zero) followed by a postcard body. There is one message enum per direction:
+//! [`HostMsg`] (host to service, **untrusted**) and [`ServiceMsg`] (service to host). File descriptors
+//! travel beside a message as `SCM_RIGHTS`; only [`ApiReply::Fd`] carries one, and the receiver checks
+//! that the count matches ([`ServiceMsg::fds_expected`]).
+//!
+//! Requests carry a [`RequestId`] so that calls in both directions interleave: the service numbers its
+//! hooks, the host numbers its API calls; each side answers with the id it was given.
+//!
+//! Handshake: the host speaks first with [`HostMsg::Hello`]; the service checks it and answers
+//! [`ServiceMsg::Welcome`] (with its version, needed for `api->version`); the host loads the plugin and
+//! answers [`HostMsg::Loaded`] or [`HostMsg::LoadFailed`]. After that, hooks and calls flow.
+//!
+//! This crate does no I/O and holds no policy about which message is legal when; it only checks sizes,
+//! the header and the encoding. Decoding never panics on any input (see the property tests and
+//! `fuzz/`).
+#![deny(unsafe_code)]
+
+mod messages;
+
+pub use messages::*;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// The protocol version this build speaks; the handshake refuses any other.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Largest frame (header included) either side sends or accepts.
+pub const MAX_FRAME: usize = 64 * 1024;
+/// Most file descriptors one frame may carry.
+pub const MAX_FDS: usize = 1;
+/// Most argv or envp entries in one call.
+pub const MAX_ARGS: usize = 4096;
+
+const MAGIC: [u8; 2] = *b"PH";
+/// Size of the frame header.
+pub const HEADER_LEN: usize = 4;
+
+/// Why bytes could not be turned into a message (or a message into bytes).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("frame of {len} bytes exceeds the limit of {MAX_FRAME}")]
+    Oversized { len: usize },
+    #[error("frame of {len} bytes is shorter than its header")]
+    Truncated { len: usize },
+    #[error("bad frame magic {0:02x?}")]
+    BadMagic([u8; 2]),
+    #[error("protocol version {0} is not the supported version {PROTOCOL_VERSION}")]
+    BadVersion(u8),
+    #[error("reserved header flags {0:#04x} are not zero")]
+    ReservedFlags(u8),
+    #[error("malformed message body: {0}")]
+    Malformed(String),
+    #[error("{len} trailing bytes after the message")]
+    TrailingBytes { len: usize },
+    #[error("message fails validation: {0}")]
+    Invalid(&'static str),
+}
+
+/// Encodes `msg` as one frame into `buf` (cleared first; its capacity is reused across calls).
+pub fn encode<M: Serialize>(msg: &M, buf: &mut Vec<u8>) -> Result<(), WireError> {
+    buf.clear();
+    buf.extend_from_slice(&MAGIC);
+    buf.push(PROTOCOL_VERSION);
+    buf.push(0);
+    let out = std::mem::take(buf);
+    let out = postcard::to_extend(msg, out).map_err(|e| WireError::Malformed(e.to_string()))?;
+    *buf = out;
+    if buf.len() > MAX_FRAME {
+        return Err(WireError::Oversized { len: buf.len() });
+    }
+    Ok(())
+}
+
+/// Decodes one frame. Checks the size and header before touching the body, and refuses trailing bytes.
+pub fn decode<M: DeserializeOwned + Validate>(frame: &[u8]) -> Result<M, WireError> {
+    if frame.len() > MAX_FRAME {
+        return Err(WireError::Oversized { len: frame.len() });
+    }
+    if frame.len() < HEADER_LEN {
+        return Err(WireError::Truncated { len: frame.len() });
+    }
+    let magic = [frame[0], frame[1]];
+    if magic != MAGIC {
+        return Err(WireError::BadMagic(magic));
+    }
+    if frame[2] != PROTOCOL_VERSION {
+        return Err(WireError::BadVersion(frame[2]));
+    }
+    if frame[3] != 0 {
+        return Err(WireError::ReservedFlags(frame[3]));
+    }
+    let (msg, rest): (M, &[u8]) = postcard::take_from_bytes(&frame[HEADER_LEN..])
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(WireError::TrailingBytes { len: rest.len() });
+    }
+    msg.validate()?;
+    Ok(msg)
+}
+
+/// Checks that decoding alone cannot express (bounded lists).
+pub trait Validate {
+    fn validate(&self) -> Result<(), WireError>;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,377 @@
+//! The messages of both directions and the values they carry.
+//!
+//! These mirror the C types of `plugin_api.h` as owned Rust values; the host turns them back into the
+//! C structs (with NUL-terminated strings) for the duration of one hook.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Validate, WireError, MAX_ARGS};
+
+/// Identifies a request within one direction of one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RequestId(pub u64);
+
+/// A container process, as the service numbers it for one host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ProcessHandle(pub u64);
+
+/// `struct plughost_version`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Version {
+    pub major: u32,
+    pub minor: u32,
+    pub revision: u32,
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.revision)
+    }
+}
+
+/// `struct plughost_session`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub user_name: String,
+}
+
+/// `struct plughost_vm_settings`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSettings {
+    pub flags: u32,
+}
+
+/// `struct plughost_distribution`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Distribution {
+    pub id: [u8; 16],
+    pub name: String,
+    pub pid_namespace: u64,
+    pub package: String,
+    pub init_pid: u32,
+    pub flavor: String,
+    pub version: String,
+}
+
+/// `struct plughost_offline_distribution`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfflineDistribution {
+    pub id: [u8; 16],
+    pub name: String,
+    pub package: String,
+    pub flavor: String,
+    pub version: String,
+}
+
+/// `struct plughost_container_session`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSession {
+    pub id: u32,
+    pub display_name: String,
+    pub application_pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The hooks of `struct plughost_hooks_v1`, in its order (the discriminant is the field's index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum HookKind {
+    VmStarted = 0,
+    VmStopping = 1,
+    DistributionStarted = 2,
+    DistributionStopping = 3,
+    DistributionRegistered = 4,
+    DistributionUnregistered = 5,
+    ContainerSessionCreated = 6,
+    ContainerSessionStopping = 7,
+    SessionVmStarted = 8,
+    SessionVmStopping = 9,
+}
+
+impl HookKind {
+    pub const ALL: [HookKind; 10] = [
+        HookKind::VmStarted,
+        HookKind::VmStopping,
+        HookKind::DistributionStarted,
+        HookKind::DistributionStopping,
+        HookKind::DistributionRegistered,
+        HookKind::DistributionUnregistered,
+        HookKind::ContainerSessionCreated,
+        HookKind::ContainerSessionStopping,
+        HookKind::SessionVmStarted,
+        HookKind::SessionVmStopping,
+    ];
+
+    /// The C field name, used in logs and errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            HookKind::VmStarted => "on_vm_started",
+            HookKind::VmStopping => "on_vm_stopping",
+            HookKind::DistributionStarted => "on_distribution_started",
+            HookKind::DistributionStopping => "on_distribution_stopping",
+            HookKind::DistributionRegistered => "on_distribution_registered",
+            HookKind::DistributionUnregistered => "on_distribution_unregistered",
+            HookKind::ContainerSessionCreated => "on_container_session_created",
+            HookKind::ContainerSessionStopping => "on_container_session_stopping",
+            HookKind::SessionVmStarted => "on_session_vm_started",
+            HookKind::SessionVmStopping => "on_session_vm_stopping",
+        }
+    }
+
+    /// May this hook veto its operation (`PLUGIN_ABI.md`, "Hooks", column "may veto")?
+    pub fn may_veto(self) -> bool {
+        match self {
+            HookKind::VmStarted
+            | HookKind::DistributionStarted
+            | HookKind::ContainerSessionCreated => true,
+            HookKind::VmStopping
+            | HookKind::DistributionStopping
+            | HookKind::DistributionRegistered
+            | HookKind::DistributionUnregistered
+            | HookKind::ContainerSessionStopping
+            | HookKind::SessionVmStarted
+            | HookKind::SessionVmStopping => false,
+        }
+    }
+}
+
+impl std::fmt::Display for HookKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which hooks a plugin set, one bit per [`HookKind`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookSet(pub u16);
+
+impl HookSet {
+    pub fn with(self, kind: HookKind) -> HookSet {
+        HookSet(self.0 | 1 << kind as u8)
+    }
+    pub fn contains(self, kind: HookKind) -> bool {
+        self.0 & (1 << kind as u8) != 0
+    }
+}
+
+/// One hook call with its arguments.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Hook {
+    VmStarted { session: Session, settings: VmSettings },
+    VmStopping { session: Session },
+    DistributionStarted { session: Session, distribution: Distribution },
+    DistributionStopping { session: Session, distribution: Distribution },
+    DistributionRegistered { session: Session, distribution: OfflineDistribution },
+    DistributionUnregistered { session: Session, distribution: OfflineDistribution },
+    ContainerSessionCreated(ContainerSession),
+    ContainerSessionStopping(ContainerSession),
+    SessionVmStarted(ContainerSession),
+    SessionVmStopping(ContainerSession),
+}
+
+impl Hook {
+    pub fn kind(&self) -> HookKind {
+        match self {
+            Hook::VmStarted { .. } => HookKind::VmStarted,
+            Hook::VmStopping { .. } => HookKind::VmStopping,
+            Hook::DistributionStarted { .. } => HookKind::DistributionStarted,
+            Hook::DistributionStopping { .. } => HookKind::DistributionStopping,
+            Hook::DistributionRegistered { .. } => HookKind::DistributionRegistered,
+            Hook::DistributionUnregistered { .. } => HookKind::DistributionUnregistered,
+            Hook::ContainerSessionCreated(_) => HookKind::ContainerSessionCreated,
+            Hook::ContainerSessionStopping(_) => HookKind::ContainerSessionStopping,
+            Hook::SessionVmStarted(_) => HookKind::SessionVmStarted,
+            Hook::SessionVmStopping(_) => HookKind::SessionVmStopping,
+        }
+    }
+}
+
+/// One API call of `struct plughost_api_v1` (but `plugin_error`, which the host answers itself).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApiCall {
+    MountFolder {
+        session: u32,
+        host_path: String,
+        vm_path: String,
+        read_only: bool,
+        name: String,
+    },
+    ExecuteBinary {
+        session: u32,
+        path: String,
+        argv: Vec<String>,
+    },
+    ExecuteBinaryInDistribution {
+        session: u32,
+        distribution: [u8; 16],
+        path: String,
+        argv: Vec<String>,
+    },
+    ContainerMountFolder {
+        container_session: u32,
+        host_path: String,
+        mountpoint: String,
+        read_only: bool,
+    },
+    ContainerUnmountFolder {
+        container_session: u32,
+        mountpoint: String,
+    },
+    ContainerCreateProcess {
+        container_session: u32,
+        path: String,
+        argv: Vec<String>,
+        envp: Option<Vec<String>>,
+    },
+    ProcessGetFd {
+        process: ProcessHandle,
+        which: i32,
+    },
+    ProcessGetExitFd {
+        process: ProcessHandle,
+    },
+    ProcessGetExitCode {
+        process: ProcessHandle,
+    },
+    ProcessRelease {
+        process: ProcessHandle,
+    },
+}
+
+impl ApiCall {
+    /// The C field name, used in logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ApiCall::MountFolder { .. } => "mount_folder",
+            ApiCall::ExecuteBinary { .. } => "execute_binary",
+            ApiCall::ExecuteBinaryInDistribution { .. } => "execute_binary_in_distribution",
+            ApiCall::ContainerMountFolder { .. } => "container_mount_folder",
+            ApiCall::ContainerUnmountFolder { .. } => "container_unmount_folder",
+            ApiCall::ContainerCreateProcess { .. } => "container_create_process",
+            ApiCall::ProcessGetFd { .. } => "process_get_fd",
+            ApiCall::ProcessGetExitFd { .. } => "process_get_exit_fd",
+            ApiCall::ProcessGetExitCode { .. } => "process_get_exit_code",
+            ApiCall::ProcessRelease { .. } => "process_release",
+        }
+    }
+}
+
+/// The service's answer to one [`ApiCall`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApiReply {
+    /// Just a status (`0` or negative).
+    Status(i32),
+    /// Success, with exactly one fd attached to the frame.
+    Fd,
+    /// `container_create_process` succeeded.
+    Process(ProcessHandle),
+    /// `container_create_process` failed: the status and the `errno` for `errno_out` (0 if none).
+    ProcessFailed { status: i32, errno: i32 },
+    /// `process_get_exit_code` succeeded.
+    ExitCode(i32),
+}
+
+/// Why the host could not load its plugin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoadFailure {
+    /// `dlopen` failed, with `dlerror()`'s text.
+    Open(String),
+    /// The library does not export `plughost_plugin_entry_v1`.
+    NoEntryPoint,
+    /// The entry point returned this status.
+    EntryFailed(i32),
+}
+
+/// The host's first message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u8,
+    /// The host's pid as it sees itself (1 when it is the init of its own pid namespace).
+    pub pid: u32,
+    /// The plugin name the host was started for (its `--name` argument).
+    pub plugin: String,
+}
+
+/// The service's answer to [`Hello`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol: u8,
+    /// The running service's version, for `api->version`.
+    pub service_version: Version,
+    /// The plugin library to load.
+    pub plugin_path: String,
+}
+
+/// Host to service. Untrusted: the service validates every field and every transition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostMsg {
+    Hello(Hello),
+    Loaded { hooks: HookSet },
+    LoadFailed(LoadFailure),
+    HookDone { id: RequestId, status: i32, message: Option<String> },
+    Call { id: RequestId, call: ApiCall },
+}
+
+/// Service to host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceMsg {
+    Welcome(Welcome),
+    Hook { id: RequestId, hook: Hook },
+    Reply { id: RequestId, reply: ApiReply },
+    /// Ask the host to exit now; it answers nothing.
+    Shutdown,
+}
+
+impl ServiceMsg {
+    /// How many fds must accompany this message.
+    pub fn fds_expected(&self) -> usize {
+        match self {
+            ServiceMsg::Reply { reply: ApiReply::Fd, .. } => 1,
+            _ => 0,
+        }
+    }
+}
+
+fn check_args(args: &[String]) -> Result<(), WireError> {
+    if args.len() > MAX_ARGS {
+        return Err(WireError::Invalid("too many argv/envp entries"));
+    }
+    Ok(())
+}
+
+impl Validate for HostMsg {
+    fn validate(&self) -> Result<(), WireError> {
+        match self {
+            HostMsg::Call { call, .. } => match call {
+                ApiCall::ExecuteBinary { argv, .. }
+                | ApiCall::ExecuteBinaryInDistribution { argv, .. } => check_args(argv),
+                ApiCall::ContainerCreateProcess { argv, envp, .. } => {
+                    check_args(argv)?;
+                    envp.as_deref().map_or(Ok(()), check_args)
+                }
+                ApiCall::MountFolder { .. }
+                | ApiCall::ContainerMountFolder { .. }
+                | ApiCall::ContainerUnmountFolder { .. }
+                | ApiCall::ProcessGetFd { .. }
+                | ApiCall::ProcessGetExitFd { .. }
+                | ApiCall::ProcessGetExitCode { .. }
+                | ApiCall::ProcessRelease { .. } => Ok(()),
+            },
+            HostMsg::HookDone { status, .. } if *status > 0 => {
+                Err(WireError::Invalid("hook status is positive"))
+            }
+            HostMsg::Hello(_) | HostMsg::Loaded { .. } | HostMsg::LoadFailed(_) => Ok(()),
+            HostMsg::HookDone { .. } => Ok(()),
+        }
+    }
+}
+
+impl Validate for ServiceMsg {
+    fn validate(&self) -> Result<(), WireError> {
+        Ok(())
+    }
+}

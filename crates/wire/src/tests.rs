@@ -1,0 +1,128 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn session() -> Session {
+    Session { id: 7, uid: 1000, gid: 1000, user_name: "alice".into() }
+}
+
+#[test]
+fn every_message_kind_round_trips() {
+    let host = [
+        HostMsg::Hello(Hello { protocol: PROTOCOL_VERSION, pid: 1, plugin: "p".into() }),
+        HostMsg::Loaded { hooks: HookSet::default().with(HookKind::VmStarted) },
+        HostMsg::LoadFailed(LoadFailure::EntryFailed(-22)),
+        HostMsg::HookDone { id: RequestId(3), status: -1, message: Some("no".into()) },
+        HostMsg::Call {
+            id: RequestId(9),
+            call: ApiCall::ExecuteBinary {
+                session: 1,
+                path: "/bin/cat".into(),
+                argv: vec!["cat".into(), "x".into()],
+            },
+        },
+    ];
+    let mut buf = Vec::new();
+    for msg in host {
+        encode(&msg, &mut buf).unwrap();
+        assert_eq!(decode::<HostMsg>(&buf).unwrap(), msg);
+    }
+    let service = [
+        ServiceMsg::Hook {
+            id: RequestId(1),
+            hook: Hook::VmStarted { session: session(), settings: VmSettings { flags: 3 } },
+        },
+        ServiceMsg::Reply { id: RequestId(2), reply: ApiReply::Fd },
+        ServiceMsg::Shutdown,
+    ];
+    for msg in service {
+        encode(&msg, &mut buf).unwrap();
+        assert_eq!(decode::<ServiceMsg>(&buf).unwrap(), msg);
+    }
+}
+
+#[test]
+fn header_is_checked_before_the_body() {
+    let mut buf = Vec::new();
+    encode(&ServiceMsg::Shutdown, &mut buf).unwrap();
+    let mut bad = buf.clone();
+    bad[0] = b'X';
+    assert!(matches!(decode::<ServiceMsg>(&bad), Err(WireError::BadMagic(_))));
+    let mut bad = buf.clone();
+    bad[2] = 2;
+    assert_eq!(decode::<ServiceMsg>(&bad), Err(WireError::BadVersion(2)));
+    let mut bad = buf.clone();
+    bad[3] = 1;
+    assert_eq!(decode::<ServiceMsg>(&bad), Err(WireError::ReservedFlags(1)));
+    assert_eq!(decode::<ServiceMsg>(&buf[..2]), Err(WireError::Truncated { len: 2 }));
+    let mut long = buf.clone();
+    long.push(0);
+    assert_eq!(decode::<ServiceMsg>(&long), Err(WireError::TrailingBytes { len: 1 }));
+    let huge = vec![0u8; MAX_FRAME + 1];
+    assert_eq!(decode::<HostMsg>(&huge), Err(WireError::Oversized { len: MAX_FRAME + 1 }));
+}
+
+#[test]
+fn unknown_message_kind_is_malformed() {
+    let frame = [b'P', b'H', PROTOCOL_VERSION, 0, 200];
+    assert!(matches!(decode::<HostMsg>(&frame), Err(WireError::Malformed(_))));
+}
+
+#[test]
+fn positive_hook_status_is_invalid() {
+    let mut buf = Vec::new();
+    encode(&HostMsg::HookDone { id: RequestId(1), status: 5, message: None }, &mut buf).unwrap();
+    assert!(matches!(decode::<HostMsg>(&buf), Err(WireError::Invalid(_))));
+}
+
+#[test]
+fn oversized_message_is_refused_at_encode() {
+    let call = ApiCall::MountFolder {
+        session: 1,
+        host_path: "x".repeat(MAX_FRAME),
+        vm_path: String::new(),
+        read_only: false,
+        name: String::new(),
+    };
+    let mut buf = Vec::new();
+    assert!(matches!(
+        encode(&HostMsg::Call { id: RequestId(1), call }, &mut buf),
+        Err(WireError::Oversized { .. })
+    ));
+}
+
+#[test]
+fn hook_kinds_are_in_header_order() {
+    for (i, kind) in HookKind::ALL.iter().enumerate() {
+        assert_eq!(*kind as usize, i);
+    }
+    let set = HookSet::default().with(HookKind::SessionVmStopping);
+    assert!(set.contains(HookKind::SessionVmStopping));
+    assert!(!set.contains(HookKind::VmStarted));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode::<HostMsg>(&bytes);
+        let _ = decode::<ServiceMsg>(&bytes);
+    }
+
+    #[test]
+    fn decoding_arbitrary_bodies_never_panics(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let mut frame = vec![b'P', b'H', PROTOCOL_VERSION, 0];
+        frame.extend_from_slice(&body);
+        let _ = decode::<HostMsg>(&frame);
+        let _ = decode::<ServiceMsg>(&frame);
+    }
+
+    #[test]
+    fn calls_round_trip(session in any::<u32>(), path in ".{0,64}", argv in proptest::collection::vec(".{0,16}", 0..8)) {
+        let msg = HostMsg::Call { id: RequestId(u64::from(session)), call: ApiCall::ExecuteBinary { session, path, argv } };
+        let mut buf = Vec::new();
+        encode(&msg, &mut buf).unwrap();
+        prop_assert_eq!(decode::<HostMsg>(&buf).unwrap(), msg);
+    }
+}
