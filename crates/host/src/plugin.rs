@@ -30,7 +30,7 @@ impl LoadedPlugin {
         let flags = libc::RTLD_NOW | libc::RTLD_LOCAL;
         // SAFETY: see the module invariant: running the plugin's constructors is intended.
         let library = unsafe { libloading::os::unix::Library::open(Some(path), flags) }
-            .map_err(|e| PluginLoadError(LoadFailure::Open(e.to_string())))?;
+            .map_err(|e| PluginLoadError(LoadFailure::Open(error_chain(&e))))?;
         // SAFETY: the symbol's type is fixed by the contract (`PLUGIN_ABI.md`, "Entry point").
         let entry = unsafe {
             library.get::<plughost_plugin_entry_v1_fn>(PLUGHOST_ENTRY_POINT_V1.as_bytes())
@@ -67,4 +67,16 @@ impl LoadedPlugin {
             .filter(|(_, present)| *present)
             .fold(HookSet::default(), |acc, (kind, _)| acc.with(*kind))
     }
+}
+
+/// `e` and its sources (libloading puts `dlerror()`'s text in the source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

@@ -63,6 +63,8 @@ pub(crate) struct Host {
     /// Why the service killed it, if it did (takes precedence over the exit status).
     killed_for: OnceLock<CrashCause>,
     dead: AtomicBool,
+    /// The service asked the host to exit (its exit is then expected, not a crash).
+    stopping: AtomicBool,
     /// Lock 2 (leaf).
     pub(crate) processes: Mutex<ProcessTable>,
     pool: Arc<Pool>,
@@ -140,7 +142,7 @@ impl Host {
         // Whatever the plugin left behind in the fallback process group goes too.
         let _ = plughost_sys::process::kill_process_group(self.pid());
         self.channel.shutdown();
-        if self.killed_for.get().is_none() {
+        if self.killed_for.get().is_none() && !self.stopping.load(Ordering::Acquire) {
             if let Some(exit) = exit {
                 tracing::warn!(plugin = %self.name, pid = self.pid(), "host {exit}");
             }
@@ -309,6 +311,7 @@ impl Host {
 
     /// Asks the host to exit (it does at once); kills it if it is still there after `grace`.
     pub fn shutdown(&self, grace: Duration) {
+        self.stopping.store(true, Ordering::Release);
         if !self.is_dead() {
             let _ = self.send(&ServiceMsg::Shutdown, None);
             if !self.pidfd.wait_exit_timeout(Some(grace)) {

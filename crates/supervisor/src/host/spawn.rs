@@ -129,6 +129,7 @@ pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<O
         exit: Mutex::new(None),
         killed_for: OnceLock::new(),
         dead: AtomicBool::new(false),
+        stopping: AtomicBool::new(false),
         processes: Mutex::new(Default::default()),
         pool: p.pool.clone(),
     });
