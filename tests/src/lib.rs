@@ -206,7 +206,7 @@ impl TestService {
         let result = manager.on_vm_started(session, &Default::default(), &scope);
         let mut guard = scope.into_guard();
         if result.is_err() {
-            guard.vms.remove(&session.id);
+            guard.vms.entry(session.id).or_default().running = false;
         }
         result.map_err(|e| e.to_string())
     }
@@ -216,7 +216,10 @@ impl TestService {
         let scope = Scope { state: Mutex::new(guard), service: self };
         manager.on_vm_stopping(session, &scope);
         let mut guard = scope.into_guard();
-        guard.vms.remove(&session.id);
+        // The user session stays known; its VM is gone: later calls get NOT_RUNNING.
+        let vm = guard.vms.entry(session.id).or_default();
+        vm.running = false;
+        vm.mounts.clear();
         guard.distributions.retain(|_, s| *s != session.id);
     }
 

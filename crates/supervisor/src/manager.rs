@@ -166,6 +166,10 @@ impl PluginManager {
                     }
                 }
                 Isolation::InProcess => {
+                    if !plugin.env.is_empty() {
+                        tracing::warn!(plugin = %plugin.name,
+                            "in-process plugins see the service's environment; its env setting is ignored");
+                    }
                     match InProcessPlugin::load(&plugin.path, manager.version, default.clone()) {
                         Ok(p) => Ok(Runtime::InProcess(p)),
                         Err(failure) => Err(manager.load_failure(&plugin.name, failure)),
