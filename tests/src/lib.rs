@@ -21,7 +21,10 @@ use plughost::{
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// `target/<profile>`, found from the running test executable (`target/<profile>/deps/x-hash`).
@@ -61,7 +64,15 @@ pub fn c_plugin(name: &str) -> PathBuf {
     let tmp = out_dir.join(format!("{name}.{}.tmp.so", std::process::id()));
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let status = Command::new(&cc)
-        .args(["-shared", "-fPIC", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-pthread"])
+        .args([
+            "-shared",
+            "-fPIC",
+            "-std=gnu11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pthread",
+        ])
         .arg("-I")
         .arg(root.join("include"))
         .arg("-I")
@@ -80,7 +91,11 @@ pub fn c_plugin(name: &str) -> PathBuf {
 /// A Rust test plugin built by `cargo build --workspace` (`target/<profile>/lib<name>.so`).
 pub fn rust_plugin(name: &str) -> PathBuf {
     let path = target_dir().join(format!("lib{name}.so"));
-    assert!(path.exists(), "{} is missing: build the workspace first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first",
+        path.display()
+    );
     path
 }
 
@@ -124,7 +139,10 @@ impl Fixture {
 
     /// Lines starting with `prefix`.
     pub fn events(&self, prefix: &str) -> Vec<String> {
-        self.lines().into_iter().filter(|l| l.starts_with(prefix)).collect()
+        self.lines()
+            .into_iter()
+            .filter(|l| l.starts_with(prefix))
+            .collect()
     }
 
     /// Waits (up to 10 s) until a line starting with `prefix` appears; returns it.
@@ -134,7 +152,11 @@ impl Fixture {
             if let Some(line) = self.events(prefix).pop() {
                 return line;
             }
-            assert!(Instant::now() < deadline, "no log line {prefix:?} in {:?}", self.lines());
+            assert!(
+                Instant::now() < deadline,
+                "no log line {prefix:?} in {:?}",
+                self.lines()
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -202,7 +224,10 @@ impl TestService {
     pub fn start_vm(&self, manager: &PluginManager, session: &Session) -> Result<(), String> {
         let mut guard = self.lock();
         guard.vms.entry(session.id).or_default().running = true;
-        let scope = Scope { state: Mutex::new(guard), service: self };
+        let scope = Scope {
+            state: Mutex::new(guard),
+            service: self,
+        };
         let result = manager.on_vm_started(session, &Default::default(), &scope);
         let mut guard = scope.into_guard();
         if result.is_err() {
@@ -213,7 +238,10 @@ impl TestService {
 
     pub fn stop_vm(&self, manager: &PluginManager, session: &Session) {
         let guard = self.lock();
-        let scope = Scope { state: Mutex::new(guard), service: self };
+        let scope = Scope {
+            state: Mutex::new(guard),
+            service: self,
+        };
         manager.on_vm_stopping(session, &scope);
         let mut guard = scope.into_guard();
         // The user session stays known; its VM is gone: later calls get NOT_RUNNING.
@@ -231,7 +259,10 @@ impl TestService {
     ) -> Result<(), String> {
         let mut guard = self.lock();
         guard.distributions.insert(distribution.id, session.id);
-        let scope = Scope { state: Mutex::new(guard), service: self };
+        let scope = Scope {
+            state: Mutex::new(guard),
+            service: self,
+        };
         let result = manager.on_distribution_started(session, distribution, &scope);
         let mut guard = scope.into_guard();
         if result.is_err() {
@@ -247,7 +278,10 @@ impl TestService {
         distribution: &Distribution,
     ) {
         let guard = self.lock();
-        let scope = Scope { state: Mutex::new(guard), service: self };
+        let scope = Scope {
+            state: Mutex::new(guard),
+            service: self,
+        };
         manager.on_distribution_stopping(session, distribution, &scope);
         scope.into_guard().distributions.remove(&distribution.id);
     }
@@ -261,7 +295,10 @@ pub struct Scope<'a> {
 
 impl<'a> Scope<'a> {
     pub fn new(service: &'a TestService) -> Scope<'a> {
-        Scope { state: Mutex::new(service.lock()), service }
+        Scope {
+            state: Mutex::new(service.lock()),
+            service,
+        }
     }
 
     pub fn into_guard(self) -> MutexGuard<'a, State> {
@@ -275,7 +312,7 @@ impl<'a> Scope<'a> {
     }
 }
 
-fn vm<'s>(state: &'s mut State, session: u32) -> Result<&'s mut VmState, Status> {
+fn vm(state: &mut State, session: u32) -> Result<&mut VmState, Status> {
     let vm = state.vms.get_mut(&session).ok_or(Status::NOT_FOUND)?;
     if !vm.running {
         return Err(Status::NOT_RUNNING);
@@ -283,13 +320,22 @@ fn vm<'s>(state: &'s mut State, session: u32) -> Result<&'s mut VmState, Status>
     Ok(vm)
 }
 
-fn mount(state: &mut State, session: u32, host: &str, vm_path: &str, ro: bool) -> Result<(), Status> {
+fn mount(
+    state: &mut State,
+    session: u32,
+    host: &str,
+    vm_path: &str,
+    ro: bool,
+) -> Result<(), Status> {
     let vm = vm(state, session)?;
     let host = Path::new(host);
     if !host.exists() {
         return Err(Status::errno(2));
     }
-    vm.mounts.insert(vm_path.trim_end_matches('/').to_owned(), (host.to_path_buf(), ro));
+    vm.mounts.insert(
+        vm_path.trim_end_matches('/').to_owned(),
+        (host.to_path_buf(), ro),
+    );
     Ok(())
 }
 
@@ -418,7 +464,12 @@ impl ServiceCallbacks for TestService {
 }
 
 pub fn session(id: u32) -> Session {
-    Session { id, uid: 1000 + id, gid: 1000 + id, user_name: format!("user{id}") }
+    Session {
+        id,
+        uid: 1000 + id,
+        gid: 1000 + id,
+        user_name: format!("user{id}"),
+    }
 }
 
 pub fn distribution(n: u8) -> Distribution {
@@ -441,7 +492,10 @@ pub struct CapturedOutput {
 
 impl OutputSink for CapturedOutput {
     fn line(&self, plugin: &str, line: &str) {
-        self.lines.lock().unwrap_or_else(|e| e.into_inner()).push((plugin.into(), line.into()));
+        self.lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((plugin.into(), line.into()));
     }
 }
 
@@ -462,7 +516,9 @@ impl CapturedOutput {
 
 /// Pids of processes whose `comm` is `name`.
 pub fn pids_named(name: &str) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))

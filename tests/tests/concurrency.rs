@@ -57,11 +57,16 @@ fn api_calls_looping_across_vm_shutdown_never_crash_and_the_next_start_works() {
         std::thread::sleep(Duration::from_millis(2));
         assert_eq!(manager.plugins()[0].state, "ready", "iteration {i}");
     }
-    service.start_vm(&manager, &s).expect("vm starts after the loop");
+    service
+        .start_vm(&manager, &s)
+        .expect("vm starts after the loop");
     service.stop_vm(&manager, &s);
     let last = fx.events("loop ").pop().expect("loop counters");
     assert!(field(&last, "ok").parse::<u64>().unwrap() > 0, "{last}");
-    assert!(field(&last, "not_running").parse::<u64>().unwrap() > 0, "{last}");
+    assert!(
+        field(&last, "not_running").parse::<u64>().unwrap() > 0,
+        "{last}"
+    );
     assert_eq!(field(&last, "other"), "0", "{last}");
     assert_eq!(field(&last, "not_found"), "0", "{last}");
     // Between VMs the calls were served on pool threads (no hook in flight).
@@ -84,18 +89,34 @@ fn killing_the_service_takes_every_host_and_everything_they_spawned() {
             .expect("start test-service");
         let mut line = String::new();
         let stdout = service.stdout.take().expect("stdout");
-        std::io::BufReader::new(stdout).read_line(&mut line).expect("READY line");
-        let hosts: Vec<u32> =
-            line.trim().strip_prefix("READY").expect(&line).split_whitespace().map(|p| p.parse().unwrap()).collect();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("READY line");
+        let hosts: Vec<u32> = line
+            .trim()
+            .strip_prefix("READY")
+            .expect(&line)
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
         assert_eq!(hosts.len(), 2, "{line}");
-        assert!(eventually(Duration::from_secs(2), || pids_named(&name).len() == 1));
+        assert!(eventually(Duration::from_secs(2), || pids_named(&name)
+            .len()
+            == 1));
 
         service.kill().expect("SIGKILL the service");
         let _ = service.wait();
         let gone = eventually(Duration::from_secs(1), || {
             pids_named(&name).is_empty()
-                && hosts.iter().all(|&pid| plughost_sys::process::process_is_gone(pid))
+                && hosts
+                    .iter()
+                    .all(|&pid| plughost_sys::process::process_is_gone(pid))
         });
-        assert!(gone, "left behind: daemon {:?}, hosts {:?}", pids_named(&name), hosts);
+        assert!(
+            gone,
+            "left behind: daemon {:?}, hosts {:?}",
+            pids_named(&name),
+            hosts
+        );
     }
 }

@@ -12,7 +12,10 @@ fn segfault_in_vm_started_is_contained_named_and_latched() {
         let manager = service.manager(vec![fx.c("noop"), fx.c("crash_in_vm_started")]);
         let s = session(1);
         let err = service.start_vm(&manager, &s).unwrap_err();
-        assert_eq!(err, "plugin 'crash_in_vm_started' crashed: killed by signal SIGSEGV");
+        assert_eq!(
+            err,
+            "plugin 'crash_in_vm_started' crashed: killed by signal SIGSEGV"
+        );
         fx.wait_for("about_to_crash");
         // The next VM start fails fast with the same (latched) error, without reaching the plugin.
         let again = service.start_vm(&manager, &s).unwrap_err();
@@ -31,10 +34,14 @@ fn crash_with_a_forked_child_holding_the_channel_is_detected_and_the_child_kille
         let fx = Fixture::new();
         let service = TestService::new();
         let name = marker("orph");
-        let manager =
-            service.manager(vec![fx.c("fork_then_crash").env("PH_MARKER", name.as_str())]);
+        let manager = service.manager(vec![fx
+            .c("fork_then_crash")
+            .env("PH_MARKER", name.as_str())]);
         let err = service.start_vm(&manager, &session(1)).unwrap_err();
-        assert_eq!(err, "plugin 'fork_then_crash' crashed: killed by signal SIGSEGV");
+        assert_eq!(
+            err,
+            "plugin 'fork_then_crash' crashed: killed by signal SIGSEGV"
+        );
         fx.wait_for("forked");
         assert!(
             eventually(Duration::from_secs(2), || pids_named(&name).is_empty()),
@@ -50,7 +57,9 @@ fn garbage_on_the_channel_is_a_protocol_violation() {
     let manager = service.manager(vec![fx.c("garbage_writer"), fx.c("noop")]);
     let err = service.start_vm(&manager, &session(1)).unwrap_err();
     assert!(
-        err.starts_with("plugin 'garbage_writer' crashed: protocol violation: sent a malformed frame"),
+        err.starts_with(
+            "plugin 'garbage_writer' crashed: protocol violation: sent a malformed frame"
+        ),
         "{err}"
     );
     // (The plugin logs after its send, so the kill usually comes first: no log assertion here.)
@@ -67,7 +76,9 @@ fn daemon_spawned_by_a_plugin_dies_with_its_host() {
     let manager = service.manager(vec![fx.c("fork_daemon").env("PH_MARKER", name.as_str())]);
     service.start_vm(&manager, &session(1)).expect("vm starts");
     fx.wait_for("daemon_started");
-    assert!(eventually(Duration::from_secs(2), || pids_named(&name).len() == 1));
+    assert!(eventually(Duration::from_secs(2), || pids_named(&name)
+        .len()
+        == 1));
     drop(manager);
     assert!(
         eventually(Duration::from_secs(2), || pids_named(&name).is_empty()),

@@ -18,10 +18,16 @@ fn in_process_plugins_get_the_same_hooks_api_and_error_texts() {
         fx.c("api_errors").in_process(),
         fx.c("veto").in_process(),
     ]);
-    assert!(manager.plugins().iter().all(|p| p.host_pid.is_none() && p.state == "ready"));
+    assert!(manager
+        .plugins()
+        .iter()
+        .all(|p| p.host_pid.is_none() && p.state == "ready"));
     let s = session(1);
     let err = service.start_vm(&manager, &s).unwrap_err();
-    assert_eq!(err, "plugin 'veto' returned a fatal error: veto number 1 (status -22)");
+    assert_eq!(
+        err,
+        "plugin 'veto' returned a fatal error: veto number 1 (status -22)"
+    );
     assert_eq!(fx.events("read content=OK").len(), 1, "{:?}", fx.lines());
     // The same statuses as out of process, including plugin_error from another thread.
     for (key, status) in [
@@ -31,10 +37,17 @@ fn in_process_plugins_get_the_same_hooks_api_and_error_texts() {
         ("error_from_thread", "-10002"),
         ("container_relative", "-22"),
     ] {
-        assert_eq!(field(&fx.wait_for(&format!("{key}=")), key), status, "{key}");
+        assert_eq!(
+            field(&fx.wait_for(&format!("{key}=")), key),
+            status,
+            "{key}"
+        );
     }
     // The hook thread's calls ran in the dispatch's scope.
     assert!(service.calls_in_scope.load(Ordering::Relaxed) >= 3);
     assert_eq!(fx.events("vm_stopping").len(), 2);
-    assert_eq!(field(&fx.wait_for("error_in_stopping="), "error_in_stopping"), "-10002");
+    assert_eq!(
+        field(&fx.wait_for("error_in_stopping="), "error_in_stopping"),
+        "-10002"
+    );
 }

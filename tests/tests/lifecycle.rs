@@ -24,7 +24,9 @@ fn success_flow_mounts_executes_and_sees_every_hook() {
     assert_eq!(mount, (fx.dir.path().to_path_buf(), true));
 
     let d = distribution(7);
-    service.start_distribution(&manager, &s, &d).expect("distribution starts");
+    service
+        .start_distribution(&manager, &s, &d)
+        .expect("distribution starts");
     let line = fx.wait_for("distribution_started");
     assert_eq!(field(&line, "name"), "distro7");
     assert_eq!(field(&line, "id"), "07070707070707070707070707070707");
@@ -39,7 +41,10 @@ fn success_flow_mounts_executes_and_sees_every_hook() {
     assert_eq!(field(&late, "content"), "OK");
 
     service.stop_distribution(&manager, &s, &d);
-    assert_eq!(field(&fx.wait_for("distribution_stopping"), "name"), "distro7");
+    assert_eq!(
+        field(&fx.wait_for("distribution_stopping"), "name"),
+        "distro7"
+    );
     service.stop_vm(&manager, &s);
     assert_eq!(fx.events("vm_stopping").len(), 2);
 }
@@ -50,7 +55,10 @@ fn vm_start_veto_names_plugin_and_status_and_still_delivers_vm_stopping() {
     let service = TestService::new();
     let manager = service.manager(vec![fx.c("ok_mount_exec"), fx.c("veto"), fx.c("noop")]);
     let err = service.start_vm(&manager, &session(1)).unwrap_err();
-    assert_eq!(err, "plugin 'veto' returned a fatal error: veto number 1 (status -22)");
+    assert_eq!(
+        err,
+        "plugin 'veto' returned a fatal error: veto number 1 (status -22)"
+    );
     // Every plugin gets on_vm_stopping after the failed start.
     assert_eq!(fx.events("vm_stopping").len(), 2, "{:?}", fx.lines());
 }
@@ -64,9 +72,15 @@ fn plugin_error_message_is_shown_each_time_and_never_stale() {
     let first = service.start_vm(&manager, &s).unwrap_err();
     let second = service.start_vm(&manager, &s).unwrap_err();
     let third = service.start_vm(&manager, &s).unwrap_err();
-    assert_eq!(first, "plugin 'veto' returned a fatal error: veto number 1 (status -22)");
+    assert_eq!(
+        first,
+        "plugin 'veto' returned a fatal error: veto number 1 (status -22)"
+    );
     assert_eq!(second, "plugin 'veto' returned a fatal error (status -5)");
-    assert_eq!(third, "plugin 'veto' returned a fatal error: veto number 3 (status -22)");
+    assert_eq!(
+        third,
+        "plugin 'veto' returned a fatal error: veto number 3 (status -22)"
+    );
     assert_eq!(field(&fx.wait_for("veto n=1"), "error_status"), "0");
 }
 
@@ -93,14 +107,20 @@ fn distribution_start_veto_fails_the_start_without_distribution_stopping() {
     let manager = service.manager(vec![fx.c("distro_veto")]);
     let s = session(1);
     service.start_vm(&manager, &s).expect("vm starts");
-    let err = service.start_distribution(&manager, &s, &distribution(1)).unwrap_err();
+    let err = service
+        .start_distribution(&manager, &s, &distribution(1))
+        .unwrap_err();
     assert_eq!(
         err,
         "plugin 'distro_veto' returned a fatal error: distribution refused by policy (status -1)"
     );
     service.stop_vm(&manager, &s);
     fx.wait_for("vm_stopping");
-    assert!(fx.events("distribution_stopping").is_empty(), "{:?}", fx.lines());
+    assert!(
+        fx.events("distribution_stopping").is_empty(),
+        "{:?}",
+        fx.lines()
+    );
 }
 
 #[test]
@@ -111,7 +131,9 @@ fn failures_of_stop_and_registration_hooks_are_ignored() {
     let s = session(1);
     let d = distribution(2);
     service.start_vm(&manager, &s).expect("vm starts");
-    service.start_distribution(&manager, &s, &d).expect("distribution starts");
+    service
+        .start_distribution(&manager, &s, &d)
+        .expect("distribution starts");
     let offline = plughost::OfflineDistribution {
         id: d.id,
         name: d.name.clone(),
@@ -142,7 +164,10 @@ fn entry_point_failure_blocks_vm_start() {
     let service = TestService::new();
     let manager = service.manager(vec![fx.c("noop"), fx.c("entry_fails")]);
     let err = service.start_vm(&manager, &session(1)).unwrap_err();
-    assert_eq!(err, "plugin 'entry_fails' failed to load: entry point returned status -22");
+    assert_eq!(
+        err,
+        "plugin 'entry_fails' failed to load: entry point returned status -22"
+    );
     let again = service.start_vm(&manager, &session(1)).unwrap_err();
     assert_eq!(err, again);
 }
@@ -166,7 +191,10 @@ fn require_version_failure_blocks_vm_start() {
 #[test]
 fn missing_library_is_a_load_failure_naming_the_plugin() {
     let service = TestService::new();
-    let manager = service.manager(vec![plughost::PluginConfig::new("ghost", "/nonexistent/ghost.so")]);
+    let manager = service.manager(vec![plughost::PluginConfig::new(
+        "ghost",
+        "/nonexistent/ghost.so",
+    )]);
     let err = service.start_vm(&manager, &session(1)).unwrap_err();
     assert!(err.starts_with("plugin 'ghost' failed to load: "), "{err}");
     assert!(err.contains("ghost.so"), "{err}");
@@ -207,7 +235,10 @@ fn api_errors_reach_the_plugin_as_statuses() {
         assert_eq!(field(&line, key), status, "{key}");
     }
     service.stop_vm(&manager, &s);
-    assert_eq!(field(&fx.wait_for("error_in_stopping="), "error_in_stopping"), "-10002");
+    assert_eq!(
+        field(&fx.wait_for("error_in_stopping="), "error_in_stopping"),
+        "-10002"
+    );
 }
 
 #[test]

@@ -216,7 +216,11 @@ mod tests {
 
     #[test]
     fn versions_compare_field_by_field() {
-        let v = |major, minor, revision| plughost_version { major, minor, revision };
+        let v = |major, minor, revision| plughost_version {
+            major,
+            minor,
+            revision,
+        };
         assert!(version_at_least(v(1, 2, 3), v(1, 2, 3)));
         assert!(version_at_least(v(1, 3, 0), v(1, 2, 9)));
         assert!(!version_at_least(v(0, 9, 9), v(1, 0, 0)));

@@ -153,7 +153,11 @@ unsafe extern "C" fn execute_binary(
         if fd_out.is_null() {
             return Err(EFAULT);
         }
-        let call = ApiCall::ExecuteBinary { session, path: string(path)?, argv: strings(argv)? };
+        let call = ApiCall::ExecuteBinary {
+            session,
+            path: string(path)?,
+            argv: strings(argv)?,
+        };
         call_fd(call, fd_out)
     })())
 }
@@ -244,7 +248,11 @@ unsafe extern "C" fn container_create_process(
         if process_out.is_null() {
             return Err(EFAULT);
         }
-        let envp = if envp.is_null() { None } else { Some(strings(envp)?) };
+        let envp = if envp.is_null() {
+            None
+        } else {
+            Some(strings(envp)?)
+        };
         let call = ApiCall::ContainerCreateProcess {
             container_session,
             path: string(path)?,
@@ -329,7 +337,9 @@ unsafe extern "C" fn process_get_exit_code(
 }
 
 unsafe extern "C" fn process_release(process: *mut plughost_process) {
-    let Ok(handle) = handle_of(process) else { return };
+    let Ok(handle) = handle_of(process) else {
+        return;
+    };
     // SAFETY: the pointer came from Box::into_raw in container_create_process and the contract says
     // it is released once.
     drop(unsafe { Box::from_raw(process.cast::<ProcessBox>()) });

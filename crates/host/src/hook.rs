@@ -73,7 +73,10 @@ impl CSession {
             gid: s.gid,
             user_name: user_name.as_ptr(),
         };
-        CSession { _user_name: user_name, raw }
+        CSession {
+            _user_name: user_name,
+            raw,
+        }
     }
 }
 
@@ -94,7 +97,10 @@ impl CDistribution {
             flavor: strings[2].as_ptr(),
             version: strings[3].as_ptr(),
         };
-        CDistribution { _strings: strings, raw }
+        CDistribution {
+            _strings: strings,
+            raw,
+        }
     }
 }
 
@@ -113,7 +119,10 @@ impl COfflineDistribution {
             flavor: strings[2].as_ptr(),
             version: strings[3].as_ptr(),
         };
-        COfflineDistribution { _strings: strings, raw }
+        COfflineDistribution {
+            _strings: strings,
+            raw,
+        }
     }
 }
 
@@ -140,7 +149,10 @@ impl CContainerSession {
 /// (which counts as success without a round into plugin code).
 pub fn call(hooks: &plughost_hooks_v1, hook: &Hook) -> Option<HookOutcome> {
     let previous = CURRENT.with(|current| {
-        current.replace(Some(HookContext { may_veto: hook.kind().may_veto(), message: None }))
+        current.replace(Some(HookContext {
+            may_veto: hook.kind().may_veto(),
+            message: None,
+        }))
     });
     let status = dispatch(hooks, hook);
     let context = CURRENT.with(|current| current.replace(previous));
@@ -156,7 +168,9 @@ fn dispatch(hooks: &plughost_hooks_v1, hook: &Hook) -> Option<i32> {
         Hook::VmStarted { session, settings } => {
             let f = hooks.on_vm_started?;
             let s = CSession::new(session);
-            let settings = plughost_vm_settings { flags: settings.flags };
+            let settings = plughost_vm_settings {
+                flags: settings.flags,
+            };
             // SAFETY: see above.
             Some(unsafe { f(&s.raw, &settings) })
         }
@@ -166,8 +180,14 @@ fn dispatch(hooks: &plughost_hooks_v1, hook: &Hook) -> Option<i32> {
             // SAFETY: see above.
             Some(unsafe { f(&s.raw) })
         }
-        Hook::DistributionStarted { session, distribution }
-        | Hook::DistributionStopping { session, distribution } => {
+        Hook::DistributionStarted {
+            session,
+            distribution,
+        }
+        | Hook::DistributionStopping {
+            session,
+            distribution,
+        } => {
             let f = match hook {
                 Hook::DistributionStarted { .. } => hooks.on_distribution_started?,
                 _ => hooks.on_distribution_stopping?,
@@ -177,8 +197,14 @@ fn dispatch(hooks: &plughost_hooks_v1, hook: &Hook) -> Option<i32> {
             // SAFETY: see above.
             Some(unsafe { f(&s.raw, &d.raw) })
         }
-        Hook::DistributionRegistered { session, distribution }
-        | Hook::DistributionUnregistered { session, distribution } => {
+        Hook::DistributionRegistered {
+            session,
+            distribution,
+        }
+        | Hook::DistributionUnregistered {
+            session,
+            distribution,
+        } => {
             let f = match hook {
                 Hook::DistributionRegistered { .. } => hooks.on_distribution_registered?,
                 _ => hooks.on_distribution_unregistered?,

@@ -39,7 +39,11 @@ fn parse_args() -> Result<Args, String> {
             "--name" => name = args.next(),
             "--parent-pid" => {
                 let value = args.next().ok_or("--parent-pid needs a value")?;
-                parent_pid = Some(value.parse().map_err(|_| format!("bad --parent-pid {value:?}"))?);
+                parent_pid = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("bad --parent-pid {value:?}"))?,
+                );
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -93,22 +97,32 @@ fn main() {
             exit_now(0);
         }
     };
-    if demux.send(&HostMsg::Loaded { hooks: plugin.hook_set() }).is_err() {
+    if demux
+        .send(&HostMsg::Loaded {
+            hooks: plugin.hook_set(),
+        })
+        .is_err()
+    {
         exit_now(0);
     }
     serve_hooks(demux, &plugin);
 }
 
 fn handshake(demux: &Demux, name: &str) -> plughost_wire::Welcome {
-    let hello = Hello { protocol: PROTOCOL_VERSION, pid: std::process::id(), plugin: name.into() };
+    let hello = Hello {
+        protocol: PROTOCOL_VERSION,
+        pid: std::process::id(),
+        plugin: name.into(),
+    };
     if let Err(e) = demux.send(&HostMsg::Hello(hello)) {
         fail(&format!("handshake failed: {e}"));
     }
     match demux.recv_direct() {
         Ok(ServiceMsg::Welcome(welcome)) if welcome.protocol == PROTOCOL_VERSION => welcome,
-        Ok(ServiceMsg::Welcome(welcome)) => {
-            fail(&format!("service speaks protocol {}, we speak {PROTOCOL_VERSION}", welcome.protocol))
-        }
+        Ok(ServiceMsg::Welcome(welcome)) => fail(&format!(
+            "service speaks protocol {}, we speak {PROTOCOL_VERSION}",
+            welcome.protocol
+        )),
         Ok(ServiceMsg::Shutdown) => exit_now(0),
         Ok(other) => fail(&format!("handshake: unexpected {other:?}")),
         Err(e) => fail(&format!("handshake failed: {e}")),
@@ -124,7 +138,14 @@ fn serve_hooks(demux: &'static Demux, plugin: &LoadedPlugin) -> ! {
                 // A positive status is outside the contract; report it as a failure the service can
                 // name rather than letting it pass as success.
                 let status = if status > 0 { -libc::EPROTO } else { status };
-                if demux.send(&HostMsg::HookDone { id, status, message }).is_err() {
+                if demux
+                    .send(&HostMsg::HookDone {
+                        id,
+                        status,
+                        message,
+                    })
+                    .is_err()
+                {
                     exit_now(0);
                 }
             }

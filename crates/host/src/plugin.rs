@@ -26,7 +26,10 @@ pub struct LoadedPlugin {
 impl LoadedPlugin {
     /// `dlopen`s `path` (`RTLD_NOW | RTLD_LOCAL`), finds `plughost_plugin_entry_v1` and calls it
     /// with `api` and a zero-filled hook table.
-    pub fn load(path: &Path, api: &'static plughost_api_v1) -> Result<LoadedPlugin, PluginLoadError> {
+    pub fn load(
+        path: &Path,
+        api: &'static plughost_api_v1,
+    ) -> Result<LoadedPlugin, PluginLoadError> {
         let flags = libc::RTLD_NOW | libc::RTLD_LOCAL;
         // SAFETY: see the module invariant: running the plugin's constructors is intended.
         let library = unsafe { libloading::os::unix::Library::open(Some(path), flags) }
@@ -54,14 +57,38 @@ impl LoadedPlugin {
         let set = [
             (HookKind::VmStarted, h.on_vm_started.is_some()),
             (HookKind::VmStopping, h.on_vm_stopping.is_some()),
-            (HookKind::DistributionStarted, h.on_distribution_started.is_some()),
-            (HookKind::DistributionStopping, h.on_distribution_stopping.is_some()),
-            (HookKind::DistributionRegistered, h.on_distribution_registered.is_some()),
-            (HookKind::DistributionUnregistered, h.on_distribution_unregistered.is_some()),
-            (HookKind::ContainerSessionCreated, h.on_container_session_created.is_some()),
-            (HookKind::ContainerSessionStopping, h.on_container_session_stopping.is_some()),
-            (HookKind::SessionVmStarted, h.on_session_vm_started.is_some()),
-            (HookKind::SessionVmStopping, h.on_session_vm_stopping.is_some()),
+            (
+                HookKind::DistributionStarted,
+                h.on_distribution_started.is_some(),
+            ),
+            (
+                HookKind::DistributionStopping,
+                h.on_distribution_stopping.is_some(),
+            ),
+            (
+                HookKind::DistributionRegistered,
+                h.on_distribution_registered.is_some(),
+            ),
+            (
+                HookKind::DistributionUnregistered,
+                h.on_distribution_unregistered.is_some(),
+            ),
+            (
+                HookKind::ContainerSessionCreated,
+                h.on_container_session_created.is_some(),
+            ),
+            (
+                HookKind::ContainerSessionStopping,
+                h.on_container_session_stopping.is_some(),
+            ),
+            (
+                HookKind::SessionVmStarted,
+                h.on_session_vm_started.is_some(),
+            ),
+            (
+                HookKind::SessionVmStopping,
+                h.on_session_vm_stopping.is_some(),
+            ),
         ];
         set.iter()
             .filter(|(_, present)| *present)

@@ -31,9 +31,7 @@ use std::thread::Thread;
 
 use plughost_abi::PLUGHOST_E_SHUTTING_DOWN;
 use plughost_sys::{ChannelError, Seqpacket};
-use plughost_wire::{
-    decode, encode, ApiCall, Hook, HostMsg, RequestId, ServiceMsg, MAX_FRAME,
-};
+use plughost_wire::{decode, encode, ApiCall, Hook, HostMsg, RequestId, ServiceMsg, MAX_FRAME};
 
 use plughost_host::{Backend, BackendReply};
 
@@ -84,7 +82,10 @@ enum Got {
 
 impl Demux {
     pub fn new(channel: Seqpacket) -> Demux {
-        Demux { channel, state: Mutex::new(State::default()) }
+        Demux {
+            channel,
+            state: Mutex::new(State::default()),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -99,7 +100,10 @@ impl Demux {
             let mut buf = buf.borrow_mut();
             if encode(msg, &mut buf).is_err() {
                 // Only an oversized call can fail to encode; the plugin's arguments were too large.
-                return Err(ChannelError::Oversized { len: buf.len(), limit: MAX_FRAME });
+                return Err(ChannelError::Oversized {
+                    len: buf.len(),
+                    limit: MAX_FRAME,
+                });
             }
             self.channel.send(&buf, &[])
         })
@@ -121,7 +125,9 @@ impl Demux {
             let mut fds = Vec::new();
             let len = self.channel.recv(&mut buf, &mut fds)?;
             let msg = decode::<ServiceMsg>(&buf[..len]).map_err(|e| {
-                ChannelError::Io(std::io::Error::other(format!("bad frame from service: {e}")))
+                ChannelError::Io(std::io::Error::other(format!(
+                    "bad frame from service: {e}"
+                )))
             })?;
             if fds.len() != msg.fds_expected() {
                 return Err(ChannelError::Io(std::io::Error::other(
@@ -160,7 +166,10 @@ impl Demux {
                 state.closed.then_some(Got::Main(MainEvent::Closed))
             }
             Want::Reply(id) => {
-                let ready = state.pending.get(&id).is_some_and(|(_, reply)| reply.is_some());
+                let ready = state
+                    .pending
+                    .get(&id)
+                    .is_some_and(|(_, reply)| reply.is_some());
                 if ready {
                     let (_, reply) = state.pending.remove(&id)?;
                     return reply.map(|r| Got::Reply(Ok(r)));
@@ -263,7 +272,13 @@ impl Backend for Demux {
             state.pending.insert(id, (std::thread::current(), None));
             id
         };
-        if self.send(&HostMsg::Call { id: RequestId(id), call }).is_err() {
+        if self
+            .send(&HostMsg::Call {
+                id: RequestId(id),
+                call,
+            })
+            .is_err()
+        {
             self.lock().pending.remove(&id);
             return Err(PLUGHOST_E_SHUTTING_DOWN);
         }

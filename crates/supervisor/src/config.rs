@@ -73,7 +73,11 @@ pub struct ManagerConfig {
 
 impl ManagerConfig {
     pub fn new(plugins: Vec<PluginConfig>) -> ManagerConfig {
-        ManagerConfig { plugins, host_binary: None, output: Arc::new(LogOutput) }
+        ManagerConfig {
+            plugins,
+            host_binary: None,
+            output: Arc::new(LogOutput),
+        }
     }
 
     pub(crate) fn resolve_host_binary(&self) -> PathBuf {
@@ -89,6 +93,8 @@ impl ManagerConfig {
         if beside.exists() {
             return beside;
         }
-        dir.parent().map(|p| p.join("plughost-host")).unwrap_or(beside)
+        dir.parent()
+            .map(|p| p.join("plughost-host"))
+            .unwrap_or(beside)
     }
 }

@@ -32,10 +32,19 @@ pub enum PluginError {
     /// A veto hook returned a failure (or set a message and returned success, which is reported as
     /// `PLUGHOST_E_ILLEGAL_STATE`).
     #[error("plugin '{plugin}' returned a fatal error{}", vetoed_suffix(message, *status))]
-    Vetoed { plugin: String, hook: HookKind, status: i32, message: Option<String> },
+    Vetoed {
+        plugin: String,
+        hook: HookKind,
+        status: i32,
+        message: Option<String>,
+    },
     /// The host died or was killed during the operation (or earlier: the crash is latched).
     #[error("plugin '{plugin}' crashed: {cause}")]
-    Crashed { plugin: String, hook: Option<HookKind>, cause: CrashCause },
+    Crashed {
+        plugin: String,
+        hook: Option<HookKind>,
+        cause: CrashCause,
+    },
     /// The plugin could not be loaded.
     #[error("plugin '{plugin}' failed to load: {reason}")]
     LoadFailed { plugin: String, reason: String },
@@ -75,24 +84,43 @@ mod tests {
             status: -22,
             message: Some("no".into()),
         };
-        assert_eq!(e.to_string(), "plugin 'p' returned a fatal error: no (status -22)");
+        assert_eq!(
+            e.to_string(),
+            "plugin 'p' returned a fatal error: no (status -22)"
+        );
         let e = PluginError::Vetoed {
             plugin: "p".into(),
             hook: HookKind::VmStarted,
             status: -5,
             message: None,
         };
-        assert_eq!(e.to_string(), "plugin 'p' returned a fatal error (status -5)");
+        assert_eq!(
+            e.to_string(),
+            "plugin 'p' returned a fatal error (status -5)"
+        );
         let e = PluginError::Crashed {
             plugin: "p".into(),
             hook: None,
-            cause: CrashCause::Exited(ProcessExit::Signal { signal: 11, core_dumped: false }),
+            cause: CrashCause::Exited(ProcessExit::Signal {
+                signal: 11,
+                core_dumped: false,
+            }),
         };
-        assert_eq!(e.to_string(), "plugin 'p' crashed: killed by signal SIGSEGV");
+        assert_eq!(
+            e.to_string(),
+            "plugin 'p' crashed: killed by signal SIGSEGV"
+        );
         let e = PluginError::RequiresUpdate {
             plugin: "p".into(),
-            running: Version { major: 0, minor: 1, revision: 0 },
+            running: Version {
+                major: 0,
+                minor: 1,
+                revision: 0,
+            },
         };
-        assert_eq!(e.to_string(), "plugin 'p' requires a newer version of plughost than 0.1.0");
+        assert_eq!(
+            e.to_string(),
+            "plugin 'p' requires a newer version of plughost than 0.1.0"
+        );
     }
 }

@@ -18,7 +18,10 @@ use plughost_wire::{ApiCall, Hook, LoadFailure, Version};
 use crate::callbacks::{CallContext, ServiceCallbacks};
 use crate::host::execute::{execute, ProcessTable};
 
-type Default = (Arc<dyn ServiceCallbacks + Send + Sync>, Arc<Mutex<ProcessTable>>);
+type Default = (
+    Arc<dyn ServiceCallbacks + Send + Sync>,
+    Arc<Mutex<ProcessTable>>,
+);
 
 /// The default callbacks for calls from non-hook threads.
 static DEFAULT: Mutex<Option<Default>> = Mutex::new(None);
@@ -38,7 +41,9 @@ struct InProcessBackend;
 
 impl Backend for InProcessBackend {
     fn call(&self, call: ApiCall) -> Result<BackendReply, i32> {
-        let ctx = CallContext { plugin: "(in-process)" };
+        let ctx = CallContext {
+            plugin: "(in-process)",
+        };
         if let Some(scope) = SCOPE.with(Cell::get) {
             // SAFETY: `Scope` is only set by `with_scope`, on this thread, and cleared before the
             // references it was made from go out of scope; we are inside that window.
@@ -105,6 +110,8 @@ impl InProcessPlugin {
     }
 
     pub fn call(&self, hook: &Hook, scope: &dyn ServiceCallbacks) -> Option<HookOutcome> {
-        with_scope(scope, &self.processes, || hook::call(&self.plugin.hooks, hook))
+        with_scope(scope, &self.processes, || {
+            hook::call(&self.plugin.hooks, hook)
+        })
     }
 }

@@ -29,12 +29,12 @@
 //! This crate does not implement the service's side of the API (mounts, processes, ...): the embedding
 //! service does, through [`ServiceCallbacks`].
 #![deny(unsafe_code)]
+// `inprocess` re-allows it for its one thread-local scope pointer (see its module docs).
 
 mod callbacks;
 mod config;
 mod error;
 mod host;
-#[allow(unsafe_code)]
 mod inprocess;
 mod manager;
 mod monitor;

@@ -42,7 +42,10 @@ pub fn service_version() -> Version {
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
     #[error("cannot start the plugin manager's {what}: {source}")]
-    Setup { what: &'static str, source: std::io::Error },
+    Setup {
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 enum Runtime {
@@ -63,7 +66,10 @@ struct Plugin {
 
 impl Plugin {
     fn latched(&self) -> Option<PluginError> {
-        self.latched.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.latched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn latch(&self, error: PluginError) {
@@ -151,7 +157,9 @@ impl PluginManager {
                     match spawn::start(params) {
                         Ok(started) => {
                             let name = started.host.name.clone();
-                            manager.monitor.watch_output(started.host.id, name, started.output);
+                            manager
+                                .monitor
+                                .watch_output(started.host.id, name, started.output);
                             manager.monitor.watch_host(&started.host);
                             manager.pool.register(&started.host);
                             Ok(Runtime::Host(started.host))
@@ -195,8 +203,15 @@ impl PluginManager {
         let plugin = plugin.to_owned();
         match error {
             StartError::Load(reason) => PluginError::LoadFailed { plugin, reason },
-            StartError::RequiresUpdate => PluginError::RequiresUpdate { plugin, running: self.version },
-            StartError::Crashed(cause) => PluginError::Crashed { plugin, hook: None, cause },
+            StartError::RequiresUpdate => PluginError::RequiresUpdate {
+                plugin,
+                running: self.version,
+            },
+            StartError::Crashed(cause) => PluginError::Crashed {
+                plugin,
+                hook: None,
+                cause,
+            },
         }
     }
 
@@ -209,7 +224,10 @@ impl PluginManager {
                 reason: format!("no {} symbol", plughost_abi::PLUGHOST_ENTRY_POINT_V1),
             },
             LoadFailure::EntryFailed(plughost_abi::PLUGHOST_E_REQUIRES_UPDATE) => {
-                PluginError::RequiresUpdate { plugin, running: self.version }
+                PluginError::RequiresUpdate {
+                    plugin,
+                    running: self.version,
+                }
             }
             LoadFailure::EntryFailed(status) => PluginError::LoadFailed {
                 plugin,
@@ -241,8 +259,11 @@ impl PluginManager {
             match outcome {
                 Ok(HookOutcome { status, message }) => {
                     // A message with a success is itself an error (PLUGIN_ABI.md, status codes).
-                    let status =
-                        if status == 0 && message.is_some() { PLUGHOST_E_ILLEGAL_STATE } else { status };
+                    let status = if status == 0 && message.is_some() {
+                        PLUGHOST_E_ILLEGAL_STATE
+                    } else {
+                        status
+                    };
                     if status == 0 {
                         continue;
                     }
@@ -291,7 +312,10 @@ impl PluginManager {
         if let Some(error) = self.first_latched() {
             return Err(error);
         }
-        let hook = Hook::VmStarted { session: session.clone(), settings: *settings };
+        let hook = Hook::VmStarted {
+            session: session.clone(),
+            settings: *settings,
+        };
         let result = self.dispatch(&hook, scope);
         if result.is_err() {
             self.on_vm_stopping(session, scope);
@@ -300,7 +324,12 @@ impl PluginManager {
     }
 
     pub fn on_vm_stopping(&self, session: &Session, scope: &dyn ServiceCallbacks) {
-        let _ = self.dispatch(&Hook::VmStopping { session: session.clone() }, scope);
+        let _ = self.dispatch(
+            &Hook::VmStopping {
+                session: session.clone(),
+            },
+            scope,
+        );
     }
 
     /// `on_distribution_started`; a veto fails the start (and that distribution gets no

@@ -21,7 +21,11 @@ const MAX_LINE: usize = 4096;
 
 enum Watch {
     Death(Weak<Host>),
-    Output { plugin: Arc<str>, pipe: OwnedFd, partial: Vec<u8> },
+    Output {
+        plugin: Arc<str>,
+        pipe: OwnedFd,
+        partial: Vec<u8>,
+    },
 }
 
 pub(crate) struct Monitor {
@@ -37,10 +41,16 @@ impl Monitor {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         let stop = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
         epoll::add(&epoll, &stop, EventData::new_u64(STOP_KEY), EventFlags::IN)?;
-        let monitor =
-            Arc::new(Monitor { epoll, stop, watches: Mutex::new(HashMap::new()), output });
+        let monitor = Arc::new(Monitor {
+            epoll,
+            stop,
+            watches: Mutex::new(HashMap::new()),
+            output,
+        });
         let thread = monitor.clone();
-        std::thread::Builder::new().name("plughost-monitor".into()).spawn(move || thread.run())?;
+        std::thread::Builder::new()
+            .name("plughost-monitor".into())
+            .spawn(move || thread.run())?;
         Ok(monitor)
     }
 
@@ -55,7 +65,11 @@ impl Monitor {
 
     /// Watches a host's pidfd.
     pub fn watch_host(&self, host: &Arc<Host>) {
-        self.add(host.id * 2, host.pidfd().as_fd(), Watch::Death(Arc::downgrade(host)));
+        self.add(
+            host.id * 2,
+            host.pidfd().as_fd(),
+            Watch::Death(Arc::downgrade(host)),
+        );
     }
 
     /// Logs a host's output pipe until it closes.
@@ -67,7 +81,14 @@ impl Monitor {
             tracing::error!(plugin = %plugin, "monitor cannot watch the host's output: {e}");
             return;
         }
-        watches.insert(key, Watch::Output { plugin, pipe, partial: Vec::new() });
+        watches.insert(
+            key,
+            Watch::Output {
+                plugin,
+                pipe,
+                partial: Vec::new(),
+            },
+        );
     }
 
     pub fn stop(&self) {
@@ -78,7 +99,11 @@ impl Monitor {
         let mut events = Vec::with_capacity(16);
         loop {
             events.clear();
-            match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), None) {
+            match epoll::wait(
+                &self.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                None,
+            ) {
                 Ok(_) => {}
                 Err(Errno::INTR) => continue,
                 Err(e) => {
@@ -106,9 +131,11 @@ impl Monitor {
                 }
                 true
             }
-            Some(Watch::Output { plugin, pipe, partial }) => {
-                read_output(pipe, partial, plugin, &*self.output)
-            }
+            Some(Watch::Output {
+                plugin,
+                pipe,
+                partial,
+            }) => read_output(pipe, partial, plugin, &*self.output),
         };
         if done {
             if let Some(watch) = watches.remove(&key) {
@@ -128,12 +155,7 @@ impl Monitor {
 }
 
 /// Reads what is available; returns true at end of file.
-fn read_output(
-    pipe: &OwnedFd,
-    partial: &mut Vec<u8>,
-    plugin: &str,
-    sink: &dyn OutputSink,
-) -> bool {
+fn read_output(pipe: &OwnedFd, partial: &mut Vec<u8>, plugin: &str, sink: &dyn OutputSink) -> bool {
     let mut buf = [0u8; 4096];
     loop {
         match rustix::io::read(pipe, &mut buf) {
@@ -148,7 +170,10 @@ fn read_output(
                 partial.extend_from_slice(&buf[..n]);
                 while let Some(pos) = partial.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = partial.drain(..=pos).collect();
-                    sink.line(plugin, String::from_utf8_lossy(&line[..pos]).trim_end_matches('\r'));
+                    sink.line(
+                        plugin,
+                        String::from_utf8_lossy(&line[..pos]).trim_end_matches('\r'),
+                    );
                 }
                 while partial.len() >= MAX_LINE {
                     let line: Vec<u8> = partial.drain(..MAX_LINE).collect();

@@ -31,7 +31,11 @@ impl Pool {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         let stop = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
         epoll::add(&epoll, &stop, EventData::new_u64(STOP_KEY), EventFlags::IN)?;
-        Ok(Arc::new(Pool { epoll, stop, hosts: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(Pool {
+            epoll,
+            stop,
+            hosts: Mutex::new(HashMap::new()),
+        }))
     }
 
     pub fn start(
@@ -54,27 +58,44 @@ impl Pool {
             .unwrap_or_else(|e| e.into_inner())
             .insert(host.id, Arc::downgrade(host));
         let flags = EventFlags::IN | EventFlags::ONESHOT;
-        if let Err(e) = epoll::add(&self.epoll, host.channel_fd(), EventData::new_u64(host.id), flags)
-        {
+        if let Err(e) = epoll::add(
+            &self.epoll,
+            host.channel_fd(),
+            EventData::new_u64(host.id),
+            flags,
+        ) {
             tracing::error!(plugin = %host.name, "cannot watch the host's channel: {e}");
         }
     }
 
     pub fn unregister(&self, host: &Host) {
         let _ = epoll::delete(&self.epoll, host.channel_fd());
-        self.hosts.lock().unwrap_or_else(|e| e.into_inner()).remove(&host.id);
+        self.hosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&host.id);
     }
 
     /// Re-arms the host's channel (level-checked: a frame already waiting fires at once).
     pub fn arm(&self, host: &Host) {
         let flags = EventFlags::IN | EventFlags::ONESHOT;
-        let _ = epoll::modify(&self.epoll, host.channel_fd(), EventData::new_u64(host.id), flags);
+        let _ = epoll::modify(
+            &self.epoll,
+            host.channel_fd(),
+            EventData::new_u64(host.id),
+            flags,
+        );
     }
 
     /// Stops pool threads from waking for this channel while a dispatcher reads it.
     pub fn disarm(&self, host: &Host) {
         let flags = EventFlags::ONESHOT;
-        let _ = epoll::modify(&self.epoll, host.channel_fd(), EventData::new_u64(host.id), flags);
+        let _ = epoll::modify(
+            &self.epoll,
+            host.channel_fd(),
+            EventData::new_u64(host.id),
+            flags,
+        );
     }
 
     pub fn stop(&self) {
@@ -85,7 +106,11 @@ impl Pool {
         let mut events = Vec::with_capacity(1);
         loop {
             events.clear();
-            match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), None) {
+            match epoll::wait(
+                &self.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                None,
+            ) {
                 Ok(_) => {}
                 Err(Errno::INTR) => continue,
                 Err(e) => {
@@ -98,7 +123,12 @@ impl Pool {
                 if key == STOP_KEY {
                     return;
                 }
-                let host = self.hosts.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+                let host = self
+                    .hosts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&key)
+                    .cloned();
                 if let Some(host) = host.and_then(|h| h.upgrade()) {
                     host.serve_idle(default);
                 }

@@ -71,7 +71,9 @@ impl Seqpacket {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MSG))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-            return Err(ChannelError::TooManyFds { limit: MAX_FDS_PER_MSG });
+            return Err(ChannelError::TooManyFds {
+                limit: MAX_FDS_PER_MSG,
+            });
         }
         loop {
             match sendmsg(&self.fd, &iov, &mut control, SendFlags::NOSIGNAL) {
@@ -87,7 +89,9 @@ impl Seqpacket {
     pub fn recv(&self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<usize, ChannelError> {
         loop {
             match self.recv_flags(buf, fds, RecvFlags::empty()) {
-                Err(ChannelError::Io(e)) if e.raw_os_error() == Some(Errno::INTR.raw_os_error()) => {
+                Err(ChannelError::Io(e))
+                    if e.raw_os_error() == Some(Errno::INTR.raw_os_error()) =>
+                {
                     continue
                 }
                 other => return other,
@@ -140,7 +144,9 @@ impl Seqpacket {
         }
         if msg.flags.contains(ReturnFlags::CTRUNC) || fds.len() - before > MAX_FDS_PER_MSG {
             fds.truncate(before);
-            return Err(ChannelError::TooManyFds { limit: MAX_FDS_PER_MSG });
+            return Err(ChannelError::TooManyFds {
+                limit: MAX_FDS_PER_MSG,
+            });
         }
         if msg.bytes == 0 {
             fds.truncate(before);
@@ -148,7 +154,10 @@ impl Seqpacket {
         }
         if msg.bytes > limit || msg.flags.contains(ReturnFlags::TRUNC) {
             fds.truncate(before);
-            return Err(ChannelError::Oversized { len: msg.bytes, limit });
+            return Err(ChannelError::Oversized {
+                len: msg.bytes,
+                limit,
+            });
         }
         Ok(msg.bytes)
     }
@@ -197,7 +206,10 @@ mod tests {
         let mut fds = Vec::new();
         assert!(matches!(
             b.recv(&mut buf, &mut fds),
-            Err(ChannelError::Oversized { len: 100, limit: 10 })
+            Err(ChannelError::Oversized {
+                len: 100,
+                limit: 10
+            })
         ));
     }
 
@@ -206,7 +218,10 @@ mod tests {
         let (a, b) = Seqpacket::pair().unwrap();
         drop(a);
         let mut buf = [0u8; 10];
-        assert!(matches!(b.recv(&mut buf, &mut Vec::new()), Err(ChannelError::Disconnected)));
+        assert!(matches!(
+            b.recv(&mut buf, &mut Vec::new()),
+            Err(ChannelError::Disconnected)
+        ));
         assert!(matches!(b.send(b"x", &[]), Err(ChannelError::Disconnected)));
     }
 
@@ -220,12 +235,18 @@ mod tests {
         };
         std::thread::sleep(std::time::Duration::from_millis(20));
         a.shutdown();
-        assert!(matches!(reader.join().unwrap(), Err(ChannelError::Disconnected)));
+        assert!(matches!(
+            reader.join().unwrap(),
+            Err(ChannelError::Disconnected)
+        ));
     }
 
     #[test]
     fn try_recv_does_not_block() {
         let (_a, b) = Seqpacket::pair().unwrap();
-        assert!(b.try_recv(&mut [0u8; 8], &mut Vec::new()).unwrap().is_none());
+        assert!(b
+            .try_recv(&mut [0u8; 8], &mut Vec::new())
+            .unwrap()
+            .is_none());
     }
 }

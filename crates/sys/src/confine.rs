@@ -93,13 +93,18 @@ pub fn enter_pid_namespace() -> std::io::Result<NamespaceRole> {
         // The write end stays open (leaked on purpose) for the outer's whole life: the inner sees
         // it close exactly when the outer dies.
         std::mem::forget(parent_holds);
-        return Ok(NamespaceRole::Outer { inner: pid.unsigned_abs() });
+        return Ok(NamespaceRole::Outer {
+            inner: pid.unsigned_abs(),
+        });
     }
     drop(parent_holds);
     set_parent_process_death_signal(Some(Signal::KILL))?;
     // The outer may have died before the death signal was armed: then its pipe end is closed.
     let mut fds = [PollFd::new(&parent_alive, PollFlags::IN)];
-    let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     if poll(&mut fds, Some(&zero)).unwrap_or(1) > 0 {
         return Err(std::io::Error::other("the outer host died during start-up"));
     }
@@ -120,7 +125,10 @@ pub fn wait_child(pid: u32) -> std::io::Result<ProcessExit> {
                 if let Some(signal) = status.terminating_signal() {
                     // WCOREDUMP: bit 0x80 of the raw status.
                     let core_dumped = status.as_raw() & 0x80 != 0;
-                    return Ok(ProcessExit::Signal { signal, core_dumped });
+                    return Ok(ProcessExit::Signal {
+                        signal,
+                        core_dumped,
+                    });
                 }
             }
             Ok(None) => {}
@@ -136,7 +144,10 @@ pub fn mirror_exit(exit: ProcessExit) -> ! {
     match exit {
         ProcessExit::Code(code) => std::process::exit(code),
         ProcessExit::Signal { signal, .. } => {
-            let limit = rustix::process::Rlimit { current: Some(0), maximum: None };
+            let limit = rustix::process::Rlimit {
+                current: Some(0),
+                maximum: None,
+            };
             let _ = rustix::process::setrlimit(rustix::process::Resource::Core, limit);
             // SAFETY: resetting a disposition to SIG_DFL and raising a signal have no memory-safety
             // preconditions; the process is about to die either way.

@@ -24,7 +24,10 @@ impl ProcessExit {
     fn from_status(status: &WaitIdStatus) -> ProcessExit {
         match (status.exit_status(), status.terminating_signal()) {
             (Some(code), _) => ProcessExit::Code(code),
-            (None, Some(signal)) => ProcessExit::Signal { signal, core_dumped: status.dumped() },
+            (None, Some(signal)) => ProcessExit::Signal {
+                signal,
+                core_dumped: status.dumped(),
+            },
             // waitid(WEXITED) only reports terminated children; keep a value that says so.
             (None, None) => ProcessExit::Code(status.raw_code()),
         }
@@ -35,7 +38,10 @@ impl fmt::Display for ProcessExit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProcessExit::Code(code) => write!(f, "exited with status {code}"),
-            ProcessExit::Signal { signal, core_dumped } => {
+            ProcessExit::Signal {
+                signal,
+                core_dumped,
+            } => {
                 write!(f, "killed by signal {}", signal_name(*signal))?;
                 if *core_dumped {
                     f.write_str(" (core dumped)")?;
@@ -198,8 +204,13 @@ mod tests {
     use std::process::Command;
 
     #[test]
+    // The children are reaped through their pidfds, which is what is under test.
+    #[allow(clippy::zombie_processes)]
     fn exit_code_and_signal_are_classified() {
-        let child = Command::new("/bin/sh").args(["-c", "exit 3"]).spawn().unwrap();
+        let child = Command::new("/bin/sh")
+            .args(["-c", "exit 3"])
+            .spawn()
+            .unwrap();
         let pidfd = Pidfd::open(child.id()).unwrap();
         assert_eq!(pidfd.wait().unwrap(), ProcessExit::Code(3));
 
@@ -210,10 +221,17 @@ mod tests {
         assert!(pidfd.wait_exit_timeout(Some(Duration::from_secs(10))));
         assert_eq!(
             pidfd.wait().unwrap(),
-            ProcessExit::Signal { signal: 9, core_dumped: false }
+            ProcessExit::Signal {
+                signal: 9,
+                core_dumped: false
+            }
         );
         assert_eq!(
-            ProcessExit::Signal { signal: 11, core_dumped: true }.to_string(),
+            ProcessExit::Signal {
+                signal: 11,
+                core_dumped: true
+            }
+            .to_string(),
             "killed by signal SIGSEGV (core dumped)"
         );
     }

@@ -161,12 +161,29 @@ impl HookSet {
 /// One hook call with its arguments.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Hook {
-    VmStarted { session: Session, settings: VmSettings },
-    VmStopping { session: Session },
-    DistributionStarted { session: Session, distribution: Distribution },
-    DistributionStopping { session: Session, distribution: Distribution },
-    DistributionRegistered { session: Session, distribution: OfflineDistribution },
-    DistributionUnregistered { session: Session, distribution: OfflineDistribution },
+    VmStarted {
+        session: Session,
+        settings: VmSettings,
+    },
+    VmStopping {
+        session: Session,
+    },
+    DistributionStarted {
+        session: Session,
+        distribution: Distribution,
+    },
+    DistributionStopping {
+        session: Session,
+        distribution: Distribution,
+    },
+    DistributionRegistered {
+        session: Session,
+        distribution: OfflineDistribution,
+    },
+    DistributionUnregistered {
+        session: Session,
+        distribution: OfflineDistribution,
+    },
     ContainerSessionCreated(ContainerSession),
     ContainerSessionStopping(ContainerSession),
     SessionVmStarted(ContainerSession),
@@ -310,18 +327,33 @@ pub struct Welcome {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HostMsg {
     Hello(Hello),
-    Loaded { hooks: HookSet },
+    Loaded {
+        hooks: HookSet,
+    },
     LoadFailed(LoadFailure),
-    HookDone { id: RequestId, status: i32, message: Option<String> },
-    Call { id: RequestId, call: ApiCall },
+    HookDone {
+        id: RequestId,
+        status: i32,
+        message: Option<String>,
+    },
+    Call {
+        id: RequestId,
+        call: ApiCall,
+    },
 }
 
 /// Service to host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServiceMsg {
     Welcome(Welcome),
-    Hook { id: RequestId, hook: Hook },
-    Reply { id: RequestId, reply: ApiReply },
+    Hook {
+        id: RequestId,
+        hook: Hook,
+    },
+    Reply {
+        id: RequestId,
+        reply: ApiReply,
+    },
     /// Ask the host to exit now; it answers nothing.
     Shutdown,
 }
@@ -330,7 +362,10 @@ impl ServiceMsg {
     /// How many fds must accompany this message.
     pub fn fds_expected(&self) -> usize {
         match self {
-            ServiceMsg::Reply { reply: ApiReply::Fd, .. } => 1,
+            ServiceMsg::Reply {
+                reply: ApiReply::Fd,
+                ..
+            } => 1,
             _ => 0,
         }
     }

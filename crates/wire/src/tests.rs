@@ -3,16 +3,31 @@ use proptest::prelude::*;
 use super::*;
 
 fn session() -> Session {
-    Session { id: 7, uid: 1000, gid: 1000, user_name: "alice".into() }
+    Session {
+        id: 7,
+        uid: 1000,
+        gid: 1000,
+        user_name: "alice".into(),
+    }
 }
 
 #[test]
 fn every_message_kind_round_trips() {
     let host = [
-        HostMsg::Hello(Hello { protocol: PROTOCOL_VERSION, pid: 1, plugin: "p".into() }),
-        HostMsg::Loaded { hooks: HookSet::default().with(HookKind::VmStarted) },
+        HostMsg::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            pid: 1,
+            plugin: "p".into(),
+        }),
+        HostMsg::Loaded {
+            hooks: HookSet::default().with(HookKind::VmStarted),
+        },
         HostMsg::LoadFailed(LoadFailure::EntryFailed(-22)),
-        HostMsg::HookDone { id: RequestId(3), status: -1, message: Some("no".into()) },
+        HostMsg::HookDone {
+            id: RequestId(3),
+            status: -1,
+            message: Some("no".into()),
+        },
         HostMsg::Call {
             id: RequestId(9),
             call: ApiCall::ExecuteBinary {
@@ -30,9 +45,15 @@ fn every_message_kind_round_trips() {
     let service = [
         ServiceMsg::Hook {
             id: RequestId(1),
-            hook: Hook::VmStarted { session: session(), settings: VmSettings { flags: 3 } },
+            hook: Hook::VmStarted {
+                session: session(),
+                settings: VmSettings { flags: 3 },
+            },
         },
-        ServiceMsg::Reply { id: RequestId(2), reply: ApiReply::Fd },
+        ServiceMsg::Reply {
+            id: RequestId(2),
+            reply: ApiReply::Fd,
+        },
         ServiceMsg::Shutdown,
     ];
     for msg in service {
@@ -47,32 +68,58 @@ fn header_is_checked_before_the_body() {
     encode(&ServiceMsg::Shutdown, &mut buf).unwrap();
     let mut bad = buf.clone();
     bad[0] = b'X';
-    assert!(matches!(decode::<ServiceMsg>(&bad), Err(WireError::BadMagic(_))));
+    assert!(matches!(
+        decode::<ServiceMsg>(&bad),
+        Err(WireError::BadMagic(_))
+    ));
     let mut bad = buf.clone();
     bad[2] = 2;
     assert_eq!(decode::<ServiceMsg>(&bad), Err(WireError::BadVersion(2)));
     let mut bad = buf.clone();
     bad[3] = 1;
     assert_eq!(decode::<ServiceMsg>(&bad), Err(WireError::ReservedFlags(1)));
-    assert_eq!(decode::<ServiceMsg>(&buf[..2]), Err(WireError::Truncated { len: 2 }));
+    assert_eq!(
+        decode::<ServiceMsg>(&buf[..2]),
+        Err(WireError::Truncated { len: 2 })
+    );
     let mut long = buf.clone();
     long.push(0);
-    assert_eq!(decode::<ServiceMsg>(&long), Err(WireError::TrailingBytes { len: 1 }));
+    assert_eq!(
+        decode::<ServiceMsg>(&long),
+        Err(WireError::TrailingBytes { len: 1 })
+    );
     let huge = vec![0u8; MAX_FRAME + 1];
-    assert_eq!(decode::<HostMsg>(&huge), Err(WireError::Oversized { len: MAX_FRAME + 1 }));
+    assert_eq!(
+        decode::<HostMsg>(&huge),
+        Err(WireError::Oversized { len: MAX_FRAME + 1 })
+    );
 }
 
 #[test]
 fn unknown_message_kind_is_malformed() {
     let frame = [b'P', b'H', PROTOCOL_VERSION, 0, 200];
-    assert!(matches!(decode::<HostMsg>(&frame), Err(WireError::Malformed(_))));
+    assert!(matches!(
+        decode::<HostMsg>(&frame),
+        Err(WireError::Malformed(_))
+    ));
 }
 
 #[test]
 fn positive_hook_status_is_invalid() {
     let mut buf = Vec::new();
-    encode(&HostMsg::HookDone { id: RequestId(1), status: 5, message: None }, &mut buf).unwrap();
-    assert!(matches!(decode::<HostMsg>(&buf), Err(WireError::Invalid(_))));
+    encode(
+        &HostMsg::HookDone {
+            id: RequestId(1),
+            status: 5,
+            message: None,
+        },
+        &mut buf,
+    )
+    .unwrap();
+    assert!(matches!(
+        decode::<HostMsg>(&buf),
+        Err(WireError::Invalid(_))
+    ));
 }
 
 #[test]
@@ -86,7 +133,13 @@ fn oversized_message_is_refused_at_encode() {
     };
     let mut buf = Vec::new();
     assert!(matches!(
-        encode(&HostMsg::Call { id: RequestId(1), call }, &mut buf),
+        encode(
+            &HostMsg::Call {
+                id: RequestId(1),
+                call
+            },
+            &mut buf
+        ),
         Err(WireError::Oversized { .. })
     ));
 }

@@ -31,8 +31,12 @@ fn main() {
         eprintln!("vm start failed: {e}");
         std::process::exit(1);
     }
-    let pids: Vec<String> =
-        manager.plugins().iter().filter_map(|p| p.host_pid).map(|p| p.to_string()).collect();
+    let pids: Vec<String> = manager
+        .plugins()
+        .iter()
+        .filter_map(|p| p.host_pid)
+        .map(|p| p.to_string())
+        .collect();
     println!("READY {}", pids.join(" "));
     let _ = std::io::stdout().flush();
     loop {

@@ -53,16 +53,38 @@ pub(crate) fn execute(
     processes: &Mutex<ProcessTable>,
 ) -> (ApiReply, Option<OwnedFd>) {
     match call {
-        ApiCall::MountFolder { session, host_path, vm_path, read_only, name } => reply_status(
-            handler.mount_folder(ctx, session, &host_path, &vm_path, read_only, &name),
-        ),
-        ApiCall::ExecuteBinary { session, path, argv } => {
-            reply_fd(handler.execute_binary(ctx, session, &path, &argv))
+        ApiCall::MountFolder {
+            session,
+            host_path,
+            vm_path,
+            read_only,
+            name,
+        } => {
+            reply_status(handler.mount_folder(ctx, session, &host_path, &vm_path, read_only, &name))
         }
-        ApiCall::ExecuteBinaryInDistribution { session, distribution, path, argv } => reply_fd(
-            handler.execute_binary_in_distribution(ctx, session, distribution, &path, &argv),
-        ),
-        ApiCall::ContainerMountFolder { container_session, host_path, mountpoint, read_only } => {
+        ApiCall::ExecuteBinary {
+            session,
+            path,
+            argv,
+        } => reply_fd(handler.execute_binary(ctx, session, &path, &argv)),
+        ApiCall::ExecuteBinaryInDistribution {
+            session,
+            distribution,
+            path,
+            argv,
+        } => reply_fd(handler.execute_binary_in_distribution(
+            ctx,
+            session,
+            distribution,
+            &path,
+            &argv,
+        )),
+        ApiCall::ContainerMountFolder {
+            container_session,
+            host_path,
+            mountpoint,
+            read_only,
+        } => {
             if !mountpoint.starts_with('/') {
                 return (ApiReply::Status(-libc_einval()), None);
             }
@@ -74,11 +96,23 @@ pub(crate) fn execute(
                 read_only,
             ))
         }
-        ApiCall::ContainerUnmountFolder { container_session, mountpoint } => {
-            reply_status(handler.container_unmount_folder(ctx, container_session, &mountpoint))
-        }
-        ApiCall::ContainerCreateProcess { container_session, path, argv, envp } => {
-            if processes.lock().unwrap_or_else(|e| e.into_inner()).live.len() >= MAX_PROCESSES {
+        ApiCall::ContainerUnmountFolder {
+            container_session,
+            mountpoint,
+        } => reply_status(handler.container_unmount_folder(ctx, container_session, &mountpoint)),
+        ApiCall::ContainerCreateProcess {
+            container_session,
+            path,
+            argv,
+            envp,
+        } => {
+            if processes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .live
+                .len()
+                >= MAX_PROCESSES
+            {
                 return (ApiReply::Status(-24), None);
             }
             match handler.container_create_process(
@@ -95,9 +129,13 @@ pub(crate) fn execute(
                     table.live.insert(handle, process);
                     (ApiReply::Process(ProcessHandle(handle)), None)
                 }
-                Err(CreateProcessError { status, errno }) => {
-                    (ApiReply::ProcessFailed { status: status.as_failure(), errno }, None)
-                }
+                Err(CreateProcessError { status, errno }) => (
+                    ApiReply::ProcessFailed {
+                        status: status.as_failure(),
+                        errno,
+                    },
+                    None,
+                ),
             }
         }
         ApiCall::ProcessGetFd { process, which } => {
@@ -119,8 +157,11 @@ pub(crate) fn execute(
             }
         }
         ApiCall::ProcessRelease { process } => {
-            let removed =
-                processes.lock().unwrap_or_else(|e| e.into_inner()).live.remove(&process.0);
+            let removed = processes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .live
+                .remove(&process.0);
             reply_status(removed.map(drop).ok_or(Status::NOT_FOUND))
         }
     }

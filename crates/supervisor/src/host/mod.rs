@@ -171,7 +171,11 @@ impl Host {
         }
         match self.reap() {
             Some(exit) => CrashCause::Exited(exit),
-            None => self.killed_for.get().cloned().unwrap_or(CrashCause::ChannelClosed),
+            None => self
+                .killed_for
+                .get()
+                .cloned()
+                .unwrap_or(CrashCause::ChannelClosed),
         }
     }
 
@@ -247,7 +251,13 @@ impl Host {
         hook: &Hook,
         scope: &dyn ServiceCallbacks,
     ) -> Result<HookOutcome, CrashCause> {
-        if let Err(e) = self.send(&ServiceMsg::Hook { id, hook: hook.clone() }, None) {
+        if let Err(e) = self.send(
+            &ServiceMsg::Hook {
+                id,
+                hook: hook.clone(),
+            },
+            None,
+        ) {
             return Err(match e {
                 ChannelError::Disconnected => self.crash_cause(),
                 e => self.violation(format!("cannot send {}: {e}", hook.kind())),
@@ -255,9 +265,11 @@ impl Host {
         }
         loop {
             match self.recv(reader, true)? {
-                Some(HostMsg::HookDone { id: got, status, message }) if got == id => {
-                    return Ok(HookOutcome { status, message })
-                }
+                Some(HostMsg::HookDone {
+                    id: got,
+                    status,
+                    message,
+                }) if got == id => return Ok(HookOutcome { status, message }),
                 Some(HostMsg::Call { id, call }) => self.serve_call(id, call, scope),
                 Some(HostMsg::HookDone { id: got, .. }) => {
                     return Err(self.violation(format!(
@@ -301,7 +313,10 @@ impl Host {
         match msg {
             HostMsg::Call { id, call } => self.serve_call(id, call, default),
             HostMsg::HookDone { id, .. } => {
-                self.violation(format!("answered hook request {} that was never sent", id.0));
+                self.violation(format!(
+                    "answered hook request {} that was never sent",
+                    id.0
+                ));
             }
             other => {
                 self.violation(format!("sent {} outside a hook", host_msg_name(&other)));
@@ -325,5 +340,8 @@ impl Host {
 }
 
 pub(crate) fn new_reader() -> Reader {
-    Reader { buf: vec![0; MAX_FRAME], fds: Vec::new() }
+    Reader {
+        buf: vec![0; MAX_FRAME],
+        fds: Vec::new(),
+    }
 }

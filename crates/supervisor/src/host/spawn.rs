@@ -40,22 +40,31 @@ pub(crate) struct Spawner {
 impl Spawner {
     pub fn start() -> std::io::Result<Spawner> {
         let (tx, rx) = mpsc::channel::<SpawnJob>();
-        std::thread::Builder::new().name("plughost-spawner".into()).spawn(move || {
-            for (mut command, reply) in rx {
-                // The Child handle is dropped without waiting: the host is reaped through its pidfd.
-                let _ = reply.send(command.spawn().map(|child| child.id()));
-            }
-        })?;
-        Ok(Spawner { jobs: Mutex::new(Some(tx)) })
+        std::thread::Builder::new()
+            .name("plughost-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in rx {
+                    // The Child handle is dropped without waiting: the host is reaped through its pidfd.
+                    let _ = reply.send(command.spawn().map(|child| child.id()));
+                }
+            })?;
+        Ok(Spawner {
+            jobs: Mutex::new(Some(tx)),
+        })
     }
 
     fn spawn(&self, command: Command) -> std::io::Result<u32> {
         let (tx, rx) = mpsc::channel();
         let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        let sender = jobs.as_ref().ok_or_else(|| std::io::Error::other("manager shut down"))?;
-        sender.send((command, tx)).map_err(|_| std::io::Error::other("spawner thread is gone"))?;
+        let sender = jobs
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("manager shut down"))?;
+        sender
+            .send((command, tx))
+            .map_err(|_| std::io::Error::other("spawner thread is gone"))?;
         drop(jobs);
-        rx.recv().map_err(|_| std::io::Error::other("spawner thread is gone"))?
+        rx.recv()
+            .map_err(|_| std::io::Error::other("spawner thread is gone"))?
     }
 
     /// Lets the thread end (after the hosts it spawned are gone).
@@ -117,7 +126,8 @@ pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<O
         )
     })?;
     // The pid is our unreaped child, so it cannot have been recycled yet.
-    let pidfd = Pidfd::open(pid).map_err(|e| (StartError::Load(format!("pidfd_open: {e}")), None))?;
+    let pidfd =
+        Pidfd::open(pid).map_err(|e| (StartError::Load(format!("pidfd_open: {e}")), None))?;
     let host = Arc::new(Host {
         name: Arc::from(name.as_str()),
         id: p.id,
@@ -143,7 +153,10 @@ pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<O
                 }
                 Err(host) => host,
             };
-            Ok(Started { host, output: out_read })
+            Ok(Started {
+                host,
+                output: out_read,
+            })
         }
         Err(e) => {
             host.kill();
@@ -164,7 +177,10 @@ fn wait_readable(host: &Host, deadline: Instant) -> Result<(), StartError> {
                 HANDSHAKE_TIMEOUT.as_secs()
             )));
         }
-        let ts = Timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos().into() };
+        let ts = Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: left.subsec_nanos().into(),
+        };
         let mut fds = [
             PollFd::new(&host.channel, PollFlags::IN),
             PollFd::new(host.pidfd(), PollFlags::IN),
@@ -198,9 +214,10 @@ fn handshake(host: &Host, p: &StartParams<'_>) -> Result<plughost_wire::HookSet,
     let hello = match next(host, Instant::now() + HANDSHAKE_TIMEOUT)? {
         HostMsg::Hello(hello) => hello,
         other => {
-            return Err(StartError::Crashed(
-                host.violation(format!("sent {} instead of Hello", super::host_msg_name(&other))),
-            ))
+            return Err(StartError::Crashed(host.violation(format!(
+                "sent {} instead of Hello",
+                super::host_msg_name(&other)
+            ))))
         }
     };
     if hello.protocol != PROTOCOL_VERSION {
@@ -243,7 +260,9 @@ fn handshake(host: &Host, p: &StartParams<'_>) -> Result<plughost_wire::HookSet,
                 return Err(StartError::RequiresUpdate)
             }
             HostMsg::LoadFailed(LoadFailure::EntryFailed(status)) => {
-                return Err(StartError::Load(format!("entry point returned status {status}")))
+                return Err(StartError::Load(format!(
+                    "entry point returned status {status}"
+                )))
             }
             // The entry point may already call the API.
             HostMsg::Call { id, call } => host.serve_call(id, call, p.default),
