@@ -34,8 +34,18 @@ thread_local! {
     static CURRENT: RefCell<Option<HookContext>> = const { RefCell::new(None) };
 }
 
+/// Longest message kept from `plugin_error` (longer ones are cut at a character boundary).
+pub const MAX_MESSAGE: usize = 4096;
+
 /// `plugin_error(message)` with the spec's rules.
-pub fn plugin_error(message: String) -> i32 {
+pub fn plugin_error(mut message: String) -> i32 {
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
     CURRENT.with(|current| match current.borrow_mut().as_mut() {
         None => PLUGHOST_E_ILLEGAL_CALL,
         Some(ctx) if !ctx.may_veto => PLUGHOST_E_ILLEGAL_CALL,

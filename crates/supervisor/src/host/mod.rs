@@ -128,19 +128,27 @@ impl Host {
     }
 
     /// SIGKILL to the host and its process group; in pid-namespace mode the namespace's init dies with
-    /// it (parent-death signal) and the kernel kills the rest.
+    /// it (parent-death signal) and the kernel kills the rest. Only while the host is unreaped: its pid
+    /// (and so its group id) cannot be reused before that.
     pub fn kill(&self) {
-        let _ = self.pidfd.kill();
-        let _ = plughost_sys::process::kill_process_group(self.pid());
+        let exit = lock(&self.exit);
+        if exit.is_none() {
+            let _ = self.pidfd.kill();
+            let _ = plughost_sys::process::kill_process_group(self.pid());
+        }
+        drop(exit);
         self.channel.shutdown();
     }
 
     /// Called by the monitor when the pidfd says the host exited: reap, then wake any dispatcher.
     pub fn on_exit(&self) {
         self.dead.store(true, Ordering::Release);
+        // Whatever the plugin left behind in the fallback process group goes too (before reaping,
+        // while the group id cannot have been reused).
+        if lock(&self.exit).is_none() {
+            let _ = plughost_sys::process::kill_process_group(self.pid());
+        }
         let exit = self.reap();
-        // Whatever the plugin left behind in the fallback process group goes too.
-        let _ = plughost_sys::process::kill_process_group(self.pid());
         self.channel.shutdown();
         if self.killed_for.get().is_none() && !self.stopping.load(Ordering::Acquire) {
             if let Some(exit) = exit {
