@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+use plughost_wire::HookKind;
 
 /// Where a plugin runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -24,6 +27,59 @@ pub struct PluginConfig {
     pub isolation: Isolation,
     /// The host's whole environment (it starts empty).
     pub env: Vec<(String, String)>,
+    /// What happens after a crash.
+    pub restart: RestartPolicy,
+    /// Hook deadlines for this plugin; `None`: the manager's.
+    pub deadlines: Option<Deadlines>,
+}
+
+/// How long each hook may take before its host is killed and the crash classified `hung`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadlines {
+    per_hook: [Duration; 10],
+}
+
+impl Default for Deadlines {
+    /// 30 s for the hooks that start something (and may veto), 10 s for the others.
+    fn default() -> Self {
+        Deadlines::uniform(Duration::from_secs(30), Duration::from_secs(10))
+    }
+}
+
+impl Deadlines {
+    /// `start` for veto hooks, `teardown` for the others.
+    pub fn uniform(start: Duration, teardown: Duration) -> Deadlines {
+        Deadlines {
+            per_hook: HookKind::ALL.map(|k| if k.may_veto() { start } else { teardown }),
+        }
+    }
+
+    /// Overrides one hook's deadline.
+    pub fn with(mut self, hook: HookKind, deadline: Duration) -> Deadlines {
+        self.per_hook[hook as usize] = deadline;
+        self
+    }
+
+    pub fn of(&self, hook: HookKind) -> Duration {
+        self.per_hook[hook as usize]
+    }
+}
+
+/// What happens to a plugin whose host crashed (died, broke the protocol, or hung).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// The first crash is latched: the plugin gets no more hooks and every VM start fails fast with
+    /// that error until [`PluginManager::restart_plugin`](crate::PluginManager::restart_plugin).
+    #[default]
+    Never,
+    /// Restart after a backoff that doubles from `backoff_initial` up to `backoff_max`; more than
+    /// `max_restarts` crashes within `window` latch the plugin as with `Never`.
+    OnCrash {
+        max_restarts: u32,
+        window: Duration,
+        backoff_initial: Duration,
+        backoff_max: Duration,
+    },
 }
 
 impl PluginConfig {
@@ -33,6 +89,8 @@ impl PluginConfig {
             path: path.into(),
             isolation: Isolation::Process,
             env: Vec::new(),
+            restart: RestartPolicy::Never,
+            deadlines: None,
         }
     }
 
@@ -43,6 +101,16 @@ impl PluginConfig {
 
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> PluginConfig {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn restart(mut self, policy: RestartPolicy) -> PluginConfig {
+        self.restart = policy;
+        self
+    }
+
+    pub fn deadlines(mut self, deadlines: Deadlines) -> PluginConfig {
+        self.deadlines = Some(deadlines);
         self
     }
 }
@@ -69,6 +137,8 @@ pub struct ManagerConfig {
     /// its parent directory, for test binaries in `target/*/deps`).
     pub host_binary: Option<PathBuf>,
     pub output: Arc<dyn OutputSink>,
+    /// Hook deadlines of plugins that set none.
+    pub deadlines: Deadlines,
 }
 
 impl ManagerConfig {
@@ -77,6 +147,7 @@ impl ManagerConfig {
             plugins,
             host_binary: None,
             output: Arc::new(LogOutput),
+            deadlines: Deadlines::default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The errors a service shows its users, worded as `PLUGIN_ABI.md` ("User-visible errors") says.
 
 use std::fmt;
+use std::time::{Duration, SystemTime};
 
 use plughost_sys::ProcessExit;
 use plughost_wire::{HookKind, Version};
@@ -14,6 +15,8 @@ pub enum CrashCause {
     ProtocolViolation(String),
     /// The host closed its channel but kept running; the service killed it.
     ChannelClosed,
+    /// A hook did not answer within its deadline; the service killed the host.
+    Hung { hook: HookKind, after: Duration },
 }
 
 impl fmt::Display for CrashCause {
@@ -22,6 +25,9 @@ impl fmt::Display for CrashCause {
             CrashCause::Exited(exit) => exit.fmt(f),
             CrashCause::ProtocolViolation(what) => write!(f, "protocol violation: {what}"),
             CrashCause::ChannelClosed => f.write_str("closed its channel to the service"),
+            CrashCause::Hung { hook, after } => {
+                write!(f, "hung: did not answer {hook} within {}", seconds(*after))
+            }
         }
     }
 }
@@ -38,12 +44,25 @@ pub enum PluginError {
         status: i32,
         message: Option<String>,
     },
-    /// The host died or was killed during the operation (or earlier: the crash is latched).
-    #[error("plugin '{plugin}' crashed: {cause}")]
+    /// The host died or was killed during the operation (or earlier: the crash is latched). A hung
+    /// hook reads `plugin 'x' did not answer on_vm_started within 30 s`.
+    #[error("{}", crashed_text(plugin, cause))]
     Crashed {
         plugin: String,
         hook: Option<HookKind>,
         cause: CrashCause,
+    },
+    /// The plugin crashed and is backing off before its next restart attempt.
+    #[error(
+        "{} (next restart attempt at {}, in {})",
+        crashed_text(plugin, cause),
+        clock(*retry_at),
+        seconds(retry_at.duration_since(SystemTime::now()).unwrap_or_default())
+    )]
+    BackingOff {
+        plugin: String,
+        cause: CrashCause,
+        retry_at: SystemTime,
     },
     /// The plugin could not be loaded.
     #[error("plugin '{plugin}' failed to load: {reason}")]
@@ -51,6 +70,47 @@ pub enum PluginError {
     /// `PLUGHOST_REQUIRE_VERSION` refused the running version.
     #[error("plugin '{plugin}' requires a newer version of plughost than {running}")]
     RequiresUpdate { plugin: String, running: Version },
+}
+
+fn crashed_text(plugin: &str, cause: &CrashCause) -> String {
+    match cause {
+        CrashCause::Hung { hook, after } => {
+            format!(
+                "plugin '{plugin}' did not answer {hook} within {}",
+                seconds(*after)
+            )
+        }
+        cause => format!("plugin '{plugin}' crashed: {cause}"),
+    }
+}
+
+/// `30 s`, `1.5 s`, `250 ms`.
+pub(crate) fn seconds(d: Duration) -> String {
+    if d >= Duration::from_secs(1) {
+        let s = d.as_secs_f64();
+        if s.fract() < 0.05 {
+            format!("{} s", s.round())
+        } else {
+            format!("{s:.1} s")
+        }
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+/// `HH:MM:SS UTC` of a wall-clock time.
+pub(crate) fn clock(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        % 86_400;
+    format!(
+        "{:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 fn vetoed_suffix(message: &Option<String>, status: i32) -> String {
@@ -66,6 +126,7 @@ impl PluginError {
         match self {
             PluginError::Vetoed { plugin, .. }
             | PluginError::Crashed { plugin, .. }
+            | PluginError::BackingOff { plugin, .. }
             | PluginError::LoadFailed { plugin, .. }
             | PluginError::RequiresUpdate { plugin, .. } => plugin,
         }

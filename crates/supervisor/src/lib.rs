@@ -37,15 +37,23 @@ mod error;
 mod host;
 mod inprocess;
 mod manager;
+mod metrics;
 mod monitor;
+mod plugin;
 mod pool;
+mod stats;
 
 pub use callbacks::{
     CallContext, ContainerProcess, ContainerSession, CreateProcessError, Distribution,
     OfflineDistribution, ProcessStream, ServiceCallbacks, Session, Status, VmSettings,
 };
-pub use config::{Isolation, LogOutput, ManagerConfig, OutputSink, PluginConfig};
+pub use config::{
+    Deadlines, Isolation, LogOutput, ManagerConfig, OutputSink, PluginConfig, RestartPolicy,
+};
 pub use error::{CrashCause, PluginError};
-pub use manager::{service_version, ManagerError, PluginInfo, PluginManager};
+pub use manager::{
+    service_version, ControlError, HookLatency, ManagerError, PluginInfo, PluginManager,
+    PluginState,
+};
 pub use plughost_sys::ProcessExit;
 pub use plughost_wire::{HookKind, Version};

@@ -6,26 +6,30 @@
 //!   and fails the operation. A failing non-veto hook is logged and delivery goes on.
 //! - A failed `on_vm_started` is followed by `on_vm_stopping` to every plugin; a failed
 //!   `on_container_session_created` by that session's `on_container_session_stopping`.
-//! - The first fatal error of a plugin (load failure or crash) is latched: the plugin gets no more
-//!   hooks, and every later VM start fails fast with that same error.
+//! - Every hook has a deadline ([`Deadlines`](crate::Deadlines)); past it the host is killed and the
+//!   crash classified `hung`.
+//! - A crash applies the plugin's [`RestartPolicy`](crate::RestartPolicy): latched for good
+//!   (`Never`), or restarted after a backoff (`OnCrash`). A veto operation fails fast, before any hook
+//!   is delivered, while a plugin is latched or backing off.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use plughost_abi::PLUGHOST_E_ILLEGAL_STATE;
-use plughost_wire::{Hook, LoadFailure, Version};
+use plughost_wire::{Hook, HookKind, LoadFailure, Version};
 
 use crate::callbacks::{
     ContainerSession, Distribution, OfflineDistribution, ServiceCallbacks, Session, VmSettings,
 };
-use crate::config::{Isolation, ManagerConfig};
+use crate::config::{Deadlines, Isolation, ManagerConfig};
 use crate::error::PluginError;
 use crate::host::spawn::{self, Spawner, StartError, StartParams};
-use crate::host::Host;
 use crate::inprocess::InProcessPlugin;
 use crate::monitor::Monitor;
+use crate::plugin::{Plugin, Readiness, Runtime};
 use crate::pool::Pool;
+use crate::stats::CrashKind;
 use plughost_host::HookOutcome;
 
 /// The version of plughost the plugins see in `api->version`.
@@ -48,49 +52,104 @@ pub enum ManagerError {
     },
 }
 
-enum Runtime {
-    Host(Arc<Host>),
-    InProcess(InProcessPlugin),
-    /// Never loaded (the error is latched).
-    None,
+/// A refused management request (`restart_plugin`, `disable_plugin`, `enable_plugin`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("no plugin named '{0}'")]
+    UnknownPlugin(String),
+    #[error("{0}")]
+    Start(PluginError),
 }
 
-struct Plugin {
-    name: String,
-    path: PathBuf,
-    isolation: Isolation,
-    runtime: Runtime,
-    /// Leaf lock: the first fatal error (load failure or crash).
-    latched: Mutex<Option<PluginError>>,
+/// A plugin's state, as [`PluginManager::plugins`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PluginState {
+    Ready,
+    /// A hook is in flight.
+    Busy {
+        hook: HookKind,
+        for_ms: u64,
+    },
+    /// Crashed; the next restart attempt is at `until`, `delay` after the crash.
+    BackingOff {
+        until: SystemTime,
+        delay: Duration,
+        cause: String,
+    },
+    /// Crashed for good (restart policy `never`, or the restart limit was reached).
+    Crashed {
+        cause: String,
+    },
+    /// Never loaded (or a restart failed to load).
+    Failed {
+        error: String,
+    },
+    Disabled,
 }
 
-impl Plugin {
-    fn latched(&self) -> Option<PluginError> {
-        self.latched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn latch(&self, error: PluginError) {
-        let mut latched = self.latched.lock().unwrap_or_else(|e| e.into_inner());
-        if latched.is_none() {
-            *latched = Some(error);
+impl PluginState {
+    /// `ready`, `busy`, `backing-off`, `crashed`, `failed`, `disabled`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PluginState::Ready => "ready",
+            PluginState::Busy { .. } => "busy",
+            PluginState::BackingOff { .. } => "backing-off",
+            PluginState::Crashed { .. } => "crashed",
+            PluginState::Failed { .. } => "failed",
+            PluginState::Disabled => "disabled",
         }
     }
+}
+
+impl PartialEq<&str> for PluginState {
+    fn eq(&self, other: &&str) -> bool {
+        self.name() == *other
+    }
+}
+
+impl std::fmt::Display for PluginState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PluginState::Busy { hook, for_ms } => write!(f, "busy in {hook} for {for_ms} ms"),
+            PluginState::BackingOff { until, .. } => {
+                write!(f, "backing off until {}", crate::error::clock(*until))
+            }
+            PluginState::Crashed { cause } => write!(f, "crashed: {cause}"),
+            PluginState::Failed { error } => write!(f, "failed: {error}"),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+/// Latency of one hook kind for one plugin.
+#[derive(Clone, Debug)]
+pub struct HookLatency {
+    pub hook: HookKind,
+    pub count: u64,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub sum: Duration,
 }
 
 /// What [`PluginManager::plugins`] reports for one plugin.
 #[derive(Clone, Debug)]
 pub struct PluginInfo {
     pub name: String,
-    pub path: PathBuf,
+    pub path: std::path::PathBuf,
     pub isolation: Isolation,
     /// The host's pid (out of process, while it runs).
     pub host_pid: Option<u32>,
-    /// `"ready"`, `"crashed"` or `"failed"` (never loaded).
-    pub state: &'static str,
-    pub crashes: u32,
+    pub state: PluginState,
+    /// Since the current host (or in-process load) started.
+    pub uptime: Option<Duration>,
+    pub restarts: u64,
+    pub crashes: u64,
+    /// Crashes by cause: `signal`, `exit`, `protocol_violation`, `hung`, `channel_closed`.
+    pub crashes_by_cause: Vec<(&'static str, u64)>,
+    pub hooks_served: u64,
+    pub api_calls: u64,
+    /// Per hook kind that was called at least once.
+    pub latency: Vec<HookLatency>,
     pub last_error: Option<String>,
 }
 
@@ -101,6 +160,10 @@ pub struct PluginManager {
     monitor: Arc<Monitor>,
     pool: Arc<Pool>,
     version: Version,
+    host_binary: std::path::PathBuf,
+    deadlines: Deadlines,
+    default: Arc<dyn ServiceCallbacks + Send + Sync>,
+    next_host_id: AtomicU64,
 }
 
 fn setup(what: &'static str) -> impl FnOnce(std::io::Error) -> ManagerError {
@@ -125,78 +188,77 @@ impl PluginManager {
             monitor,
             pool,
             version: service_version(),
+            host_binary: config.resolve_host_binary(),
+            deadlines: config.deadlines,
+            default,
+            next_host_id: AtomicU64::new(1),
         };
-        let host_binary = config.resolve_host_binary();
-        let mut seen = Vec::new();
-        for (index, plugin) in config.plugins.iter().enumerate() {
+        for plugin in config.plugins {
             let canonical = std::fs::canonicalize(&plugin.path).unwrap_or(plugin.path.clone());
-            if seen.contains(&canonical) {
+            if manager.plugins.iter().any(|p| p.canonical == canonical) {
                 tracing::warn!(plugin = %plugin.name, path = %plugin.path.display(),
                     "plugin listed twice (same file); loaded once");
                 continue;
             }
-            seen.push(canonical.clone());
-            let mut entry = Plugin {
-                name: plugin.name.clone(),
-                path: canonical,
-                isolation: plugin.isolation,
-                runtime: Runtime::None,
-                latched: Mutex::new(None),
-            };
-            let started = match plugin.isolation {
-                Isolation::Process => {
-                    let params = StartParams {
-                        id: index as u64 + 1,
-                        config: plugin,
-                        host_binary: &host_binary,
-                        service_version: manager.version,
-                        spawner: &manager.spawner,
-                        pool: &manager.pool,
-                        default: &*default,
-                    };
-                    match spawn::start(params) {
-                        Ok(started) => {
-                            let name = started.host.name.clone();
-                            manager
-                                .monitor
-                                .watch_output(started.host.id, name, started.output);
-                            manager.monitor.watch_host(&started.host);
-                            manager.pool.register(&started.host);
-                            Ok(Runtime::Host(started.host))
-                        }
-                        Err((error, output)) => {
-                            if let Some(output) = output {
-                                let name: Arc<str> = Arc::from(plugin.name.as_str());
-                                manager.monitor.watch_output(index as u64 + 1, name, output);
-                            }
-                            Err(manager.start_error(&plugin.name, error))
-                        }
-                    }
-                }
-                Isolation::InProcess => {
-                    if !plugin.env.is_empty() {
-                        tracing::warn!(plugin = %plugin.name,
-                            "in-process plugins see the service's environment; its env setting is ignored");
-                    }
-                    match InProcessPlugin::load(&plugin.path, manager.version, default.clone()) {
-                        Ok(p) => Ok(Runtime::InProcess(p)),
-                        Err(failure) => Err(manager.load_failure(&plugin.name, failure)),
-                    }
-                }
-            };
-            match started {
-                Ok(runtime) => {
-                    tracing::info!(plugin = %plugin.name, "plugin loaded");
-                    entry.runtime = runtime;
-                }
+            manager.plugins.push(Plugin::new(plugin, canonical));
+        }
+        for plugin in &manager.plugins {
+            let _lifecycle = plugin.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
+            match manager.start_runtime(plugin) {
+                Ok(runtime) => plugin.state().runtime = Some(runtime),
                 Err(error) => {
-                    tracing::error!(plugin = %plugin.name, "{error}");
-                    entry.latch(error);
+                    tracing::error!(plugin = %plugin.name(), "{error}");
+                    plugin.state().latched = Some(error);
                 }
             }
-            manager.plugins.push(entry);
         }
         Ok(manager)
+    }
+
+    /// Starts a host (or loads the library in process) for `plugin`. Caller holds its lifecycle lock.
+    fn start_runtime(&self, plugin: &Plugin) -> Result<Runtime, PluginError> {
+        let config = &plugin.config;
+        match config.isolation {
+            Isolation::Process => {
+                let id = self.next_host_id.fetch_add(1, Ordering::Relaxed);
+                let params = StartParams {
+                    id,
+                    config,
+                    host_binary: &self.host_binary,
+                    service_version: self.version,
+                    spawner: &self.spawner,
+                    pool: &self.pool,
+                    default: &*self.default,
+                    stats: &plugin.stats,
+                };
+                match spawn::start(params) {
+                    Ok(started) => {
+                        let name = started.host.name.clone();
+                        self.monitor.watch_output(id, name, started.output);
+                        self.monitor.watch_host(&started.host);
+                        self.pool.register(&started.host);
+                        tracing::info!(plugin = %config.name, pid = started.host.pid(), "plugin loaded");
+                        Ok(Runtime::Host(started.host))
+                    }
+                    Err((error, output)) => {
+                        if let Some(output) = output {
+                            self.monitor
+                                .watch_output(id, Arc::from(config.name.as_str()), output);
+                        }
+                        Err(self.start_error(&config.name, error))
+                    }
+                }
+            }
+            Isolation::InProcess => {
+                if !config.env.is_empty() {
+                    tracing::warn!(plugin = %config.name,
+                        "in-process plugins see the service's environment; its env setting is ignored");
+                }
+                InProcessPlugin::load(&config.path, self.version, self.default.clone())
+                    .map(|p| Runtime::InProcess(Arc::new(p)))
+                    .map_err(|failure| self.load_failure(&config.name, failure))
+            }
+        }
     }
 
     fn start_error(&self, plugin: &str, error: StartError) -> PluginError {
@@ -236,25 +298,97 @@ impl PluginManager {
         }
     }
 
+    /// Starts a new host for a plugin whose backoff elapsed (once, however many threads ask).
+    fn restart_due(&self, plugin: &Plugin, kind: HookKind) -> Readiness {
+        let _lifecycle = plugin.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
+        match plugin.readiness(kind) {
+            Readiness::Restart => {}
+            other => return other, // another thread restarted it meanwhile
+        }
+        match self.start_runtime(plugin) {
+            Ok(runtime) => {
+                plugin.stats.restarts.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(plugin = %plugin.name(), "restarted after a crash");
+                let mut state = plugin.state();
+                state.backoff = None;
+                state.runtime = Some(runtime.clone());
+                Readiness::Ready(runtime)
+            }
+            Err(error) => {
+                let cause = match &error {
+                    PluginError::Crashed { cause, .. } => cause.clone(),
+                    _ => {
+                        // It cannot even load any more: latch it.
+                        tracing::error!(plugin = %plugin.name(), "restart failed: {error}");
+                        let mut state = plugin.state();
+                        state.backoff = None;
+                        state.latched = Some(error.clone());
+                        return if kind.may_veto() {
+                            Readiness::Fail(error)
+                        } else {
+                            Readiness::Skip
+                        };
+                    }
+                };
+                let error = plugin.crashed(None, cause);
+                if kind.may_veto() {
+                    Readiness::Fail(error)
+                } else {
+                    Readiness::Skip
+                }
+            }
+        }
+    }
+
+    fn ready(&self, plugin: &Plugin, kind: HookKind) -> Readiness {
+        match plugin.readiness(kind) {
+            Readiness::Restart => self.restart_due(plugin, kind),
+            other => other,
+        }
+    }
+
+    /// Fails fast, before any hook is delivered, if a plugin is latched or backing off.
+    fn precheck(&self, kind: HookKind) -> Result<(), PluginError> {
+        for plugin in &self.plugins {
+            if let Readiness::Fail(error) = self.ready(plugin, kind) {
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
     /// Delivers `hook` in order. Returns the first veto or crash of a veto hook.
     fn dispatch(&self, hook: &Hook, scope: &dyn ServiceCallbacks) -> Result<(), PluginError> {
         let kind = hook.kind();
         for plugin in &self.plugins {
-            if plugin.latched().is_some() {
-                continue;
-            }
-            let outcome = match &plugin.runtime {
+            let runtime = match self.ready(plugin, kind) {
+                Readiness::Ready(runtime) => runtime,
+                Readiness::Skip | Readiness::Restart => continue,
+                Readiness::Fail(error) => return Err(error),
+            };
+            let deadline = plugin.config.deadlines.unwrap_or(self.deadlines).of(kind);
+            let outcome = match &runtime {
                 Runtime::Host(host) => {
                     if !host.hooks.contains(kind) {
                         continue;
                     }
-                    host.call_hook(hook, scope)
+                    let started = plugin.stats.hook_started(kind);
+                    let outcome = host.call_hook(hook, scope, deadline);
+                    plugin.stats.hook_done(kind, started);
+                    if outcome.is_err() {
+                        self.pool.unregister(host);
+                    }
+                    outcome
                 }
-                Runtime::InProcess(p) => match p.call(hook, scope) {
-                    Some(outcome) => Ok(outcome),
-                    None => continue,
-                },
-                Runtime::None => continue,
+                Runtime::InProcess(p) => {
+                    let started = plugin.stats.hook_started(kind);
+                    let outcome = p.call(hook, scope);
+                    plugin.stats.hook_done(kind, started);
+                    match outcome {
+                        Some(outcome) => Ok(outcome),
+                        None => continue,
+                    }
+                }
             };
             match outcome {
                 Ok(HookOutcome { status, message }) => {
@@ -268,25 +402,19 @@ impl PluginManager {
                         continue;
                     }
                     let error = PluginError::Vetoed {
-                        plugin: plugin.name.clone(),
+                        plugin: plugin.name().to_owned(),
                         hook: kind,
                         status,
                         message,
                     };
                     if kind.may_veto() {
-                        tracing::info!(plugin = %plugin.name, hook = %kind, "{error}");
+                        tracing::info!(plugin = %plugin.name(), hook = %kind, "{error}");
                         return Err(error);
                     }
-                    tracing::warn!(plugin = %plugin.name, hook = %kind, "ignored: {error}");
+                    tracing::warn!(plugin = %plugin.name(), hook = %kind, "ignored: {error}");
                 }
                 Err(cause) => {
-                    let error = PluginError::Crashed {
-                        plugin: plugin.name.clone(),
-                        hook: Some(kind),
-                        cause,
-                    };
-                    tracing::error!(plugin = %plugin.name, hook = %kind, "{error}");
-                    plugin.latch(error.clone());
+                    let error = plugin.crashed(Some(kind), cause);
                     if kind.may_veto() {
                         return Err(error);
                     }
@@ -296,22 +424,15 @@ impl PluginManager {
         Ok(())
     }
 
-    /// The first latched error, in configuration order.
-    fn first_latched(&self) -> Option<PluginError> {
-        self.plugins.iter().find_map(Plugin::latched)
-    }
-
-    /// `on_vm_started`. Fails fast with a latched error; on a veto or crash, every plugin then gets
-    /// `on_vm_stopping` and the error is returned.
+    /// `on_vm_started`. Fails fast with a latched (or backing-off) plugin's error; on a veto or
+    /// crash, every plugin then gets `on_vm_stopping` and the error is returned.
     pub fn on_vm_started(
         &self,
         session: &Session,
         settings: &VmSettings,
         scope: &dyn ServiceCallbacks,
     ) -> Result<(), PluginError> {
-        if let Some(error) = self.first_latched() {
-            return Err(error);
-        }
+        self.precheck(HookKind::VmStarted)?;
         let hook = Hook::VmStarted {
             session: session.clone(),
             settings: *settings,
@@ -340,6 +461,7 @@ impl PluginManager {
         distribution: &Distribution,
         scope: &dyn ServiceCallbacks,
     ) -> Result<(), PluginError> {
+        self.precheck(HookKind::DistributionStarted)?;
         let hook = Hook::DistributionStarted {
             session: session.clone(),
             distribution: distribution.clone(),
@@ -393,6 +515,7 @@ impl PluginManager {
         session: &ContainerSession,
         scope: &dyn ServiceCallbacks,
     ) -> Result<(), PluginError> {
+        self.precheck(HookKind::ContainerSessionCreated)?;
         let result = self.dispatch(&Hook::ContainerSessionCreated(session.clone()), scope);
         if result.is_err() {
             self.on_container_session_stopping(session, scope);
@@ -416,52 +539,183 @@ impl PluginManager {
         let _ = self.dispatch(&Hook::SessionVmStopping(session.clone()), scope);
     }
 
-    /// Every configured plugin (duplicates excluded), in order.
-    pub fn plugins(&self) -> Vec<PluginInfo> {
+    fn find(&self, name: &str) -> Result<&Plugin, ControlError> {
         self.plugins
             .iter()
-            .map(|p| {
-                let latched = p.latched();
-                let (host_pid, alive) = match &p.runtime {
-                    Runtime::Host(host) => (Some(host.pid()), !host.is_dead()),
-                    Runtime::InProcess(_) => (None, true),
-                    Runtime::None => (None, false),
-                };
-                let state = match (&latched, &p.runtime) {
-                    (Some(PluginError::Crashed { .. }), _) => "crashed",
-                    (Some(_), _) | (None, Runtime::None) => "failed",
-                    (None, _) if !alive => "crashed",
-                    (None, _) => "ready",
-                };
-                PluginInfo {
-                    name: p.name.clone(),
-                    path: p.path.clone(),
-                    isolation: p.isolation,
-                    host_pid: host_pid.filter(|_| alive),
-                    state,
-                    crashes: u32::from(matches!(latched, Some(PluginError::Crashed { .. }))),
-                    last_error: latched.map(|e| e.to_string()),
+            .find(|p| p.name() == name)
+            .ok_or_else(|| ControlError::UnknownPlugin(name.to_owned()))
+    }
+
+    fn stop_runtime(&self, runtime: Option<Runtime>) {
+        if let Some(Runtime::Host(host)) = runtime {
+            host.shutdown(Duration::from_millis(500));
+            self.pool.unregister(&host);
+        }
+    }
+
+    /// Clears a plugin's latch (or backoff) and starts it again now, stopping its current host first.
+    pub fn restart_plugin(&self, name: &str) -> Result<(), ControlError> {
+        let plugin = self.find(name)?;
+        let _lifecycle = plugin.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
+        let old = {
+            let mut state = plugin.state();
+            state.latched = None;
+            state.backoff = None;
+            state.recent_crashes.clear();
+            state.runtime.take()
+        };
+        self.stop_runtime(old);
+        tracing::info!(plugin = %name, "restart requested");
+        match self.start_runtime(plugin) {
+            Ok(runtime) => {
+                plugin.stats.restarts.fetch_add(1, Ordering::Relaxed);
+                plugin.state().runtime = Some(runtime);
+                Ok(())
+            }
+            Err(error) => {
+                plugin.state().latched = Some(error.clone());
+                Err(ControlError::Start(error))
+            }
+        }
+    }
+
+    /// Stops a plugin's host and skips it in every dispatch until [`enable_plugin`](Self::enable_plugin).
+    pub fn disable_plugin(&self, name: &str) -> Result<(), ControlError> {
+        let plugin = self.find(name)?;
+        let _lifecycle = plugin.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
+        let old = {
+            let mut state = plugin.state();
+            state.disabled = true;
+            state.runtime.take()
+        };
+        self.stop_runtime(old);
+        tracing::info!(plugin = %name, "disabled");
+        Ok(())
+    }
+
+    /// Re-enables a disabled plugin, starting its host (unless it is latched; then use restart).
+    pub fn enable_plugin(&self, name: &str) -> Result<(), ControlError> {
+        let plugin = self.find(name)?;
+        let _lifecycle = plugin.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
+        let needs_start = {
+            let mut state = plugin.state();
+            state.disabled = false;
+            state.runtime.is_none() && state.latched.is_none() && state.backoff.is_none()
+        };
+        tracing::info!(plugin = %name, "enabled");
+        if needs_start {
+            match self.start_runtime(plugin) {
+                Ok(runtime) => plugin.state().runtime = Some(runtime),
+                Err(error) => {
+                    plugin.state().latched = Some(error.clone());
+                    return Err(ControlError::Start(error));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every configured plugin (duplicates excluded), in order.
+    pub fn plugins(&self) -> Vec<PluginInfo> {
+        self.plugins.iter().map(|p| self.info(p)).collect()
+    }
+
+    fn info(&self, p: &Plugin) -> PluginInfo {
+        let state = p.state();
+        let (host_pid, uptime, alive) = match &state.runtime {
+            Some(Runtime::Host(host)) => {
+                let alive = !host.is_dead();
+                (
+                    alive.then(|| host.pid()),
+                    alive.then(|| host.started_at.elapsed()),
+                    alive,
+                )
+            }
+            Some(Runtime::InProcess(_)) => (None, None, true),
+            None => (None, None, false),
+        };
+        let plugin_state = if state.disabled {
+            PluginState::Disabled
+        } else if let Some(error) = &state.latched {
+            match error {
+                PluginError::Crashed { cause, .. } => PluginState::Crashed {
+                    cause: cause.to_string(),
+                },
+                other => PluginState::Failed {
+                    error: other.to_string(),
+                },
+            }
+        } else if let Some(backoff) = &state.backoff {
+            PluginState::BackingOff {
+                until: backoff.until_wall,
+                delay: backoff.delay,
+                cause: backoff.cause.to_string(),
+            }
+        } else if !alive {
+            PluginState::Crashed {
+                cause: "host exited; detected at the next hook".into(),
+            }
+        } else if let Some((hook, busy_for)) = p.stats.busy() {
+            PluginState::Busy {
+                hook,
+                for_ms: u64::try_from(busy_for.as_millis()).unwrap_or(u64::MAX),
+            }
+        } else {
+            PluginState::Ready
+        };
+        let last_error = state
+            .latched
+            .as_ref()
+            .or(state.backoff.as_ref().map(|b| &b.error))
+            .map(ToString::to_string);
+        drop(state);
+        let latency: Vec<HookLatency> = HookKind::ALL
+            .iter()
+            .filter_map(|&hook| {
+                let h = &p.stats.hooks[hook as usize];
+                Some(HookLatency {
+                    hook,
+                    count: h.count(),
+                    p50: h.quantile(0.5)?,
+                    p99: h.quantile(0.99)?,
+                    sum: h.sum(),
+                })
             })
-            .collect()
+            .collect();
+        PluginInfo {
+            name: p.name().to_owned(),
+            path: p.canonical.clone(),
+            isolation: p.config.isolation,
+            host_pid,
+            state: plugin_state,
+            uptime,
+            restarts: p.stats.restarts.load(Ordering::Relaxed),
+            crashes: p.stats.total_crashes(),
+            crashes_by_cause: CrashKind::ALL
+                .iter()
+                .map(|k| (k.name(), p.stats.crashes(*k)))
+                .collect(),
+            hooks_served: latency.iter().map(|l| l.count).sum(),
+            api_calls: p.stats.api_calls.load(Ordering::Relaxed),
+            latency,
+            last_error,
+        }
     }
 
     /// The errors of plugins that failed to load, in order.
     pub fn load_errors(&self) -> Vec<PluginError> {
         self.plugins
             .iter()
-            .filter(|p| matches!(p.runtime, Runtime::None))
-            .filter_map(Plugin::latched)
+            .filter_map(|p| p.state().latched.clone())
+            .filter(|e| !matches!(e, PluginError::Crashed { hook: Some(_), .. }))
             .collect()
     }
 
     /// Asks every host to exit, kills what is left after a short grace, and stops the threads.
     pub fn shutdown(&mut self) {
         for plugin in &self.plugins {
-            if let Runtime::Host(host) = &plugin.runtime {
-                host.shutdown(Duration::from_millis(500));
-                self.pool.unregister(host);
-            }
+            let runtime = plugin.state().runtime.take();
+            self.stop_runtime(runtime);
         }
         self.plugins.clear();
         self.pool.stop();

@@ -6,7 +6,10 @@ use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
+use std::time::Duration;
+
 use rustix::io::Errno;
+use rustix::net::sockopt::Timeout;
 use rustix::net::{
     recvmsg, sendmsg, socketpair, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage,
     RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, Shutdown,
@@ -27,6 +30,9 @@ pub enum ChannelError {
     /// More fds than [`MAX_FDS_PER_MSG`], or ancillary data cut short.
     #[error("message carries more than {limit} file descriptors")]
     TooManyFds { limit: usize },
+    /// A blocking `recv` or `send` hit the socket's timeout (see [`Seqpacket::set_timeouts`]).
+    #[error("timed out")]
+    TimedOut,
     #[error("channel I/O failed: {0}")]
     Io(#[source] std::io::Error),
 }
@@ -34,6 +40,7 @@ pub enum ChannelError {
 fn classify(e: Errno) -> ChannelError {
     match e {
         Errno::CONNRESET | Errno::PIPE | Errno::NOTCONN => ChannelError::Disconnected,
+        Errno::AGAIN => ChannelError::TimedOut,
         e => ChannelError::Io(e.into()),
     }
 }
@@ -108,14 +115,22 @@ impl Seqpacket {
         loop {
             match self.recv_flags(buf, fds, RecvFlags::DONTWAIT) {
                 Ok(n) => return Ok(Some(n)),
-                Err(ChannelError::Io(e)) => match Errno::from_io_error(&e) {
-                    Some(Errno::AGAIN) => return Ok(None),
-                    Some(Errno::INTR) => continue,
-                    _ => return Err(ChannelError::Io(e)),
-                },
+                Err(ChannelError::TimedOut) => return Ok(None),
+                Err(ChannelError::Io(e)) if Errno::from_io_error(&e) == Some(Errno::INTR) => {
+                    continue
+                }
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Bounds blocking `recv` and `send` on this end: past `recv` (or `send`) they fail with
+    /// [`ChannelError::TimedOut`] instead of blocking on. A waiting reader uses the receive timeout as
+    /// a tick to check its own deadline, at no cost while frames flow.
+    pub fn set_timeouts(&self, recv: Duration, send: Duration) -> std::io::Result<()> {
+        rustix::net::sockopt::set_socket_timeout(&self.fd, Timeout::Recv, Some(recv))?;
+        rustix::net::sockopt::set_socket_timeout(&self.fd, Timeout::Send, Some(send))?;
+        Ok(())
     }
 
     fn recv_flags(

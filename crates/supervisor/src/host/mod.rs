@@ -26,7 +26,7 @@ pub(crate) mod spawn;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use plughost_sys::{ChannelError, Pidfd, ProcessExit, Seqpacket};
 use plughost_wire::{
@@ -41,6 +41,11 @@ use plughost_host::HookOutcome;
 
 /// How long a host has, after its channel closed, to finish exiting before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// A dispatcher blocked in `recv` wakes this often to check its hook's deadline (`SO_RCVTIMEO`: no
+/// cost while frames flow).
+pub(crate) const DEADLINE_TICK: Duration = Duration::from_millis(20);
+/// Longest a send to a host that stopped reading may block.
+pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The read token's state: buffers reused for every frame.
 pub(crate) struct Reader {
@@ -68,6 +73,8 @@ pub(crate) struct Host {
     /// Lock 2 (leaf).
     pub(crate) processes: Mutex<ProcessTable>,
     pool: Arc<Pool>,
+    stats: Arc<crate::stats::Stats>,
+    pub started_at: Instant,
 }
 
 thread_local! {
@@ -204,6 +211,7 @@ impl Host {
             Ok(Some(len)) => len,
             Ok(None) => return Ok(None),
             Err(ChannelError::Disconnected) => return Err(self.crash_cause()),
+            Err(ChannelError::TimedOut) => return Ok(None),
             Err(ChannelError::Oversized { len, limit }) => {
                 return Err(self.violation(format!("sent a frame of {len} bytes (limit {limit})")))
             }
@@ -228,6 +236,7 @@ impl Host {
         let name = call.name();
         let ctx = CallContext { plugin: &self.name };
         let (reply, fd) = execute::execute(ctx, call, handler, &self.processes);
+        self.stats.api_calls.fetch_add(1, Ordering::Relaxed);
         tracing::trace!(plugin = %self.name, call = name, ?reply, "api call");
         // A failed send means the host is gone; whoever reads next classifies it.
         let _ = self.send(&ServiceMsg::Reply { id, reply }, fd.as_ref());
@@ -238,6 +247,7 @@ impl Host {
         &self,
         hook: &Hook,
         scope: &dyn ServiceCallbacks,
+        deadline: Duration,
     ) -> Result<HookOutcome, CrashCause> {
         let mut reader = lock(&self.reader);
         if self.is_dead() {
@@ -245,7 +255,7 @@ impl Host {
         }
         self.pool.disarm(self);
         let id = RequestId(self.next_hook.fetch_add(1, Ordering::Relaxed));
-        let result = self.hook_round_trip(&mut reader, id, hook, scope);
+        let result = self.hook_round_trip(&mut reader, id, hook, scope, deadline);
         if result.is_ok() {
             self.pool.arm(self);
         }
@@ -258,20 +268,31 @@ impl Host {
         id: RequestId,
         hook: &Hook,
         scope: &dyn ServiceCallbacks,
+        deadline: Duration,
     ) -> Result<HookOutcome, CrashCause> {
-        if let Err(e) = self.send(
-            &ServiceMsg::Hook {
-                id,
-                hook: hook.clone(),
-            },
-            None,
-        ) {
+        let started = Instant::now();
+        let hung = |host: &Host| {
+            host.kill_for(CrashCause::Hung {
+                hook: hook.kind(),
+                after: deadline,
+            });
+            host.crash_cause()
+        };
+        let msg = ServiceMsg::Hook {
+            id,
+            hook: hook.clone(),
+        };
+        if let Err(e) = self.send(&msg, None) {
             return Err(match e {
                 ChannelError::Disconnected => self.crash_cause(),
+                ChannelError::TimedOut => hung(self),
                 e => self.violation(format!("cannot send {}: {e}", hook.kind())),
             });
         }
         loop {
+            if started.elapsed() > deadline {
+                return Err(hung(self));
+            }
             match self.recv(reader, true)? {
                 Some(HostMsg::HookDone {
                     id: got,
@@ -294,7 +315,7 @@ impl Host {
                         hook.kind()
                     )))
                 }
-                None => {}
+                None => {} // a deadline tick
             }
         }
     }

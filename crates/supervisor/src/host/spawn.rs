@@ -95,6 +95,7 @@ pub(crate) struct StartParams<'a> {
     pub spawner: &'a Spawner,
     pub pool: &'a Arc<Pool>,
     pub default: &'a dyn ServiceCallbacks,
+    pub stats: &'a Arc<crate::stats::Stats>,
 }
 
 pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<OwnedFd>)> {
@@ -128,6 +129,10 @@ pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<O
     // The pid is our unreaped child, so it cannot have been recycled yet.
     let pidfd =
         Pidfd::open(pid).map_err(|e| (StartError::Load(format!("pidfd_open: {e}")), None))?;
+    if let Err(e) = ours.set_timeouts(super::DEADLINE_TICK, super::SEND_TIMEOUT) {
+        let _ = pidfd.kill();
+        return Err((StartError::Load(format!("socket timeouts: {e}")), None));
+    }
     let host = Arc::new(Host {
         name: Arc::from(name.as_str()),
         id: p.id,
@@ -142,6 +147,8 @@ pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<O
         stopping: AtomicBool::new(false),
         processes: Mutex::new(Default::default()),
         pool: p.pool.clone(),
+        stats: p.stats.clone(),
+        started_at: Instant::now(),
     });
     match handshake(&host, &p) {
         Ok(hooks) => {

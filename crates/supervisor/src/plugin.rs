@@ -1,0 +1,173 @@
+//! One configured plugin: its runtime (host or in-process library), its fatal-error latch, its restart
+//! policy and its counters.
+//!
+//! # Locks (in order)
+//! 1. `Plugin::lifecycle`: held while a host is being started, restarted or stopped for this plugin
+//!    (it may block for a host start-up), so that two threads never start two hosts for one plugin.
+//! 2. `Plugin::state`: a leaf, held for a few field updates, never across I/O or a hook.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use plughost_wire::HookKind;
+
+use crate::config::{PluginConfig, RestartPolicy};
+use crate::error::{CrashCause, PluginError};
+use crate::host::Host;
+use crate::inprocess::InProcessPlugin;
+use crate::stats::Stats;
+
+#[derive(Clone)]
+pub(crate) enum Runtime {
+    Host(Arc<Host>),
+    InProcess(Arc<InProcessPlugin>),
+}
+
+/// After a crash under `RestartPolicy::OnCrash`: the error, and when the next start may happen.
+#[derive(Clone)]
+pub(crate) struct Backoff {
+    pub error: PluginError,
+    pub cause: CrashCause,
+    pub until: Instant,
+    pub until_wall: SystemTime,
+    pub delay: Duration,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub runtime: Option<Runtime>,
+    /// The first fatal error, for good (until a manual restart).
+    pub latched: Option<PluginError>,
+    pub backoff: Option<Backoff>,
+    pub disabled: bool,
+    /// Crash times within the policy's window.
+    pub recent_crashes: Vec<Instant>,
+}
+
+pub(crate) struct Plugin {
+    pub config: PluginConfig,
+    pub canonical: PathBuf,
+    pub stats: Arc<Stats>,
+    pub lifecycle: Mutex<()>,
+    pub state: Mutex<State>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a dispatch may do with a plugin now.
+pub(crate) enum Readiness {
+    Ready(Runtime),
+    /// Not loaded, disabled, or does not take part (non-veto hook of a failed plugin).
+    Skip,
+    /// A veto hook must fail with this error.
+    Fail(PluginError),
+    /// The backoff has elapsed: start a new host first.
+    Restart,
+}
+
+impl Plugin {
+    pub fn new(config: PluginConfig, canonical: PathBuf) -> Plugin {
+        Plugin {
+            config,
+            canonical,
+            stats: Arc::new(Stats::new()),
+            lifecycle: Mutex::new(()),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    pub fn readiness(&self, kind: HookKind) -> Readiness {
+        let state = self.state();
+        if state.disabled {
+            return Readiness::Skip;
+        }
+        if let Some(error) = &state.latched {
+            return if kind.may_veto() {
+                Readiness::Fail(error.clone())
+            } else {
+                Readiness::Skip
+            };
+        }
+        if let Some(backoff) = &state.backoff {
+            if Instant::now() >= backoff.until {
+                return Readiness::Restart;
+            }
+            return if kind.may_veto() {
+                Readiness::Fail(PluginError::BackingOff {
+                    plugin: self.name().to_owned(),
+                    cause: backoff.cause.clone(),
+                    retry_at: backoff.until_wall,
+                })
+            } else {
+                Readiness::Skip
+            };
+        }
+        match &state.runtime {
+            Some(runtime) => Readiness::Ready(runtime.clone()),
+            None => Readiness::Skip,
+        }
+    }
+
+    /// Records a crash and applies the restart policy. Returns the error the operation reports.
+    pub fn crashed(&self, hook: Option<HookKind>, cause: CrashCause) -> PluginError {
+        self.stats.crashed(&cause);
+        let error = PluginError::Crashed {
+            plugin: self.name().to_owned(),
+            hook,
+            cause: cause.clone(),
+        };
+        let mut state = self.state();
+        state.runtime = None;
+        match self.config.restart {
+            RestartPolicy::Never => {
+                tracing::error!(plugin = %self.name(), "{error}; latched (restart = never)");
+                state.latched.get_or_insert(error.clone());
+            }
+            RestartPolicy::OnCrash {
+                max_restarts,
+                window,
+                backoff_initial,
+                backoff_max,
+            } => {
+                let now = Instant::now();
+                state
+                    .recent_crashes
+                    .retain(|t| now.duration_since(*t) < window);
+                state.recent_crashes.push(now);
+                let crashes = state.recent_crashes.len();
+                if crashes > max_restarts as usize {
+                    tracing::error!(plugin = %self.name(),
+                        "{error}; {crashes} crashes within {window:?}: restart limit {max_restarts} reached, latched");
+                    state.backoff = None;
+                    state.latched.get_or_insert(error.clone());
+                } else {
+                    let doublings = u32::try_from(crashes - 1).unwrap_or(u32::MAX).min(30);
+                    let delay = backoff_initial
+                        .saturating_mul(1 << doublings)
+                        .min(backoff_max);
+                    tracing::warn!(plugin = %self.name(),
+                        "{error}; restart {crashes} of {max_restarts} in {delay:?}");
+                    state.backoff = Some(Backoff {
+                        error: error.clone(),
+                        cause,
+                        until: now + delay,
+                        until_wall: SystemTime::now() + delay,
+                        delay,
+                    });
+                }
+            }
+        }
+        error
+    }
+}
