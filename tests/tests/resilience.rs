@@ -207,3 +207,42 @@ fn status_and_openmetrics_report_hooks_calls_and_crashes() {
         "{text}"
     );
 }
+
+#[test]
+fn teardown_hook_that_blocks_and_ignores_sigterm_is_cut_at_its_deadline() {
+    let fx = Fixture::new();
+    let service = TestService::new();
+    let deadline = Duration::from_millis(300);
+    let plugin = fx
+        .c("hang_in_vm_stopping")
+        .deadlines(Deadlines::default().with(HookKind::VmStopping, deadline));
+    let mut manager = service.manager(vec![plugin, fx.c("ok_mount_exec")]);
+    let s = session(1);
+    service.start_vm(&manager, &s).expect("vm starts");
+    let host = manager.plugins()[0].host_pid.expect("host pid");
+    let started = Instant::now();
+    service.stop_vm(&manager, &s);
+    let took = started.elapsed();
+    assert!(
+        took >= deadline && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    fx.wait_for("stopping_forever");
+    // The teardown went on to the next plugin, and the stuck host is gone with its crash recorded.
+    fx.wait_for("vm_stopping session=1");
+    assert!(eventually(Duration::from_secs(2), || {
+        plughost_sys::process::process_is_gone(host)
+    }));
+    let info = &manager.plugins()[0];
+    assert_eq!(
+        info.crashes_by_cause
+            .iter()
+            .find(|c| c.0 == "hung")
+            .map(|c| c.1),
+        Some(1)
+    );
+    // Shutting the manager down does not wait on anything left.
+    let started = Instant::now();
+    manager.shutdown();
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
