@@ -108,6 +108,11 @@ pub struct Fixture {
 impl Fixture {
     pub fn new() -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
+        // Hosts run as an unprivileged user (`nobody`) when the tests run as root: the plugins
+        // write their logs and markers here.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod fixture dir");
         std::fs::write(dir.path().join("file"), "OK").expect("write fixture file");
         let log = dir.path().join("plugin.log");
         Fixture { dir, log }

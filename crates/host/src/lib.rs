@@ -15,6 +15,7 @@
 pub mod api;
 pub mod hook;
 pub mod plugin;
+pub mod seccomp;
 
 pub use api::{install_backend, Backend, BackendReply};
 pub use hook::HookOutcome;

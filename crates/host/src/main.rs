@@ -13,12 +13,15 @@
 
 mod serve;
 
-use std::path::Path;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 
 use plughost_host::{api::api_table, hook, install_backend, LoadedPlugin};
-use plughost_sys::confine::{self, NamespaceRole};
+use plughost_sys::confine::{self, Contained, ParentBond};
 use plughost_sys::Seqpacket;
-use plughost_wire::{Hello, HostMsg, LoadFailure, ServiceMsg, PROTOCOL_VERSION};
+use plughost_wire::{
+    Confinement, Hello, HostMsg, LoadFailure, PluginSource, ServiceMsg, PROTOCOL_VERSION,
+};
 
 use serve::{host_log, Demux, MainEvent};
 
@@ -61,42 +64,55 @@ fn fail(message: &str) -> ! {
 
 fn main() {
     let args = parse_args().unwrap_or_else(|e| fail(&format!("usage: {e}")));
-    if let Err(e) = confine::bind_to_parent(args.parent_pid) {
+    if let Err(e) = ParentBond::Pid(args.parent_pid).arm() {
         fail(&format!("not starting: {e}"));
     }
     let channel = confine::take_channel_from_stdin()
         .unwrap_or_else(|e| fail(&format!("no channel on stdin: {e}")));
-    if let Err(e) = confine::close_inherited_fds(std::os::fd::AsRawFd::as_raw_fd(&channel)) {
+    if let Err(e) = confine::close_inherited_fds(channel.as_raw_fd()) {
         fail(&format!("cannot close inherited fds: {e}"));
     }
-    match confine::enter_pid_namespace() {
-        Ok(NamespaceRole::Outer { inner }) => {
-            drop(channel);
-            let exit = confine::wait_child(inner)
-                .unwrap_or_else(|e| fail(&format!("lost the plugin process: {e}")));
-            confine::mirror_exit(exit);
+    let bond = match confine::contain() {
+        Ok(Contained::Plugin { bond }) => bond,
+        Err(e) => {
+            host_log(&format!(
+                "no pid namespace ({e}); the plugin's processes are contained by the process group only"
+            ));
+            ParentBond::Pid(args.parent_pid)
         }
-        Ok(NamespaceRole::Inner) => {}
-        Err(e) => host_log(&format!(
-            "no pid namespace ({e}); the plugin's processes are contained by the process group only"
-        )),
-    }
+    };
     line_buffer_stdout();
 
+    let channel_fd = channel.as_raw_fd();
     let demux: &'static Demux = Box::leak(Box::new(Demux::new(Seqpacket::from_fd(channel))));
-    let welcome = handshake(demux, &args.name);
+    let (welcome, library) = handshake(demux, &args.name);
+    if let Err(e) = confine_self(&welcome.confinement, &bond, channel_fd) {
+        host_log(&format!("cannot confine the host: {e}"));
+        let _ = demux.send(&HostMsg::LoadFailed(LoadFailure::Confine(e)));
+        exit_now(0);
+    }
+    drop(bond);
     install_backend(demux);
     let api = api_table(welcome.service_version);
-    let plugin = match LoadedPlugin::load(Path::new(&welcome.plugin_path), api) {
+    let path = match (&welcome.plugin, &library) {
+        (PluginSource::SealedFd, Some(fd)) => {
+            PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        }
+        (PluginSource::Path(path), _) => PathBuf::from(path),
+        (PluginSource::SealedFd, None) => fail("handshake: no library fd"),
+    };
+    let plugin = match LoadedPlugin::load(&path, api) {
         Ok(plugin) => plugin,
         Err(e) => {
             let _ = demux.send(&HostMsg::LoadFailed(e.0.clone()));
             if let LoadFailure::Open(reason) = e.0 {
-                host_log(&format!("cannot load {}: {reason}", welcome.plugin_path));
+                host_log(&format!("cannot load {}: {reason}", path.display()));
             }
             exit_now(0);
         }
     };
+    // The mapping keeps the library alive; the fd is no business of the plugin's.
+    drop(library);
     if demux
         .send(&HostMsg::Loaded {
             hooks: plugin.hook_set(),
@@ -108,7 +124,48 @@ fn main() {
     serve_hooks(demux, &plugin);
 }
 
-fn handshake(demux: &Demux, name: &str) -> plughost_wire::Welcome {
+/// Applies what the service asked (`Welcome::confinement`), in an order where each step still has
+/// the privilege it needs: session, umask, limits, user (then the parent-death signal again: the
+/// kernel clears it on a credential change), no_new_privs, seccomp.
+fn confine_self(c: &Confinement, bond: &ParentBond, channel: RawFd) -> Result<(), String> {
+    // Already a process-group leader in the fallback mode: then it keeps the group the service
+    // kills, which is what matters.
+    let _ = confine::new_session();
+    confine::private_umask();
+    use rustix::process::Resource;
+    let limits = [
+        (Resource::As, c.limits.address_space, "address space"),
+        (Resource::Nofile, c.limits.open_files, "open files"),
+        (Resource::Nproc, c.limits.processes, "processes"),
+        (Resource::Cpu, c.limits.cpu_seconds, "CPU time"),
+    ];
+    for (resource, value, what) in limits {
+        if let Some(value) = value {
+            // For CPU time the hard limit is one second later: SIGXCPU (which the service reports
+            // as the limit) comes first, SIGKILL only if the plugin ignores it.
+            let hard = if resource == Resource::Cpu {
+                value.saturating_add(1)
+            } else {
+                value
+            };
+            confine::limit(resource, value, hard)
+                .map_err(|e| format!("limit {what} to {value}: {e}"))?;
+        }
+    }
+    if let Some((uid, gid)) = c.user {
+        confine::switch_user(uid, gid)
+            .map_err(|e| format!("switch to uid {uid} gid {gid}: {e}"))?;
+        bond.arm()
+            .map_err(|e| format!("parent-death signal after the user switch: {e}"))?;
+    }
+    confine::no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    if c.seccomp {
+        plughost_host::seccomp::install(channel)?;
+    }
+    Ok(())
+}
+
+fn handshake(demux: &Demux, name: &str) -> (plughost_wire::Welcome, Option<OwnedFd>) {
     let hello = Hello {
         protocol: PROTOCOL_VERSION,
         pid: std::process::id(),
@@ -118,13 +175,15 @@ fn handshake(demux: &Demux, name: &str) -> plughost_wire::Welcome {
         fail(&format!("handshake failed: {e}"));
     }
     match demux.recv_direct() {
-        Ok(ServiceMsg::Welcome(welcome)) if welcome.protocol == PROTOCOL_VERSION => welcome,
-        Ok(ServiceMsg::Welcome(welcome)) => fail(&format!(
+        Ok((ServiceMsg::Welcome(welcome), fd)) if welcome.protocol == PROTOCOL_VERSION => {
+            (welcome, fd)
+        }
+        Ok((ServiceMsg::Welcome(welcome), _)) => fail(&format!(
             "service speaks protocol {}, we speak {PROTOCOL_VERSION}",
             welcome.protocol
         )),
-        Ok(ServiceMsg::Shutdown) => exit_now(0),
-        Ok(other) => fail(&format!("handshake: unexpected {other:?}")),
+        Ok((ServiceMsg::Shutdown, _)) => exit_now(0),
+        Ok((other, _)) => fail(&format!("handshake: unexpected {other:?}")),
         Err(e) => fail(&format!("handshake failed: {e}")),
     }
 }

@@ -109,13 +109,11 @@ impl Demux {
         })
     }
 
-    /// Receives the handshake answer before any other thread exists.
-    pub fn recv_direct(&self) -> Result<ServiceMsg, String> {
-        let (msg, fds) = self.recv_one().map_err(|e| e.to_string())?;
-        if !fds.is_empty() {
-            return Err("unexpected file descriptors".into());
-        }
-        Ok(msg)
+    /// Receives the handshake answer (and the library fd it may carry) before any other thread
+    /// exists.
+    pub fn recv_direct(&self) -> Result<(ServiceMsg, Option<OwnedFd>), String> {
+        let (msg, mut fds) = self.recv_one().map_err(|e| e.to_string())?;
+        Ok((msg, fds.pop()))
     }
 
     fn recv_one(&self) -> Result<(ServiceMsg, Vec<OwnedFd>), ChannelError> {
@@ -130,9 +128,11 @@ impl Demux {
                 )))
             })?;
             if fds.len() != msg.fds_expected() {
-                return Err(ChannelError::Io(std::io::Error::other(
-                    "wrong number of file descriptors from service",
-                )));
+                return Err(ChannelError::Io(std::io::Error::other(format!(
+                    "{} file descriptors from service, expected {}",
+                    fds.len(),
+                    msg.fds_expected()
+                ))));
             }
             Ok((msg, fds))
         })

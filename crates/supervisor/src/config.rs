@@ -31,6 +31,69 @@ pub struct PluginConfig {
     pub restart: RestartPolicy,
     /// Hook deadlines for this plugin; `None`: the manager's.
     pub deadlines: Option<Deadlines>,
+    /// Who the host runs as.
+    pub user: HostUser,
+    /// Resource limits of the host process.
+    pub limits: Limits,
+    /// The default seccomp filter (on unless turned off for this plugin).
+    pub seccomp: bool,
+    /// Expected sha256 of the library (hex); the host loads exactly the bytes that matched.
+    pub sha256: Option<String>,
+    /// A detached ed25519 signature of the library (base64), checked against the manager's
+    /// trusted keys.
+    pub signature: Option<PathBuf>,
+}
+
+pub use plughost_wire::Limits;
+
+/// The user a host runs as (only a service running as root can switch).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum HostUser {
+    /// A dedicated system user `plughost` if it exists, else `nobody`; the service's own user when
+    /// the service is not root.
+    #[default]
+    Default,
+    /// The service's user (no switch).
+    Service,
+    /// This user name, from `/etc/passwd`.
+    Name(String),
+    Id {
+        uid: u32,
+        gid: u32,
+    },
+}
+
+/// `(uid, gid)` of `name` in `/etc/passwd`.
+pub fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        if fields.next()? != name {
+            return None;
+        }
+        let _password = fields.next()?;
+        Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+    })
+}
+
+impl HostUser {
+    /// The uid/gid to switch to, or `None` to stay the service's user.
+    pub fn resolve(&self) -> Result<Option<(u32, u32)>, String> {
+        let root = rustix::process::geteuid().is_root();
+        match self {
+            HostUser::Service => Ok(None),
+            HostUser::Default if !root => Ok(None),
+            HostUser::Default => Ok(Some(
+                lookup_user("plughost")
+                    .or_else(|| lookup_user("nobody"))
+                    .unwrap_or((65534, 65534)),
+            )),
+            HostUser::Name(name) => lookup_user(name)
+                .map(Some)
+                .ok_or_else(|| format!("no user named '{name}'")),
+            HostUser::Id { uid, gid } => Ok(Some((*uid, *gid))),
+        }
+    }
 }
 
 /// How long each hook may take before its host is killed and the crash classified `hung`.
@@ -91,6 +154,11 @@ impl PluginConfig {
             env: Vec::new(),
             restart: RestartPolicy::Never,
             deadlines: None,
+            user: HostUser::Default,
+            limits: Limits::default(),
+            seccomp: true,
+            sha256: None,
+            signature: None,
         }
     }
 
@@ -106,6 +174,31 @@ impl PluginConfig {
 
     pub fn restart(mut self, policy: RestartPolicy) -> PluginConfig {
         self.restart = policy;
+        self
+    }
+
+    pub fn user(mut self, user: HostUser) -> PluginConfig {
+        self.user = user;
+        self
+    }
+
+    pub fn limits(mut self, limits: Limits) -> PluginConfig {
+        self.limits = limits;
+        self
+    }
+
+    pub fn seccomp(mut self, on: bool) -> PluginConfig {
+        self.seccomp = on;
+        self
+    }
+
+    pub fn sha256(mut self, hex: impl Into<String>) -> PluginConfig {
+        self.sha256 = Some(hex.into());
+        self
+    }
+
+    pub fn signature(mut self, path: impl Into<PathBuf>) -> PluginConfig {
+        self.signature = Some(path.into());
         self
     }
 
@@ -139,6 +232,8 @@ pub struct ManagerConfig {
     pub output: Arc<dyn OutputSink>,
     /// Hook deadlines of plugins that set none.
     pub deadlines: Deadlines,
+    /// Keys and policy for verifying plugin libraries.
+    pub trust: crate::integrity::Trust,
 }
 
 impl ManagerConfig {
@@ -148,6 +243,7 @@ impl ManagerConfig {
             host_binary: None,
             output: Arc::new(LogOutput),
             deadlines: Deadlines::default(),
+            trust: Default::default(),
         }
     }
 

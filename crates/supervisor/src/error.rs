@@ -15,6 +15,10 @@ pub enum CrashCause {
     ProtocolViolation(String),
     /// The host closed its channel but kept running; the service killed it.
     ChannelClosed,
+    /// The plugin made a syscall the seccomp filter forbids.
+    BlockedSyscall { syscall: u32 },
+    /// The host hit a configured resource limit, e.g. `its CPU time limit of 2 s`.
+    LimitExceeded(String),
     /// A hook did not answer within its deadline; the service killed the host.
     Hung { hook: HookKind, after: Duration },
 }
@@ -25,6 +29,14 @@ impl fmt::Display for CrashCause {
             CrashCause::Exited(exit) => exit.fmt(f),
             CrashCause::ProtocolViolation(what) => write!(f, "protocol violation: {what}"),
             CrashCause::ChannelClosed => f.write_str("closed its channel to the service"),
+            CrashCause::LimitExceeded(what) => write!(f, "exceeded {what}"),
+            CrashCause::BlockedSyscall { syscall } => {
+                write!(f, "blocked syscall {syscall}")?;
+                if let Some(name) = plughost_host::seccomp::name_of(*syscall) {
+                    write!(f, " ({name})")?;
+                }
+                Ok(())
+            }
             CrashCause::Hung { hook, after } => {
                 write!(f, "hung: did not answer {hook} within {}", seconds(*after))
             }

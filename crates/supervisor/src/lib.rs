@@ -36,6 +36,7 @@ mod config;
 mod error;
 mod host;
 mod inprocess;
+mod integrity;
 mod manager;
 mod metrics;
 mod monitor;
@@ -48,9 +49,11 @@ pub use callbacks::{
     OfflineDistribution, ProcessStream, ServiceCallbacks, Session, Status, VmSettings,
 };
 pub use config::{
-    Deadlines, Isolation, LogOutput, ManagerConfig, OutputSink, PluginConfig, RestartPolicy,
+    lookup_user, Deadlines, HostUser, Isolation, Limits, LogOutput, ManagerConfig, OutputSink,
+    PluginConfig, RestartPolicy,
 };
 pub use error::{CrashCause, PluginError};
+pub use integrity::{parse_public_key, parse_signature, sha256_hex, Trust};
 pub use manager::{
     service_version, ControlError, HookLatency, ManagerError, PluginInfo, PluginManager,
     PluginState,

@@ -164,6 +164,7 @@ pub struct PluginManager {
     deadlines: Deadlines,
     default: Arc<dyn ServiceCallbacks + Send + Sync>,
     next_host_id: AtomicU64,
+    trust: crate::integrity::Trust,
 }
 
 fn setup(what: &'static str) -> impl FnOnce(std::io::Error) -> ManagerError {
@@ -192,6 +193,7 @@ impl PluginManager {
             deadlines: config.deadlines,
             default,
             next_host_id: AtomicU64::new(1),
+            trust: config.trust,
         };
         for plugin in config.plugins {
             let canonical = std::fs::canonicalize(&plugin.path).unwrap_or(plugin.path.clone());
@@ -230,6 +232,7 @@ impl PluginManager {
                     pool: &self.pool,
                     default: &*self.default,
                     stats: &plugin.stats,
+                    trust: &self.trust,
                 };
                 match spawn::start(params) {
                     Ok(started) => {
@@ -295,6 +298,7 @@ impl PluginManager {
                 plugin,
                 reason: format!("entry point returned status {status}"),
             },
+            LoadFailure::Confine(reason) => PluginError::LoadFailed { plugin, reason },
         }
     }
 

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use plughost_sys::ProcessExit;
 use plughost_wire::HookKind;
 
 use crate::config::{PluginConfig, RestartPolicy};
@@ -79,6 +80,20 @@ impl Plugin {
         }
     }
 
+    /// Names the limit behind a death that one of the configured limits explains.
+    fn explain(&self, cause: CrashCause) -> CrashCause {
+        const SIGXCPU: i32 = 24;
+        match (&cause, self.config.limits.cpu_seconds) {
+            (
+                CrashCause::Exited(ProcessExit::Signal {
+                    signal: SIGXCPU, ..
+                }),
+                Some(seconds),
+            ) => CrashCause::LimitExceeded(format!("its CPU time limit of {seconds} s")),
+            _ => cause,
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.config.name
     }
@@ -121,6 +136,7 @@ impl Plugin {
 
     /// Records a crash and applies the restart policy. Returns the error the operation reports.
     pub fn crashed(&self, hook: Option<HookKind>, cause: CrashCause) -> PluginError {
+        let cause = self.explain(cause);
         self.stats.crashed(&cause);
         let error = PluginError::Crashed {
             plugin: self.name().to_owned(),

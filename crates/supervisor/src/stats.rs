@@ -87,15 +87,17 @@ pub enum CrashKind {
     ProtocolViolation,
     Hung,
     ChannelClosed,
+    BlockedSyscall,
 }
 
 impl CrashKind {
-    pub const ALL: [CrashKind; 5] = [
+    pub const ALL: [CrashKind; 6] = [
         CrashKind::Signal,
         CrashKind::Exit,
         CrashKind::ProtocolViolation,
         CrashKind::Hung,
         CrashKind::ChannelClosed,
+        CrashKind::BlockedSyscall,
     ];
 
     pub fn of(cause: &CrashCause) -> CrashKind {
@@ -105,6 +107,8 @@ impl CrashKind {
             CrashCause::ProtocolViolation(_) => CrashKind::ProtocolViolation,
             CrashCause::Hung { .. } => CrashKind::Hung,
             CrashCause::ChannelClosed => CrashKind::ChannelClosed,
+            CrashCause::BlockedSyscall { .. } => CrashKind::BlockedSyscall,
+            CrashCause::LimitExceeded(_) => CrashKind::Signal,
         }
     }
 
@@ -115,6 +119,7 @@ impl CrashKind {
             CrashKind::ProtocolViolation => "protocol_violation",
             CrashKind::Hung => "hung",
             CrashKind::ChannelClosed => "channel_closed",
+            CrashKind::BlockedSyscall => "blocked_syscall",
         }
     }
 }
@@ -126,7 +131,7 @@ pub(crate) struct Stats {
     pub hooks: [Histogram; 10],
     pub api_calls: AtomicU64,
     pub restarts: AtomicU64,
-    crashes: [AtomicU64; 5],
+    crashes: [AtomicU64; 6],
     /// The hook in flight (`HookKind as u8`, or `NOT_BUSY`) and since when (ns after `epoch`).
     busy_kind: AtomicU8,
     busy_since: AtomicU64,
@@ -139,7 +144,7 @@ impl Stats {
             hooks: [const { Histogram::new() }; 10],
             api_calls: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
-            crashes: [const { AtomicU64::new(0) }; 5],
+            crashes: [const { AtomicU64::new(0) }; 6],
             busy_kind: AtomicU8::new(NOT_BUSY),
             busy_since: AtomicU64::new(0),
             epoch: Instant::now(),

@@ -16,17 +16,41 @@ use rustix::process::{set_parent_process_death_signal, Signal};
 
 use crate::process::ProcessExit;
 
-/// Sets `PR_SET_PDEATHSIG` to `SIGKILL`, then checks that the parent is still `expected_parent`: if
-/// the service died before the signal was armed, we were reparented and must not go on.
-pub fn bind_to_parent(expected_parent: u32) -> std::io::Result<()> {
-    set_parent_process_death_signal(Some(Signal::KILL))?;
-    let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
-    if u32::try_from(parent).ok() != Some(expected_parent) {
-        return Err(std::io::Error::other(format!(
-            "parent {expected_parent} is gone (parent is now {parent})"
-        )));
+/// How a host knows its parent is still there, to re-check after re-arming the parent-death signal
+/// (which the kernel clears on every change of credentials).
+pub enum ParentBond {
+    /// Our parent must be this pid (`getppid`).
+    Pid(u32),
+    /// Our parent (the outer host, outside our pid namespace, where `getppid` says 0) holds the
+    /// write end of this pipe: it reads as closed once the outer is gone.
+    Pipe(OwnedFd),
+}
+
+impl ParentBond {
+    /// Arms `PR_SET_PDEATHSIG(SIGKILL)`, then checks that the parent did not die before: if it
+    /// did, the signal will never come and we must not go on.
+    pub fn arm(&self) -> std::io::Result<()> {
+        set_parent_process_death_signal(Some(Signal::KILL))?;
+        let alive = match self {
+            ParentBond::Pid(expected) => {
+                let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
+                u32::try_from(parent).ok() == Some(*expected)
+            }
+            ParentBond::Pipe(pipe) => {
+                let mut fds = [PollFd::new(pipe, PollFlags::IN)];
+                let zero = rustix::event::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                poll(&mut fds, Some(&zero)).unwrap_or(1) == 0
+            }
+        };
+        if alive {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("the parent process is gone"))
+        }
     }
-    Ok(())
 }
 
 /// The service hands the channel over as stdin (the one fd `posix_spawn` can place without a
@@ -47,69 +71,224 @@ pub fn take_channel_from_stdin() -> std::io::Result<OwnedFd> {
     Ok(channel)
 }
 
-/// Closes every fd above 2 except `keep` (firecracker's `sanitize_process`), so that nothing the
-/// service leaked by accident reaches plugin code.
-pub fn close_inherited_fds(keep: RawFd) -> std::io::Result<()> {
-    let keep = u32::try_from(keep).map_err(|_| Errno::BADF)?;
-    let ranges = [(3u32, keep.saturating_sub(1)), (keep + 1, u32::MAX)];
-    for (first, last) in ranges {
-        if first > last {
-            continue;
-        }
-        // SAFETY: close_range only closes fds; none of the closed ones is owned by a Rust object
-        // (the process is single-threaded here and holds only `keep` and stdio).
-        let rc = unsafe { libc::close_range(first, last, 0) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
+/// Closes every fd above 2 except those in `keep` (firecracker's `sanitize_process`), so that
+/// nothing the service leaked by accident reaches plugin code.
+pub fn close_fds_except(keep: &[RawFd]) -> std::io::Result<()> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|&fd| u32::try_from(fd).ok())
+        .collect();
+    keep.sort_unstable();
+    let mut first = 3u32;
+    for fd in keep.into_iter().chain(std::iter::once(u32::MAX)) {
+        if fd >= first {
+            let last = fd.saturating_sub(1);
+            if last >= first {
+                // SAFETY: close_range only closes fds; none of the closed ones is owned by a Rust
+                // object (the process is single-threaded here and holds only `keep` and stdio).
+                if unsafe { libc::close_range(first, last, 0) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            first = fd.saturating_add(1);
         }
     }
     Ok(())
 }
 
-/// Which side of [`enter_pid_namespace`] we are on.
-pub enum NamespaceRole {
-    /// The process the service spawned; `inner` is the pid of the namespace's init.
-    Outer { inner: u32 },
-    /// Pid 1 of a fresh pid namespace, bound to the outer by `PDEATHSIG`.
-    Inner,
+/// [`close_fds_except`] with one fd to keep.
+pub fn close_inherited_fds(keep: RawFd) -> std::io::Result<()> {
+    close_fds_except(&[keep])
 }
 
-/// Creates a pid namespace and forks its init. Fails (and changes nothing) without the privilege
-/// (`EPERM`), so the caller can fall back to its process group.
+/// Where [`contain`] left the calling code.
+pub enum Contained {
+    /// The process that runs the plugin: pid 2 of a fresh pid namespace, whose init (pid 1, its
+    /// parent) dies with the outer process. Re-arm the parent-death signal with the bond after a
+    /// credential change.
+    Plugin { bond: ParentBond },
+}
+
+/// Moves the plugin into a fresh pid namespace, with three processes:
+/// - the **outer** (this process, the service's child, in the service's pid namespace) only waits and
+///   ends the way the plugin process ended (same exit code or same signal), so the service's pidfd
+///   tells how the plugin died;
+/// - the namespace's **init** (pid 1) reaps orphans, reports the plugin's wait status to the outer,
+///   and dies with the outer (parent-death signal): then the kernel kills every process left in the
+///   namespace, however it forked or `setsid()`ed;
+/// - the **plugin process** (pid 2, returned as [`Contained::Plugin`]), with normal signal semantics
+///   (a pid 1 would ignore `SIGXCPU`, the `SIGABRT` of `abort()`, ...) and free to create threads
+///   (the unsharing process itself may not: `clone(CLONE_THREAD)` fails there).
 ///
-/// Must be called while the process is single-threaded.
-pub fn enter_pid_namespace() -> std::io::Result<NamespaceRole> {
+/// Only the plugin process returns. Fails (and changes nothing) without the privilege (`EPERM`), so
+/// the caller can fall back to its process group. Must be called while single-threaded.
+pub fn contain() -> std::io::Result<Contained> {
     // SAFETY: the process is single-threaded (documented precondition), so changing the namespace
     // for children cannot surprise another thread.
     unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWPID) }?;
-    let (parent_alive, parent_holds) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let (alive_read, alive_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let (status_read, status_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     // SAFETY: single-threaded (precondition), so the child may run arbitrary code after fork.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
+    let init = unsafe { libc::fork() };
+    if init < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    if pid > 0 {
-        drop(parent_alive);
-        // The write end stays open (leaked on purpose) for the outer's whole life: the inner sees
-        // it close exactly when the outer dies.
-        std::mem::forget(parent_holds);
-        return Ok(NamespaceRole::Outer {
-            inner: pid.unsigned_abs(),
-        });
+    if init > 0 {
+        drop(alive_read);
+        drop(status_write);
+        // `alive_write` stays open for the outer's whole life: the init sees it close when the
+        // outer dies.
+        outer(init.unsigned_abs(), status_read, alive_write)
     }
-    drop(parent_holds);
-    set_parent_process_death_signal(Some(Signal::KILL))?;
-    // The outer may have died before the death signal was armed: then its pipe end is closed.
-    let mut fds = [PollFd::new(&parent_alive, PollFlags::IN)];
-    let zero = rustix::event::Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
+    drop(alive_write);
+    drop(status_read);
+    let bond = ParentBond::Pipe(alive_read);
+    if bond.arm().is_err() {
+        exit_immediately(0);
+    }
+    // SAFETY: the init is single-threaded too.
+    let plugin = unsafe { libc::fork() };
+    if plugin < 0 {
+        exit_immediately(111);
+    }
+    if plugin > 0 {
+        let ParentBond::Pipe(alive) = bond else {
+            exit_immediately(0)
+        };
+        namespace_init(plugin, alive, status_write)
+    }
+    drop(status_write);
+    drop(bond);
+    let bond = ParentBond::Pid(1);
+    bond.arm()
+        .map_err(|_| std::io::Error::other("the namespace init died during start-up"))?;
+    Ok(Contained::Plugin { bond })
+}
+
+/// The outer process: waits for the init, then ends as the plugin process ended.
+fn outer(init: u32, status: OwnedFd, alive: OwnedFd) -> ! {
+    use std::os::fd::AsRawFd;
+    // Nothing else (the channel above all) stays open here: the plugin process has its own copy.
+    let _ = close_fds_except(&[status.as_raw_fd(), alive.as_raw_fd()]);
+    let init_exit = wait_child(init);
+    let mut raw = [0u8; 4];
+    let plugin_exit = match rustix::io::read(&status, &mut raw) {
+        Ok(4) => Some(decode_wait_status(i32::from_ne_bytes(raw))),
+        _ => None,
     };
-    if poll(&mut fds, Some(&zero)).unwrap_or(1) > 0 {
-        return Err(std::io::Error::other("the outer host died during start-up"));
+    match (plugin_exit, init_exit) {
+        (Some(exit), _) | (None, Ok(exit)) => mirror_exit(exit),
+        (None, Err(_)) => exit_immediately(111),
     }
-    drop(parent_alive);
-    Ok(NamespaceRole::Inner)
+}
+
+fn decode_wait_status(status: i32) -> ProcessExit {
+    let signal = status & 0x7f;
+    if signal == 0 {
+        ProcessExit::Code((status >> 8) & 0xff)
+    } else {
+        ProcessExit::Signal {
+            signal,
+            core_dumped: status & 0x80 != 0,
+        }
+    }
+}
+
+/// Pid 1 of the namespace: reap everything, report the plugin process's status to the outer, and
+/// end (taking the namespace with it) when the plugin process or the outer is gone.
+fn namespace_init(plugin: i32, alive: OwnedFd, status: OwnedFd) -> ! {
+    let keep = [
+        std::os::fd::AsRawFd::as_raw_fd(&alive),
+        std::os::fd::AsRawFd::as_raw_fd(&status),
+    ];
+    for fd in 0..1024 {
+        if !keep.contains(&fd) {
+            // SAFETY: closing fds this process never uses again (nothing in it owns them).
+            unsafe { libc::close(fd) };
+        }
+    }
+    // SIGCHLD through a signalfd (blocked as a signal): no wake-up can slip between a reap and the
+    // wait, and the plugin process's death is seen at once.
+    // SAFETY: sigset manipulation on a local set; signalfd on it; single-threaded process.
+    let children = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            exit_immediately(111);
+        }
+        OwnedFd::from_raw_fd(fd)
+    };
+    loop {
+        loop {
+            let mut raw_status = 0;
+            // SAFETY: waitpid with a valid out-pointer.
+            let pid = unsafe { libc::waitpid(-1, &mut raw_status, libc::WNOHANG) };
+            if pid == plugin {
+                let _ = rustix::io::write(&status, &raw_status.to_ne_bytes());
+                exit_immediately(0);
+            }
+            if pid <= 0 {
+                break;
+            }
+        }
+        let mut fds = [
+            PollFd::new(&alive, PollFlags::IN),
+            PollFd::new(&children, PollFlags::IN),
+        ];
+        if poll(&mut fds, None).is_ok() {
+            if !fds[0].revents().is_empty() {
+                exit_immediately(0);
+            }
+            let mut info = [0u8; 128];
+            while rustix::io::read(&children, &mut info).is_ok() {}
+        }
+    }
+}
+
+/// Starts a new session (so the plugin has no controlling terminal and its own process group).
+pub fn new_session() -> std::io::Result<()> {
+    rustix::process::setsid()?;
+    Ok(())
+}
+
+/// umask 077: nothing the plugin creates is readable by others.
+pub fn private_umask() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
+/// `PR_SET_NO_NEW_PRIVS`: no exec can ever grant privileges again (setuid binaries, file caps).
+pub fn no_new_privs() -> std::io::Result<()> {
+    rustix::thread::set_no_new_privs(true)?;
+    Ok(())
+}
+
+/// Sets the soft and hard limit of `resource`.
+pub fn limit(resource: rustix::process::Resource, soft: u64, hard: u64) -> std::io::Result<()> {
+    let limit = rustix::process::Rlimit {
+        current: Some(soft),
+        maximum: Some(hard),
+    };
+    rustix::process::setrlimit(resource, limit)?;
+    Ok(())
+}
+
+/// Switches the whole process to `uid`/`gid` with no supplementary groups. From root this also
+/// drops every capability (no keep-caps). Must be called while single-threaded.
+pub fn switch_user(uid: u32, gid: u32) -> std::io::Result<()> {
+    // SAFETY: plain credential syscalls with no memory arguments but the empty group list; the
+    // process is single-threaded (precondition), so no thread keeps the old credentials.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setresgid(gid, gid, gid) != 0
+            || libc::setresuid(uid, uid, uid) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Waits for child `pid` to end (retrying `EINTR`).

@@ -301,6 +301,8 @@ pub enum LoadFailure {
     NoEntryPoint,
     /// The entry point returned this status.
     EntryFailed(i32),
+    /// The host could not confine itself as asked (nothing of the plugin ran).
+    Confine(String),
 }
 
 /// The host's first message.
@@ -313,6 +315,39 @@ pub struct Hello {
     pub plugin: String,
 }
 
+/// Where the host finds the plugin library.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PluginSource {
+    /// A sealed memfd attached to the frame, whose content the service verified; the host loads
+    /// `/proc/self/fd/N`.
+    SealedFd,
+    /// A path (when sealed memfds cannot be mapped executable on this machine).
+    Path(String),
+}
+
+/// Resource limits for the host process (`None`: unchanged).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// `RLIMIT_AS`, bytes.
+    pub address_space: Option<u64>,
+    /// `RLIMIT_NOFILE`.
+    pub open_files: Option<u64>,
+    /// `RLIMIT_NPROC` (counts every process and thread of the host's user).
+    pub processes: Option<u64>,
+    /// `RLIMIT_CPU`, seconds.
+    pub cpu_seconds: Option<u64>,
+}
+
+/// What the host does to itself after the handshake and before loading the plugin.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confinement {
+    /// Switch to this uid/gid (supplementary groups dropped); `None`: keep the service's.
+    pub user: Option<(u32, u32)>,
+    pub limits: Limits,
+    /// Install the default seccomp filter.
+    pub seccomp: bool,
+}
+
 /// The service's answer to [`Hello`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
@@ -320,7 +355,8 @@ pub struct Welcome {
     /// The running service's version, for `api->version`.
     pub service_version: Version,
     /// The plugin library to load.
-    pub plugin_path: String,
+    pub plugin: PluginSource,
+    pub confinement: Confinement,
 }
 
 /// Host to service. Untrusted: the service validates every field and every transition.
@@ -339,6 +375,11 @@ pub enum HostMsg {
     Call {
         id: RequestId,
         call: ApiCall,
+    },
+    /// The plugin made a syscall the host's seccomp filter forbids; the host is exiting. Sent from
+    /// the host's `SIGSYS` handler (hand-encoded there: keep this variant's index, 5, stable).
+    Blocked {
+        syscall: u32,
     },
 }
 
@@ -366,6 +407,10 @@ impl ServiceMsg {
                 reply: ApiReply::Fd,
                 ..
             } => 1,
+            ServiceMsg::Welcome(Welcome {
+                plugin: PluginSource::SealedFd,
+                ..
+            }) => 1,
             _ => 0,
         }
     }
@@ -399,7 +444,10 @@ impl Validate for HostMsg {
             HostMsg::HookDone { status, .. } if *status > 0 => {
                 Err(WireError::Invalid("hook status is positive"))
             }
-            HostMsg::Hello(_) | HostMsg::Loaded { .. } | HostMsg::LoadFailed(_) => Ok(()),
+            HostMsg::Hello(_)
+            | HostMsg::Loaded { .. }
+            | HostMsg::LoadFailed(_)
+            | HostMsg::Blocked { .. } => Ok(()),
             HostMsg::HookDone { .. } => Ok(()),
         }
     }

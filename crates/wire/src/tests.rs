@@ -179,3 +179,13 @@ proptest! {
         prop_assert_eq!(decode::<HostMsg>(&buf).unwrap(), msg);
     }
 }
+
+#[test]
+fn blocked_frame_matches_the_hand_encoding_of_the_sigsys_handler() {
+    // crates/host/src/seccomp.rs writes this frame byte by byte in a signal handler.
+    let mut buf = Vec::new();
+    encode(&HostMsg::Blocked { syscall: 101 }, &mut buf).unwrap();
+    assert_eq!(buf, [b'P', b'H', PROTOCOL_VERSION, 0, 5, 101]);
+    encode(&HostMsg::Blocked { syscall: 321 }, &mut buf).unwrap();
+    assert_eq!(buf, [b'P', b'H', PROTOCOL_VERSION, 0, 5, 0xc1, 0x02]);
+}

@@ -92,6 +92,7 @@ fn host_msg_name(msg: &HostMsg) -> &'static str {
         HostMsg::LoadFailed(_) => "LoadFailed",
         HostMsg::HookDone { .. } => "HookDone",
         HostMsg::Call { .. } => "Call",
+        HostMsg::Blocked { .. } => "Blocked",
     }
 }
 
@@ -300,6 +301,10 @@ impl Host {
                     message,
                 }) if got == id => return Ok(HookOutcome { status, message }),
                 Some(HostMsg::Call { id, call }) => self.serve_call(id, call, scope),
+                Some(HostMsg::Blocked { syscall }) => {
+                    self.kill_for(CrashCause::BlockedSyscall { syscall });
+                    return Err(self.crash_cause());
+                }
                 Some(HostMsg::HookDone { id: got, .. }) => {
                     return Err(self.violation(format!(
                         "answered hook request {} while {} was request {}",
@@ -341,6 +346,7 @@ impl Host {
         self.pool.arm(self);
         match msg {
             HostMsg::Call { id, call } => self.serve_call(id, call, default),
+            HostMsg::Blocked { syscall } => self.kill_for(CrashCause::BlockedSyscall { syscall }),
             HostMsg::HookDone { id, .. } => {
                 self.violation(format!(
                     "answered hook request {} that was never sent",

@@ -18,7 +18,9 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 
 use plughost_sys::{Pidfd, Seqpacket};
-use plughost_wire::{HostMsg, LoadFailure, ServiceMsg, Version, Welcome, PROTOCOL_VERSION};
+use plughost_wire::{
+    Confinement, HostMsg, LoadFailure, PluginSource, ServiceMsg, Version, Welcome, PROTOCOL_VERSION,
+};
 
 use super::{new_reader, Host};
 use crate::callbacks::ServiceCallbacks;
@@ -96,10 +98,19 @@ pub(crate) struct StartParams<'a> {
     pub pool: &'a Arc<Pool>,
     pub default: &'a dyn ServiceCallbacks,
     pub stats: &'a Arc<crate::stats::Stats>,
+    pub trust: &'a crate::integrity::Trust,
 }
 
 pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<OwnedFd>)> {
     let name = &p.config.name;
+    // Verified before anything runs; the host gets exactly these bytes.
+    let library =
+        crate::integrity::prepare(p.config, p.trust).map_err(|e| (StartError::Load(e), None))?;
+    let user = p
+        .config
+        .user
+        .resolve()
+        .map_err(|e| (StartError::Load(e), None))?;
     let (ours, theirs) =
         Seqpacket::pair().map_err(|e| (StartError::Load(format!("socketpair: {e}")), None))?;
     let (out_read, out_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
@@ -150,7 +161,7 @@ pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<O
         stats: p.stats.clone(),
         started_at: Instant::now(),
     });
-    match handshake(&host, &p) {
+    match handshake(&host, &p, library, user) {
         Ok(hooks) => {
             // Safe to rebuild: nobody else holds the Arc yet.
             let host = match Arc::try_unwrap(host) {
@@ -216,7 +227,12 @@ fn next(host: &Host, deadline: Instant) -> Result<HostMsg, StartError> {
     }
 }
 
-fn handshake(host: &Host, p: &StartParams<'_>) -> Result<plughost_wire::HookSet, StartError> {
+fn handshake(
+    host: &Host,
+    p: &StartParams<'_>,
+    library: crate::integrity::Library,
+    user: Option<(u32, u32)>,
+) -> Result<plughost_wire::HookSet, StartError> {
     let name = &p.config.name;
     let hello = match next(host, Instant::now() + HANDSHAKE_TIMEOUT)? {
         HostMsg::Hello(hello) => hello,
@@ -233,7 +249,7 @@ fn handshake(host: &Host, p: &StartParams<'_>) -> Result<plughost_wire::HookSet,
             hello.protocol
         )));
     }
-    if hello.plugin != *name || (hello.pid != 1 && hello.pid != host.pid()) {
+    if hello.plugin != *name || hello.pid == 0 {
         return Err(StartError::Crashed(host.violation(format!(
             "handshake names plugin {:?} pid {}, expected {name:?} pid {}",
             hello.plugin,
@@ -241,12 +257,27 @@ fn handshake(host: &Host, p: &StartParams<'_>) -> Result<plughost_wire::HookSet,
             host.pid()
         ))));
     }
+    let (plugin, fd) = match library {
+        crate::integrity::Library::Sealed(fd) => (PluginSource::SealedFd, Some(fd)),
+        crate::integrity::Library::Path(path) => (
+            PluginSource::Path(path.to_string_lossy().into_owned()),
+            None,
+        ),
+    };
     let welcome = Welcome {
         protocol: PROTOCOL_VERSION,
         service_version: p.service_version,
-        plugin_path: p.config.path.to_string_lossy().into_owned(),
+        plugin,
+        confinement: Confinement {
+            user,
+            limits: p.config.limits,
+            seccomp: p.config.seccomp,
+        },
     };
-    if host.send(&ServiceMsg::Welcome(welcome), None).is_err() {
+    if host
+        .send(&ServiceMsg::Welcome(welcome), fd.as_ref())
+        .is_err()
+    {
         return Err(StartError::Crashed(host.crash_cause()));
     }
     let deadline = Instant::now() + LOAD_TIMEOUT;
@@ -265,6 +296,15 @@ fn handshake(host: &Host, p: &StartParams<'_>) -> Result<plughost_wire::HookSet,
                 if status == plughost_abi::PLUGHOST_E_REQUIRES_UPDATE =>
             {
                 return Err(StartError::RequiresUpdate)
+            }
+            HostMsg::LoadFailed(LoadFailure::Confine(reason)) => {
+                return Err(StartError::Load(format!(
+                    "cannot confine the host: {reason}"
+                )))
+            }
+            HostMsg::Blocked { syscall } => {
+                host.kill_for(CrashCause::BlockedSyscall { syscall });
+                return Err(StartError::Crashed(host.crash_cause()));
             }
             HostMsg::LoadFailed(LoadFailure::EntryFailed(status)) => {
                 return Err(StartError::Load(format!(

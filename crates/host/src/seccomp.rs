@@ -1,0 +1,157 @@
+//! The host's default seccomp filter: syscalls a plugin never needs (kernel, mount, namespace,
+//! tracing and key management calls) trap with `SIGSYS`; everything else is allowed.
+//!
+//! A trapped call never runs. The host's `SIGSYS` handler reports it to the service as one
+//! `HostMsg::Blocked { syscall }` frame, hand-encoded (no allocation in a signal handler), and
+//! ends the process with `_exit`. The plugin cannot take the handler over: `rt_sigaction(SIGSYS,
+//! ...)` is itself trapped; if it blocks `SIGSYS`, the kernel forces the default action (death by
+//! `SIGSYS`), which the service reports too.
+//!
+//! Safety invariants of this module: the handler only reads the `siginfo_t` the kernel gave it and
+//! calls async-signal-safe syscalls (`send`, `_exit`) on a fd stored before it was installed.
+#![allow(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule,
+};
+
+/// The syscalls the default profile forbids, with their names for the service's error text.
+pub const DENIED: &[(i64, &str)] = &[
+    (libc::SYS_ptrace, "ptrace"),
+    (libc::SYS_process_vm_readv, "process_vm_readv"),
+    (libc::SYS_process_vm_writev, "process_vm_writev"),
+    (libc::SYS_mount, "mount"),
+    (libc::SYS_umount2, "umount2"),
+    (libc::SYS_pivot_root, "pivot_root"),
+    (libc::SYS_chroot, "chroot"),
+    (libc::SYS_fsopen, "fsopen"),
+    (libc::SYS_fsconfig, "fsconfig"),
+    (libc::SYS_fsmount, "fsmount"),
+    (libc::SYS_move_mount, "move_mount"),
+    (libc::SYS_open_tree, "open_tree"),
+    (libc::SYS_mount_setattr, "mount_setattr"),
+    (libc::SYS_unshare, "unshare"),
+    (libc::SYS_setns, "setns"),
+    (libc::SYS_kexec_load, "kexec_load"),
+    (libc::SYS_kexec_file_load, "kexec_file_load"),
+    (libc::SYS_bpf, "bpf"),
+    (libc::SYS_init_module, "init_module"),
+    (libc::SYS_finit_module, "finit_module"),
+    (libc::SYS_delete_module, "delete_module"),
+    (libc::SYS_reboot, "reboot"),
+    (libc::SYS_swapon, "swapon"),
+    (libc::SYS_swapoff, "swapoff"),
+    (libc::SYS_keyctl, "keyctl"),
+    (libc::SYS_add_key, "add_key"),
+    (libc::SYS_request_key, "request_key"),
+    (libc::SYS_personality, "personality"),
+    (libc::SYS_userfaultfd, "userfaultfd"),
+    (libc::SYS_perf_event_open, "perf_event_open"),
+    (libc::SYS_acct, "acct"),
+    (libc::SYS_settimeofday, "settimeofday"),
+    (libc::SYS_clock_settime, "clock_settime"),
+    (libc::SYS_clock_adjtime, "clock_adjtime"),
+    (libc::SYS_adjtimex, "adjtimex"),
+    (libc::SYS_open_by_handle_at, "open_by_handle_at"),
+    (libc::SYS_quotactl, "quotactl"),
+    (libc::SYS_syslog, "syslog"),
+    (libc::SYS_vhangup, "vhangup"),
+];
+
+/// The channel fd the handler reports on (-1: none).
+static CHANNEL: AtomicI32 = AtomicI32::new(-1);
+
+/// Offset of `si_syscall` in `siginfo_t` for `SIGSYS` on 64-bit Linux: `si_signo, si_errno,
+/// si_code` (3 × int) + padding to 16, then `_sigsys { void *_call_addr; int _syscall; ... }`.
+const SI_SYSCALL_OFFSET: usize = 24;
+
+extern "C" fn on_sigsys(
+    _signal: libc::c_int,
+    info: *mut libc::siginfo_t,
+    _context: *mut libc::c_void,
+) {
+    // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers; for SIGSYS from seccomp
+    // `si_syscall` is at SI_SYSCALL_OFFSET (see above) and is an int.
+    let syscall = unsafe {
+        info.cast::<u8>()
+            .add(SI_SYSCALL_OFFSET)
+            .cast::<i32>()
+            .read_unaligned()
+    };
+    let mut frame = [0u8; 16];
+    frame[..4].copy_from_slice(&[b'P', b'H', plughost_wire::PROTOCOL_VERSION, 0]);
+    frame[4] = 5; // HostMsg::Blocked (see crates/wire: blocked_frame_matches_the_hand_encoding...)
+    let mut len = 5;
+    let mut value = syscall.unsigned_abs();
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            frame[len] = byte;
+            len += 1;
+            break;
+        }
+        frame[len] = byte | 0x80;
+        len += 1;
+    }
+    let fd = CHANNEL.load(Ordering::Relaxed);
+    // SAFETY: send and _exit are async-signal-safe; `frame` is a valid local buffer of `len` bytes.
+    unsafe {
+        if fd >= 0 {
+            libc::send(fd, frame.as_ptr().cast(), len, libc::MSG_NOSIGNAL);
+        }
+        libc::_exit(128 + libc::SIGSYS);
+    }
+}
+
+fn filter() -> Result<BpfProgram, String> {
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| format!("seccomp: {e}"))?;
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        DENIED.iter().map(|(nr, _)| (*nr, Vec::new())).collect();
+    let sigsys = u64::try_from(libc::SIGSYS).unwrap_or(31);
+    let condition = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, sigsys)
+        .and_then(|c| SeccompRule::new(vec![c]))
+        .map_err(|e| format!("seccomp rule: {e}"))?;
+    rules.insert(libc::SYS_rt_sigaction, vec![condition]);
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Trap, arch)
+        .map_err(|e| format!("seccomp filter: {e}"))?;
+    filter
+        .try_into()
+        .map_err(|e| format!("seccomp program: {e}"))
+}
+
+/// Installs the `SIGSYS` reporter for `channel`, then the filter (for this thread and every thread
+/// created after; call it while single-threaded). Needs `no_new_privs` (or `CAP_SYS_ADMIN`).
+pub fn install(channel: std::os::fd::RawFd) -> Result<(), String> {
+    let program = filter()?;
+    CHANNEL.store(channel, Ordering::Relaxed);
+    // SAFETY: installing a handler with SA_SIGINFO; `on_sigsys` has the matching signature and only
+    // does async-signal-safe work (module invariants).
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigsys as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut()) != 0 {
+            return Err(format!(
+                "sigaction(SIGSYS): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    seccompiler::apply_filter(&program).map_err(|e| format!("seccomp: {e}"))
+}
+
+/// The name of a denied syscall, for error texts.
+pub fn name_of(syscall: u32) -> Option<&'static str> {
+    DENIED
+        .iter()
+        .find(|(nr, _)| *nr == i64::from(syscall))
+        .map(|(_, name)| *name)
+}

@@ -1,0 +1,224 @@
+//! Least privilege, seccomp, limits and plugin integrity (issue 5), with real hosts.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use base64::Engine;
+use ed25519_dalek::{Signer, SigningKey};
+use plughost::{Deadlines, HookKind, Limits, ManagerConfig, PluginConfig, Trust};
+use plughost_tests::*;
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+#[test]
+fn host_runs_unprivileged_in_its_own_session_with_nothing_inherited() {
+    let fx = Fixture::new();
+    let service = TestService::new();
+    let manager = service.manager(vec![fx.c("whoami")]);
+    service.start_vm(&manager, &session(1)).expect("vm starts");
+    let line = fx.wait_for("whoami ");
+    assert_eq!(field(&line, "nnp"), "1", "{line}");
+    assert_eq!(field(&line, "seccomp"), "2", "{line}");
+    assert_eq!(field(&line, "umask"), "0077", "{line}");
+    assert_eq!(field(&line, "session_leader"), "1", "{line}");
+    assert_eq!(field(&line, "cwd"), "/", "{line}");
+    // PH_DIR and PH_LOG, nothing of the service's environment.
+    assert_eq!(field(&line, "env"), "2", "{line}");
+    // stdin, stdout, stderr and the channel; nothing leaked from the service.
+    assert_eq!(field(&line, "fds"), "4", "{line}");
+    if is_root() {
+        let (uid, gid) = plughost::lookup_user("plughost")
+            .or_else(|| plughost::lookup_user("nobody"))
+            .unwrap_or((65534, 65534));
+        assert_eq!(field(&line, "uid"), uid.to_string(), "{line}");
+        assert_eq!(field(&line, "euid"), uid.to_string(), "{line}");
+        assert_eq!(field(&line, "gid"), gid.to_string(), "{line}");
+        assert_eq!(field(&line, "groups"), "0", "{line}");
+        assert_eq!(field(&line, "capeff"), "0000000000000000", "{line}");
+    } else {
+        println!("skipped the user-switch assertions: needs root");
+    }
+}
+
+#[test]
+fn forbidden_syscall_kills_the_host_and_is_named() {
+    let fx = Fixture::new();
+    let service = TestService::new();
+    let manager = service.manager(vec![fx.c("blocked_syscall"), fx.c("noop")]);
+    let err = service.start_vm(&manager, &session(1)).unwrap_err();
+    assert_eq!(
+        err,
+        "plugin 'blocked_syscall' crashed: blocked syscall 101 (ptrace)"
+    );
+    fx.wait_for("calling_ptrace");
+    assert!(fx.events("ptrace_returned").is_empty());
+    let info = &manager.plugins()[0];
+    assert_eq!(
+        info.crashes_by_cause
+            .iter()
+            .find(|c| c.0 == "blocked_syscall")
+            .map(|c| c.1),
+        Some(1)
+    );
+}
+
+#[test]
+fn seccomp_can_be_turned_off_per_plugin() {
+    let fx = Fixture::new();
+    let service = TestService::new();
+    let manager = service.manager(vec![fx.c("blocked_syscall").seccomp(false)]);
+    service
+        .start_vm(&manager, &session(1))
+        .expect("ptrace is allowed without the filter");
+    fx.wait_for("ptrace_returned");
+}
+
+#[test]
+fn cpu_time_limit_is_enforced_and_reported() {
+    let fx = Fixture::new();
+    let service = TestService::new();
+    let plugin = fx
+        .c("cpu_spin")
+        .limits(Limits {
+            cpu_seconds: Some(1),
+            ..Limits::default()
+        })
+        .deadlines(Deadlines::default().with(HookKind::VmStarted, Duration::from_secs(60)));
+    let manager = service.manager(vec![plugin]);
+    let err = service.start_vm(&manager, &session(1)).unwrap_err();
+    assert_eq!(
+        err,
+        "plugin 'cpu_spin' crashed: exceeded its CPU time limit of 1 s"
+    );
+}
+
+#[test]
+fn open_files_limit_applies_to_the_host() {
+    let fx = Fixture::new();
+    let service = TestService::new();
+    let plugin = fx.c("whoami").limits(Limits {
+        open_files: Some(16),
+        ..Limits::default()
+    });
+    let manager = service.manager(vec![plugin]);
+    service.start_vm(&manager, &session(1)).expect("vm starts");
+    let line = fx.wait_for("whoami ");
+    assert_eq!(field(&line, "nofile"), "16", "{line}");
+}
+
+/// The fixture dir is world-writable (hosts write their logs there): keep libraries out of it.
+fn safe_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("plughost-lib")
+        .tempdir_in(target_dir())
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+fn copy_into(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.so"));
+    std::fs::copy(c_plugin(name), &path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    path
+}
+
+#[test]
+fn sha256_pin_loads_the_verified_bytes_even_if_the_file_is_swapped() {
+    let fx = Fixture::new();
+    let lib = safe_dir();
+    let path = copy_into(lib.path(), "veto");
+    let pin = plughost::sha256_hex(&std::fs::read(&path).unwrap());
+    let service = TestService::new();
+    let manager = service.manager(vec![
+        fx.with_env(PluginConfig::new("pinned", &path).sha256(&pin))
+    ]);
+    // Swap the file after the check: the host runs the verified copy (the vetoing one).
+    std::fs::copy(c_plugin("noop"), &path).unwrap();
+    let err = service.start_vm(&manager, &session(1)).unwrap_err();
+    assert_eq!(
+        err,
+        "plugin 'pinned' returned a fatal error: veto number 1 (status -22)"
+    );
+    // Loading again reads the swapped file, which no longer matches.
+    let got = plughost::sha256_hex(&std::fs::read(&path).unwrap());
+    let restart = manager.restart_plugin("pinned").unwrap_err();
+    assert_eq!(
+        restart.to_string(),
+        format!("plugin 'pinned' failed to load: sha256 mismatch (expected {pin}, got {got})")
+    );
+}
+
+#[test]
+fn signed_plugin_loads_only_with_a_trusted_key() {
+    let lib = safe_dir();
+    let path = copy_into(lib.path(), "noop");
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let other = SigningKey::from_bytes(&[9; 32]);
+    let signature = key.sign(&std::fs::read(&path).unwrap());
+    let sig_path = lib.path().join("noop.so.sig");
+    std::fs::write(
+        &sig_path,
+        base64::engine::general_purpose::STANDARD.encode(signature.to_bytes()),
+    )
+    .unwrap();
+    let service = TestService::new();
+    let config = |trusted: &SigningKey| {
+        let mut config =
+            ManagerConfig::new(vec![PluginConfig::new("signed", &path).signature(&sig_path)]);
+        config.trust = Trust {
+            trusted_keys: vec![trusted.verifying_key()],
+            require_verified: true,
+        };
+        config
+    };
+    let manager = service.manager_with(config(&key));
+    service
+        .start_vm(&manager, &session(1))
+        .expect("signed by a trusted key");
+    drop(manager);
+    let manager = service.manager_with(config(&other));
+    let err = service.start_vm(&manager, &session(1)).unwrap_err();
+    assert_eq!(
+        err,
+        "plugin 'signed' failed to load: signature does not verify with any trusted key"
+    );
+}
+
+#[test]
+fn unverified_plugin_is_refused_when_verification_is_required() {
+    let service = TestService::new();
+    let mut config = ManagerConfig::new(vec![PluginConfig::new("plain", c_plugin("noop"))]);
+    config.trust.require_verified = true;
+    let manager = service.manager_with(config);
+    let err = service.start_vm(&manager, &session(1)).unwrap_err();
+    assert_eq!(
+        err,
+        "plugin 'plain' failed to load: no sha256 pin or signature, and require_verified is set"
+    );
+}
+
+#[test]
+fn plugin_writable_by_others_is_refused() {
+    let lib = safe_dir();
+    let path = copy_into(lib.path(), "noop");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let service = TestService::new();
+    let manager = service.manager(vec![PluginConfig::new("loose", &path)]);
+    let err = service.start_vm(&manager, &session(1)).unwrap_err();
+    assert_eq!(
+        err,
+        format!(
+            "plugin 'loose' failed to load: {} is writable by others (mode 666)",
+            path.display()
+        )
+    );
+    // And in a directory others can write to.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(lib.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let manager = service.manager(vec![PluginConfig::new("loose", &path)]);
+    let err = service.start_vm(&manager, &session(1)).unwrap_err();
+    assert!(err.contains("is writable by others (mode 777)"), "{err}");
+}
