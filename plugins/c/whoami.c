@@ -5,6 +5,7 @@
  *   whoami uid=<getuid> euid=<geteuid> gid=<getgid> groups=<getgroups count> session_leader=<0|1>
  *          nnp=<NoNewPrivs> seccomp=<Seccomp> capeff=<CapEff> umask=<Umask> fds=<open fds>
  *          env=<number of environment entries> cwd=<cwd> nofile=<RLIMIT_NOFILE soft limit>
+ *          secret=<1 if the file named by PH_SECRET could be opened>
  * (values read from getuid() etc. and /proc/self/status) and returns 0.
  */
 #define _GNU_SOURCE
@@ -68,13 +69,20 @@ static plughost_status on_vm_started(const struct plughost_session *session,
     int env = 0;
     for (char **e = environ; e && *e; e++)
         env++;
+    /* Can it open a file outside the paths it was given (Landlock)? */
+    const char *secret_path = ph_env("PH_SECRET", "/nonexistent");
+    FILE *secret = fopen(secret_path, "re");
+    int secret_readable = secret != NULL;
+    if (secret)
+        fclose(secret);
     struct rlimit nofile;
     if (getrlimit(RLIMIT_NOFILE, &nofile) != 0)
         nofile.rlim_cur = 0;
     ph_log("whoami uid=%d euid=%d gid=%d groups=%d session_leader=%d nnp=%s seccomp=%s capeff=%s "
-           "umask=%s fds=%d env=%d cwd=%s nofile=%llu",
+           "umask=%s fds=%d env=%d cwd=%s nofile=%llu secret=%d",
            (int)getuid(), (int)geteuid(), (int)getgid(), getgroups(0, NULL), getsid(0) == getpid(), nnp,
-           seccomp, capeff, umask_text, count_fds(), env, cwd, (unsigned long long)nofile.rlim_cur);
+           seccomp, capeff, umask_text, count_fds(), env, cwd, (unsigned long long)nofile.rlim_cur,
+           secret_readable);
     return PLUGHOST_OK;
 }
 

@@ -127,10 +127,12 @@ impl Fixture {
         self.with_env(PluginConfig::new(name, rust_plugin(name)))
     }
 
+    /// Sets `PH_DIR` and `PH_LOG`, and lets the plugin write beneath the fixture dir (Landlock).
     pub fn with_env(&self, config: PluginConfig) -> PluginConfig {
         config
             .env("PH_DIR", self.dir.path().to_string_lossy())
             .env("PH_LOG", self.log.to_string_lossy())
+            .allow_write(self.dir.path())
     }
 
     /// Every line the plugins logged so far.

@@ -26,6 +26,8 @@ fn host_runs_unprivileged_in_its_own_session_with_nothing_inherited() {
     assert_eq!(field(&line, "cwd"), "/", "{line}");
     // PH_DIR and PH_LOG, nothing of the service's environment.
     assert_eq!(field(&line, "env"), "2", "{line}");
+    // Landlock: the plugin cannot open what it was not given.
+    assert_eq!(field(&line, "secret"), "0", "{line}");
     // stdin, stdout, stderr and the channel; nothing leaked from the service.
     assert_eq!(field(&line, "fds"), "4", "{line}");
     if is_root() {
@@ -221,4 +223,29 @@ fn plugin_writable_by_others_is_refused() {
     let manager = service.manager(vec![PluginConfig::new("loose", &path)]);
     let err = service.start_vm(&manager, &session(1)).unwrap_err();
     assert!(err.contains("is writable by others (mode 777)"), "{err}");
+}
+
+#[test]
+fn landlock_keeps_the_plugin_to_its_paths() {
+    let fx = Fixture::new();
+    let lib = safe_dir();
+    let secret = lib.path().join("secret.txt");
+    std::fs::write(&secret, "secret").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let service = TestService::new();
+    let confined = fx.c("whoami").env("PH_SECRET", secret.to_string_lossy());
+    let manager = service.manager(vec![confined]);
+    service.start_vm(&manager, &session(1)).expect("vm starts");
+    let line = fx.wait_for("whoami ");
+    assert_eq!(field(&line, "secret"), "0", "{line}");
+    drop(manager);
+    std::fs::remove_file(&fx.log).unwrap();
+    let open = fx
+        .c("whoami")
+        .env("PH_SECRET", secret.to_string_lossy())
+        .landlock(false);
+    let manager = service.manager(vec![open]);
+    service.start_vm(&manager, &session(2)).expect("vm starts");
+    let line = fx.wait_for("whoami ");
+    assert_eq!(field(&line, "secret"), "1", "{line}");
 }

@@ -159,6 +159,14 @@ fn confine_self(c: &Confinement, bond: &ParentBond, channel: RawFd) -> Result<()
             .map_err(|e| format!("parent-death signal after the user switch: {e}"))?;
     }
     confine::no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    if let Some(rules) = &c.filesystem {
+        use plughost_host::fs_sandbox::{restrict, Enforcement};
+        match restrict(&rules.read, &rules.write)? {
+            Enforcement::Full => {}
+            Enforcement::Partial => host_log("Landlock is only partly enforced by this kernel"),
+            Enforcement::NotEnforced => host_log("Landlock not enforced: the kernel lacks it"),
+        }
+    }
     if c.seccomp {
         plughost_host::seccomp::install(channel)?;
     }

@@ -37,6 +37,8 @@ pub struct PluginConfig {
     pub limits: Limits,
     /// The default seccomp filter (on unless turned off for this plugin).
     pub seccomp: bool,
+    /// Landlock: which paths the plugin may open (on unless turned off for this plugin).
+    pub filesystem: FsAccess,
     /// Expected sha256 of the library (hex); the host loads exactly the bytes that matched.
     pub sha256: Option<String>,
     /// A detached ed25519 signature of the library (base64), checked against the manager's
@@ -45,6 +47,25 @@ pub struct PluginConfig {
 }
 
 pub use plughost_wire::Limits;
+
+/// What the plugin may open by path (Landlock). With `landlock` on, the system directories are
+/// readable, `read` paths readable, `write` paths readable and writable, and nothing else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsAccess {
+    pub landlock: bool,
+    pub read: Vec<PathBuf>,
+    pub write: Vec<PathBuf>,
+}
+
+impl Default for FsAccess {
+    fn default() -> Self {
+        FsAccess {
+            landlock: true,
+            read: Vec::new(),
+            write: Vec::new(),
+        }
+    }
+}
 
 /// The user a host runs as (only a service running as root can switch).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -157,6 +178,7 @@ impl PluginConfig {
             user: HostUser::Default,
             limits: Limits::default(),
             seccomp: true,
+            filesystem: FsAccess::default(),
             sha256: None,
             signature: None,
         }
@@ -184,6 +206,24 @@ impl PluginConfig {
 
     pub fn limits(mut self, limits: Limits) -> PluginConfig {
         self.limits = limits;
+        self
+    }
+
+    /// Lets the plugin read and write beneath `path`.
+    pub fn allow_write(mut self, path: impl Into<PathBuf>) -> PluginConfig {
+        self.filesystem.write.push(path.into());
+        self
+    }
+
+    /// Lets the plugin read beneath `path`.
+    pub fn allow_read(mut self, path: impl Into<PathBuf>) -> PluginConfig {
+        self.filesystem.read.push(path.into());
+        self
+    }
+
+    /// Turns Landlock on or off for this plugin.
+    pub fn landlock(mut self, on: bool) -> PluginConfig {
+        self.filesystem.landlock = on;
         self
     }
 

@@ -49,8 +49,8 @@ pub use callbacks::{
     OfflineDistribution, ProcessStream, ServiceCallbacks, Session, Status, VmSettings,
 };
 pub use config::{
-    lookup_user, Deadlines, HostUser, Isolation, Limits, LogOutput, ManagerConfig, OutputSink,
-    PluginConfig, RestartPolicy,
+    lookup_user, Deadlines, FsAccess, HostUser, Isolation, Limits, LogOutput, ManagerConfig,
+    OutputSink, PluginConfig, RestartPolicy,
 };
 pub use error::{CrashCause, PluginError};
 pub use integrity::{parse_public_key, parse_signature, sha256_hex, Trust};

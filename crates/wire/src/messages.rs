@@ -346,6 +346,15 @@ pub struct Confinement {
     pub limits: Limits,
     /// Install the default seccomp filter.
     pub seccomp: bool,
+    /// Restrict the filesystem with Landlock (`None`: no restriction).
+    pub filesystem: Option<FsRules>,
+}
+
+/// Paths beneath which the plugin may open files, besides the system directories (read-only).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsRules {
+    pub read: Vec<String>,
+    pub write: Vec<String>,
 }
 
 /// The service's answer to [`Hello`].

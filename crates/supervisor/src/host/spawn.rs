@@ -19,7 +19,8 @@ use rustix::io::Errno;
 
 use plughost_sys::{Pidfd, Seqpacket};
 use plughost_wire::{
-    Confinement, HostMsg, LoadFailure, PluginSource, ServiceMsg, Version, Welcome, PROTOCOL_VERSION,
+    Confinement, FsRules, HostMsg, LoadFailure, PluginSource, ServiceMsg, Version, Welcome,
+    PROTOCOL_VERSION,
 };
 
 use super::{new_reader, Host};
@@ -272,6 +273,18 @@ fn handshake(
             user,
             limits: p.config.limits,
             seccomp: p.config.seccomp,
+            filesystem: p.config.filesystem.landlock.then(|| {
+                let strings = |paths: &[std::path::PathBuf]| {
+                    paths
+                        .iter()
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .collect()
+                };
+                FsRules {
+                    read: strings(&p.config.filesystem.read),
+                    write: strings(&p.config.filesystem.write),
+                }
+            }),
         },
     };
     if host
