@@ -1,0 +1,337 @@
+//! `plughostctl`: the command-line client of `plughostd`. One request per run over the control
+//! socket (`$PLUGHOST_SOCKET`, else `--socket`, else `/run/plughost/plughostd.sock`); `exec` and
+//! `csession run` hand the daemon this process's stdin, stdout and stderr, so the program reads and
+//! writes them directly, and exit with the program's exit code. Errors go to stderr, worded as the
+//! daemon (and `PLUGIN_ABI.md`, "User-visible errors") words them, and exit 1.
+#![deny(unsafe_code)]
+
+use std::io::{BufReader, IoSlice, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use plughost_service::{
+    decode, encode, read_line, DistroInfo, PluginRow, Reply, Request, VmInfo, MAX_REPLY,
+};
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+
+#[derive(Parser)]
+#[command(
+    name = "plughostctl",
+    version,
+    about = "Drive plughostd, the plughost reference service"
+)]
+struct Cli {
+    /// The daemon's socket ($PLUGHOST_SOCKET wins).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Print the reply as JSON (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Your session's VM.
+    Vm {
+        #[command(subcommand)]
+        action: VmAction,
+    },
+    /// Registered distributions (root filesystems run as containers in your VM).
+    Distro {
+        #[command(subcommand)]
+        action: DistroAction,
+    },
+    /// Run a command in your VM (started on demand) or in a running distribution.
+    Exec {
+        #[arg(long)]
+        distro: Option<String>,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Container sessions, each with a lazily started session VM.
+    Csession {
+        #[command(subcommand)]
+        action: CsessionAction,
+    },
+    /// The configured plugins (root only).
+    Plugins,
+    /// Stop the daemon (root only).
+    Shutdown,
+}
+
+#[derive(Subcommand)]
+enum VmAction {
+    Start,
+    Stop,
+    Status,
+}
+
+#[derive(Subcommand)]
+enum DistroAction {
+    Register {
+        name: String,
+        #[arg(long)]
+        rootfs: PathBuf,
+        #[arg(long)]
+        package: Option<String>,
+    },
+    Unregister {
+        name: String,
+    },
+    Start {
+        name: String,
+    },
+    Stop {
+        name: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+enum CsessionAction {
+    Create {
+        name: String,
+    },
+    Run {
+        name: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    Stop {
+        name: String,
+    },
+}
+
+fn request(command: Command) -> anyhow::Result<Request> {
+    Ok(match command {
+        Command::Vm { action } => match action {
+            VmAction::Start => Request::VmStart,
+            VmAction::Stop => Request::VmStop,
+            VmAction::Status => Request::VmStatus,
+        },
+        Command::Distro { action } => match action {
+            DistroAction::Register {
+                name,
+                rootfs,
+                package,
+            } => {
+                let rootfs = std::path::absolute(&rootfs)
+                    .with_context(|| format!("bad --rootfs {}", rootfs.display()))?;
+                Request::DistroRegister {
+                    name,
+                    rootfs,
+                    package,
+                }
+            }
+            DistroAction::Unregister { name } => Request::DistroUnregister { name },
+            DistroAction::Start { name } => Request::DistroStart { name },
+            DistroAction::Stop { name } => Request::DistroStop { name },
+            DistroAction::List => Request::DistroList,
+        },
+        Command::Exec { distro, command } => Request::Exec {
+            distro,
+            argv: command,
+        },
+        Command::Csession { action } => match action {
+            CsessionAction::Create { name } => Request::CsessionCreate { name },
+            CsessionAction::Run { name, command } => Request::CsessionRun {
+                name,
+                argv: command,
+            },
+            CsessionAction::Stop { name } => Request::CsessionStop { name },
+        },
+        Command::Plugins => Request::Plugins,
+        Command::Shutdown => Request::Shutdown,
+    })
+}
+
+fn send(stream: &UnixStream, request: &Request) -> anyhow::Result<()> {
+    let line = encode(request);
+    if line.len() > plughost_service::MAX_LINE {
+        bail!("request too long");
+    }
+    let mut sent = 0;
+    if request.takes_stdio() {
+        let stdin = std::io::stdin();
+        let stdout = std::io::stdout();
+        let stderr = std::io::stderr();
+        let fds = [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+        sent = rustix::net::sendmsg(
+            stream,
+            &[IoSlice::new(&line)],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .context("send the request")?;
+    }
+    let mut rest = stream;
+    rest.write_all(&line[sent..]).context("send the request")?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("plughostctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let json = cli.json;
+    let socket = plughost_service::socket_path(cli.socket);
+    let request = request(cli.command)?;
+    let stream = UnixStream::connect(&socket).with_context(|| {
+        format!(
+            "cannot reach plughostd at {} (is it running?)",
+            socket.display()
+        )
+    })?;
+    send(&stream, &request)?;
+    let line = read_line(BufReader::new(&stream), MAX_REPLY).context("read the reply")?;
+    let reply: Reply = decode(&line, MAX_REPLY).context("read the reply")?;
+    if json && !matches!(reply, Reply::Exited { .. } | Reply::Error { .. }) {
+        println!("{}", String::from_utf8_lossy(&line).trim_end());
+        return Ok(ExitCode::SUCCESS);
+    }
+    Ok(match reply {
+        Reply::Error { message, .. } => {
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+        Reply::Exited { code } => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(255)),
+        Reply::Done { message } => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Reply::Vm(vm) => {
+            print_vm(&vm);
+            ExitCode::SUCCESS
+        }
+        Reply::Distro(d) => {
+            print_distros(std::slice::from_ref(&d));
+            ExitCode::SUCCESS
+        }
+        Reply::Distros { distros } => {
+            print_distros(&distros);
+            ExitCode::SUCCESS
+        }
+        Reply::CsessionCreated { id, name } => {
+            println!("container session '{name}' created (id {id})");
+            ExitCode::SUCCESS
+        }
+        Reply::Plugins { plugins } => {
+            print_plugins(&plugins);
+            ExitCode::SUCCESS
+        }
+    })
+}
+
+fn dash<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+fn print_vm(vm: &VmInfo) {
+    let state = if vm.running { "running" } else { "stopped" };
+    println!(
+        "VM of {} (session {}): {state}, init pid {}, idle timeout {} s",
+        vm.user,
+        vm.session_id,
+        dash(vm.init_pid),
+        vm.idle_timeout_secs
+    );
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn print_distros(distros: &[DistroInfo]) {
+    let rows = distros
+        .iter()
+        .map(|d| {
+            vec![
+                d.name.clone(),
+                plughost_service::parse_uuid_hex(&d.id)
+                    .map_or(d.id.clone(), |id| plughost_service::uuid_text(&id)),
+                if d.running { "running" } else { "stopped" }.into(),
+                dash(d.init_pid),
+                if d.flavor.is_empty() {
+                    "-".into()
+                } else {
+                    format!("{} {}", d.flavor, d.version)
+                },
+                if d.package.is_empty() {
+                    "-".into()
+                } else {
+                    d.package.clone()
+                },
+                d.rootfs.display().to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "ID", "STATE", "INIT", "OS", "PACKAGE", "ROOTFS"],
+        rows,
+    );
+}
+
+fn print_plugins(plugins: &[PluginRow]) {
+    let rows = plugins
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.isolation.clone(),
+                dash(p.host_pid),
+                p.state.clone(),
+                p.crashes.to_string(),
+                p.path.display().to_string(),
+                p.last_error.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "ISOLATION",
+            "HOST PID",
+            "STATE",
+            "CRASHES",
+            "PATH",
+            "LAST ERROR",
+        ],
+        rows,
+    );
+}

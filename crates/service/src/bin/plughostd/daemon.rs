@@ -1,0 +1,1174 @@
+//! The daemon's state and operations: user sessions with their VM and distributions, container
+//! sessions with their session VM, and the plugin API served against them.
+//!
+//! # Locks and order
+//! 1. `UserSession::op` / `CSession::op`: serialise the *operations* on one session (start, stop,
+//!    a distribution's start...). Held across hook dispatches; never taken by the plugin API.
+//! 2. `Daemon::manager` (read): held across a dispatch; written only by shutdown.
+//! 3. Leaves, never held across I/O with a host or a dispatch: `Shared::sessions`,
+//!    `Shared::csessions`, `Shared::store`, `UserSession::{vm, distros, last_used}`,
+//!    `CSession::{vm, mounts}`.
+//!
+//! # Re-entrancy
+//! The plugin API (`impl ServiceCallbacks for Shared`) touches only the leaves: a VM or distribution
+//! is *published* in its leaf slot before the hook that announces it is dispatched and withdrawn
+//! after the hook that says it is going away. So a call made during a hook, whether it is served on
+//! the dispatching thread (the scope) or on a pool thread (a plugin thread the hook joins, or a
+//! call after the hook), never waits for the operation lock that the dispatcher holds; and a call
+//! after teardown began finds the slot empty and gets `PLUGHOST_E_NOT_RUNNING`. The scope and the
+//! default callbacks are therefore the same object.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use plughost::{
+    CallContext, ContainerProcess, ContainerSession, CreateProcessError, Distribution, Isolation,
+    ManagerConfig, OfflineDistribution, PluginError, PluginManager, ProcessStream,
+    ServiceCallbacks, Session, Status, VmSettings,
+};
+use plughost_service::{uuid_hex, DistroInfo, ErrorKind, PluginRow, VmInfo};
+
+use crate::config::Config;
+use crate::store::{new_uuid, os_release, Registered, Store};
+use crate::vm::{exit_code, wait_or_hangup, DistroProcess, ExecSpec, Sandbox, Vm};
+
+const ENOENT: i32 = 2;
+const EBADF: i32 = 9;
+const EINVAL: i32 = 22;
+const EIO: i32 = 5;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A failed request: what the user sees.
+#[derive(Debug)]
+pub struct OpError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl OpError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> OpError {
+        OpError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<PluginError> for OpError {
+    fn from(e: PluginError) -> Self {
+        OpError::new(ErrorKind::Plugin, e.to_string())
+    }
+}
+
+pub type OpResult<T> = Result<T, OpError>;
+
+/// Who is calling, from `SO_PEERCRED`.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+/// A running distribution of a user session.
+pub struct RunningDistro {
+    pub info: Distribution,
+    pub process: DistroProcess,
+}
+
+/// One user's session: created on the user's first request, kept for the daemon's life.
+pub struct UserSession {
+    pub info: Session,
+    /// Lock order 1.
+    op: Mutex<()>,
+    /// Leaf: the published VM.
+    vm: Mutex<Option<Arc<Vm>>>,
+    /// Leaf: published running distributions, by id.
+    distros: Mutex<HashMap<[u8; 16], Arc<RunningDistro>>>,
+    /// Leaf.
+    last_used: Mutex<Instant>,
+    /// Processes a client runs in the VM right now (the idle timer waits for them).
+    busy: AtomicUsize,
+}
+
+impl UserSession {
+    fn vm(&self) -> Option<Arc<Vm>> {
+        lock(&self.vm).clone()
+    }
+
+    fn touch(&self) {
+        *lock(&self.last_used) = Instant::now();
+    }
+}
+
+/// A folder a plugin mounted in a container session (re-applied when its session VM is recreated).
+#[derive(Clone)]
+struct CMount {
+    host: PathBuf,
+    mountpoint: String,
+    read_only: bool,
+}
+
+/// A container session.
+pub struct CSession {
+    pub info: ContainerSession,
+    owner: u32,
+    /// Lock order 1.
+    op: Mutex<()>,
+    /// Leaf: the published session VM.
+    vm: Mutex<Option<Arc<Vm>>>,
+    /// Leaf.
+    mounts: Mutex<Vec<CMount>>,
+    stopping: AtomicBool,
+}
+
+#[derive(Default)]
+struct Sessions {
+    by_uid: HashMap<u32, Arc<UserSession>>,
+    by_id: HashMap<u32, Arc<UserSession>>,
+}
+
+#[derive(Default)]
+struct CSessions {
+    by_id: HashMap<u32, Arc<CSession>>,
+    next: u32,
+}
+
+/// Everything the plugin API needs (the manager's default callbacks and every dispatch's scope).
+pub struct Shared {
+    pub config: Config,
+    sandbox: Option<Arc<Sandbox>>,
+    /// Why VMs are unavailable (not root, namespaces refused).
+    missing: Option<String>,
+    sessions: Mutex<Sessions>,
+    csessions: Mutex<CSessions>,
+    store: Mutex<Store>,
+    shutting_down: AtomicBool,
+}
+
+/// The daemon.
+pub struct Daemon {
+    pub shared: Arc<Shared>,
+    /// Lock order 2: read for every dispatch, written once by shutdown.
+    manager: RwLock<Option<PluginManager>>,
+}
+
+/// `(name, gid)` of `uid` from `/etc/passwd`; a uid with no entry is named `uid<N>`.
+fn passwd_entry(uid: u32) -> Option<(String, u32)> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.len() >= 4 && fields[2].parse() == Ok(uid) {
+            Some((fields[0].to_owned(), fields[3].parse().ok()?))
+        } else {
+            None
+        }
+    })
+}
+
+impl Daemon {
+    pub fn new(
+        config: Config,
+        store: Store,
+        sandbox: Option<Arc<Sandbox>>,
+        missing: Option<String>,
+    ) -> anyhow::Result<Arc<Daemon>> {
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            sandbox,
+            missing,
+            sessions: Mutex::new(Sessions::default()),
+            csessions: Mutex::new(CSessions {
+                by_id: HashMap::new(),
+                next: 1,
+            }),
+            store: Mutex::new(store),
+            shutting_down: AtomicBool::new(false),
+        });
+        let plugins = config.plugins.iter().map(|p| p.config.clone()).collect();
+        let mut manager_config = ManagerConfig::new(plugins);
+        manager_config.host_binary = config.host_binary.clone();
+        manager_config.trust = config.trust.clone();
+        manager_config.deadlines = config.deadlines;
+        let manager = PluginManager::new(manager_config, shared.clone())?;
+        for error in manager.load_errors() {
+            tracing::error!("{error}");
+        }
+        Ok(Arc::new(Daemon {
+            shared,
+            manager: RwLock::new(Some(manager)),
+        }))
+    }
+
+    fn with_manager<R>(&self, f: impl FnOnce(&PluginManager) -> R) -> OpResult<R> {
+        let guard = self.manager.read().unwrap_or_else(|e| e.into_inner());
+        match &*guard {
+            Some(manager) => Ok(f(manager)),
+            None => Err(OpError::new(
+                ErrorKind::ShuttingDown,
+                "plughostd is shutting down",
+            )),
+        }
+    }
+
+    fn sandbox(&self) -> OpResult<&Arc<Sandbox>> {
+        self.shared.sandbox.as_ref().ok_or_else(|| {
+            OpError::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "this needs Linux namespaces (CAP_SYS_ADMIN), which plughostd does not have: {}",
+                    self.shared.missing.as_deref().unwrap_or("unavailable")
+                ),
+            )
+        })
+    }
+
+    fn check_running(&self) -> OpResult<()> {
+        if self.shared.shutting_down.load(Ordering::SeqCst) {
+            return Err(OpError::new(
+                ErrorKind::ShuttingDown,
+                "plughostd is shutting down",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The caller's session, created on first use.
+    pub fn session_for(&self, caller: Caller) -> Arc<UserSession> {
+        let mut sessions = lock(&self.shared.sessions);
+        if let Some(s) = sessions.by_uid.get(&caller.uid) {
+            return s.clone();
+        }
+        let (user_name, gid) =
+            passwd_entry(caller.uid).unwrap_or_else(|| (format!("uid{}", caller.uid), caller.gid));
+        // Ids are opaque cookies, not uids (PLUGIN_ABI.md, "Types"): number them from 1.
+        let id = sessions.by_id.len() as u32 + 1;
+        let session = Arc::new(UserSession {
+            info: Session {
+                id,
+                uid: caller.uid,
+                gid,
+                user_name,
+            },
+            op: Mutex::new(()),
+            vm: Mutex::new(None),
+            distros: Mutex::new(HashMap::new()),
+            last_used: Mutex::new(Instant::now()),
+            busy: AtomicUsize::new(0),
+        });
+        tracing::info!(session = id, uid = caller.uid, user = %session.info.user_name, "user session created");
+        sessions.by_uid.insert(caller.uid, session.clone());
+        sessions.by_id.insert(id, session.clone());
+        session
+    }
+
+    fn vm_info(&self, s: &UserSession) -> VmInfo {
+        let vm = s.vm().filter(|vm| vm.is_alive());
+        VmInfo {
+            session_id: s.info.id,
+            user: s.info.user_name.clone(),
+            running: vm.is_some(),
+            init_pid: vm.map(|vm| vm.init_pid()),
+            idle_timeout_secs: self.shared.config.idle_timeout_secs,
+        }
+    }
+
+    // ---- the user's VM ----
+
+    /// Starts the session's VM unless it runs. The caller holds `s.op`.
+    fn ensure_vm(&self, s: &UserSession) -> OpResult<Arc<Vm>> {
+        if let Some(vm) = s.vm() {
+            if vm.is_alive() {
+                return Ok(vm);
+            }
+            tracing::warn!(session = s.info.id, "the VM died on its own; cleaning up");
+            self.stop_vm_locked(s);
+        }
+        self.check_running()?;
+        let sandbox = self.sandbox()?;
+        let label = format!("vm:{}", s.info.user_name);
+        let vm = Vm::start(sandbox, &label, "plughost-vm")
+            .map(Arc::new)
+            .map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))?;
+        *lock(&s.vm) = Some(vm.clone());
+        let result =
+            self.with_manager(|m| m.on_vm_started(&s.info, &VmSettings::default(), &*self.shared))?;
+        if let Err(error) = result {
+            // The manager already delivered on_vm_stopping to every plugin (PLUGIN_ABI.md, "Hooks").
+            lock(&s.vm).take();
+            vm.kill();
+            return Err(error.into());
+        }
+        s.touch();
+        Ok(vm)
+    }
+
+    /// Stops the session's distributions, then its VM, with their hooks. The caller holds `s.op`.
+    fn stop_vm_locked(&self, s: &UserSession) -> bool {
+        let distros: Vec<Arc<RunningDistro>> = lock(&s.distros).values().cloned().collect();
+        for d in distros {
+            self.stop_distro_locked(s, &d);
+        }
+        let Some(vm) = s.vm() else {
+            return false;
+        };
+        let _ = self.with_manager(|m| m.on_vm_stopping(&s.info, &*self.shared));
+        lock(&s.vm).take();
+        vm.kill();
+        true
+    }
+
+    pub fn vm_start(&self, caller: Caller) -> OpResult<VmInfo> {
+        let s = self.session_for(caller);
+        let _op = lock(&s.op);
+        self.ensure_vm(&s)?;
+        Ok(self.vm_info(&s))
+    }
+
+    pub fn vm_stop(&self, caller: Caller) -> OpResult<String> {
+        let s = self.session_for(caller);
+        let _op = lock(&s.op);
+        if self.stop_vm_locked(&s) {
+            Ok("VM stopped".into())
+        } else {
+            Err(OpError::new(ErrorKind::NotRunning, "the VM is not running"))
+        }
+    }
+
+    pub fn vm_status(&self, caller: Caller) -> VmInfo {
+        let s = self.session_for(caller);
+        self.vm_info(&s)
+    }
+
+    // ---- distributions ----
+
+    fn distro_info(&self, s: &UserSession, r: &Registered) -> DistroInfo {
+        let (flavor, version) = os_release(&r.rootfs);
+        let running = lock(&s.distros)
+            .get(&r.id_bytes())
+            .cloned()
+            .filter(|d| d.process.is_alive());
+        DistroInfo {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            rootfs: r.rootfs.clone(),
+            package: r.package.clone(),
+            flavor,
+            version,
+            running: running.is_some(),
+            init_pid: running.as_ref().map(|d| d.info.init_pid),
+            pid_namespace: running.as_ref().map(|d| d.info.pid_namespace),
+        }
+    }
+
+    fn offline(r: &Registered) -> OfflineDistribution {
+        let (flavor, version) = os_release(&r.rootfs);
+        OfflineDistribution {
+            id: r.id_bytes(),
+            name: r.name.clone(),
+            package: r.package.clone(),
+            flavor,
+            version,
+        }
+    }
+
+    fn find_registered(&self, owner: u32, name: &str) -> OpResult<Registered> {
+        lock(&self.shared.store).find(owner, name).ok_or_else(|| {
+            OpError::new(
+                ErrorKind::NotFound,
+                format!("no distribution named '{name}'"),
+            )
+        })
+    }
+
+    pub fn distro_register(
+        &self,
+        caller: Caller,
+        name: &str,
+        rootfs: &Path,
+        package: Option<&str>,
+    ) -> OpResult<DistroInfo> {
+        self.check_running()?;
+        let s = self.session_for(caller);
+        let rootfs = std::fs::canonicalize(rootfs)
+            .ok()
+            .filter(|p| p.is_dir())
+            .ok_or_else(|| {
+                OpError::new(
+                    ErrorKind::Invalid,
+                    format!("rootfs {} is not a directory", rootfs.display()),
+                )
+            })?;
+        let entry = {
+            let mut store = lock(&self.shared.store);
+            if store.find(caller.uid, name).is_some() {
+                return Err(OpError::new(
+                    ErrorKind::AlreadyExists,
+                    format!("a distribution named '{name}' is already registered"),
+                ));
+            }
+            let id = new_uuid().map_err(|e| {
+                OpError::new(ErrorKind::Internal, format!("cannot make an id: {e}"))
+            })?;
+            let entry = Registered {
+                id: uuid_hex(&id),
+                name: name.to_owned(),
+                rootfs,
+                package: package.unwrap_or_default().to_owned(),
+                owner: caller.uid,
+            };
+            store
+                .add(entry.clone())
+                .map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))?;
+            entry
+        };
+        tracing::info!(distribution = name, id = %entry.id, uid = caller.uid, "registered");
+        self.with_manager(|m| {
+            m.on_distribution_registered(&s.info, &Self::offline(&entry), &*self.shared)
+        })?;
+        Ok(self.distro_info(&s, &entry))
+    }
+
+    pub fn distro_unregister(&self, caller: Caller, name: &str) -> OpResult<String> {
+        self.check_running()?;
+        let s = self.session_for(caller);
+        let _op = lock(&s.op);
+        let entry = self.find_registered(caller.uid, name)?;
+        if lock(&s.distros).contains_key(&entry.id_bytes()) {
+            return Err(OpError::new(
+                ErrorKind::Invalid,
+                format!("distribution '{name}' is running: stop it first"),
+            ));
+        }
+        lock(&self.shared.store)
+            .remove(caller.uid, name)
+            .map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))?;
+        tracing::info!(distribution = name, id = %entry.id, uid = caller.uid, "unregistered");
+        self.with_manager(|m| {
+            m.on_distribution_unregistered(&s.info, &Self::offline(&entry), &*self.shared)
+        })?;
+        Ok(format!("distribution '{name}' unregistered"))
+    }
+
+    pub fn distro_start(&self, caller: Caller, name: &str) -> OpResult<DistroInfo> {
+        let s = self.session_for(caller);
+        let _op = lock(&s.op);
+        let entry = self.find_registered(caller.uid, name)?;
+        let id = entry.id_bytes();
+        if lock(&s.distros).contains_key(&id) {
+            return Err(OpError::new(
+                ErrorKind::AlreadyExists,
+                format!("distribution '{name}' is already running"),
+            ));
+        }
+        let vm = self.ensure_vm(&s)?;
+        let process = vm
+            .start_distribution(name, &entry.id, &entry.rootfs)
+            .map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))?;
+        let (flavor, version) = os_release(&entry.rootfs);
+        let info = Distribution {
+            id,
+            name: entry.name.clone(),
+            pid_namespace: process.pid_namespace,
+            package: entry.package.clone(),
+            init_pid: process.init_pid(),
+            flavor,
+            version,
+        };
+        let running = Arc::new(RunningDistro { info, process });
+        lock(&s.distros).insert(id, running.clone());
+        let result = self
+            .with_manager(|m| m.on_distribution_started(&s.info, &running.info, &*self.shared))?;
+        if let Err(error) = result {
+            // A vetoed distribution gets no on_distribution_stopping (PLUGIN_ABI.md, "Hooks").
+            lock(&s.distros).remove(&id);
+            running.process.kill();
+            return Err(error.into());
+        }
+        s.touch();
+        Ok(self.distro_info(&s, &entry))
+    }
+
+    fn stop_distro_locked(&self, s: &UserSession, d: &RunningDistro) {
+        let _ = self.with_manager(|m| m.on_distribution_stopping(&s.info, &d.info, &*self.shared));
+        lock(&s.distros).remove(&d.info.id);
+        d.process.kill();
+        s.touch();
+        tracing::info!(distribution = %d.info.name, "distribution stopped");
+    }
+
+    pub fn distro_stop(&self, caller: Caller, name: &str) -> OpResult<String> {
+        let s = self.session_for(caller);
+        let _op = lock(&s.op);
+        let entry = self.find_registered(caller.uid, name)?;
+        let running = lock(&s.distros).get(&entry.id_bytes()).cloned();
+        let Some(d) = running else {
+            return Err(OpError::new(
+                ErrorKind::NotRunning,
+                format!("distribution '{name}' is not running"),
+            ));
+        };
+        self.stop_distro_locked(&s, &d);
+        Ok(format!("distribution '{name}' stopped"))
+    }
+
+    pub fn distro_list(&self, caller: Caller) -> Vec<DistroInfo> {
+        let s = self.session_for(caller);
+        let entries = lock(&self.shared.store).of_owner(caller.uid);
+        entries.iter().map(|r| self.distro_info(&s, r)).collect()
+    }
+
+    /// Runs `argv` as the caller in its VM (started on demand) or in one of its running
+    /// distributions, with the client's stdio; returns the exit code (`None`: the client left).
+    pub fn exec(
+        &self,
+        caller: Caller,
+        distro: Option<&str>,
+        argv: &[String],
+        stdio: [OwnedFd; 3],
+        client: &UnixStream,
+    ) -> OpResult<Option<i32>> {
+        let s = self.session_for(caller);
+        s.busy.fetch_add(1, Ordering::SeqCst);
+        let result = self.exec_in_session(&s, caller, distro, argv, stdio, client);
+        s.touch();
+        s.busy.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    fn exec_in_session(
+        &self,
+        s: &UserSession,
+        caller: Caller,
+        distro: Option<&str>,
+        argv: &[String],
+        stdio: [OwnedFd; 3],
+        client: &UnixStream,
+    ) -> OpResult<Option<i32>> {
+        let (vm, inside) = {
+            let _op = lock(&s.op);
+            let inside = match distro {
+                Some(name) => {
+                    let entry = self.find_registered(caller.uid, name)?;
+                    let running = lock(&s.distros).get(&entry.id_bytes()).cloned();
+                    match running {
+                        Some(d) => Some(d.info.init_pid),
+                        None => {
+                            return Err(OpError::new(
+                                ErrorKind::NotRunning,
+                                format!("distribution '{name}' is not running"),
+                            ))
+                        }
+                    }
+                }
+                None => None,
+            };
+            (self.ensure_vm(s)?, inside)
+        };
+        let spec = ExecSpec {
+            path: &argv[0],
+            argv,
+            uid: Some(caller.uid),
+            gid: Some(s.info.gid),
+            env: None,
+        };
+        run_client_program(&vm, inside, &spec, stdio, client)
+    }
+
+    // ---- container sessions ----
+
+    fn find_csession(&self, caller: Caller, name: &str) -> OpResult<Arc<CSession>> {
+        lock(&self.shared.csessions)
+            .by_id
+            .values()
+            .find(|c| c.owner == caller.uid && c.info.display_name == name)
+            .cloned()
+            .ok_or_else(|| {
+                OpError::new(
+                    ErrorKind::NotFound,
+                    format!("no container session named '{name}'"),
+                )
+            })
+    }
+
+    pub fn csession_create(&self, caller: Caller, name: &str) -> OpResult<(u32, String)> {
+        self.check_running()?;
+        let s = self.session_for(caller);
+        let cs = {
+            let mut all = lock(&self.shared.csessions);
+            if all
+                .by_id
+                .values()
+                .any(|c| c.owner == caller.uid && c.info.display_name == name)
+            {
+                return Err(OpError::new(
+                    ErrorKind::AlreadyExists,
+                    format!("a container session named '{name}' exists"),
+                ));
+            }
+            let id = all.next;
+            all.next += 1;
+            let cs = Arc::new(CSession {
+                info: ContainerSession {
+                    id,
+                    display_name: name.to_owned(),
+                    application_pid: caller.pid,
+                    uid: caller.uid,
+                    gid: s.info.gid,
+                },
+                owner: caller.uid,
+                op: Mutex::new(()),
+                vm: Mutex::new(None),
+                mounts: Mutex::new(Vec::new()),
+                stopping: AtomicBool::new(false),
+            });
+            // Published before the hook: the plugin may already mount folders for it.
+            all.by_id.insert(id, cs.clone());
+            cs
+        };
+        let _op = lock(&cs.op);
+        let result =
+            self.with_manager(|m| m.on_container_session_created(&cs.info, &*self.shared))?;
+        if let Err(error) = result {
+            // The manager delivered on_container_session_stopping (PLUGIN_ABI.md, "Hooks").
+            cs.stopping.store(true, Ordering::SeqCst);
+            lock(&self.shared.csessions).by_id.remove(&cs.info.id);
+            return Err(error.into());
+        }
+        tracing::info!(
+            csession = cs.info.id,
+            name,
+            uid = caller.uid,
+            "container session created"
+        );
+        Ok((cs.info.id, name.to_owned()))
+    }
+
+    /// Starts the session VM unless it runs. The caller holds `cs.op`.
+    fn ensure_session_vm(&self, cs: &CSession) -> OpResult<Arc<Vm>> {
+        if let Some(vm) = lock(&cs.vm).clone() {
+            if vm.is_alive() {
+                return Ok(vm);
+            }
+            self.stop_session_vm_locked(cs);
+        }
+        self.check_running()?;
+        let sandbox = self.sandbox()?;
+        let label = format!("session-vm:{}#{}", cs.info.display_name, cs.info.id);
+        let vm = Vm::start(sandbox, &label, "plughost-session-vm")
+            .map(Arc::new)
+            .map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))?;
+        for m in lock(&cs.mounts).clone() {
+            if let Err(errno) = vm.mount(&m.host, &m.mountpoint, m.read_only) {
+                tracing::warn!(csession = cs.info.id, mountpoint = %m.mountpoint,
+                    "cannot re-apply a mount: errno {errno}");
+            }
+        }
+        *lock(&cs.vm) = Some(vm.clone());
+        self.with_manager(|m| m.on_session_vm_started(&cs.info, &*self.shared))?;
+        Ok(vm)
+    }
+
+    fn stop_session_vm_locked(&self, cs: &CSession) {
+        let Some(vm) = lock(&cs.vm).clone() else {
+            return;
+        };
+        // The session VM still serves calls during the hook (PLUGIN_ABI.md, "Hooks").
+        let _ = self.with_manager(|m| m.on_session_vm_stopping(&cs.info, &*self.shared));
+        lock(&cs.vm).take();
+        vm.kill();
+    }
+
+    pub fn csession_run(
+        &self,
+        caller: Caller,
+        name: &str,
+        argv: &[String],
+        stdio: [OwnedFd; 3],
+        client: &UnixStream,
+    ) -> OpResult<Option<i32>> {
+        let cs = self.find_csession(caller, name)?;
+        let vm = {
+            let _op = lock(&cs.op);
+            if cs.stopping.load(Ordering::SeqCst) {
+                return Err(OpError::new(
+                    ErrorKind::NotRunning,
+                    format!("container session '{name}' is stopping"),
+                ));
+            }
+            self.ensure_session_vm(&cs)?
+        };
+        let spec = ExecSpec {
+            path: &argv[0],
+            argv,
+            uid: Some(cs.info.uid),
+            gid: Some(cs.info.gid),
+            env: None,
+        };
+        run_client_program(&vm, None, &spec, stdio, client)
+    }
+
+    fn stop_csession_locked(&self, cs: &CSession) {
+        cs.stopping.store(true, Ordering::SeqCst);
+        self.stop_session_vm_locked(cs);
+        let _ = self.with_manager(|m| m.on_container_session_stopping(&cs.info, &*self.shared));
+        lock(&self.shared.csessions).by_id.remove(&cs.info.id);
+        tracing::info!(csession = cs.info.id, "container session stopped");
+    }
+
+    pub fn csession_stop(&self, caller: Caller, name: &str) -> OpResult<String> {
+        let cs = self.find_csession(caller, name)?;
+        let _op = lock(&cs.op);
+        if cs.stopping.load(Ordering::SeqCst) {
+            return Err(OpError::new(
+                ErrorKind::NotRunning,
+                format!("container session '{name}' is stopping"),
+            ));
+        }
+        self.stop_csession_locked(&cs);
+        Ok(format!("container session '{name}' stopped"))
+    }
+
+    // ---- administration ----
+
+    pub fn plugins(&self) -> OpResult<Vec<PluginRow>> {
+        self.with_manager(|m| {
+            m.plugins()
+                .into_iter()
+                .map(|p| PluginRow {
+                    name: p.name,
+                    path: p.path,
+                    isolation: match p.isolation {
+                        Isolation::Process => "process".into(),
+                        Isolation::InProcess => "in-process".into(),
+                    },
+                    host_pid: p.host_pid,
+                    state: p.state.name().into(),
+                    crashes: p.crashes,
+                    last_error: p.last_error,
+                })
+                .collect()
+        })
+    }
+
+    /// Stops every VM and container session (with their hooks), then the plugins.
+    pub fn shutdown(&self) {
+        if self.shared.shutting_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::info!("shutting down");
+        let sessions: Vec<Arc<UserSession>> = lock(&self.shared.sessions)
+            .by_uid
+            .values()
+            .cloned()
+            .collect();
+        for s in sessions {
+            let _op = lock(&s.op);
+            self.stop_vm_locked(&s);
+        }
+        let csessions: Vec<Arc<CSession>> = lock(&self.shared.csessions)
+            .by_id
+            .values()
+            .cloned()
+            .collect();
+        for cs in csessions {
+            let _op = lock(&cs.op);
+            self.stop_csession_locked(&cs);
+        }
+        let manager = self
+            .manager
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut manager) = manager {
+            manager.shutdown();
+        }
+    }
+
+    /// Stops VMs unused for the idle timeout (never one with a running distribution or process).
+    pub fn reap_idle(&self) {
+        let idle = self.shared.config.idle_timeout_secs;
+        let sessions: Vec<Arc<UserSession>> = lock(&self.shared.sessions)
+            .by_uid
+            .values()
+            .cloned()
+            .collect();
+        for s in sessions {
+            let Some(vm) = s.vm() else { continue };
+            let dead = !vm.is_alive();
+            let unused = idle > 0
+                && s.busy.load(Ordering::SeqCst) == 0
+                && lock(&s.distros).is_empty()
+                && lock(&s.last_used).elapsed() >= Duration::from_secs(idle);
+            if !(dead || unused) {
+                continue;
+            }
+            // Never wait for an operation in progress: try again on the next tick.
+            let Ok(_op) = s.op.try_lock() else { continue };
+            if dead {
+                tracing::warn!(session = s.info.id, "the VM died on its own");
+            } else {
+                tracing::info!(session = s.info.id, "stopping the VM after {idle} s unused");
+            }
+            self.stop_vm_locked(&s);
+        }
+    }
+}
+
+/// Runs a client's program with the client's own stdio and waits for it (or for the client to go).
+fn run_client_program(
+    vm: &Vm,
+    inside: Option<u32>,
+    spec: &ExecSpec<'_>,
+    stdio: [OwnedFd; 3],
+    client: &UnixStream,
+) -> OpResult<Option<i32>> {
+    let [stdin, stdout, stderr] = stdio;
+    let mut child = vm
+        .spawn_program(
+            inside,
+            spec,
+            Stdio::from(stdin),
+            Stdio::from(stdout),
+            Stdio::from(stderr),
+        )
+        .map_err(|e| {
+            OpError::new(
+                ErrorKind::Internal,
+                format!("cannot start the program: {e}"),
+            )
+        })?;
+    let status = wait_or_hangup(&mut child, client)
+        .map_err(|e| OpError::new(ErrorKind::Internal, format!("lost the program: {e}")))?;
+    Ok(status.map(exit_code))
+}
+
+/// A process created by `container_create_process`: the helper that mirrors it, our ends of its
+/// stdio pipes (handed over once each), and a pidfd opened before it could be reaped.
+struct CProcess {
+    /// `None` only once dropped.
+    child: Option<Child>,
+    pidfd: OwnedFd,
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    exit: Option<i32>,
+}
+
+impl ContainerProcess for CProcess {
+    fn fd(&mut self, stream: ProcessStream) -> Result<OwnedFd, Status> {
+        let slot = match stream {
+            ProcessStream::Stdin => &mut self.stdin,
+            ProcessStream::Stdout => &mut self.stdout,
+            ProcessStream::Stderr => &mut self.stderr,
+        };
+        // Handed over, not duplicated: a copy kept here would hold the process's stdin open.
+        slot.take().ok_or(Status::errno(EBADF))
+    }
+
+    fn exit_fd(&mut self) -> Result<OwnedFd, Status> {
+        self.pidfd.try_clone().map_err(|e| Status::from_io(&e))
+    }
+
+    fn exit_code(&mut self) -> Result<i32, Status> {
+        if let Some(code) = self.exit {
+            return Ok(code);
+        }
+        let Some(child) = self.child.as_mut() else {
+            return Err(Status::ILLEGAL_STATE);
+        };
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                let code = exit_code(status);
+                self.exit = Some(code);
+                Ok(code)
+            }
+            Ok(None) => Err(Status::ILLEGAL_STATE),
+            Err(e) => Err(Status::from_io(&e)),
+        }
+    }
+}
+
+impl Drop for CProcess {
+    fn drop(&mut self) {
+        if let (None, Some(mut child)) = (self.exit, self.child.take()) {
+            // Released while running: it keeps running; reap it when it ends.
+            let _ = std::thread::Builder::new()
+                .name("plughostd-reap".into())
+                .spawn(move || child.wait());
+        }
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), Status> {
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| Status::errno(e.raw_os_error()))
+}
+
+impl Shared {
+    fn check_not_shutting_down(&self) -> Result<(), Status> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(Status::SHUTTING_DOWN);
+        }
+        Ok(())
+    }
+
+    fn user_vm(&self, session: u32) -> Result<(Arc<UserSession>, Arc<Vm>), Status> {
+        self.check_not_shutting_down()?;
+        let s = lock(&self.sessions)
+            .by_id
+            .get(&session)
+            .cloned()
+            .ok_or(Status::NOT_FOUND)?;
+        let vm = s.vm().ok_or(Status::NOT_RUNNING)?;
+        s.touch();
+        Ok((s, vm))
+    }
+
+    fn csession(&self, id: u32) -> Result<Arc<CSession>, Status> {
+        self.check_not_shutting_down()?;
+        let cs = lock(&self.csessions)
+            .by_id
+            .get(&id)
+            .cloned()
+            .ok_or(Status::NOT_FOUND)?;
+        if cs.stopping.load(Ordering::SeqCst) {
+            return Err(Status::NOT_RUNNING);
+        }
+        Ok(cs)
+    }
+
+    /// Runs a plugin's program with stdin/stdout on a socket (the caller's end is returned) and
+    /// stderr into the log.
+    fn run_for_plugin(
+        ctx: CallContext<'_>,
+        vm: &Vm,
+        inside: Option<u32>,
+        path: &str,
+        argv: &[String],
+    ) -> Result<OwnedFd, Status> {
+        if !Vm::has_program(inside.unwrap_or(vm.init_pid()), path) {
+            return Err(Status::errno(ENOENT));
+        }
+        let (ours, theirs) = UnixStream::pair().map_err(|e| Status::from_io(&e))?;
+        let theirs_in = theirs.try_clone().map_err(|e| Status::from_io(&e))?;
+        let spec = ExecSpec {
+            path,
+            argv,
+            uid: None,
+            gid: None,
+            env: None,
+        };
+        let mut child = vm
+            .spawn_program(
+                inside,
+                &spec,
+                Stdio::from(OwnedFd::from(theirs_in)),
+                Stdio::from(OwnedFd::from(theirs)),
+                Stdio::piped(),
+            )
+            .map_err(|e| Status::from_io(&e))?;
+        if let Some(stderr) = child.stderr.take() {
+            vm.log_stderr(&format!("{} {path}", ctx.plugin), stderr);
+        }
+        let _ = std::thread::Builder::new()
+            .name("plughostd-reap".into())
+            .spawn(move || child.wait());
+        Ok(ours.into())
+    }
+}
+
+fn check_absolute(path: &str) -> Result<(), Status> {
+    if path.starts_with('/') && !path.contains('\0') {
+        Ok(())
+    } else {
+        Err(Status::errno(EINVAL))
+    }
+}
+
+fn check_host_path(path: &str) -> Result<PathBuf, Status> {
+    let path = PathBuf::from(path);
+    if !path.is_absolute() {
+        return Err(Status::errno(EINVAL));
+    }
+    if !path.exists() {
+        return Err(Status::errno(ENOENT));
+    }
+    Ok(path)
+}
+
+impl ServiceCallbacks for Shared {
+    fn mount_folder(
+        &self,
+        ctx: CallContext<'_>,
+        session: u32,
+        host_path: &str,
+        vm_path: &str,
+        read_only: bool,
+        name: &str,
+    ) -> Result<(), Status> {
+        let (_s, vm) = self.user_vm(session)?;
+        check_absolute(vm_path)?;
+        let host = check_host_path(host_path)?;
+        vm.mount(&host, vm_path, read_only).map_err(Status::errno)?;
+        tracing::info!(plugin = ctx.plugin, vm = %vm.label, name, host = host_path, target = vm_path,
+            read_only, "mounted");
+        Ok(())
+    }
+
+    fn execute_binary(
+        &self,
+        ctx: CallContext<'_>,
+        session: u32,
+        path: &str,
+        argv: &[String],
+    ) -> Result<OwnedFd, Status> {
+        let (_s, vm) = self.user_vm(session)?;
+        Self::run_for_plugin(ctx, &vm, None, path, argv)
+    }
+
+    fn execute_binary_in_distribution(
+        &self,
+        ctx: CallContext<'_>,
+        session: u32,
+        distribution: [u8; 16],
+        path: &str,
+        argv: &[String],
+    ) -> Result<OwnedFd, Status> {
+        let (s, vm) = self.user_vm(session)?;
+        let running = lock(&s.distros).get(&distribution).cloned();
+        let Some(d) = running else {
+            let registered = lock(&self.store)
+                .find_id(&distribution)
+                .is_some_and(|r| r.owner == s.info.uid);
+            return Err(if registered {
+                Status::NOT_RUNNING
+            } else {
+                Status::NOT_FOUND
+            });
+        };
+        Self::run_for_plugin(ctx, &vm, Some(d.info.init_pid), path, argv)
+    }
+
+    fn container_mount_folder(
+        &self,
+        ctx: CallContext<'_>,
+        container_session: u32,
+        host_path: &str,
+        mountpoint: &str,
+        read_only: bool,
+    ) -> Result<(), Status> {
+        check_absolute(mountpoint)?;
+        let cs = self.csession(container_session)?;
+        let host = check_host_path(host_path)?;
+        let vm = lock(&cs.vm).clone();
+        if let Some(vm) = vm {
+            vm.mount(&host, mountpoint, read_only)
+                .map_err(Status::errno)?;
+        }
+        let mut mounts = lock(&cs.mounts);
+        mounts.retain(|m| m.mountpoint != mountpoint);
+        mounts.push(CMount {
+            host,
+            mountpoint: mountpoint.to_owned(),
+            read_only,
+        });
+        tracing::info!(
+            plugin = ctx.plugin,
+            csession = container_session,
+            host = host_path,
+            mountpoint,
+            read_only,
+            "container mount"
+        );
+        Ok(())
+    }
+
+    fn container_unmount_folder(
+        &self,
+        _ctx: CallContext<'_>,
+        container_session: u32,
+        mountpoint: &str,
+    ) -> Result<(), Status> {
+        check_absolute(mountpoint)?;
+        let cs = self.csession(container_session)?;
+        {
+            let mut mounts = lock(&cs.mounts);
+            let before = mounts.len();
+            mounts.retain(|m| m.mountpoint != mountpoint);
+            if mounts.len() == before {
+                return Err(Status::errno(EINVAL));
+            }
+        }
+        let vm = lock(&cs.vm).clone();
+        if let Some(vm) = vm {
+            vm.unmount(mountpoint).map_err(Status::errno)?;
+        }
+        Ok(())
+    }
+
+    fn container_create_process(
+        &self,
+        ctx: CallContext<'_>,
+        container_session: u32,
+        path: &str,
+        argv: &[String],
+        envp: Option<&[String]>,
+    ) -> Result<Box<dyn ContainerProcess>, CreateProcessError> {
+        let cs = self.csession(container_session)?;
+        // Never starts a session VM (PLUGIN_ABI.md, "API").
+        let vm = lock(&cs.vm).clone().ok_or(Status::NOT_RUNNING)?;
+        if !Vm::has_program(vm.init_pid(), path) {
+            return Err(CreateProcessError {
+                status: Status::errno(ENOENT),
+                errno: ENOENT,
+            });
+        }
+        let (stdin_r, stdin_w) = pipe()?;
+        let (stdout_r, stdout_w) = pipe()?;
+        let (stderr_r, stderr_w) = pipe()?;
+        let spec = ExecSpec {
+            path,
+            argv,
+            uid: Some(cs.info.uid),
+            gid: Some(cs.info.gid),
+            env: envp,
+        };
+        let child = vm
+            .spawn_program(
+                None,
+                &spec,
+                Stdio::from(stdin_r),
+                Stdio::from(stdout_w),
+                Stdio::from(stderr_w),
+            )
+            .map_err(|e| CreateProcessError {
+                status: Status::from_io(&e),
+                errno: e.raw_os_error().unwrap_or(EIO),
+            })?;
+        let pidfd = crate::vm::exit_fd(child.id()).map_err(|e| Status::from_io(&e))?;
+        tracing::info!(
+            plugin = ctx.plugin,
+            csession = container_session,
+            path,
+            "container process"
+        );
+        Ok(Box::new(CProcess {
+            child: Some(child),
+            pidfd,
+            stdin: Some(stdin_w),
+            stdout: Some(stdout_r),
+            stderr: Some(stderr_r),
+            exit: None,
+        }))
+    }
+}

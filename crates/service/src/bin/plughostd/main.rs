@@ -1,0 +1,333 @@
+//! `plughostd`: the reference plughost service. It owns user sessions (one per uid) with their
+//! namespace VM and distributions, and container sessions with their session VM; it tells the
+//! configured plugins about them through the `plughost` supervisor library and serves the plugins'
+//! API calls with real mounts and processes. `plughostctl` drives it over a Unix socket (see the
+//! `plughost_service` library for the protocol).
+//!
+//! Modules: `config` (the TOML file), `store` (registered distributions on disk), `daemon` (state,
+//! operations, the plugin API; its docs give the lock order and the re-entrancy design), `server`
+//! (the control socket), `vm` (daemon-side handles on the sandbox), `sandbox` (the hidden
+//! subcommands that run in the sandbox's single-threaded helper processes).
+//!
+//! It does not confine what a plugin's program does inside a VM beyond the namespaces (no user
+//! namespace, seccomp or cgroup limits), and it does not restart crashed plugins (the supervisor
+//! latches their error).
+#![deny(unsafe_code)]
+
+mod config;
+mod daemon;
+mod sandbox;
+mod server;
+mod store;
+mod vm;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::daemon::Daemon;
+use crate::sandbox::EnterOp;
+use crate::store::Store;
+use crate::vm::{Sandbox, Spawner};
+
+#[derive(Parser)]
+#[command(name = "plughostd", version, about = "The plughost reference service")]
+struct Cli {
+    /// The configuration file [default: /etc/plughost/plughostd.toml]
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where registered distributions are kept.
+    #[arg(long, default_value = plughost_service::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// The control socket [default: $PLUGHOST_SOCKET, else /run/plughost/plughostd.sock]
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    internal: Option<Internal>,
+}
+
+/// The sandbox's helper processes (see `sandbox.rs`); not for people.
+#[derive(Subcommand)]
+enum Internal {
+    #[command(name = "__vm-init", hide = true)]
+    VmInit {
+        #[arg(long)]
+        stage: PathBuf,
+        #[arg(long)]
+        hostname: String,
+        #[arg(long)]
+        parent_pid: u32,
+    },
+    #[command(name = "__vm-enter", hide = true)]
+    VmEnter {
+        #[arg(long)]
+        pid: u32,
+        #[arg(long)]
+        parent_pid: u32,
+        #[command(subcommand)]
+        op: EnterCommand,
+    },
+    #[command(name = "__distro-init", hide = true)]
+    DistroInit {
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        parent_pid: u32,
+    },
+    #[command(name = "__probe", hide = true)]
+    Probe,
+}
+
+#[derive(Subcommand)]
+enum EnterCommand {
+    Mount {
+        #[arg(long)]
+        source: PathBuf,
+        #[arg(long)]
+        target: PathBuf,
+        #[arg(long)]
+        read_only: bool,
+    },
+    Unmount {
+        #[arg(long)]
+        target: PathBuf,
+    },
+    Exec {
+        #[arg(long)]
+        uid: Option<u32>,
+        #[arg(long)]
+        gid: Option<u32>,
+        #[arg(long)]
+        clear_env: bool,
+        #[arg(long = "env", allow_hyphen_values = true)]
+        env: Vec<String>,
+        /// The program's path, then its whole argv (argv[0] included).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    Distro {
+        #[arg(long)]
+        rootfs: PathBuf,
+        #[arg(long)]
+        stage: PathBuf,
+        #[arg(long)]
+        exe: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(internal) = cli.internal {
+        run_internal(internal);
+    }
+    init_tracing();
+    match run_daemon(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("plughostd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_internal(internal: Internal) -> ! {
+    match internal {
+        Internal::VmInit {
+            stage,
+            hostname,
+            parent_pid,
+        } => sandbox::vm_init(&stage, &hostname, parent_pid),
+        Internal::DistroInit { root, parent_pid } => sandbox::distro_init(&root, parent_pid),
+        Internal::Probe => sandbox::probe(),
+        Internal::VmEnter {
+            pid,
+            parent_pid,
+            op,
+        } => {
+            let op = match op {
+                EnterCommand::Mount {
+                    source,
+                    target,
+                    read_only,
+                } => EnterOp::Mount {
+                    source,
+                    target,
+                    read_only,
+                },
+                EnterCommand::Unmount { target } => EnterOp::Unmount { target },
+                EnterCommand::Exec {
+                    uid,
+                    gid,
+                    clear_env,
+                    env,
+                    mut command,
+                } => {
+                    let path = command.remove(0);
+                    EnterOp::Exec {
+                        uid,
+                        gid,
+                        env: clear_env.then_some(env),
+                        path,
+                        argv: command,
+                    }
+                }
+                EnterCommand::Distro { rootfs, stage, exe } => {
+                    EnterOp::Distro { rootfs, stage, exe }
+                }
+            };
+            sandbox::vm_enter(pid, parent_pid, op)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
+/// Why VMs cannot work here, if they cannot: not root, or the kernel refused the namespaces.
+fn missing_privilege(exe: &std::path::Path) -> Option<String> {
+    let uid = rustix::process::geteuid();
+    if !uid.is_root() {
+        return Some(format!("running as uid {}, not root", uid.as_raw()));
+    }
+    let output = std::process::Command::new(exe)
+        .arg("__probe")
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .output();
+    match output {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!(
+            "namespaces refused: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Some(format!("cannot probe namespaces: {e}")),
+    }
+}
+
+fn run_daemon(cli: Cli) -> anyhow::Result<()> {
+    let (config_path, required) = match cli.config {
+        Some(path) => (path, true),
+        None => (PathBuf::from(plughost_service::DEFAULT_CONFIG), false),
+    };
+    let config = Config::load(&config_path, required)?;
+    std::fs::create_dir_all(&cli.state_dir)
+        .with_context(|| format!("create the state directory {}", cli.state_dir.display()))?;
+    let store = Store::open(&cli.state_dir)?;
+    let exe = std::env::current_exe().context("find plughostd's own executable")?;
+
+    let missing = missing_privilege(&exe);
+    let sandbox = match &missing {
+        Some(why) => {
+            tracing::warn!(
+                "{why}: VMs, distributions and container sessions are unavailable (they need Linux namespaces and CAP_SYS_ADMIN); plugins and registrations still work"
+            );
+            None
+        }
+        None => {
+            let stage = cli.state_dir.join("vm-root");
+            std::fs::create_dir_all(&stage)
+                .with_context(|| format!("create {}", stage.display()))?;
+            let spawner = Spawner::start().context("start the spawner thread")?;
+            Some(Arc::new(Sandbox {
+                exe: exe.clone(),
+                stage,
+                spawner,
+            }))
+        }
+    };
+
+    let socket = plughost_service::socket_path(cli.socket);
+    let listener = server::bind(&socket)?;
+    tracing::info!(
+        config = %config_path.display(),
+        state_dir = %cli.state_dir.display(),
+        distributions = %store.path().display(),
+        plugins = config.plugins.len(),
+        "starting"
+    );
+    let daemon = Daemon::new(config, store, sandbox, missing)?;
+    start_idle_reaper(&daemon)?;
+    signals::on_sigterm(daemon.clone(), socket.clone())?;
+    tracing::info!(socket = %socket.display(), "listening");
+    server::serve(daemon, listener, socket);
+    Ok(())
+}
+
+fn start_idle_reaper(daemon: &Arc<Daemon>) -> anyhow::Result<()> {
+    let daemon = Arc::downgrade(daemon);
+    std::thread::Builder::new()
+        .name("plughostd-idle".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(250));
+            match daemon.upgrade() {
+                Some(d) => d.reap_idle(),
+                None => return,
+            }
+        })
+        .context("start the idle timer thread")?;
+    Ok(())
+}
+
+#[allow(unsafe_code)]
+mod signals {
+    //! SIGTERM and SIGINT: a graceful shutdown (hooks delivered), through a self-pipe.
+
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::Arc;
+
+    use crate::daemon::Daemon;
+
+    static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+
+    extern "C" fn on_signal(_: libc::c_int) {
+        let fd = WAKE_FD.load(Ordering::Relaxed);
+        let byte = 1u8;
+        // SAFETY: write(2) is async-signal-safe; `byte` outlives the call; a failed write only
+        // loses a wake-up that an earlier signal already delivered.
+        unsafe {
+            libc::write(fd, std::ptr::from_ref(&byte).cast(), 1);
+        }
+    }
+
+    pub fn on_sigterm(daemon: Arc<Daemon>, socket: PathBuf) -> anyhow::Result<()> {
+        let (read, write): (OwnedFd, OwnedFd) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        WAKE_FD.store(write.as_raw_fd(), Ordering::Relaxed);
+        std::mem::forget(write);
+        std::thread::Builder::new()
+            .name("plughostd-signals".into())
+            .spawn(move || {
+                let mut file = std::fs::File::from(read);
+                let mut byte = [0u8; 1];
+                if file.read(&mut byte).unwrap_or(0) == 1 {
+                    tracing::info!("signal received: shutting down");
+                    daemon.shutdown();
+                    let _ = std::fs::remove_file(&socket);
+                    std::process::exit(0);
+                }
+            })?;
+        for signal in [libc::SIGTERM, libc::SIGINT] {
+            // SAFETY: `on_signal` only does async-signal-safe work (one write to a pipe whose fd
+            // is never closed).
+            unsafe {
+                libc::signal(signal, on_signal as *const () as libc::sighandler_t);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,324 @@
+//! The control socket: accept, identify the caller (`SO_PEERCRED`), read one bounded request line
+//! (with up to three fds), validate it, run it, answer one line.
+
+use std::io::{IoSliceMut, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use plughost_service::{decode, encode, ErrorKind, Reply, Request, MAX_LINE};
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+
+use crate::daemon::{Caller, Daemon, OpError, OpResult};
+
+/// A client has this long to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more are answered with an error at once.
+const MAX_CONNECTIONS: usize = 128;
+const MAX_ARGS: usize = 4096;
+const MAX_NAME: usize = 64;
+
+/// Binds the socket (its directory created, a stale socket file replaced, mode 0666: every user
+/// may connect; `SO_PEERCRED` decides what each may do).
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "{} is in use: is another plughostd running?",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| format!("remove stale {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("bind {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Serves until a `shutdown` request (or SIGTERM) ends the process.
+pub fn serve(daemon: Arc<Daemon>, listener: UnixListener, socket: PathBuf) {
+    let active = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                continue;
+            }
+        };
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::SeqCst);
+            let reply = Reply::Error {
+                kind: ErrorKind::Internal,
+                message: "plughostd is busy: too many connections".into(),
+            };
+            let mut stream = stream;
+            let _ = stream.write_all(&encode(&reply));
+            continue;
+        }
+        let daemon = daemon.clone();
+        let active = active.clone();
+        let socket = socket.clone();
+        let spawned = std::thread::Builder::new()
+            .name("plughostd-conn".into())
+            .spawn(move || {
+                handle(&daemon, stream, &socket);
+                active.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start a connection thread: {e}");
+        }
+    }
+}
+
+/// Reads one request line and the fds sent with it.
+fn read_request(stream: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), String> {
+    let mut line = Vec::new();
+    let mut fds = Vec::new();
+    let mut chunk = vec![0u8; 8192];
+    loop {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let received = rustix::net::recvmsg(
+            stream,
+            &mut [IoSliceMut::new(&mut chunk)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        );
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(received_fds) = message {
+                fds.extend(received_fds);
+            }
+        }
+        let n = match received {
+            Ok(msg) => msg.bytes,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => return Err("timed out waiting for the request".into()),
+            Err(e) => return Err(format!("reading the request: {e}")),
+        };
+        if fds.len() > 3 {
+            return Err("too many file descriptors".into());
+        }
+        if n == 0 {
+            return Err("connection closed before a complete request".into());
+        }
+        line.extend_from_slice(&chunk[..n]);
+        if line.len() > MAX_LINE {
+            return Err(format!("request longer than {MAX_LINE} bytes"));
+        }
+        if line.last() == Some(&b'\n') {
+            return Ok((line, fds));
+        }
+    }
+}
+
+fn handle(daemon: &Daemon, mut stream: UnixStream, socket: &Path) {
+    let cred = match rustix::net::sockopt::socket_peercred(&stream) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("SO_PEERCRED: {e}");
+            return;
+        }
+    };
+    let caller = Caller {
+        uid: cred.uid.as_raw(),
+        gid: cred.gid.as_raw(),
+        pid: cred.pid.as_raw_nonzero().get().unsigned_abs(),
+    };
+    let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
+    let reply = match read_request(&stream) {
+        Err(message) => {
+            tracing::info!(uid = caller.uid, "bad request: {message}");
+            Reply::Error {
+                kind: ErrorKind::Invalid,
+                message,
+            }
+        }
+        Ok((line, fds)) => match decode::<Request>(&line, MAX_LINE) {
+            Err(e) => Reply::Error {
+                kind: ErrorKind::Invalid,
+                message: format!("bad request: {e}"),
+            },
+            Ok(request) => {
+                let _ = stream.set_read_timeout(None);
+                let shutdown = request == Request::Shutdown;
+                let result = validate(&request, caller, fds.len())
+                    .and_then(|()| run(daemon, caller, request, fds, &stream));
+                let reply = result.unwrap_or_else(|e| Reply::Error {
+                    kind: e.kind,
+                    message: e.message,
+                });
+                if shutdown && matches!(reply, Reply::Done { .. }) {
+                    let _ = stream.write_all(&encode(&reply));
+                    let _ = std::fs::remove_file(socket);
+                    tracing::info!("stopped");
+                    std::process::exit(0);
+                }
+                reply
+            }
+        },
+    };
+    let _ = stream.write_all(&encode(&reply));
+}
+
+fn check_name(what: &str, name: &str) -> OpResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && !name.starts_with(['.', '-'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(OpError::new(
+            ErrorKind::Invalid,
+            format!("{what} name {name:?} must be 1-{MAX_NAME} characters of [A-Za-z0-9._-], not starting with '.' or '-'"),
+        ))
+    }
+}
+
+fn check_argv(argv: &[String]) -> OpResult<()> {
+    if argv.is_empty() || argv[0].is_empty() {
+        return Err(OpError::new(ErrorKind::Invalid, "no command given"));
+    }
+    if argv.len() > MAX_ARGS || argv.iter().any(|a| a.contains('\0')) {
+        return Err(OpError::new(ErrorKind::Invalid, "bad command line"));
+    }
+    Ok(())
+}
+
+/// Checks a request before anything runs: names, sizes, fds, and who may ask.
+fn validate(request: &Request, caller: Caller, fds: usize) -> OpResult<()> {
+    let wanted = if request.takes_stdio() { 3 } else { 0 };
+    if fds != wanted {
+        return Err(OpError::new(
+            ErrorKind::Invalid,
+            format!("this request carries {wanted} file descriptors, not {fds}"),
+        ));
+    }
+    match request {
+        Request::VmStart | Request::VmStop | Request::VmStatus | Request::DistroList => Ok(()),
+        Request::DistroRegister {
+            name,
+            rootfs,
+            package,
+        } => {
+            check_name("distribution", name)?;
+            if !rootfs.is_absolute() {
+                return Err(OpError::new(
+                    ErrorKind::Invalid,
+                    "--rootfs must be an absolute path",
+                ));
+            }
+            match package {
+                Some(p) if p.len() > 256 || p.contains('\0') => {
+                    Err(OpError::new(ErrorKind::Invalid, "bad --package"))
+                }
+                _ => Ok(()),
+            }
+        }
+        Request::DistroUnregister { name }
+        | Request::DistroStart { name }
+        | Request::DistroStop { name } => check_name("distribution", name),
+        Request::Exec { distro, argv } => {
+            if let Some(d) = distro {
+                check_name("distribution", d)?;
+            }
+            check_argv(argv)
+        }
+        Request::CsessionCreate { name } | Request::CsessionStop { name } => {
+            check_name("container session", name)
+        }
+        Request::CsessionRun { name, argv } => {
+            check_name("container session", name)?;
+            check_argv(argv)
+        }
+        Request::Plugins | Request::Shutdown => {
+            if caller.uid == 0 {
+                Ok(())
+            } else {
+                Err(OpError::new(
+                    ErrorKind::PermissionDenied,
+                    "permission denied: plugin management and shutdown are root-only",
+                ))
+            }
+        }
+    }
+}
+
+fn stdio(fds: Vec<OwnedFd>) -> OpResult<[OwnedFd; 3]> {
+    fds.try_into()
+        .map_err(|_| OpError::new(ErrorKind::Invalid, "three file descriptors expected"))
+}
+
+fn exited(code: Option<i32>) -> Reply {
+    // `None`: the client is gone; nobody reads this.
+    Reply::Exited {
+        code: code.unwrap_or(129),
+    }
+}
+
+fn run(
+    daemon: &Daemon,
+    caller: Caller,
+    request: Request,
+    fds: Vec<OwnedFd>,
+    stream: &UnixStream,
+) -> OpResult<Reply> {
+    tracing::debug!(uid = caller.uid, ?request, "request");
+    Ok(match request {
+        Request::VmStart => Reply::Vm(daemon.vm_start(caller)?),
+        Request::VmStop => Reply::Done {
+            message: daemon.vm_stop(caller)?,
+        },
+        Request::VmStatus => Reply::Vm(daemon.vm_status(caller)),
+        Request::DistroRegister {
+            name,
+            rootfs,
+            package,
+        } => Reply::Distro(daemon.distro_register(caller, &name, &rootfs, package.as_deref())?),
+        Request::DistroUnregister { name } => Reply::Done {
+            message: daemon.distro_unregister(caller, &name)?,
+        },
+        Request::DistroStart { name } => Reply::Distro(daemon.distro_start(caller, &name)?),
+        Request::DistroStop { name } => Reply::Done {
+            message: daemon.distro_stop(caller, &name)?,
+        },
+        Request::DistroList => Reply::Distros {
+            distros: daemon.distro_list(caller),
+        },
+        Request::Exec { distro, argv } => {
+            exited(daemon.exec(caller, distro.as_deref(), &argv, stdio(fds)?, stream)?)
+        }
+        Request::CsessionCreate { name } => {
+            let (id, name) = daemon.csession_create(caller, &name)?;
+            Reply::CsessionCreated { id, name }
+        }
+        Request::CsessionRun { name, argv } => {
+            exited(daemon.csession_run(caller, &name, &argv, stdio(fds)?, stream)?)
+        }
+        Request::CsessionStop { name } => Reply::Done {
+            message: daemon.csession_stop(caller, &name)?,
+        },
+        Request::Plugins => Reply::Plugins {
+            plugins: daemon.plugins()?,
+        },
+        Request::Shutdown => {
+            daemon.shutdown();
+            Reply::Done {
+                message: "plughostd stopped".into(),
+            }
+        }
+    })
+}

@@ -1,0 +1,308 @@
+//! The control protocol between `plughostctl` and `plughostd`, shared by both binaries.
+//!
+//! # Wire
+//! A Unix stream socket. The client connects and sends **one request** as one JSON line (at most
+//! [`MAX_LINE`] bytes, `\n`-terminated); requests that run a process ([`Request::Exec`],
+//! [`Request::CsessionRun`]) carry the client's stdin, stdout and stderr as `SCM_RIGHTS` on that
+//! line, in that order, so the process reads and writes the client's own terminal or pipes. The
+//! daemon answers with **one** JSON [`Reply`] line and closes. The caller's identity is the socket's
+//! `SO_PEERCRED`, never a field of the request.
+//!
+//! This crate does no policy: it encodes, decodes and bounds. The daemon validates every field.
+#![deny(unsafe_code)]
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The longest request or reply line, newline included.
+pub const MAX_LINE: usize = 64 * 1024;
+/// The longest reply line (a plugin or distribution table can be long).
+pub const MAX_REPLY: usize = 4 * 1024 * 1024;
+/// The default control socket; `$PLUGHOST_SOCKET` overrides it for both programs.
+pub const DEFAULT_SOCKET: &str = "/run/plughost/plughostd.sock";
+pub const DEFAULT_CONFIG: &str = "/etc/plughost/plughostd.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/plughost";
+
+/// `$PLUGHOST_SOCKET`, else `--socket`, else [`DEFAULT_SOCKET`].
+pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
+    std::env::var_os("PLUGHOST_SOCKET")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or(flag)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+/// One request from the client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum Request {
+    VmStart,
+    VmStop,
+    VmStatus,
+    DistroRegister {
+        name: String,
+        rootfs: PathBuf,
+        package: Option<String>,
+    },
+    DistroUnregister {
+        name: String,
+    },
+    DistroStart {
+        name: String,
+    },
+    DistroStop {
+        name: String,
+    },
+    DistroList,
+    /// Runs `argv` in the caller's VM (started on demand) or in one of its running distributions,
+    /// as the caller's uid and gid, with the three fds passed alongside.
+    Exec {
+        distro: Option<String>,
+        argv: Vec<String>,
+    },
+    CsessionCreate {
+        name: String,
+    },
+    /// Runs `argv` in the container session's session VM (started on first use), with the fds.
+    CsessionRun {
+        name: String,
+        argv: Vec<String>,
+    },
+    CsessionStop {
+        name: String,
+    },
+    Plugins,
+    Shutdown,
+}
+
+impl Request {
+    /// Whether the request carries the client's stdin, stdout and stderr.
+    pub fn takes_stdio(&self) -> bool {
+        matches!(self, Request::Exec { .. } | Request::CsessionRun { .. })
+    }
+}
+
+/// A VM, as `vm status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub session_id: u32,
+    pub user: String,
+    pub running: bool,
+    /// The VM's init, as seen from the daemon.
+    pub init_pid: Option<u32>,
+    pub idle_timeout_secs: u64,
+}
+
+/// A registered distribution, as `distro list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DistroInfo {
+    /// 32 lowercase hex digits (RFC 9562 byte order).
+    pub id: String,
+    pub name: String,
+    pub rootfs: PathBuf,
+    pub package: String,
+    pub flavor: String,
+    pub version: String,
+    pub running: bool,
+    pub init_pid: Option<u32>,
+    pub pid_namespace: Option<u64>,
+}
+
+/// One plugin, as `plugins` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginRow {
+    pub name: String,
+    pub path: PathBuf,
+    /// `"process"` or `"in-process"`.
+    pub isolation: String,
+    pub host_pid: Option<u32>,
+    pub state: String,
+    pub crashes: u64,
+    pub last_error: Option<String>,
+}
+
+/// Why a request failed; the message is what the user sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// A plugin vetoed, crashed or failed to load (the message is worded as `PLUGIN_ABI.md` says).
+    Plugin,
+    PermissionDenied,
+    NotFound,
+    AlreadyExists,
+    NotRunning,
+    /// The daemon lacks a privilege or kernel feature the request needs.
+    Unsupported,
+    Invalid,
+    ShuttingDown,
+    Internal,
+}
+
+/// The daemon's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "reply")]
+pub enum Reply {
+    Done {
+        message: String,
+    },
+    Vm(VmInfo),
+    Distro(DistroInfo),
+    Distros {
+        distros: Vec<DistroInfo>,
+    },
+    CsessionCreated {
+        id: u32,
+        name: String,
+    },
+    /// The process ended: its exit code, or `128 + signal`.
+    Exited {
+        code: i32,
+    },
+    Plugins {
+        plugins: Vec<PluginRow>,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+/// Decoding or framing failure of a control message.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("message longer than {limit} bytes")]
+    TooLong { limit: usize },
+    #[error("connection closed before a complete message")]
+    Closed,
+    #[error("timed out waiting for a message")]
+    TimedOut,
+    #[error("malformed message: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("i/o error on the control socket: {0}")]
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for ProtocolError {
+    fn from(e: std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                ProtocolError::TimedOut
+            }
+            _ => ProtocolError::Io(e),
+        }
+    }
+}
+
+/// Encodes a message as one line.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    // Serialising these plain enums cannot fail (no maps with non-string keys, no custom impls).
+    let mut line = serde_json::to_vec(message).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+/// Decodes one line (without or with its newline), after checking its size.
+pub fn decode<T: for<'de> Deserialize<'de>>(line: &[u8], limit: usize) -> Result<T, ProtocolError> {
+    if line.len() > limit {
+        return Err(ProtocolError::TooLong { limit });
+    }
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    Ok(serde_json::from_slice(line)?)
+}
+
+/// Reads one line of at most `limit` bytes from `reader`.
+pub fn read_line<R: BufRead>(reader: R, limit: usize) -> Result<Vec<u8>, ProtocolError> {
+    let mut line = Vec::new();
+    let mut bounded = reader.take(limit as u64 + 1);
+    bounded.read_until(b'\n', &mut line)?;
+    if line.len() > limit {
+        return Err(ProtocolError::TooLong { limit });
+    }
+    if line.last() != Some(&b'\n') {
+        return Err(ProtocolError::Closed);
+    }
+    Ok(line)
+}
+
+/// A distribution id as 32 lowercase hex digits.
+pub fn uuid_hex(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The inverse of [`uuid_hex`].
+pub fn parse_uuid_hex(text: &str) -> Option<[u8; 16]> {
+    if text.len() != 32 || !text.is_ascii() {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(id)
+}
+
+/// The uuid's canonical text form (`8-4-4-4-12`).
+pub fn uuid_text(id: &[u8; 16]) -> String {
+    let hex = uuid_hex(id);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_one_line() {
+        let requests = [
+            Request::VmStart,
+            Request::Exec {
+                distro: Some("d".into()),
+                argv: vec!["cat".into(), "/x".into()],
+            },
+            Request::DistroRegister {
+                name: "d".into(),
+                rootfs: "/r".into(),
+                package: None,
+            },
+        ];
+        for request in requests {
+            let line = encode(&request);
+            assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
+            let back: Request = decode(&line, MAX_LINE).expect("decodes");
+            assert_eq!(back, request);
+        }
+    }
+
+    #[test]
+    fn oversized_line_is_refused_before_decoding() {
+        let line = vec![b' '; MAX_LINE + 1];
+        assert!(matches!(
+            decode::<Request>(&line, MAX_LINE),
+            Err(ProtocolError::TooLong { .. })
+        ));
+        let err = read_line(std::io::Cursor::new(line), MAX_LINE).unwrap_err();
+        assert!(matches!(err, ProtocolError::TooLong { .. }));
+    }
+
+    #[test]
+    fn unknown_operation_is_an_error() {
+        assert!(decode::<Request>(b"{\"op\":\"format_disk\"}\n", MAX_LINE).is_err());
+    }
+
+    #[test]
+    fn uuid_hex_round_trips() {
+        let id = [0xab; 16];
+        assert_eq!(parse_uuid_hex(&uuid_hex(&id)), Some(id));
+        assert_eq!(parse_uuid_hex("zz"), None);
+        assert_eq!(uuid_text(&[0; 16]), "00000000-0000-0000-0000-000000000000");
+    }
+}

@@ -1,0 +1,381 @@
+//! Harness for the end-to-end tests: a real `plughostd` per test (own temp state dir, socket and
+//! config), driven through the real `plughostctl`, with C test plugins from `plugins/c` compiled by
+//! `plughost_tests::c_plugin` and a small distribution rootfs made from this machine's binaries.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use plughost_tests::{c_plugin, eventually, field, host_binary, Fixture};
+
+/// Prints why and returns false unless we are root (CI runs as root: nothing skips there).
+pub fn need_root(test: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    println!("skipped: needs root ({test} makes namespaces and mounts)");
+    false
+}
+
+pub fn plughostd() -> &'static str {
+    env!("CARGO_BIN_EXE_plughostd")
+}
+
+pub fn plughostctl() -> &'static str {
+    env!("CARGO_BIN_EXE_plughostctl")
+}
+
+fn world_readable(path: &Path) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// Plugin hosts run as `nobody` (the supervisor's default for a root service): they must be able
+/// to write the fixture's log.
+fn world_writable(path: &Path) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+}
+
+/// A plugin line of the config: `(name, library, isolation)`, with the fixture's env.
+pub struct PluginSpec {
+    pub name: String,
+    pub path: PathBuf,
+    pub in_process: bool,
+}
+
+pub fn c(name: &str) -> PluginSpec {
+    PluginSpec {
+        name: name.into(),
+        path: c_plugin(name),
+        in_process: false,
+    }
+}
+
+/// A test's world: temp dir (socket, state, config, daemon log) and the plugin fixture.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub fx: Fixture,
+    pub plugins: Vec<PluginSpec>,
+    pub idle_timeout_secs: u64,
+}
+
+impl World {
+    pub fn new(plugins: Vec<PluginSpec>) -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        world_readable(dir.path());
+        let fx = Fixture::new();
+        world_writable(fx.dir.path());
+        World {
+            dir,
+            fx,
+            plugins,
+            idle_timeout_secs: 0,
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("plughostd.sock")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("plughostd.toml")
+    }
+
+    fn write_config(&self) {
+        let mut text = format!("idle_timeout_secs = {}\n", self.idle_timeout_secs);
+        text += &format!("host_binary = {:?}\n", host_binary().display().to_string());
+        for p in &self.plugins {
+            text += &format!(
+                "[[plugin]]\nname = {:?}\npath = {:?}\nisolation = {:?}\nenv = {{ PH_LOG = {:?}, PH_DIR = {:?} }}\nwrite_paths = [{:?}]\n",
+                p.name,
+                p.path.display().to_string(),
+                if p.in_process { "in-process" } else { "process" },
+                self.fx.log.display().to_string(),
+                self.fx.dir.path().display().to_string(),
+                self.fx.dir.path().display().to_string(),
+            );
+        }
+        std::fs::write(self.config_path(), text).expect("write config");
+    }
+
+    /// Starts a daemon and waits until it answers.
+    pub fn start(&self) -> Daemon {
+        self.write_config();
+        let log = self.dir.path().join(format!(
+            "plughostd.{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        let child = self
+            .daemon_command()
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("daemon log"))
+            .spawn()
+            .expect("spawn plughostd");
+        let mut daemon = Daemon {
+            child,
+            log,
+            socket: self.socket(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!("plughostd exited ({status}):\n{}", daemon.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "plughostd did not come up:\n{}",
+                daemon.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        daemon
+    }
+
+    /// The daemon's command line (for tests that expect it to refuse to start).
+    pub fn daemon_command(&self) -> Command {
+        let mut command = Command::new(plughostd());
+        command
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--socket")
+            .arg(self.socket())
+            .env_remove("PLUGHOST_SOCKET")
+            .env("PLUGHOST_HOST", host_binary())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
+        command
+    }
+
+    pub fn write_bad_config(&self, text: &str) {
+        std::fs::write(self.config_path(), text).expect("write config");
+    }
+}
+
+/// A running daemon; killed (SIGKILL) when dropped: everything it started dies with it.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+    pub socket: PathBuf,
+}
+
+/// What `plughostctl` did.
+pub struct Ctl {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ctl {
+    fn from(output: Output) -> Ctl {
+        Ctl {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Ctl {
+        assert_eq!(
+            self.code, 0,
+            "stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Fails, printing exactly `message` on stderr.
+    #[track_caller]
+    pub fn fails_with(self, message: &str) -> Ctl {
+        assert_ne!(self.code, 0, "unexpected success: {}", self.stdout);
+        assert_eq!(self.stderr.trim_end(), message);
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+impl Daemon {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(plughostctl());
+        command
+            .env("PLUGHOST_SOCKET", &self.socket)
+            .args(args)
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `plughostctl ARGS` as root.
+    pub fn ctl(&self, args: &[&str]) -> Ctl {
+        Ctl::from(self.command(args).output().expect("run plughostctl"))
+    }
+
+    /// Runs `plughostctl ARGS` with stdin from `input`.
+    pub fn ctl_input(&self, args: &[&str], input: &str) -> Ctl {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run plughostctl");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(input.as_bytes()).expect("write stdin");
+        }
+        Ctl::from(child.wait_with_output().expect("wait plughostctl"))
+    }
+
+    /// Runs `plughostctl ARGS` as `uid` (gid the same): no passwd entry needed.
+    pub fn ctl_as(&self, uid: u32, args: &[&str]) -> Ctl {
+        let mut command = self.command(args);
+        command.uid(uid).gid(uid);
+        Ctl::from(command.output().expect("run plughostctl"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// `shutdown`, then waits for the process to exit.
+    pub fn shutdown(mut self) {
+        self.ctl(&["shutdown"]).ok();
+        let status = self.child.wait().expect("wait plughostd");
+        assert!(status.success(), "plughostd exit: {status}");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- plughostd log ----\n{}", self.log_text());
+        }
+    }
+}
+
+/// A small distribution rootfs built from this machine: a few binaries with their libraries,
+/// `/etc/os-release` (`ID=testos`, `VERSION_ID=1.0`), and `/etc/marker` = `distro`.
+pub fn make_rootfs(parent: &Path) -> PathBuf {
+    let root = parent.join("rootfs");
+    for dir in ["bin", "etc", "proc", "dev", "mnt", "tmp"] {
+        std::fs::create_dir_all(root.join(dir)).expect("mkdir rootfs");
+    }
+    for bin in ["sh", "cat", "sleep", "echo", "ls"] {
+        let host = Path::new("/bin").join(bin);
+        let real = std::fs::canonicalize(&host).expect("host binary");
+        std::fs::copy(&real, root.join("bin").join(bin)).expect("copy binary");
+        let ldd = Command::new("ldd").arg(&real).output().expect("ldd");
+        for lib in String::from_utf8_lossy(&ldd.stdout)
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+        {
+            let target = root.join(lib.trim_start_matches('/'));
+            std::fs::create_dir_all(target.parent().expect("lib dir")).expect("mkdir lib");
+            let source = std::fs::canonicalize(lib).expect("lib");
+            std::fs::copy(source, &target).expect("copy lib");
+        }
+    }
+    std::fs::write(
+        root.join("etc/os-release"),
+        "NAME=\"Test OS\"\nID=testos\nVERSION_ID=\"1.0\"\n",
+    )
+    .expect("os-release");
+    std::fs::write(root.join("etc/marker"), "distro").expect("marker");
+    world_readable(&root);
+    root
+}
+
+/// Whether process `pid` is gone (absent or a zombie).
+pub fn gone(pid: u32) -> bool {
+    plughost_sys::process::process_is_gone(pid)
+}
+
+/// Live processes running `exe`.
+pub fn processes_of(exe: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .map(|p| p == Path::new(exe))
+                .unwrap_or(false)
+                && !gone(*pid)
+        })
+        .collect()
+}
+
+pub fn wait_until(what: &str, check: impl FnMut() -> bool) {
+    assert!(
+        eventually(Duration::from_secs(10), check),
+        "timed out: {what}"
+    );
+}
+
+/// A test plugin of this crate (`tests/plugins/<name>.c`), compiled like `plugins/c`.
+pub fn service_plugin(name: &str) -> PluginSpec {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/plugins/{name}.c"));
+    let workspace = plughost_tests::workspace();
+    let out_dir = plughost_tests::target_dir().join("test-plugins");
+    std::fs::create_dir_all(&out_dir).expect("mkdir test-plugins");
+    let out = out_dir.join(format!("service-{name}.so"));
+    let tmp = out_dir.join(format!("service-{name}.{}.tmp.so", std::process::id()));
+    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args([
+            "-shared",
+            "-fPIC",
+            "-std=gnu11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pthread",
+        ])
+        .arg("-I")
+        .arg(workspace.join("include"))
+        .arg("-I")
+        .arg(workspace.join("plugins/c"))
+        .arg("-o")
+        .arg(&tmp)
+        .arg(&source)
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "compiling {} failed", source.display());
+    std::fs::rename(&tmp, &out).expect("rename plugin");
+    PluginSpec {
+        name: name.into(),
+        path: out,
+        in_process: false,
+    }
+}
