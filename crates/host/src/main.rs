@@ -5,11 +5,13 @@
 //! touch the channel). Before any plugin code runs it:
 //! 1. arms `PR_SET_PDEATHSIG(SIGKILL)` and checks its parent is still the service;
 //! 2. moves the channel off stdin and closes every other inherited fd;
-//! 3. makes a pid namespace whose init runs the plugin (see `plughost_sys::confine`), or, without the
-//!    privilege, stays in the process group the service gave it and says so once.
+//! 3. moves the plugin into a fresh pid namespace (outer → namespace init → plugin process, see
+//!    `plughost_sys::confine::contain`), or, without the privilege, stays in the process group the
+//!    service gave it and says so.
 //!
-//! Then it shakes hands, loads the plugin, and serves hooks on the main thread (see `serve.rs` for the
-//! thread design). It exits when the channel closes or the service says `Shutdown`.
+//! Then it shakes hands, confines itself as the `Welcome` says (session, umask, limits, user,
+//! no_new_privs, Landlock, seccomp), loads the sealed library, and serves hooks on the main thread (see
+//! `serve.rs` for the thread design). It exits when the channel closes or the service says `Shutdown`.
 
 mod serve;
 

@@ -1,11 +1,11 @@
 //! What the host binary does to itself, first thing after `exec` and before any plugin code runs.
 //!
-//! Order (see `crates/host/src/main.rs`): [`bind_to_parent`], [`take_channel_from_stdin`] and
-//! [`close_inherited_fds`], then [`enter_pid_namespace`], which forks: the *outer* process stays in the
-//! service's pid namespace as the handle the service holds (it waits and mirrors the inner's exit), the
-//! *inner* one is the init of a fresh pid namespace and runs the plugin. When the inner dies, the kernel
-//! kills every process left in its namespace, however it forked or `setsid()`ed; when the outer dies
-//! (the service died, or killed it), the inner gets `SIGKILL` from its parent-death signal.
+//! Order (see `crates/host/src/main.rs`): [`ParentBond::arm`], [`take_channel_from_stdin`] and
+//! [`close_inherited_fds`], then [`contain`], which forks an init for a fresh pid namespace and, from
+//! it, the plugin process (the outer stays outside, waits, and ends as the plugin process ended). After
+//! the handshake the plugin process confines itself: [`new_session`], [`private_umask`], [`limit`],
+//! [`switch_user`] (then the bond again: a credential change clears the parent-death signal),
+//! [`no_new_privs`].
 #![allow(unsafe_code)]
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -318,7 +318,7 @@ pub fn wait_child(pid: u32) -> std::io::Result<ProcessExit> {
 }
 
 /// Ends this process the way `exit` describes: the same exit code, or death by the same signal
-/// (default action restored first; core dumps off, so that only the inner's core is written).
+/// (default action restored first; core dumps off, so that only the plugin process's core is written).
 pub fn mirror_exit(exit: ProcessExit) -> ! {
     match exit {
         ProcessExit::Code(code) => std::process::exit(code),
