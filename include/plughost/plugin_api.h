@@ -85,7 +85,7 @@
  * PLUGHOST_EXPORT plughost_status PLUGHOST_ENTRY_POINT_V1(const struct plughost_api_v1 *api,
  *                                                         struct plughost_hooks_v1 *hooks)
  * {
- *     PLUGHOST_REQUIRE_VERSION(1, 0, 0, api); // refuse to load on an older service
+ *     PLUGHOST_REQUIRE_VERSION(0, 1, 0, api); // refuse to load on an older service
  *     g_api = api;
  *     hooks->on_vm_started = on_vm_started;
  *     hooks->on_vm_stopping = on_vm_stopping;

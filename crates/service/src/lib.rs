@@ -74,6 +74,19 @@ pub enum Request {
         name: String,
     },
     Plugins,
+    /// Clears a plugin's crash latch (or backoff) and starts it again.
+    PluginRestart {
+        name: String,
+    },
+    /// Stops a plugin's host; it gets no hooks until enabled.
+    PluginDisable {
+        name: String,
+    },
+    PluginEnable {
+        name: String,
+    },
+    /// The plugins' status in the OpenMetrics text format.
+    Metrics,
     Shutdown,
 }
 
@@ -118,8 +131,20 @@ pub struct PluginRow {
     /// `"process"` or `"in-process"`.
     pub isolation: String,
     pub host_pid: Option<u32>,
+    /// `ready`, `busy`, `backing-off`, `crashed`, `failed` or `disabled`.
     pub state: String,
+    /// The state in words: `busy in on_vm_started for 120 ms`, `backing off until 12:00:03 UTC`...
+    #[serde(default)]
+    pub detail: String,
     pub crashes: u64,
+    #[serde(default)]
+    pub restarts: u64,
+    #[serde(default)]
+    pub uptime_secs: Option<u64>,
+    #[serde(default)]
+    pub hooks_served: u64,
+    #[serde(default)]
+    pub api_calls: u64,
     pub last_error: Option<String>,
 }
 
@@ -162,6 +187,9 @@ pub enum Reply {
     },
     Plugins {
         plugins: Vec<PluginRow>,
+    },
+    Metrics {
+        text: String,
     },
     Error {
         kind: ErrorKind,

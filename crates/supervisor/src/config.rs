@@ -18,7 +18,7 @@ pub enum Isolation {
 }
 
 /// One plugin, in configuration order.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PluginConfig {
     /// Shown in every error and log line about it.
     pub name: String,

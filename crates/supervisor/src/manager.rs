@@ -619,6 +619,58 @@ impl PluginManager {
         Ok(())
     }
 
+    /// Applies a new plugin list (SIGHUP): unchanged plugins keep their hosts, changed ones are
+    /// restarted with their new settings, added ones started, removed ones stopped, in the new
+    /// order. Returns one line per change (for the log). Trust and default deadlines are replaced.
+    pub fn reconfigure(
+        &mut self,
+        plugins: Vec<crate::config::PluginConfig>,
+        trust: crate::integrity::Trust,
+        deadlines: Deadlines,
+    ) -> Vec<String> {
+        self.trust = trust;
+        self.deadlines = deadlines;
+        let mut report = Vec::new();
+        let mut old = std::mem::take(&mut self.plugins);
+        for config in plugins {
+            let canonical = std::fs::canonicalize(&config.path).unwrap_or(config.path.clone());
+            if self.plugins.iter().any(|p| p.canonical == canonical) {
+                report.push(format!(
+                    "plugin '{}' listed twice (same file); loaded once",
+                    config.name
+                ));
+                continue;
+            }
+            if let Some(position) = old.iter().position(|p| p.config.name == config.name) {
+                let plugin = old.remove(position);
+                if plugin.config == config {
+                    self.plugins.push(plugin);
+                    continue;
+                }
+                let runtime = plugin.state().runtime.take();
+                self.stop_runtime(runtime);
+                report.push(format!("plugin '{}' changed: restarted", config.name));
+            } else {
+                report.push(format!("plugin '{}' added", config.name));
+            }
+            let plugin = Plugin::new(config, canonical);
+            match self.start_runtime(&plugin) {
+                Ok(runtime) => plugin.state().runtime = Some(runtime),
+                Err(error) => {
+                    report.push(error.to_string());
+                    plugin.state().latched = Some(error);
+                }
+            }
+            self.plugins.push(plugin);
+        }
+        for plugin in old {
+            let runtime = plugin.state().runtime.take();
+            self.stop_runtime(runtime);
+            report.push(format!("plugin '{}' removed", plugin.name()));
+        }
+        report
+    }
+
     /// Every configured plugin (duplicates excluded), in order.
     pub fn plugins(&self) -> Vec<PluginInfo> {
         self.plugins.iter().map(|p| self.info(p)).collect()

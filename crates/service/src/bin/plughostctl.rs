@@ -62,8 +62,25 @@ enum Command {
     },
     /// The configured plugins (root only).
     Plugins,
+    /// Manage one plugin (root only).
+    Plugin {
+        #[command(subcommand)]
+        action: PluginCommand,
+    },
+    /// The plugins' status in the OpenMetrics text format (root only).
+    Metrics,
     /// Stop the daemon (root only).
     Shutdown,
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Clear a crash latch (or backoff) and start the plugin again.
+    Restart { name: String },
+    /// Stop the plugin; it gets no hooks until enabled.
+    Disable { name: String },
+    /// Start a disabled plugin again.
+    Enable { name: String },
 }
 
 #[derive(Subcommand)]
@@ -148,6 +165,12 @@ fn request(command: Command) -> anyhow::Result<Request> {
             CsessionAction::Stop { name } => Request::CsessionStop { name },
         },
         Command::Plugins => Request::Plugins,
+        Command::Plugin { action } => match action {
+            PluginCommand::Restart { name } => Request::PluginRestart { name },
+            PluginCommand::Disable { name } => Request::PluginDisable { name },
+            PluginCommand::Enable { name } => Request::PluginEnable { name },
+        },
+        Command::Metrics => Request::Metrics,
         Command::Shutdown => Request::Shutdown,
     })
 }
@@ -237,6 +260,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_plugins(&plugins);
             ExitCode::SUCCESS
         }
+        Reply::Metrics { text } => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
     })
 }
 
@@ -315,8 +342,13 @@ fn print_plugins(plugins: &[PluginRow]) {
                 p.name.clone(),
                 p.isolation.clone(),
                 dash(p.host_pid),
-                p.state.clone(),
+                if p.detail.is_empty() {
+                    p.state.clone()
+                } else {
+                    p.detail.clone()
+                },
                 p.crashes.to_string(),
+                p.restarts.to_string(),
                 p.path.display().to_string(),
                 p.last_error.clone().unwrap_or_else(|| "-".into()),
             ]
@@ -329,6 +361,7 @@ fn print_plugins(plugins: &[PluginRow]) {
             "HOST PID",
             "STATE",
             "CRASHES",
+            "RESTARTS",
             "PATH",
             "LAST ERROR",
         ],

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)] // each test binary uses a different subset
 pub use plughost_tests::{c_plugin, eventually, field, host_binary, Fixture};
 
 /// Prints why and returns false unless we are root (CI runs as root: nothing skips there).
@@ -59,6 +60,8 @@ pub struct World {
     pub fx: Fixture,
     pub plugins: Vec<PluginSpec>,
     pub idle_timeout_secs: u64,
+    /// Top-level lines added to the config.
+    pub extra_config: String,
 }
 
 impl World {
@@ -72,6 +75,7 @@ impl World {
             fx,
             plugins,
             idle_timeout_secs: 0,
+            extra_config: String::new(),
         }
     }
 
@@ -87,8 +91,14 @@ impl World {
         self.dir.path().join("plughostd.toml")
     }
 
+    /// Rewrites the config file (for reload tests).
+    pub fn write_config_now(&self) {
+        self.write_config();
+    }
+
     fn write_config(&self) {
         let mut text = format!("idle_timeout_secs = {}\n", self.idle_timeout_secs);
+        text += &self.extra_config;
         text += &format!("host_binary = {:?}\n", host_binary().display().to_string());
         for p in &self.plugins {
             text += &format!(

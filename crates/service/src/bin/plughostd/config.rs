@@ -312,12 +312,14 @@ impl Config {
                         plugin.backoff_max_ms.unwrap_or(30_000),
                     ),
                 },
-                Some((other, span)) => return Err(invalid(
-                    Some(span),
-                    format!(
+                Some((other, span)) => {
+                    return Err(invalid(
+                        Some(span),
+                        format!(
                         "plugin {name:?}: restart must be \"never\" or \"on-crash\", not {other:?}"
                     ),
-                )),
+                    ))
+                }
             };
             plugins.push(PluginEntry { name, config });
         }

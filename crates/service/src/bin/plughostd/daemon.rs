@@ -753,11 +753,75 @@ impl Daemon {
                     },
                     host_pid: p.host_pid,
                     state: p.state.name().into(),
+                    detail: p.state.to_string(),
                     crashes: p.crashes,
+                    restarts: p.restarts,
+                    uptime_secs: p.uptime.map(|u| u.as_secs()),
+                    hooks_served: p.hooks_served,
+                    api_calls: p.api_calls,
                     last_error: p.last_error,
                 })
                 .collect()
         })
+    }
+
+    /// `plugin restart|disable|enable NAME`.
+    pub fn plugin_control(
+        &self,
+        name: &str,
+        action: PluginAction,
+    ) -> OpResult<plughost_service::Reply> {
+        let result = self.with_manager(|m| match action {
+            PluginAction::Restart => m.restart_plugin(name),
+            PluginAction::Disable => m.disable_plugin(name),
+            PluginAction::Enable => m.enable_plugin(name),
+        })?;
+        let done = match action {
+            PluginAction::Restart => "restarted",
+            PluginAction::Disable => "disabled",
+            PluginAction::Enable => "enabled",
+        };
+        match result {
+            Ok(()) => Ok(plughost_service::Reply::Done {
+                message: format!("plugin '{name}' {done}"),
+            }),
+            Err(plughost::ControlError::UnknownPlugin(_)) => Err(OpError::new(
+                ErrorKind::NotFound,
+                format!("no plugin named '{name}'"),
+            )),
+            Err(plughost::ControlError::Start(e)) => {
+                Err(OpError::new(ErrorKind::Plugin, e.to_string()))
+            }
+        }
+    }
+
+    /// SIGHUP: re-reads the configuration and applies its plugin list (unchanged plugins keep
+    /// running). A bad file is refused and the running configuration kept.
+    pub fn reload(&self, path: &std::path::Path) {
+        let config = match crate::config::Config::load(path, true) {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::error!("configuration reload refused, keeping the running one: {e}");
+                return;
+            }
+        };
+        let mut guard = self.manager.write().unwrap_or_else(|e| e.into_inner());
+        let Some(manager) = guard.as_mut() else {
+            return;
+        };
+        let plugins = config.plugins.iter().map(|p| p.config.clone()).collect();
+        let changes = manager.reconfigure(plugins, config.trust, config.deadlines);
+        if changes.is_empty() {
+            tracing::info!(config = %path.display(), "configuration reloaded: no plugin changed");
+        }
+        for change in changes {
+            tracing::info!(config = %path.display(), "configuration reloaded: {change}");
+        }
+    }
+
+    /// The plugins' status in the OpenMetrics text format.
+    pub fn metrics(&self) -> OpResult<String> {
+        self.with_manager(|m| m.openmetrics())
     }
 
     /// Stops every VM and container session (with their hooks), then the plugins.
@@ -1171,4 +1235,12 @@ impl ServiceCallbacks for Shared {
             exit: None,
         }))
     }
+}
+
+/// What [`Daemon::plugin_control`] does.
+#[derive(Clone, Copy, Debug)]
+pub enum PluginAction {
+    Restart,
+    Disable,
+    Enable,
 }

@@ -259,7 +259,7 @@ fn run_daemon(cli: Cli) -> anyhow::Result<()> {
     );
     let daemon = Daemon::new(config, store, sandbox, missing)?;
     start_idle_reaper(&daemon)?;
-    signals::on_sigterm(daemon.clone(), socket.clone())?;
+    signals::install(daemon.clone(), socket.clone(), config_path.clone())?;
     tracing::info!(socket = %socket.display(), "listening");
     server::serve(daemon, listener, socket);
     Ok(())
@@ -282,7 +282,8 @@ fn start_idle_reaper(daemon: &Arc<Daemon>) -> anyhow::Result<()> {
 
 #[allow(unsafe_code)]
 mod signals {
-    //! SIGTERM and SIGINT: a graceful shutdown (hooks delivered), through a self-pipe.
+    //! SIGTERM and SIGINT: a graceful shutdown (hooks delivered); SIGHUP: reload the
+    //! configuration. Both through a self-pipe carrying the signal number.
 
     use std::io::Read;
     use std::os::fd::{AsRawFd, OwnedFd};
@@ -294,9 +295,9 @@ mod signals {
 
     static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
 
-    extern "C" fn on_signal(_: libc::c_int) {
+    extern "C" fn on_signal(signal: libc::c_int) {
         let fd = WAKE_FD.load(Ordering::Relaxed);
-        let byte = 1u8;
+        let byte = u8::try_from(signal).unwrap_or(0);
         // SAFETY: write(2) is async-signal-safe; `byte` outlives the call; a failed write only
         // loses a wake-up that an earlier signal already delivered.
         unsafe {
@@ -304,7 +305,7 @@ mod signals {
         }
     }
 
-    pub fn on_sigterm(daemon: Arc<Daemon>, socket: PathBuf) -> anyhow::Result<()> {
+    pub fn install(daemon: Arc<Daemon>, socket: PathBuf, config: PathBuf) -> anyhow::Result<()> {
         let (read, write): (OwnedFd, OwnedFd) =
             rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         WAKE_FD.store(write.as_raw_fd(), Ordering::Relaxed);
@@ -314,14 +315,19 @@ mod signals {
             .spawn(move || {
                 let mut file = std::fs::File::from(read);
                 let mut byte = [0u8; 1];
-                if file.read(&mut byte).unwrap_or(0) == 1 {
+                while file.read(&mut byte).unwrap_or(0) == 1 {
+                    if i32::from(byte[0]) == libc::SIGHUP {
+                        tracing::info!("SIGHUP: reloading {}", config.display());
+                        daemon.reload(&config);
+                        continue;
+                    }
                     tracing::info!("signal received: shutting down");
                     daemon.shutdown();
                     let _ = std::fs::remove_file(&socket);
                     std::process::exit(0);
                 }
             })?;
-        for signal in [libc::SIGTERM, libc::SIGINT] {
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
             // SAFETY: `on_signal` only does async-signal-safe work (one write to a pipe whose fd
             // is never closed).
             unsafe {

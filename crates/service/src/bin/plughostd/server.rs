@@ -15,7 +15,7 @@ use anyhow::Context;
 use plughost_service::{decode, encode, ErrorKind, Reply, Request, MAX_LINE};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
-use crate::daemon::{Caller, Daemon, OpError, OpResult};
+use crate::daemon::{Caller, Daemon, OpError, OpResult, PluginAction};
 
 /// A client has this long to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -244,7 +244,12 @@ fn validate(request: &Request, caller: Caller, fds: usize) -> OpResult<()> {
             check_name("container session", name)?;
             check_argv(argv)
         }
-        Request::Plugins | Request::Shutdown => {
+        Request::Plugins
+        | Request::PluginRestart { .. }
+        | Request::PluginDisable { .. }
+        | Request::PluginEnable { .. }
+        | Request::Metrics
+        | Request::Shutdown => {
             if caller.uid == 0 {
                 Ok(())
             } else {
@@ -313,6 +318,12 @@ fn run(
         },
         Request::Plugins => Reply::Plugins {
             plugins: daemon.plugins()?,
+        },
+        Request::PluginRestart { name } => daemon.plugin_control(&name, PluginAction::Restart)?,
+        Request::PluginDisable { name } => daemon.plugin_control(&name, PluginAction::Disable)?,
+        Request::PluginEnable { name } => daemon.plugin_control(&name, PluginAction::Enable)?,
+        Request::Metrics => Reply::Metrics {
+            text: daemon.metrics()?,
         },
         Request::Shutdown => {
             daemon.shutdown();
