@@ -1,32 +1,37 @@
 //! `plughost-demo`: a narrated tour of what plughost does, which doubles as a smoke test of the whole
 //! stack (`cargo build --workspace && cargo run -q -p plughost-demo`).
 //!
-//! The demo plays a service: the test harness's `TestService` (`tests/src/lib.rs`), whose "VM" is an
-//! in-memory table of mounts and whose `execute_binary` runs the program on this machine. Its plugins
-//! are C files of `plugins/c`, compiled from the header into a temporary directory, each run by the
-//! library in its own real `plughost-host` process:
-//! 1. a well-behaved plugin mounts a folder, runs `cat` through the returned socket, and calls back
-//!    from a thread of its own after its hook returned;
-//! 2. a plugin vetoes the VM start, with a message the user sees;
-//! 3. a plugin crashes its host with a SIGSEGV: the operation fails naming it, the service goes on.
+//! Two demos, with the same three plugins (C files of `plugins/c`, compiled from the header into a
+//! temporary directory): a well-behaved one (`ok_mount_exec.c`), one that vetoes (`veto.c`) and one
+//! that crashes its host with a SIGSEGV (`crash_in_vm_started.c`).
 //!
-//! Every step checks what it shows; the first expectation that fails ends the demo with an error and
-//! a non-zero exit status. It needs `target/<profile>/plughost-host` (built by `cargo build
-//! --workspace`; `$PLUGHOST_HOST` overrides it) and a C compiler (`cc`, or `$CC`).
+//! - **As root, the daemon demo** (`daemon`): it starts the real `plughostd` on a temporary config,
+//!   state directory and socket, and drives it with the real `plughostctl`, showing each command and
+//!   its output: real namespace VMs, mounts, a distribution made from this machine's binaries, two
+//!   users' sessions, the veto text, the crash contained and latched while the daemon keeps
+//!   serving, and the final `plugins` table.
+//! - **Otherwise, the library demo** (`library`): this process plays the service through the
+//!   `plughost` library, with the test harness's in-memory service (plughostd needs root for its
+//!   namespaces and mounts).
 //!
-//! It is not a service: no real VM, no daemon. That is the reference daemon's job (planned).
+//! `--library` or `--daemon` picks one explicitly. Every step checks what it shows; the first
+//! expectation that fails ends the demo with an error and a non-zero exit status. The demos need
+//! the binaries of `cargo build --workspace` beside this one (`target/<profile>/`: `plughost-host`,
+//! which `$PLUGHOST_HOST` overrides, and for the daemon demo `plughostd` and `plughostctl`) and a C
+//! compiler (`cc`, or `$CC`).
 #![deny(unsafe_code)]
 
+mod daemon;
+mod library;
 mod report;
-mod steps;
 mod workdir;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
-use report::{header, note};
+use report::note;
 use workdir::Workdir;
 
 /// The three plugin libraries, compiled once.
@@ -36,16 +41,47 @@ pub struct Libraries {
     pub crash_in_vm_started: PathBuf,
 }
 
-/// What every step needs.
-pub struct Demo {
-    pub workdir: Workdir,
-    pub libraries: Libraries,
-    pub host_binary: PathBuf,
+impl Libraries {
+    /// Compiles the three C plugins into `workdir`, saying so.
+    pub fn compile(workdir: &Workdir) -> Result<Libraries> {
+        let compile = |source: &str| -> Result<PathBuf> {
+            let path = workdir.compile_c_plugin(source)?;
+            note(&format!(
+                "compiled plugins/c/{source}.c -> {}",
+                path.display()
+            ));
+            Ok(path)
+        };
+        Ok(Libraries {
+            ok_mount_exec: compile("ok_mount_exec")?,
+            veto: compile("veto")?,
+            crash_in_vm_started: compile("crash_in_vm_started")?,
+        })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Daemon,
+    Library,
 }
 
 fn main() -> ExitCode {
-    init_service_log();
-    match run() {
+    let mode = match mode() {
+        Ok(mode) => mode,
+        Err(error) => {
+            eprintln!("plughost-demo: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match mode {
+        Mode::Daemon => daemon::run(),
+        Mode::Library => {
+            init_service_log();
+            library::run()
+        }
+    };
+    match result {
         Ok(()) => {
             println!();
             println!("Demo finished: every expectation held.");
@@ -59,73 +95,39 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<()> {
-    let demo = setup()?;
-    let snapshots = [
-        steps::well_behaved(&demo)?,
-        steps::veto(&demo)?,
-        steps::crash(&demo)?,
-    ];
-
-    header("Final: PluginManager::plugins() at the end of each step");
-    print!("{}", report::plugin_table(&snapshots));
-    note("(each step had its own PluginManager; dropping it shut its hosts down)");
-    Ok(())
-}
-
-fn setup() -> Result<Demo> {
-    header("Setup");
-    disable_core_dumps()?;
-    let host_binary = host_binary()?;
-    note(&format!("host binary:  {}", host_binary.display()));
-    let workdir = Workdir::new()?;
-    note(&format!(
-        "working in:   {} (removed at the end)",
-        workdir.path().display()
-    ));
-    note(&format!(
-        "shared folder {} holds `file` = OK",
-        workdir.share.display()
-    ));
-    note(&format!(
-        "running as uid {}: {}",
-        rustix::process::getuid().as_raw(),
-        if rustix::process::getuid().is_root() {
-            "each host gets its own pid namespace and switches to an unprivileged user"
-        } else {
-            "no pid namespace without root; each host says so once and relies on its process group"
+/// The daemon demo as root, else the library demo; `--daemon` / `--library` choose.
+fn mode() -> Result<Mode> {
+    let root = rustix::process::geteuid().is_root();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] if root => Ok(Mode::Daemon),
+        [] => {
+            println!(
+                "Running the library demo: the daemon demo (plughostd and plughostctl) needs root, \
+                 for the namespaces and mounts of its VMs (sudo cargo run -q -p plughost-demo)."
+            );
+            Ok(Mode::Library)
         }
-    ));
-    let compile = |source: &str| -> Result<PathBuf> {
-        let path = workdir.compile_c_plugin(source)?;
-        note(&format!(
-            "compiled plugins/c/{source}.c -> {}",
-            path.display()
-        ));
-        Ok(path)
-    };
-    let libraries = Libraries {
-        ok_mount_exec: compile("ok_mount_exec")?,
-        veto: compile("veto")?,
-        crash_in_vm_started: compile("crash_in_vm_started")?,
-    };
-    note("below, `-> ` is what the service does, `[name] ` what a plugin prints (its stdout and");
-    note(
-        "stderr, logged line by line by the library), `name.log: ` what a plugin wrote to its log",
-    );
-    Ok(Demo {
-        workdir,
-        libraries,
-        host_binary,
-    })
+        ["--library"] => Ok(Mode::Library),
+        ["--daemon"] if root => Ok(Mode::Daemon),
+        ["--daemon"] => {
+            bail!("the daemon demo needs root: plughostd makes namespaces and mounts for its VMs")
+        }
+        _ => bail!(
+            "usage: plughost-demo [--daemon | --library]\n  (default: the daemon demo as root, the \
+             library demo otherwise)"
+        ),
+    }
 }
 
-/// `$PLUGHOST_HOST`, else `plughost-host` beside this binary (`target/<profile>/`).
-fn host_binary() -> Result<PathBuf> {
-    let path = match std::env::var_os("PLUGHOST_HOST") {
-        Some(path) => PathBuf::from(path),
-        None => plughost_tests::target_dir().join("plughost-host"),
-    };
+/// A binary of this workspace beside this one (`target/<profile>/`).
+fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let path = plughost_tests::target_dir().join(name);
     ensure!(
         path.exists(),
         "{} is missing: build the workspace first (cargo build --workspace)",
@@ -134,9 +136,25 @@ fn host_binary() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Step 3 crashes a host on purpose. With core dumps enabled that would write a core file (as root
-/// maybe into `/`, the host's working directory) and append " (core dumped)" to the error text the
-/// demo checks; the hosts inherit this limit.
+/// `$PLUGHOST_HOST`, else `plughost-host` beside this binary (`target/<profile>/`).
+fn host_binary() -> Result<PathBuf> {
+    match std::env::var_os("PLUGHOST_HOST") {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            ensure!(
+                path.exists(),
+                "{} ($PLUGHOST_HOST) is missing: build the workspace first (cargo build --workspace)",
+                path.display()
+            );
+            Ok(path)
+        }
+        None => sibling_binary("plughost-host"),
+    }
+}
+
+/// Both demos crash a host on purpose. With core dumps enabled that would write a core file (as
+/// root maybe into `/`, the host's working directory) and append " (core dumped)" to the error text
+/// the demo checks; the hosts (and plughostd) inherit this limit.
 fn disable_core_dumps() -> Result<()> {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let current = getrlimit(Resource::Core);

@@ -1,7 +1,8 @@
 //! Everything the demo puts on disk, all under one temporary directory that is removed at the end:
 //! the C plugins (compiled from `plugins/c` against the header alone, as a plugin author would), the
 //! folder the plugins share with the "VM" (`PH_DIR`, holding `file` = `OK`), and one log file per
-//! plugin and step (`PH_LOG`; the format is in `plugins/c/README.md`).
+//! plugin (and step, in the library demo; `PH_LOG`: the format is in `plugins/c/README.md`); the
+//! daemon demo adds plughostd's config, state directory, socket and log, and a distribution rootfs.
 //!
 //! Nothing is written under `target/`, so the demo also runs as a user who cannot write there. The
 //! hosts may run as another user than the demo (as root, the library switches them to an
@@ -125,10 +126,7 @@ impl StepLogs {
     }
 
     pub fn log(&self, name: &str) -> PluginLog {
-        PluginLog {
-            path: self.log_path(name),
-            shown: 0,
-        }
+        PluginLog::new(self.log_path(name))
     }
 
     fn log_path(&self, name: &str) -> PathBuf {
@@ -143,6 +141,11 @@ pub struct PluginLog {
 }
 
 impl PluginLog {
+    /// The log at `path`, nothing shown yet.
+    pub fn new(path: PathBuf) -> PluginLog {
+        PluginLog { path, shown: 0 }
+    }
+
     /// Every line so far (an absent file is an empty log: the plugin logged nothing yet).
     pub fn lines(&self) -> Vec<String> {
         std::fs::read_to_string(&self.path)
@@ -192,7 +195,7 @@ impl PluginLog {
     }
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
+pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot chmod {mode:o} {}", path.display()))
 }

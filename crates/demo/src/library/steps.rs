@@ -11,8 +11,8 @@ use plughost::{
 };
 use plughost_tests::TestService;
 
+use crate::library::Demo;
 use crate::report::{action, header, log_lines, note, PrefixedOutput, Snapshot};
-use crate::Demo;
 
 /// How long the demo waits for something a plugin does on its own time.
 const PATIENCE: Duration = Duration::from_secs(10);
