@@ -30,6 +30,9 @@ pub enum ChannelError {
     /// More fds than [`MAX_FDS_PER_MSG`], or ancillary data cut short.
     #[error("message carries more than {limit} file descriptors")]
     TooManyFds { limit: usize },
+    /// A zero-length message (which `recv` alone cannot tell from end-of-file).
+    #[error("empty message")]
+    Empty,
     /// A blocking `recv` or `send` hit the socket's timeout (see [`Seqpacket::set_timeouts`]).
     #[error("timed out")]
     TimedOut,
@@ -74,6 +77,21 @@ impl Seqpacket {
 
     /// Sends one message with `fds` attached. Blocks while the socket buffer is full; retries `EINTR`.
     pub fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
+        self.send_flags(bytes, fds, SendFlags::NOSIGNAL)
+    }
+
+    /// Like [`send`](Self::send), but fails with [`ChannelError::TimedOut`] at once when the peer's
+    /// receive queue is full instead of waiting for it to read.
+    pub fn try_send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
+        self.send_flags(bytes, fds, SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
+    }
+
+    fn send_flags(
+        &self,
+        bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+        flags: SendFlags,
+    ) -> Result<(), ChannelError> {
         let iov = [IoSlice::new(bytes)];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MSG))];
         let mut control = SendAncillaryBuffer::new(&mut space);
@@ -83,7 +101,7 @@ impl Seqpacket {
             });
         }
         loop {
-            match sendmsg(&self.fd, &iov, &mut control, SendFlags::NOSIGNAL) {
+            match sendmsg(&self.fd, &iov, &mut control, flags) {
                 Ok(_) => return Ok(()),
                 Err(Errno::INTR) => continue,
                 Err(e) => return Err(classify(e)),
@@ -165,7 +183,11 @@ impl Seqpacket {
         }
         if msg.bytes == 0 {
             fds.truncate(before);
-            return Err(ChannelError::Disconnected);
+            return Err(if self.peer_closed() {
+                ChannelError::Disconnected
+            } else {
+                ChannelError::Empty
+            });
         }
         if msg.bytes > limit || msg.flags.contains(ReturnFlags::TRUNC) {
             fds.truncate(before);
@@ -175,6 +197,26 @@ impl Seqpacket {
             });
         }
         Ok(msg.bytes)
+    }
+
+    /// Has the peer closed (or have we shut down) the connection? A zero-length read is end-of-file
+    /// only then; otherwise it was an empty message.
+    fn peer_closed(&self) -> bool {
+        let mut fds = [rustix::event::PollFd::new(
+            &self.fd,
+            rustix::event::PollFlags::RDHUP,
+        )];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        match rustix::event::poll(&mut fds, Some(&zero)) {
+            Ok(n) if n > 0 => fds[0]
+                .revents()
+                .intersects(rustix::event::PollFlags::RDHUP | rustix::event::PollFlags::HUP),
+            Ok(_) => false,
+            Err(_) => true,
+        }
     }
 
     /// Shuts both directions down: threads blocked in `recv` on this end wake with
@@ -252,6 +294,24 @@ mod tests {
         a.shutdown();
         assert!(matches!(
             reader.join().unwrap(),
+            Err(ChannelError::Disconnected)
+        ));
+    }
+
+    #[test]
+    fn empty_message_is_not_end_of_file() {
+        let (a, b) = Seqpacket::pair().unwrap();
+        a.send(b"", &[]).unwrap();
+        let mut buf = [0u8; 8];
+        assert!(matches!(
+            b.recv(&mut buf, &mut Vec::new()),
+            Err(ChannelError::Empty)
+        ));
+        a.send(b"x", &[]).unwrap();
+        assert_eq!(b.recv(&mut buf, &mut Vec::new()).unwrap(), 1);
+        drop(a);
+        assert!(matches!(
+            b.recv(&mut buf, &mut Vec::new()),
             Err(ChannelError::Disconnected)
         ));
     }

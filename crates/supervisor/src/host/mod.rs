@@ -45,7 +45,7 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// cost while frames flow).
 pub(crate) const DEADLINE_TICK: Duration = Duration::from_millis(20);
 /// Longest a send to a host that stopped reading may block.
-pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const SEND_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The read token's state: buffers reused for every frame.
 pub(crate) struct Reader {
@@ -113,16 +113,31 @@ impl Host {
         self.dead.load(Ordering::Acquire)
     }
 
-    /// Sends one frame (any thread; a seqpacket send is atomic).
+    /// Sends one frame (any thread; a seqpacket send is atomic), waiting up to `SEND_TIMEOUT` for
+    /// room in the host's queue.
     fn send(&self, msg: &ServiceMsg, fd: Option<&OwnedFd>) -> Result<(), ChannelError> {
+        self.send_with(msg, fd, false)
+    }
+
+    fn send_with(
+        &self,
+        msg: &ServiceMsg,
+        fd: Option<&OwnedFd>,
+        nonblocking: bool,
+    ) -> Result<(), ChannelError> {
         SEND_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             if let Err(e) = encode(msg, &mut buf) {
                 return Err(ChannelError::Io(std::io::Error::other(e.to_string())));
             }
-            match fd {
-                Some(fd) => self.channel.send(&buf, &[fd.as_fd()]),
-                None => self.channel.send(&buf, &[]),
+            let fds: &[std::os::fd::BorrowedFd<'_>] = match fd {
+                Some(fd) => &[fd.as_fd()],
+                None => &[],
+            };
+            if nonblocking {
+                self.channel.try_send(&buf, fds)
+            } else {
+                self.channel.send(&buf, fds)
             }
         })
     }
@@ -213,6 +228,7 @@ impl Host {
             Ok(None) => return Ok(None),
             Err(ChannelError::Disconnected) => return Err(self.crash_cause()),
             Err(ChannelError::TimedOut) => return Ok(None),
+            Err(ChannelError::Empty) => return Err(self.violation("sent an empty frame".into())),
             Err(ChannelError::Oversized { len, limit }) => {
                 return Err(self.violation(format!("sent a frame of {len} bytes (limit {limit})")))
             }
@@ -239,8 +255,21 @@ impl Host {
         let (reply, fd) = execute::execute(ctx, call, handler, &self.processes);
         self.stats.api_calls.fetch_add(1, Ordering::Relaxed);
         tracing::trace!(plugin = %self.name, call = name, ?reply, "api call");
-        // A failed send means the host is gone; whoever reads next classifies it.
-        let _ = self.send(&ServiceMsg::Reply { id, reply }, fd.as_ref());
+        // A host's threads read their replies, so a full queue means it keeps calling without
+        // reading: wait at most SEND_TIMEOUT for room (never longer: that holds a service thread).
+        let msg = ServiceMsg::Reply { id, reply };
+        let sent = match self.send_with(&msg, fd.as_ref(), true) {
+            Err(ChannelError::TimedOut) => self.send(&msg, fd.as_ref()),
+            other => other,
+        };
+        match sent {
+            Err(ChannelError::TimedOut) => self.kill_for(CrashCause::ProtocolViolation(format!(
+                "stopped reading the service's replies (none read for {} ms)",
+                SEND_TIMEOUT.as_millis()
+            ))),
+            // Otherwise a failed send means the host is gone; whoever reads next classifies it.
+            Ok(()) | Err(_) => {}
+        }
     }
 
     /// Dispatches one hook and waits for its answer, serving the plugin's calls meanwhile with `scope`.
@@ -257,6 +286,9 @@ impl Host {
         self.pool.disarm(self);
         let id = RequestId(self.next_hook.fetch_add(1, Ordering::Relaxed));
         let result = self.hook_round_trip(&mut reader, id, hook, scope, deadline);
+        // Release the token before re-arming: a pool thread woken by the re-arm (a call queued
+        // meanwhile) must find the token free, or the event would be dropped.
+        drop(reader);
         if result.is_ok() {
             self.pool.arm(self);
         }
