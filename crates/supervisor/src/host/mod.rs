@@ -262,13 +262,12 @@ impl Host {
             Err(ChannelError::TimedOut) => self.send(&msg, fd.as_ref()),
             other => other,
         };
-        match sent {
-            Err(ChannelError::TimedOut) => self.kill_for(CrashCause::ProtocolViolation(format!(
+        // Any other failure means the host is gone; whoever reads next classifies it.
+        if let Err(ChannelError::TimedOut) = sent {
+            self.kill_for(CrashCause::ProtocolViolation(format!(
                 "stopped reading the service's replies (none read for {} ms)",
                 SEND_TIMEOUT.as_millis()
-            ))),
-            // Otherwise a failed send means the host is gone; whoever reads next classifies it.
-            Ok(()) | Err(_) => {}
+            )));
         }
     }
 
