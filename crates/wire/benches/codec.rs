@@ -32,6 +32,7 @@ const HOST_MSGS: &[&str] = &[
     "call_process_get_exit_fd",
     "call_process_get_exit_code",
     "call_process_release",
+    "blocked",
 ];
 
 const SERVICE_MSGS: &[&str] = &[
@@ -172,6 +173,7 @@ fn host_msg(case: &str) -> HostMsg {
         "call_process_get_exit_fd" => call(ApiCall::ProcessGetExitFd { process }),
         "call_process_get_exit_code" => call(ApiCall::ProcessGetExitCode { process }),
         "call_process_release" => call(ApiCall::ProcessRelease { process }),
+        "blocked" => HostMsg::Blocked { syscall: 57 },
         other => panic!("no host message {other}"),
     }
 }

@@ -1,0 +1,350 @@
+//! `plughost-bench`: what plughost's process isolation costs, measured in one run against a raw
+//! `SOCK_SEQPACKET` round trip between two processes with the same message size (the baseline), so
+//! that the ratios hold on any machine even when absolute times drift.
+//!
+//! `cargo run --release -p plughost-bench [-- --json] [--rounds N] [--quick] [--pin same|split]`
+//!
+//! Every case runs a batch per round and the rounds of all cases are interleaved (the starting case
+//! rotates each round); one warm-up round is discarded. `--only a,b --count N` runs just those cases,
+//! once, with N iterations: the entry point for `strace -ff`, `perf record` and `perf trace` (see
+//! BENCHMARKS.md). The test suite times nothing; this binary is where speed is measured.
+//!
+//! This binary is not a test: it checks that every timed operation succeeded (and that every timed
+//! API call reached the service), but it asserts no speed; the report compares with the targets.
+#![deny(unsafe_code)]
+
+mod cases;
+mod echo;
+mod pin;
+mod report;
+mod setup;
+mod stats;
+mod unit_costs;
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use plughost::PluginConfig;
+
+use cases::{
+    host_memory, CallbackPlugin, CallbackRtt, CallbacksPerSec, Case, CrashDetect, HookRtt,
+    RawFanout, RawRtt, Start,
+};
+use pin::Pin;
+use setup::Env;
+use stats::{Samples, Unit};
+
+/// Every case, in report order.
+const CASES: [&str; 12] = [
+    "raw_rtt",
+    "hook_rtt",
+    "nested_rtt",
+    "callback_rtt",
+    "in_process_hook",
+    "raw_fanout_100",
+    "fanout_100",
+    "callbacks_per_s",
+    "cold_start",
+    "manager_setup",
+    "start_100",
+    "crash_detect",
+];
+
+/// Iterations of one case in one round (callbacks_per_s: calls per sample).
+fn iterations(case: &str) -> usize {
+    match case {
+        "raw_rtt" | "hook_rtt" => 1000,
+        "nested_rtt" | "callback_rtt" => 500,
+        "in_process_hook" => 5000,
+        fanout if fanout.contains("fanout_") => 10,
+        "callbacks_per_s" => 20_000,
+        "cold_start" | "manager_setup" | "crash_detect" => 4,
+        _ => 1,
+    }
+}
+
+struct Args {
+    json: bool,
+    rounds: usize,
+    /// Divides every iteration count (`--quick`: 5).
+    scale_down: usize,
+    build_host: bool,
+    only: Option<Vec<String>>,
+    count: Option<usize>,
+    /// Plugins of the fan-out case (100; other sizes are a diagnostic).
+    fanout: usize,
+    pin: Pin,
+    /// Also measure the building blocks (syscalls, hops): see `unit_costs`.
+    unit_costs: bool,
+}
+
+fn parse_args(args: &[String]) -> Result<Args> {
+    let mut parsed = Args {
+        json: false,
+        rounds: 20,
+        scale_down: 1,
+        build_host: true,
+        only: None,
+        count: None,
+        fanout: 100,
+        pin: Pin::None,
+        unit_costs: true,
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .cloned()
+                .with_context(|| format!("{name} needs a value"))
+        };
+        match arg.as_str() {
+            "--json" => parsed.json = true,
+            "--quick" => {
+                parsed.rounds = 5;
+                parsed.scale_down = 5;
+            }
+            "--no-build" => parsed.build_host = false,
+            "--no-unit-costs" => parsed.unit_costs = false,
+            "--rounds" => parsed.rounds = value("--rounds")?.parse().context("--rounds")?,
+            "--only" => {
+                let list = value("--only")?;
+                let names: Vec<String> = list.split(',').map(str::to_owned).collect();
+                if let Some(bad) = names.iter().find(|n| !CASES.contains(&n.as_str())) {
+                    bail!("unknown case {bad:?}; cases: {}", CASES.join(", "));
+                }
+                parsed.only = Some(names);
+            }
+            "--count" => parsed.count = Some(value("--count")?.parse().context("--count")?),
+            "--pin" => parsed.pin = Pin::parse(&value("--pin")?)?,
+            "--fanout-plugins" => {
+                parsed.fanout = value("--fanout-plugins")?
+                    .parse()
+                    .context("--fanout-plugins")?;
+                if parsed.fanout == 0 {
+                    bail!("--fanout-plugins must be at least 1");
+                }
+            }
+            "-h" | "--help" => {
+                println!(
+                    "usage: plughost-bench [--json] [--rounds N] [--quick] [--no-build] \
+                     [--only CASE,... [--count N]] [--fanout-plugins N] \
+                     [--pin none|same|split] [--no-unit-costs]\ncases: {}",
+                    CASES.join(", ")
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    Ok(parsed)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = if args.first().map(String::as_str) == Some("--echo-peer") {
+        echo::run_peer()
+    } else {
+        parse_args(&args).and_then(run)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("plughost-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build_case<'a>(
+    name: &str,
+    env: &'a Env,
+    frame_len: usize,
+    fanout: usize,
+) -> Result<Box<dyn Case + 'a>> {
+    let noop = || vec![PluginConfig::new("noop", &env.noop)];
+    Ok(match name {
+        "raw_rtt" => Box::new(RawRtt(echo::Echo::start(frame_len)?)),
+        "raw_fanout_100" => Box::new(RawFanout(
+            (0..100)
+                .map(|_| echo::Echo::start(frame_len))
+                .collect::<Result<_>>()?,
+        )),
+        "hook_rtt" => Box::new(HookRtt::new("hook_rtt", env, noop(), 0)?),
+        "nested_rtt" => Box::new(HookRtt::new(
+            "nested_rtt",
+            env,
+            vec![PluginConfig::new("nested_call", &env.nested)],
+            1,
+        )?),
+        "in_process_hook" => Box::new(HookRtt::new(
+            "in_process_hook",
+            env,
+            vec![PluginConfig::new("noop", &env.noop).in_process()],
+            0,
+        )?),
+        "fanout_100" => {
+            let plugins = (env.noop_copies[..fanout].iter().enumerate())
+                .map(|(i, p)| PluginConfig::new(format!("noop_{i:03}"), p))
+                .collect();
+            // Another size (a diagnostic: how the per-plugin cost grows) gets its own name.
+            let name: &'static str = match fanout {
+                100 => "fanout_100",
+                n => Box::leak(format!("fanout_{n}").into_boxed_str()),
+            };
+            Box::new(HookRtt::new(name, env, plugins, 0)?)
+        }
+        "callback_rtt" => Box::new(CallbackRtt(CallbackPlugin::start(env, "callback_rtt")?)),
+        "callbacks_per_s" => Box::new(CallbacksPerSec(CallbackPlugin::start(
+            env,
+            "callbacks_per_s",
+        )?)),
+        "cold_start" => Box::new(Start {
+            name: "cold_start",
+            env,
+            plugins: 1,
+        }),
+        "manager_setup" => Box::new(Start {
+            name: "manager_setup",
+            env,
+            plugins: 0,
+        }),
+        "start_100" => Box::new(Start {
+            name: "start_100",
+            env,
+            plugins: 100,
+        }),
+        "crash_detect" => Box::new(CrashDetect { env }),
+        other => bail!("unknown case {other:?}"),
+    })
+}
+
+fn run(args: Args) -> Result<()> {
+    init_tracing();
+    if args.pin != Pin::None {
+        pin::pin_self(0)?;
+    }
+    let load_before = report::load_average();
+    let env = Env::prepare(args.build_host, args.fanout.max(100))?;
+    let frame_len = setup::hook_frame_len()?;
+    let names: Vec<String> = match &args.only {
+        Some(names) => names.clone(),
+        None => CASES.iter().map(|s| s.to_string()).collect(),
+    };
+    let mut cases = Vec::new();
+    for name in &names {
+        let case = build_case(name, &env, frame_len, args.fanout)
+            .with_context(|| format!("setting up {name}"))?;
+        if args.pin == Pin::Split {
+            for pid in case.peers() {
+                pin::pin_tree(pid, 1)?;
+            }
+        }
+        cases.push(case);
+    }
+    let mut samples: Vec<Samples> = cases
+        .iter()
+        .map(|c| Samples::new(c.name(), c.unit()))
+        .collect();
+    let per_round = |case: &dyn Case| match args.count {
+        Some(count) => count,
+        None => (iterations(case.name()) / args.scale_down).max(1),
+    };
+    let rounds = if args.count.is_some() { 1 } else { args.rounds };
+
+    // Warm-up: page faults, lazy binding, first allocations, caches. Discarded.
+    if args.count.is_none() {
+        for case in &mut cases {
+            let mut discard = Samples::new(case.name(), case.unit());
+            let n = (per_round(&**case) / 10).max(1);
+            case.batch(n, &mut discard)
+                .with_context(|| format!("warming up {}", case.name()))?;
+        }
+    }
+    let started = std::time::Instant::now();
+    for round in 0..rounds {
+        for i in 0..cases.len() {
+            let k = (round + i) % cases.len();
+            let n = per_round(&*cases[k]);
+            cases[k]
+                .batch(n, &mut samples[k])
+                .with_context(|| format!("round {round} of {}", cases[k].name()))?;
+        }
+        if !args.json {
+            eprint!("\rplughost-bench: round {}/{rounds}", round + 1);
+        }
+    }
+    if !args.json {
+        eprintln!(" ({:.1} s)", started.elapsed().as_secs_f64());
+    }
+
+    // Where the scheduler left each round trip's peer (unpinned runs: the ratios depend on it).
+    let service_cpu = pin::last_cpu(std::process::id());
+    let placement: Vec<(&'static str, Option<u32>)> = cases
+        .iter()
+        .filter(|c| c.unit() == Unit::Micros && !c.name().contains("fanout"))
+        .filter_map(|c| c.peers().first().map(|pid| (c.name(), pin::last_cpu(*pid))))
+        .collect();
+
+    // host_rss: every idle noop host still running (the 100 of fanout_100 and hook_rtt's), after
+    // they served all their hooks.
+    let mut rss = [
+        Samples::new("host_rss", Unit::MiB),
+        Samples::new("host_rss_outer", Unit::MiB),
+        Samples::new("host_rss_inner", Unit::MiB),
+        Samples::new("host_pss", Unit::MiB),
+    ];
+    let mut pids = Vec::new();
+    for case in &cases {
+        if let Some(manager) = case.idle_noop_hosts() {
+            pids.extend(manager.plugins().iter().filter_map(|p| p.host_pid));
+        }
+    }
+    for pid in pids {
+        let m = host_memory(pid)?;
+        rss[0].values.push(m.outer_rss + m.inner_rss);
+        rss[1].values.push(m.outer_rss);
+        rss[2].values.push(m.inner_rss);
+        rss[3].values.push(m.pss);
+    }
+    samples.extend(rss.into_iter().filter(|s| !s.values.is_empty()));
+
+    // The building blocks, for turning a profile (syscalls and hops per operation) into time. Not
+    // with --count: a profiling run should trace the case alone.
+    let units = if args.unit_costs && args.count.is_none() {
+        unit_costs::measure()?
+    } else {
+        Vec::new()
+    };
+
+    let mut meta = report::Meta::collect(&args_line(), frame_len, rounds, load_before, args.pin);
+    meta.service_cpu = service_cpu;
+    meta.placement = placement;
+    if args.json {
+        println!("{}", report::json(&meta, &samples, &units));
+    } else {
+        print!("{}", report::table(&meta, &samples, &units));
+    }
+    Ok(())
+}
+
+fn args_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() {
+        "cargo run --release -p plughost-bench".into()
+    } else {
+        format!(
+            "cargo run --release -p plughost-bench -- {}",
+            args.join(" ")
+        )
+    }
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}

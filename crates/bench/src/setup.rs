@@ -1,0 +1,218 @@
+//! What the measurements need: the host binary, the plugins, the FIFOs of the callback plugin, and a
+//! service whose callbacks do no work.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use plughost::{
+    CallContext, ManagerConfig, PluginConfig, PluginManager, ServiceCallbacks, Session, Status,
+};
+use plughost_wire::{encode, Hook, RequestId, ServiceMsg, VmSettings};
+
+/// The session every hook is about.
+pub fn session() -> Session {
+    Session {
+        id: 1,
+        uid: 1000,
+        gid: 1000,
+        user_name: "bench".into(),
+    }
+}
+
+/// The length of the frame that carries one `on_vm_started` hook for [`session`]: the message size of
+/// every round trip measured, the raw baseline included.
+pub fn hook_frame_len() -> Result<usize> {
+    let msg = ServiceMsg::Hook {
+        id: RequestId(1),
+        hook: Hook::VmStarted {
+            session: session(),
+            settings: VmSettings::default(),
+        },
+    };
+    let mut buf = Vec::new();
+    encode(&msg, &mut buf).context("encoding the reference hook frame")?;
+    Ok(buf.len())
+}
+
+/// The service: `mount_folder` succeeds at once (and is counted, so the bench can check that every
+/// call it timed really reached the service); the rest is refused.
+#[derive(Default)]
+pub struct BenchService {
+    pub mounts: AtomicU64,
+}
+
+impl BenchService {
+    pub fn mounts(&self) -> u64 {
+        self.mounts.load(Ordering::Relaxed)
+    }
+}
+
+const ENOSYS: Status = Status(-38);
+
+impl ServiceCallbacks for BenchService {
+    fn mount_folder(
+        &self,
+        _: CallContext<'_>,
+        _session: u32,
+        _host_path: &str,
+        _vm_path: &str,
+        _read_only: bool,
+        _name: &str,
+    ) -> Result<(), Status> {
+        self.mounts.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn execute_binary(
+        &self,
+        _: CallContext<'_>,
+        _session: u32,
+        _path: &str,
+        _argv: &[String],
+    ) -> Result<OwnedFd, Status> {
+        Err(ENOSYS)
+    }
+
+    fn execute_binary_in_distribution(
+        &self,
+        _: CallContext<'_>,
+        _session: u32,
+        _distribution: [u8; 16],
+        _path: &str,
+        _argv: &[String],
+    ) -> Result<OwnedFd, Status> {
+        Err(ENOSYS)
+    }
+}
+
+/// Paths and shared state of one run.
+pub struct Env {
+    pub host_binary: PathBuf,
+    pub noop: PathBuf,
+    pub nested: PathBuf,
+    pub callbacks: PathBuf,
+    /// Distinct copies of `noop.so` (the manager loads a path listed twice only once).
+    pub noop_copies: Vec<PathBuf>,
+    /// Holds the FIFOs of the callback plugin.
+    pub scratch: PathBuf,
+    pub service: Arc<BenchService>,
+}
+
+impl Env {
+    /// `copies`: how many distinct copies of `noop.so` to make (at least 100).
+    pub fn prepare(build_host: bool, copies: usize) -> Result<Env> {
+        let host_binary = host_binary(build_host)?;
+        let noop = plughost_tests::c_plugin("noop");
+        let nested = plughost_tests::c_plugin("nested_call");
+        let callbacks = plughost_tests::c_plugin("bench_callbacks");
+        let copies_dir = plughost_tests::target_dir().join("bench-plugins");
+        std::fs::create_dir_all(&copies_dir)
+            .with_context(|| format!("creating {}", copies_dir.display()))?;
+        let mut noop_copies = Vec::new();
+        for i in 0..copies {
+            let copy = copies_dir.join(format!("noop_{i:03}.so"));
+            std::fs::copy(&noop, &copy)
+                .with_context(|| format!("copying {} to {}", noop.display(), copy.display()))?;
+            noop_copies.push(copy);
+        }
+        let scratch = copies_dir.join(format!("run-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch)
+            .with_context(|| format!("creating {}", scratch.display()))?;
+        Ok(Env {
+            host_binary,
+            noop,
+            nested,
+            callbacks,
+            noop_copies,
+            scratch,
+            service: Arc::new(BenchService::default()),
+        })
+    }
+
+    /// A manager of `plugins` with the bench service as default callbacks.
+    pub fn manager(&self, plugins: Vec<PluginConfig>) -> Result<PluginManager> {
+        let mut config = ManagerConfig::new(plugins);
+        config.host_binary = Some(self.host_binary.clone());
+        PluginManager::new(config, self.service.clone()).context("starting a plugin manager")
+    }
+
+    /// A manager whose plugins must all be ready.
+    pub fn ready_manager(&self, plugins: Vec<PluginConfig>) -> Result<PluginManager> {
+        let manager = self.manager(plugins)?;
+        check_ready(&manager)?;
+        Ok(manager)
+    }
+
+    /// Makes a FIFO in the scratch directory, open to every user: the host runs as an unprivileged
+    /// user of its own when the service is root.
+    pub fn fifo(&self, name: &str) -> Result<PathBuf> {
+        let path = self.scratch.join(name);
+        let _ = std::fs::remove_file(&path);
+        let mode = rustix::fs::Mode::from_raw_mode(0o666);
+        rustix::fs::mkfifoat(rustix::fs::CWD, &path, mode)
+            .with_context(|| format!("mkfifo {}", path.display()))?;
+        // mkfifo applies the umask.
+        rustix::fs::chmod(&path, mode).with_context(|| format!("chmod {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+/// Fails unless every plugin of `manager` is ready.
+pub fn check_ready(manager: &PluginManager) -> Result<()> {
+    for plugin in manager.plugins() {
+        if plugin.state != "ready" {
+            bail!(
+                "plugin {} is {}: {}",
+                plugin.name,
+                plugin.state,
+                plugin.last_error.unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `$PLUGHOST_HOST`, else `plughost-host` beside this binary. Under `cargo run` (which sets `$CARGO`)
+/// it is built first with this binary's profile, so that the host always matches the supervisor
+/// linked into the bench.
+fn host_binary(build: bool) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("PLUGHOST_HOST") {
+        return Ok(path.into());
+    }
+    let path = plughost_tests::target_dir().join("plughost-host");
+    if let (true, Some(cargo)) = (build, std::env::var_os("CARGO")) {
+        let manifest = plughost_tests::workspace().join("Cargo.toml");
+        let mut command = Command::new(cargo);
+        command
+            .arg("build")
+            .arg("--quiet")
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .args(["-p", "plughost-host", "--bin", "plughost-host"]);
+        if !cfg!(debug_assertions) {
+            command.arg("--release");
+        }
+        eprintln!("plughost-bench: building plughost-host ({command:?})");
+        let status = command.status().context("running cargo build")?;
+        if !status.success() {
+            bail!("building plughost-host failed ({status})");
+        }
+    }
+    if !Path::new(&path).exists() {
+        bail!(
+            "{} is missing: build it first (cargo build --release -p plughost-host) or set PLUGHOST_HOST",
+            path.display()
+        );
+    }
+    Ok(path)
+}
