@@ -20,6 +20,8 @@ use crate::sandbox::EXIT_SETUP;
 
 /// How long a VM or distribution init may take to say `ready`.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest a mount or other short operation in a VM may take before it fails with `-ETIMEDOUT`.
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A failure of the sandbox machinery (not of a plugin).
 #[derive(Debug, thiserror::Error)]
@@ -361,6 +363,17 @@ impl Vm {
             tracing::warn!(vm = %self.label, "cannot spawn {what}: {e}");
             e.raw_os_error().unwrap_or(5)
         })?;
+        // Bounded: a mount or exec that never finishes (a hung filesystem, say) must not wedge the
+        // plugin call, and with it the session, forever.
+        let finished = plughost_sys::Pidfd::open(child.id())
+            .map(|p| p.wait_exit_timeout(Some(OP_TIMEOUT)))
+            .unwrap_or(true);
+        if !finished {
+            let _ = child.kill();
+            let _ = child.wait();
+            tracing::warn!(vm = %self.label, "{what} did not finish within {} s: killed", OP_TIMEOUT.as_secs());
+            return Err(110); // ETIMEDOUT
+        }
         let mut stderr = String::new();
         if let Some(mut pipe) = child.stderr.take() {
             let _ = pipe.read_to_string(&mut stderr);
