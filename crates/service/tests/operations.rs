@@ -137,3 +137,35 @@ fn shutdown_with_a_plugin_that_blocks_in_teardown_completes_within_deadline_and_
     world.fx.wait_for("vm_stopping session=");
     assert!(!world.socket().exists(), "the socket is removed");
 }
+
+#[test]
+fn socket_directory_writable_by_others_is_refused() {
+    let world = World::new(vec![]);
+    world.write_config_now();
+    let open_dir = world.dir.path().join("open");
+    std::fs::create_dir(&open_dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = open_dir.join("plughostd.sock");
+    let out = std::process::Command::new(plughostd())
+        .arg("--config")
+        .arg(world.config_path())
+        .arg("--state-dir")
+        .arg(world.state_dir())
+        .arg("--socket")
+        .arg(&socket)
+        .env_remove("PLUGHOST_SOCKET")
+        .env("PLUGHOST_HOST", host_binary())
+        .output()
+        .expect("run plughostd");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "the socket directory {} is writable by others (mode 777)",
+            open_dir.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!socket.exists());
+}

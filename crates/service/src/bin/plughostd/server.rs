@@ -29,6 +29,24 @@ const MAX_NAME: usize = 64;
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        // Someone who can write to the directory could replace the socket with their own.
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(dir).with_context(|| format!("stat {}", dir.display()))?;
+        let euid = rustix::process::geteuid().as_raw();
+        if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+            anyhow::bail!(
+                "the socket directory {} is writable by others (mode {:o}): refusing to serve there",
+                dir.display(),
+                meta.mode() & 0o7777
+            );
+        }
+        if meta.uid() != euid && meta.uid() != 0 {
+            anyhow::bail!(
+                "the socket directory {} belongs to uid {}: refusing to serve there",
+                dir.display(),
+                meta.uid()
+            );
+        }
     }
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
