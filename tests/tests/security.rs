@@ -249,3 +249,22 @@ fn landlock_keeps_the_plugin_to_its_paths() {
     let line = fx.wait_for("whoami ");
     assert_eq!(field(&line, "secret"), "1", "{line}");
 }
+
+#[test]
+fn memory_limit_is_enforced_and_named() {
+    let fx = Fixture::new();
+    let service = TestService::new();
+    let plugin = fx.c("memory_hog").limits(Limits {
+        address_space: Some(256 * 1024 * 1024),
+        ..Limits::default()
+    });
+    let manager = service.manager(vec![plugin]);
+    let err = service.start_vm(&manager, &session(1)).unwrap_err();
+    assert_eq!(
+        err,
+        "plugin 'memory_hog' crashed: killed by signal SIGABRT, probably at its memory limit of 256 MiB"
+    );
+    let line = fx.wait_for("malloc_failed");
+    let mib: u64 = field(&line, "mib").parse().unwrap();
+    assert!(mib < 256, "{line}");
+}

@@ -19,6 +19,9 @@ pub enum CrashCause {
     BlockedSyscall { syscall: u32 },
     /// The host hit a configured resource limit, e.g. `its CPU time limit of 2 s`.
     LimitExceeded(String),
+    /// The host died of an abort or fault while it had an address-space limit: most likely an
+    /// allocation failed at the limit.
+    ProbableMemoryLimit { exit: ProcessExit, bytes: u64 },
     /// A hook did not answer within its deadline; the service killed the host.
     Hung { hook: HookKind, after: Duration },
 }
@@ -30,6 +33,13 @@ impl fmt::Display for CrashCause {
             CrashCause::ProtocolViolation(what) => write!(f, "protocol violation: {what}"),
             CrashCause::ChannelClosed => f.write_str("closed its channel to the service"),
             CrashCause::LimitExceeded(what) => write!(f, "exceeded {what}"),
+            CrashCause::ProbableMemoryLimit { exit, bytes } => {
+                write!(
+                    f,
+                    "{exit}, probably at its memory limit of {} MiB",
+                    bytes / (1024 * 1024)
+                )
+            }
             CrashCause::BlockedSyscall { syscall } => {
                 write!(f, "blocked syscall {syscall}")?;
                 if let Some(name) = plughost_host::seccomp::name_of(*syscall) {

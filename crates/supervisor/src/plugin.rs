@@ -81,15 +81,32 @@ impl Plugin {
     }
 
     /// Names the limit behind a death that one of the configured limits explains.
+    /// A CPU limit is certain (the kernel's SIGXCPU); a memory limit (RLIMIT_AS) only shows as a
+    /// failed allocation, which the plugin turns into an abort or a fault: reported as probable.
     fn explain(&self, cause: CrashCause) -> CrashCause {
+        const SIGABRT: i32 = 6;
+        const SIGBUS: i32 = 7;
+        const SIGSEGV: i32 = 11;
         const SIGXCPU: i32 = 24;
-        match (&cause, self.config.limits.cpu_seconds) {
-            (
-                CrashCause::Exited(ProcessExit::Signal {
-                    signal: SIGXCPU, ..
-                }),
-                Some(seconds),
-            ) => CrashCause::LimitExceeded(format!("its CPU time limit of {seconds} s")),
+        let limits = &self.config.limits;
+        match &cause {
+            CrashCause::Exited(ProcessExit::Signal {
+                signal: SIGXCPU, ..
+            }) => match limits.cpu_seconds {
+                Some(seconds) => {
+                    CrashCause::LimitExceeded(format!("its CPU time limit of {seconds} s"))
+                }
+                None => cause,
+            },
+            CrashCause::Exited(
+                exit @ ProcessExit::Signal {
+                    signal: SIGABRT | SIGBUS | SIGSEGV,
+                    ..
+                },
+            ) => match limits.address_space {
+                Some(bytes) => CrashCause::ProbableMemoryLimit { exit: *exit, bytes },
+                None => cause,
+            },
             _ => cause,
         }
     }
