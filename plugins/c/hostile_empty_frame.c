@@ -9,9 +9,8 @@
  * ignores SIGTERM/SIGINT/SIGHUP, closes every fd and pauses forever; it must die with the host.
  *
  * Env: PH_LOG, PH_MARKER (optional).
- * Tests expect: `loaded`, `sending bytes=0`; the VM start fails with "plugin 'hostile_empty_frame'
- * crashed: ..." (a protocol violation naming the empty frame, once the service tells an empty frame
- * from end-of-file); never `slept`.
+ * Tests expect: `loaded`, `sending bytes=0`; the VM start fails at once with "plugin
+ * 'hostile_empty_frame' crashed: protocol violation: sent an empty frame"; never `slept`.
  */
 #include "ph_test.h"
 

@@ -18,7 +18,8 @@
  * Env: PH_LOG, PH_MARKER (optional).
  * Tests expect: `loaded`, `witness pid=` (with PH_MARKER), `armed`, `flooding fd=`; `flood_sent
  * frames=<n> errno=<e>` only when the channel fails; the host is killed and the next VM start fails
- * with "plugin 'hostile_unread_replies' crashed: ...".
+ * with "plugin 'hostile_unread_replies' crashed: protocol violation: stopped reading the service's
+ * replies (none read for 500 ms)".
  */
 #include "ph_test.h"
 

@@ -278,7 +278,7 @@ fn run(args: Args) -> Result<()> {
     }
 
     // Where the scheduler left each round trip's peer (unpinned runs: the ratios depend on it).
-    let service_cpu = pin::last_cpu(std::process::id());
+    let service_cpu = pin::own_cpu();
     let placement: Vec<(&'static str, Option<u32>)> = cases
         .iter()
         .filter(|c| c.unit() == Unit::Micros && !c.name().contains("fanout"))

@@ -84,7 +84,16 @@ pub fn last_cpu(pid: u32) -> Option<u32> {
     {
         worker = child;
     }
-    let stat = std::fs::read_to_string(format!("/proc/{worker}/stat")).ok()?;
+    cpu_of(&format!("/proc/{worker}/stat"))
+}
+
+/// The CPU the calling thread last ran on (the bench's dispatching thread, when called from main).
+pub fn own_cpu() -> Option<u32> {
+    cpu_of("/proc/thread-self/stat")
+}
+
+fn cpu_of(stat_path: &str) -> Option<u32> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
     // The command name (field 2) may hold spaces; count fields after its closing parenthesis.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(36)?.parse().ok()
