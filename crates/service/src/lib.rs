@@ -145,7 +145,19 @@ pub struct PluginRow {
     pub hooks_served: u64,
     #[serde(default)]
     pub api_calls: u64,
+    /// Round-trip latency per hook kind that was called.
+    #[serde(default)]
+    pub latency: Vec<HookLatencyRow>,
     pub last_error: Option<String>,
+}
+
+/// One hook kind's latency, as `plugins --json` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookLatencyRow {
+    pub hook: String,
+    pub count: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
 }
 
 /// Why a request failed; the message is what the user sees.

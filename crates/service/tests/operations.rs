@@ -65,6 +65,13 @@ fn metrics_are_openmetrics() {
     let world = World::new(vec![c("ok_mount_exec")]);
     let daemon = world.start();
     daemon.ctl(&["vm", "start"]).ok();
+    // plugins --json carries the counters and the per-hook latency too.
+    let plugins = daemon.ctl(&["--json", "plugins"]).ok().json();
+    let auditor = &plugins["plugins"][0];
+    assert_eq!(auditor["api_calls"], 2);
+    assert_eq!(auditor["latency"][0]["hook"], "on_vm_started");
+    assert_eq!(auditor["latency"][0]["count"], 1);
+    assert!(auditor["uptime_secs"].is_u64(), "{auditor}");
     let text = daemon.ctl(&["metrics"]).ok().stdout;
     let parsed = openmetrics_parser::openmetrics::parse_openmetrics(&text)
         .unwrap_or_else(|e| panic!("not OpenMetrics: {e:?}\n{text}"));

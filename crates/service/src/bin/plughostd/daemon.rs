@@ -759,6 +759,16 @@ impl Daemon {
                     uptime_secs: p.uptime.map(|u| u.as_secs()),
                     hooks_served: p.hooks_served,
                     api_calls: p.api_calls,
+                    latency: p
+                        .latency
+                        .iter()
+                        .map(|l| plughost_service::HookLatencyRow {
+                            hook: l.hook.name().into(),
+                            count: l.count,
+                            p50_us: u64::try_from(l.p50.as_micros()).unwrap_or(u64::MAX),
+                            p99_us: u64::try_from(l.p99.as_micros()).unwrap_or(u64::MAX),
+                        })
+                        .collect(),
                     last_error: p.last_error,
                 })
                 .collect()
