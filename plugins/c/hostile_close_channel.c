@@ -13,48 +13,18 @@
  * crashed: closed its channel to the service" within a few seconds; never `slept`.
  */
 #include "ph_test.h"
+#include "ph_hostile.h"
 
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
-
-static int find_channel(void)
-{
-    for (int fd = 0; fd < 1024; fd++) {
-        int type = 0;
-        socklen_t len = sizeof type;
-        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_SEQPACKET)
-            return fd;
-    }
-    return -1;
-}
-
-static void fork_witness(void)
-{
-    const char *marker = getenv("PH_MARKER");
-    if (marker == NULL || marker[0] == '\0')
-        return;
-    pid_t pid = fork();
-    if (pid == 0) {
-        setsid();
-        prctl(PR_SET_NAME, (unsigned long)marker, 0, 0, 0);
-        signal(SIGTERM, SIG_IGN);
-        signal(SIGINT, SIG_IGN);
-        signal(SIGHUP, SIG_IGN);
-        for (int fd = 0; fd < 1024; fd++)
-            close(fd);
-        for (;;)
-            pause();
-    }
-    ph_log("witness pid=%d", (int)pid);
-}
 
 static plughost_status on_vm_started(const struct plughost_session *session,
                                      const struct plughost_vm_settings *settings)
 {
     (void)session;
     (void)settings;
-    int channel = find_channel();
+    int channel = ph_find_channel();
     if (channel < 0) {
         ph_log("no_channel");
         return -EIO;
@@ -71,7 +41,7 @@ PLUGHOST_EXPORT plughost_status PLUGHOST_ENTRY_POINT_V1(const struct plughost_ap
 {
     (void)api;
     ph_log("loaded");
-    fork_witness();
+    ph_fork_witness();
     hooks->on_vm_started = on_vm_started;
     return PLUGHOST_OK;
 }

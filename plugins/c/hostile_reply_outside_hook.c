@@ -17,42 +17,12 @@
  * violation: answered hook request 424242 that was never sent".
  */
 #include "ph_test.h"
+#include "ph_hostile.h"
 
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <pthread.h>
-
-static int find_channel(void)
-{
-    for (int fd = 0; fd < 1024; fd++) {
-        int type = 0;
-        socklen_t len = sizeof type;
-        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_SEQPACKET)
-            return fd;
-    }
-    return -1;
-}
-
-static void fork_witness(void)
-{
-    const char *marker = getenv("PH_MARKER");
-    if (marker == NULL || marker[0] == '\0')
-        return;
-    pid_t pid = fork();
-    if (pid == 0) {
-        setsid();
-        prctl(PR_SET_NAME, (unsigned long)marker, 0, 0, 0);
-        signal(SIGTERM, SIG_IGN);
-        signal(SIGINT, SIG_IGN);
-        signal(SIGHUP, SIG_IGN);
-        for (int fd = 0; fd < 1024; fd++)
-            close(fd);
-        for (;;)
-            pause();
-    }
-    ph_log("witness pid=%d", (int)pid);
-}
 
 static void *send_later(void *arg)
 {
@@ -60,7 +30,7 @@ static void *send_later(void *arg)
     /* 424242 = 0x67932: LEB128 b2 f2 19. */
     static const unsigned char frame[] = {'P', 'H', 1, 0, 3, 0xb2, 0xf2, 0x19, 0, 0};
     usleep(100 * 1000);
-    int channel = find_channel();
+    int channel = ph_find_channel();
     if (channel < 0) {
         ph_log("no_channel");
         return NULL;
@@ -96,7 +66,7 @@ PLUGHOST_EXPORT plughost_status PLUGHOST_ENTRY_POINT_V1(const struct plughost_ap
 {
     (void)api;
     ph_log("loaded");
-    fork_witness();
+    ph_fork_witness();
     hooks->on_vm_started = on_vm_started;
     return PLUGHOST_OK;
 }

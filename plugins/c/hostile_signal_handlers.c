@@ -19,6 +19,7 @@
  * on_vm_started within <deadline>"; dropping the manager ends the host and the witness.
  */
 #include "ph_test.h"
+#include "ph_hostile.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -52,26 +53,6 @@ static void handle(int signal_number, void (*handler)(int))
     action.sa_handler = handler;
     sigfillset(&action.sa_mask);
     sigaction(signal_number, &action, NULL);
-}
-
-static void fork_witness(void)
-{
-    const char *marker = getenv("PH_MARKER");
-    if (marker == NULL || marker[0] == '\0')
-        return;
-    pid_t pid = fork();
-    if (pid == 0) {
-        setsid();
-        prctl(PR_SET_NAME, (unsigned long)marker, 0, 0, 0);
-        signal(SIGTERM, SIG_IGN);
-        signal(SIGINT, SIG_IGN);
-        signal(SIGHUP, SIG_IGN);
-        for (int fd = 0; fd < 1024; fd++)
-            close(fd);
-        for (;;)
-            pause();
-    }
-    ph_log("witness pid=%d", (int)pid);
 }
 
 static void *hijack_later(void *arg)
@@ -121,7 +102,7 @@ PLUGHOST_EXPORT plughost_status PLUGHOST_ENTRY_POINT_V1(const struct plughost_ap
     signal(SIGPIPE, SIG_IGN);
     signal(SIGUSR2, SIG_IGN);
     handle(SIGUSR1, never_return);
-    fork_witness();
+    ph_fork_witness();
     hooks->on_vm_started = on_vm_started;
     return PLUGHOST_OK;
 }

@@ -22,6 +22,7 @@
  * replies (none read for 500 ms)".
  */
 #include "ph_test.h"
+#include "ph_hostile.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -33,37 +34,6 @@
 
 static pthread_t main_thread;
 static atomic_bool armed;
-
-static int find_channel(void)
-{
-    for (int fd = 0; fd < 1024; fd++) {
-        int type = 0;
-        socklen_t len = sizeof type;
-        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_SEQPACKET)
-            return fd;
-    }
-    return -1;
-}
-
-static void fork_witness(void)
-{
-    const char *marker = getenv("PH_MARKER");
-    if (marker == NULL || marker[0] == '\0')
-        return;
-    pid_t pid = fork();
-    if (pid == 0) {
-        setsid();
-        prctl(PR_SET_NAME, (unsigned long)marker, 0, 0, 0);
-        signal(SIGTERM, SIG_IGN);
-        signal(SIGINT, SIG_IGN);
-        signal(SIGHUP, SIG_IGN);
-        for (int fd = 0; fd < 1024; fd++)
-            close(fd);
-        for (;;)
-            pause();
-    }
-    ph_log("witness pid=%d", (int)pid);
-}
 
 static void never_return(int signal_number)
 {
@@ -89,7 +59,7 @@ static void *flood_main(void *arg)
     usleep(200 * 1000);
     pthread_kill(main_thread, SIGUSR1);
     usleep(50 * 1000);
-    int channel = find_channel();
+    int channel = ph_find_channel();
     if (channel < 0) {
         ph_log("no_channel");
         return NULL;
@@ -144,7 +114,7 @@ PLUGHOST_EXPORT plughost_status PLUGHOST_ENTRY_POINT_V1(const struct plughost_ap
     action.sa_handler = never_return;
     sigfillset(&action.sa_mask);
     sigaction(SIGUSR1, &action, NULL);
-    fork_witness();
+    ph_fork_witness();
     hooks->on_vm_started = on_vm_started;
     return PLUGHOST_OK;
 }
