@@ -301,6 +301,7 @@ pub fn service_messages() -> Vec<(&'static str, ServiceMsg)> {
                 },
                 plugin: PluginSource::Path("/usr/lib/plughost/audit.so".into()),
                 confinement: Confinement::default(),
+                call_ring: false,
             }),
         ),
         (
@@ -327,6 +328,7 @@ pub fn service_messages() -> Vec<(&'static str, ServiceMsg)> {
                         write: vec!["/var/lib/tool".into()],
                     }),
                 },
+                call_ring: true,
             }),
         ),
         hook(

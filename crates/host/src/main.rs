@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use plughost_host::{api::api_table, hook, install_backend, LoadedPlugin};
 use plughost_sys::confine::{self, Contained, ParentBond};
-use plughost_sys::Seqpacket;
+use plughost_sys::{HostEnds, Ring, Seqpacket};
 use plughost_wire::{
     Confinement, Hello, HostMsg, LoadFailure, PluginSource, ServiceMsg, PROTOCOL_VERSION,
 };
@@ -87,7 +87,7 @@ fn main() {
 
     let channel_fd = channel.as_raw_fd();
     let demux: &'static Demux = Box::leak(Box::new(Demux::new(Seqpacket::from_fd(channel))));
-    let (welcome, library) = handshake(demux, &args.name);
+    let (welcome, library, ring) = handshake(demux, &args.name);
     if let Err(e) = confine_self(&welcome.confinement, &bond, channel_fd) {
         host_log(&format!("cannot confine the host: {e}"));
         let _ = demux.send(&HostMsg::LoadFailed(LoadFailure::Confine(e)));
@@ -122,6 +122,9 @@ fn main() {
         .is_err()
     {
         exit_now(0);
+    }
+    if let Some(ring) = ring {
+        demux.use_ring(ring);
     }
     serve_hooks(demux, &plugin);
 }
@@ -175,7 +178,9 @@ fn confine_self(c: &Confinement, bond: &ParentBond, channel: RawFd) -> Result<()
     Ok(())
 }
 
-fn handshake(demux: &Demux, name: &str) -> (plughost_wire::Welcome, Option<OwnedFd>) {
+/// The handshake: the service's `Welcome`, the library's fd (for a sealed library) and the call ring
+/// (mapped here, used once the plugin is loaded).
+fn handshake(demux: &Demux, name: &str) -> (plughost_wire::Welcome, Option<OwnedFd>, Option<Ring>) {
     let hello = Hello {
         protocol: PROTOCOL_VERSION,
         pid: std::process::id(),
@@ -185,8 +190,28 @@ fn handshake(demux: &Demux, name: &str) -> (plughost_wire::Welcome, Option<Owned
         fail(&format!("handshake failed: {e}"));
     }
     match demux.recv_direct() {
-        Ok((ServiceMsg::Welcome(welcome), fd)) if welcome.protocol == PROTOCOL_VERSION => {
-            (welcome, fd)
+        Ok((ServiceMsg::Welcome(welcome), fds)) if welcome.protocol == PROTOCOL_VERSION => {
+            // The fd count was checked against `fds_expected`: library first, then the ring's.
+            let mut fds = fds.into_iter();
+            let library = if welcome.plugin == PluginSource::SealedFd {
+                fds.next()
+            } else {
+                None
+            };
+            let ring = match (welcome.call_ring, fds.next(), fds.next()) {
+                (true, Some(memory), Some(doorbell)) => {
+                    match Ring::attach(HostEnds { memory, doorbell }) {
+                        Ok(ring) => Some(ring),
+                        Err(e) => {
+                            let reason = format!("cannot map the call ring: {e}");
+                            let _ = demux.send(&HostMsg::LoadFailed(LoadFailure::Confine(reason)));
+                            exit_now(0);
+                        }
+                    }
+                }
+                _ => None,
+            };
+            (welcome, library, ring)
         }
         Ok((ServiceMsg::Welcome(welcome), _)) => fail(&format!(
             "service speaks protocol {}, we speak {PROTOCOL_VERSION}",
@@ -208,7 +233,7 @@ fn serve_hooks(demux: &'static Demux, plugin: &LoadedPlugin) -> ! {
                 // name rather than letting it pass as success.
                 let status = if status > 0 { -libc::EPROTO } else { status };
                 if demux
-                    .send(&HostMsg::HookDone {
+                    .answer_hook(&HostMsg::HookDone {
                         id,
                         status,
                         message,

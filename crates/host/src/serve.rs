@@ -26,11 +26,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::thread::Thread;
 
 use plughost_abi::PLUGHOST_E_SHUTTING_DOWN;
-use plughost_sys::{ChannelError, Seqpacket};
+use plughost_sys::{ChannelError, Ring, Seqpacket};
 use plughost_wire::{decode, encode, ApiCall, Hook, HostMsg, RequestId, ServiceMsg, MAX_FRAME};
 
 use plughost_host::{Backend, BackendReply};
@@ -60,12 +60,16 @@ struct State {
 
 pub struct Demux {
     channel: Seqpacket,
+    /// The call ring, once the plugin is loaded (calls made by the entry point take the socket:
+    /// the service serves the socket only while it loads the plugin).
+    ring: OnceLock<Ring>,
     state: Mutex<State>,
 }
 
 thread_local! {
     static SEND_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     static RECV_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static REPLY_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// What one waiter wants.
@@ -84,7 +88,75 @@ impl Demux {
     pub fn new(channel: Seqpacket) -> Demux {
         Demux {
             channel,
+            ring: OnceLock::new(),
             state: Mutex::new(State::default()),
+        }
+    }
+
+    /// From now on calls and hook answers take the ring where they can.
+    pub fn use_ring(&self, ring: Ring) {
+        let _ = self.ring.set(ring);
+    }
+
+    /// Sends a hook's answer: on the ring's lane, or on the socket when it does not fit there.
+    pub fn answer_hook(&self, msg: &HostMsg) -> Result<(), ChannelError> {
+        let Some(ring) = self.ring.get() else {
+            return self.send(msg);
+        };
+        let posted = SEND_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            encode(msg, &mut buf).is_ok() && ring.post_answer(&buf)
+        });
+        if posted {
+            Ok(())
+        } else {
+            self.send(msg)
+        }
+    }
+
+    /// A call through the ring; gives the call back when it must take the socket (no ring, the
+    /// reply carries an fd, the frame does not fit, or every slot is busy). Ring frames carry
+    /// request id 0: the slot is the request.
+    fn call_on_ring(&self, call: ApiCall) -> Result<Result<BackendReply, i32>, ApiCall> {
+        let Some(ring) = self.ring.get() else {
+            return Err(call);
+        };
+        if call.answers_with_fd() {
+            return Err(call);
+        }
+        let msg = HostMsg::Call {
+            id: RequestId(0),
+            call,
+        };
+        let sent = REPLY_BUF.with(|reply| {
+            let mut reply = reply.borrow_mut();
+            let sent = SEND_BUF.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                encode(&msg, &mut buf).ok()?;
+                Some(ring.call(&buf, &mut reply))
+            });
+            match sent {
+                None | Some(Ok(false)) => None,
+                Some(Ok(true)) => Some(match decode::<ServiceMsg>(&reply) {
+                    Ok(ServiceMsg::Reply { reply, .. }) if reply != plughost_wire::ApiReply::Fd => {
+                        Ok((reply, None))
+                    }
+                    Ok(other) => {
+                        host_log(&format!("unexpected {other:?} in the call ring"));
+                        Err(PLUGHOST_E_SHUTTING_DOWN)
+                    }
+                    Err(e) => {
+                        host_log(&format!("bad frame from the service in the call ring: {e}"));
+                        Err(PLUGHOST_E_SHUTTING_DOWN)
+                    }
+                }),
+                Some(Err(_)) => Some(Err(PLUGHOST_E_SHUTTING_DOWN)),
+            }
+        });
+        match (sent, msg) {
+            (Some(reply), _) => Ok(reply),
+            (None, HostMsg::Call { call, .. }) => Err(call),
+            (None, _) => unreachable!("msg is the call built above"),
         }
     }
 
@@ -94,7 +166,7 @@ impl Demux {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends one message (any thread).
+    /// Sends one message on the socket (any thread).
     pub fn send(&self, msg: &HostMsg) -> Result<(), ChannelError> {
         SEND_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
@@ -105,15 +177,18 @@ impl Demux {
                     limit: MAX_FRAME,
                 });
             }
-            self.channel.send(&buf, &[])
+            self.channel.send(&buf, &[])?;
+            if let Some(ring) = self.ring.get() {
+                ring.announce_socket_frame();
+            }
+            Ok(())
         })
     }
 
     /// Receives the handshake answer (and the library fd it may carry) before any other thread
     /// exists.
-    pub fn recv_direct(&self) -> Result<(ServiceMsg, Option<OwnedFd>), String> {
-        let (msg, mut fds) = self.recv_one().map_err(|e| e.to_string())?;
-        Ok((msg, fds.pop()))
+    pub fn recv_direct(&self) -> Result<(ServiceMsg, Vec<OwnedFd>), String> {
+        self.recv_one().map_err(|e| e.to_string())
     }
 
     fn recv_one(&self) -> Result<(ServiceMsg, Vec<OwnedFd>), ChannelError> {
@@ -149,6 +224,9 @@ impl Demux {
     /// Marks the channel closed and wakes every waiter.
     fn close(&self, state: &mut State) {
         state.closed = true;
+        if let Some(ring) = self.ring.get() {
+            ring.close();
+        }
         for (thread, _) in state.pending.values() {
             thread.unpark();
         }
@@ -262,6 +340,10 @@ impl Demux {
 
 impl Backend for Demux {
     fn call(&self, call: ApiCall) -> Result<BackendReply, i32> {
+        let call = match self.call_on_ring(call) {
+            Ok(reply) => return reply,
+            Err(call) => call,
+        };
         let id = {
             let mut state = self.lock();
             if state.closed {

@@ -229,7 +229,6 @@ impl PluginManager {
                     host_binary: &self.host_binary,
                     service_version: self.version,
                     spawner: &self.spawner,
-                    pool: &self.pool,
                     default: &*self.default,
                     stats: &plugin.stats,
                     trust: &self.trust,

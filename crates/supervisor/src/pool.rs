@@ -1,9 +1,12 @@
 //! Threads that serve a plugin's API calls when none of its hooks is in flight.
 //!
-//! Every host's channel is registered in one epoll with `EPOLLONESHOT`, armed while no dispatcher holds
-//! the host's read token. [`POOL_THREADS`] threads block in `epoll_wait` on it (the kernel wakes one
-//! per event); the woken thread takes one frame, re-arms, and runs the call with the default
-//! callbacks, so calls from several plugin threads run in parallel.
+//! One epoll watches, for every host, its call ring's doorbell eventfd and its socket, both
+//! edge-triggered (no `epoll_ctl` per hook or per call: a dispatcher that holds a host's read token
+//! makes the pool step aside by itself, see [`Host::serve_idle`]). [`POOL_THREADS`] threads block in
+//! `epoll_wait` (the kernel wakes one per event); the woken thread claims what the host published
+//! and serves it with the default callbacks, so calls from several plugin threads run in parallel.
+//! The doorbell is never read: each write is an edge, and the count cannot overflow in practice
+//! (2^64 rings).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -18,6 +21,14 @@ use crate::host::Host;
 
 pub(crate) const POOL_THREADS: usize = 2;
 const STOP_KEY: u64 = u64::MAX;
+
+fn socket_key(host: u64) -> u64 {
+    host * 2
+}
+
+fn doorbell_key(host: u64) -> u64 {
+    host * 2 + 1
+}
 
 pub(crate) struct Pool {
     epoll: OwnedFd,
@@ -57,45 +68,26 @@ impl Pool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(host.id, Arc::downgrade(host));
-        let flags = EventFlags::IN | EventFlags::ONESHOT;
-        if let Err(e) = epoll::add(
-            &self.epoll,
-            host.channel_fd(),
-            EventData::new_u64(host.id),
-            flags,
-        ) {
-            tracing::error!(plugin = %host.name, "cannot watch the host's channel: {e}");
+        let flags = EventFlags::IN | EventFlags::ET;
+        for (fd, key) in [
+            (host.channel_fd(), socket_key(host.id)),
+            (host.doorbell_fd(), doorbell_key(host.id)),
+        ] {
+            // Registering a readable fd queues an event at once, so nothing published before
+            // registration is missed.
+            if let Err(e) = epoll::add(&self.epoll, fd, EventData::new_u64(key), flags) {
+                tracing::error!(plugin = %host.name, "cannot watch the host's channel: {e}");
+            }
         }
     }
 
     pub fn unregister(&self, host: &Host) {
         let _ = epoll::delete(&self.epoll, host.channel_fd());
+        let _ = epoll::delete(&self.epoll, host.doorbell_fd());
         self.hosts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&host.id);
-    }
-
-    /// Re-arms the host's channel (level-checked: a frame already waiting fires at once).
-    pub fn arm(&self, host: &Host) {
-        let flags = EventFlags::IN | EventFlags::ONESHOT;
-        let _ = epoll::modify(
-            &self.epoll,
-            host.channel_fd(),
-            EventData::new_u64(host.id),
-            flags,
-        );
-    }
-
-    /// Stops pool threads from waking for this channel while a dispatcher reads it.
-    pub fn disarm(&self, host: &Host) {
-        let flags = EventFlags::ONESHOT;
-        let _ = epoll::modify(
-            &self.epoll,
-            host.channel_fd(),
-            EventData::new_u64(host.id),
-            flags,
-        );
     }
 
     pub fn stop(&self) {
@@ -127,10 +119,10 @@ impl Pool {
                     .hosts
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .get(&key)
+                    .get(&(key / 2))
                     .cloned();
                 if let Some(host) = host.and_then(|h| h.upgrade()) {
-                    host.serve_idle(default);
+                    host.serve_idle(default, key == socket_key(host.id));
                 }
             }
         }

@@ -3,6 +3,7 @@
 //!
 //! - [`channel`]: the `SOCK_SEQPACKET` channel between service and host, with `SCM_RIGHTS`.
 //! - [`process`]: pidfds, how a process ended ([`process::ProcessExit`]), signal names.
+//! - [`ring`]: the shared-memory call ring (slots for API calls, a lane for hook answers).
 //! - [`confine`]: what the host binary does to itself before any plugin code runs (parent-death
 //!   signal, closing inherited fds, its own pid namespace).
 //!
@@ -13,6 +14,8 @@
 pub mod channel;
 pub mod confine;
 pub mod process;
+pub mod ring;
 
 pub use channel::{ChannelError, Seqpacket};
 pub use process::{signal_name, Pidfd, ProcessExit};
+pub use ring::{HostEnds, Ring, RingError};

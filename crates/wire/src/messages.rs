@@ -275,6 +275,23 @@ impl ApiCall {
             ApiCall::ProcessRelease { .. } => "process_release",
         }
     }
+
+    /// Whether a successful reply carries an fd ([`ApiReply::Fd`]). Such calls travel on the socket
+    /// (fds cannot cross the call ring); the service refuses them anywhere else.
+    pub fn answers_with_fd(&self) -> bool {
+        match self {
+            ApiCall::ExecuteBinary { .. }
+            | ApiCall::ExecuteBinaryInDistribution { .. }
+            | ApiCall::ProcessGetFd { .. }
+            | ApiCall::ProcessGetExitFd { .. } => true,
+            ApiCall::MountFolder { .. }
+            | ApiCall::ContainerMountFolder { .. }
+            | ApiCall::ContainerUnmountFolder { .. }
+            | ApiCall::ContainerCreateProcess { .. }
+            | ApiCall::ProcessGetExitCode { .. }
+            | ApiCall::ProcessRelease { .. } => false,
+        }
+    }
 }
 
 /// The service's answer to one [`ApiCall`].
@@ -366,6 +383,9 @@ pub struct Welcome {
     /// The plugin library to load.
     pub plugin: PluginSource,
     pub confinement: Confinement,
+    /// The frame also carries the call ring's memfd and doorbell eventfd, after the library's fd
+    /// (see `plughost_sys::ring`). Calls and hook answers then travel through the ring.
+    pub call_ring: bool,
 }
 
 /// Host to service. Untrusted: the service validates every field and every transition.
@@ -416,10 +436,10 @@ impl ServiceMsg {
                 reply: ApiReply::Fd,
                 ..
             } => 1,
-            ServiceMsg::Welcome(Welcome {
-                plugin: PluginSource::SealedFd,
-                ..
-            }) => 1,
+            ServiceMsg::Welcome(welcome) => {
+                usize::from(welcome.plugin == PluginSource::SealedFd)
+                    + if welcome.call_ring { 2 } else { 0 }
+            }
             _ => 0,
         }
     }

@@ -1,67 +1,87 @@
 //! The service's handle on one host process (crosvm's `ProxyDevice`): sends hooks, serves the
 //! plugin's calls, and classifies how the host ended.
 //!
-//! # Who reads the channel
-//! Exactly one thread at a time receives from a host's channel: the holder of [`Host::reader`].
-//! - A thread dispatching a hook holds it for the whole round trip: it sends the hook, then receives
-//!   itself (no reader thread, no hand-off: the reply wakes the dispatcher directly) and serves every
-//!   API call that arrives meanwhile, on its own thread, with the dispatch's `scope` callbacks.
-//! - When no hook is in flight, the socket is armed (`EPOLLONESHOT`) in the [`Pool`]'s epoll; a pool
-//!   thread that sees it readable `try_lock`s the reader, takes one frame, re-arms, and serves it with
-//!   the default callbacks. A pool thread never waits for the reader.
+//! # Two transports
+//! - The **socket** carries the handshake, hooks and `Shutdown` to the host, replies that carry an
+//!   fd, and from the host: calls whose reply carries an fd or that do not fit the ring, `Blocked`,
+//!   and whatever a hostile plugin writes on it.
+//! - The **call ring** ([`plughost_sys::ring`], shared memory) carries every other API call (a slot
+//!   each, answered in place) and the hook answers (the lane). The frames are the same in both.
+//!
+//! # Who consumes what
+//! - A thread dispatching a hook holds [`Host::reader`] (the read token) for the whole round trip:
+//!   it marks the ring as its own (`set_dispatcher`), sends the hook, then sleeps on the ring's futex
+//!   (bounded by [`DEADLINE_TICK`] to check the deadline) and serves every call that arrives
+//!   meanwhile, from any plugin thread, on its own thread with the dispatch's `scope` callbacks.
+//! - Outside hooks, the [`Pool`](crate::pool::Pool) serves: it watches the ring's doorbell eventfd
+//!   and the socket (edge-triggered). A pool thread `try_lock`s the token only to *claim* work (ring
+//!   slots by compare-and-swap, or one socket frame), releases it and then serves with the default
+//!   callbacks. Because claims happen under the token, no pool thread takes a call published after a
+//!   dispatcher took the token: every call a hook causes is served with that hook's `scope`.
+//! - A pool thread that sees a socket frame while a dispatcher holds the token sets
+//!   `socket_pending` and wakes the dispatcher, which reads the socket itself.
 //!
 //! # Locks (in order)
-//! 1. `reader`: the read token (above). Held across blocking `recv` on this host's channel only, by
-//!    design: everything the host sends while a hook is in flight belongs to that dispatch.
+//! 1. `reader`: the read token (above). Held by a dispatcher across its hook round trip (waiting on
+//!    this host only, bounded by the deadline), by a pool thread only while claiming (no I/O but
+//!    non-blocking reads).
 //! 2. `exit`, `processes`: leaves, never held across I/O.
 //!
 //! # Death
-//! The [`Monitor`](crate::monitor::Monitor) watches the host's pidfd: when the host dies it reaps it and
-//! shuts the channel down, which wakes a dispatcher blocked in `recv` even if a grandchild of the plugin
-//! still holds the other end. Every error path ends in [`Host::crash_cause`].
+//! The [`Monitor`](crate::monitor::Monitor) watches the host's pidfd: when the host dies it reaps it,
+//! shuts the channel down and wakes the ring's waiter, even if a grandchild of the plugin still holds
+//! the other end. Every error path ends in [`Host::crash_cause`].
 
 pub(crate) mod execute;
 pub(crate) mod spawn;
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use plughost_sys::{ChannelError, Pidfd, ProcessExit, Seqpacket};
+use plughost_sys::{ChannelError, Pidfd, ProcessExit, Ring, Seqpacket};
 use plughost_wire::{
-    decode, encode, ApiCall, Hook, HookSet, HostMsg, RequestId, ServiceMsg, MAX_FRAME,
+    decode, encode, ApiCall, ApiReply, Hook, HookSet, HostMsg, RequestId, ServiceMsg, MAX_FRAME,
 };
 
 use crate::callbacks::{CallContext, ServiceCallbacks};
 use crate::error::CrashCause;
-use crate::pool::Pool;
 use execute::ProcessTable;
 use plughost_host::HookOutcome;
 
 /// How long a host has, after its channel closed, to finish exiting before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
-/// A dispatcher blocked in `recv` wakes this often to check its hook's deadline (`SO_RCVTIMEO`: no
-/// cost while frames flow).
+/// A dispatcher waiting for its hook's answer wakes at least this often to check the deadline.
 pub(crate) const DEADLINE_TICK: Duration = Duration::from_millis(20);
 /// Longest a send to a host that stopped reading may block.
 pub(crate) const SEND_TIMEOUT: Duration = Duration::from_millis(500);
+/// Most rounds one pool thread serves one host per wake-up (then it rings the doorbell for a later
+/// turn), so a host flooding calls cannot hold a pool thread.
+const POOL_ROUNDS: usize = 64;
 
 /// The read token's state: buffers reused for every frame.
 pub(crate) struct Reader {
     buf: Vec<u8>,
     fds: Vec<OwnedFd>,
+    /// A frame copied out of the ring.
+    frame: Vec<u8>,
+    /// The host's count of announced socket frames when the socket was last read.
+    socket_seen: u32,
 }
 
 pub(crate) struct Host {
     pub name: Arc<str>,
-    /// Unique per manager; the epoll key.
+    /// Unique per manager; the epoll keys.
     pub id: u64,
     pub hooks: HookSet,
     pidfd: Pidfd,
     channel: Seqpacket,
+    ring: Ring,
     /// Lock 1: the read token (see the module docs).
     reader: Mutex<Reader>,
+    /// The pool saw the socket readable while it could not read it (a dispatcher reads it then).
+    socket_pending: AtomicBool,
     next_hook: AtomicU64,
     /// Lock 2 (leaf): how the host process ended, once reaped.
     exit: Mutex<Option<ProcessExit>>,
@@ -72,13 +92,14 @@ pub(crate) struct Host {
     stopping: AtomicBool,
     /// Lock 2 (leaf).
     pub(crate) processes: Mutex<ProcessTable>,
-    pool: Arc<Pool>,
     stats: Arc<crate::stats::Stats>,
     pub started_at: Instant,
 }
 
 thread_local! {
     static SEND_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A pool thread's copy of the ring frame it serves.
+    static SLOT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -96,6 +117,17 @@ fn host_msg_name(msg: &HostMsg) -> &'static str {
     }
 }
 
+/// The slot indices set in a claim mask.
+fn slots(mask: u32) -> impl Iterator<Item = usize> {
+    (0..32).filter(move |i| mask & (1 << i) != 0)
+}
+
+/// What a dispatcher does with one frame of its host.
+enum Step {
+    Continue,
+    Done(HookOutcome),
+}
+
 impl Host {
     pub fn pid(&self) -> u32 {
         self.pidfd.pid()
@@ -105,8 +137,12 @@ impl Host {
         &self.pidfd
     }
 
-    pub fn channel_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    pub fn channel_fd(&self) -> BorrowedFd<'_> {
         self.channel.as_fd()
+    }
+
+    pub fn doorbell_fd(&self) -> BorrowedFd<'_> {
+        self.ring.doorbell()
     }
 
     pub fn is_dead(&self) -> bool {
@@ -115,14 +151,14 @@ impl Host {
 
     /// Sends one frame (any thread; a seqpacket send is atomic), waiting up to `SEND_TIMEOUT` for
     /// room in the host's queue.
-    fn send(&self, msg: &ServiceMsg, fd: Option<&OwnedFd>) -> Result<(), ChannelError> {
-        self.send_with(msg, fd, false)
+    fn send(&self, msg: &ServiceMsg, fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
+        self.send_with(msg, fds, false)
     }
 
     fn send_with(
         &self,
         msg: &ServiceMsg,
-        fd: Option<&OwnedFd>,
+        fds: &[BorrowedFd<'_>],
         nonblocking: bool,
     ) -> Result<(), ChannelError> {
         SEND_BUF.with(|buf| {
@@ -130,10 +166,6 @@ impl Host {
             if let Err(e) = encode(msg, &mut buf) {
                 return Err(ChannelError::Io(std::io::Error::other(e.to_string())));
             }
-            let fds: &[std::os::fd::BorrowedFd<'_>] = match fd {
-                Some(fd) => &[fd.as_fd()],
-                None => &[],
-            };
             if nonblocking {
                 self.channel.try_send(&buf, fds)
             } else {
@@ -161,6 +193,7 @@ impl Host {
         }
         drop(exit);
         self.channel.shutdown();
+        self.ring.wake_service();
     }
 
     /// Called by the monitor when the pidfd says the host exited: reap, then wake any dispatcher.
@@ -173,6 +206,7 @@ impl Host {
         }
         let exit = self.reap();
         self.channel.shutdown();
+        self.ring.wake_service();
         if self.killed_for.get().is_none() && !self.stopping.load(Ordering::Acquire) {
             if let Some(exit) = exit {
                 tracing::warn!(plugin = %self.name, pid = self.pid(), "host {exit}");
@@ -215,15 +249,11 @@ impl Host {
         self.crash_cause()
     }
 
-    /// Receives one frame with the read token held. Every failure kills and classifies the host.
-    fn recv(&self, reader: &mut Reader, blocking: bool) -> Result<Option<HostMsg>, CrashCause> {
-        let Reader { buf, fds } = reader;
-        let received = if blocking {
-            self.channel.recv(buf, fds).map(Some)
-        } else {
-            self.channel.try_recv(buf, fds)
-        };
-        let len = match received {
+    /// Receives one frame from the socket with the read token held, without blocking. Every failure
+    /// kills and classifies the host.
+    fn recv(&self, reader: &mut Reader) -> Result<Option<HostMsg>, CrashCause> {
+        let Reader { buf, fds, .. } = reader;
+        let len = match self.channel.try_recv(buf, fds) {
             Ok(Some(len)) => len,
             Ok(None) => return Ok(None),
             Err(ChannelError::Disconnected) => return Err(self.crash_cause()),
@@ -248,18 +278,38 @@ impl Host {
         }
     }
 
-    /// Runs one API call and sends the reply.
-    fn serve_call(&self, id: RequestId, call: ApiCall, handler: &dyn ServiceCallbacks) {
+    /// Decodes a frame copied out of the ring.
+    fn decode_ring(&self, frame: &[u8]) -> Result<HostMsg, CrashCause> {
+        decode::<HostMsg>(frame)
+            .map_err(|e| self.violation(format!("sent a malformed frame through the call ring: {e}")))
+    }
+
+    /// Runs one API call for the host.
+    fn run_call(
+        &self,
+        call: ApiCall,
+        handler: &dyn ServiceCallbacks,
+    ) -> (ApiReply, Option<OwnedFd>) {
         let name = call.name();
         let ctx = CallContext { plugin: &self.name };
         let (reply, fd) = execute::execute(ctx, call, handler, &self.processes);
         self.stats.api_calls.fetch_add(1, Ordering::Relaxed);
         tracing::trace!(plugin = %self.name, call = name, ?reply, "api call");
+        (reply, fd)
+    }
+
+    /// Runs one API call that came on the socket and sends the reply there.
+    fn serve_call(&self, id: RequestId, call: ApiCall, handler: &dyn ServiceCallbacks) {
+        let (reply, fd) = self.run_call(call, handler);
         // A host's threads read their replies, so a full queue means it keeps calling without
         // reading: wait at most SEND_TIMEOUT for room (never longer: that holds a service thread).
         let msg = ServiceMsg::Reply { id, reply };
-        let sent = match self.send_with(&msg, fd.as_ref(), true) {
-            Err(ChannelError::TimedOut) => self.send(&msg, fd.as_ref()),
+        let fds: &[BorrowedFd<'_>] = match &fd {
+            Some(fd) => &[fd.as_fd()],
+            None => &[],
+        };
+        let sent = match self.send_with(&msg, fds, true) {
+            Err(ChannelError::TimedOut) => self.send(&msg, fds),
             other => other,
         };
         // Any other failure means the host is gone; whoever reads next classifies it.
@@ -269,6 +319,43 @@ impl Host {
                 SEND_TIMEOUT.as_millis()
             )));
         }
+    }
+
+    /// Serves the call in ring slot `index` (claimed by this thread) and answers it in place.
+    fn serve_slot(
+        &self,
+        index: usize,
+        frame: &mut Vec<u8>,
+        handler: &dyn ServiceCallbacks,
+    ) -> Result<(), CrashCause> {
+        self.ring
+            .request(index, frame)
+            .map_err(|e| self.violation(format!("sent {e} of the call ring")))?;
+        let (id, call) = match self.decode_ring(frame)? {
+            HostMsg::Call { call, .. } if call.answers_with_fd() => {
+                return Err(self.violation(format!(
+                    "sent {} through the call ring (its reply carries a file descriptor)",
+                    call.name()
+                )))
+            }
+            HostMsg::Call { id, call } => (id, call),
+            other => {
+                return Err(self.violation(format!(
+                    "sent {} through the call ring",
+                    host_msg_name(&other)
+                )))
+            }
+        };
+        let (reply, _no_fd) = self.run_call(call, handler);
+        SEND_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            match encode(&ServiceMsg::Reply { id, reply }, &mut buf) {
+                Ok(()) => self.ring.reply(index, &buf),
+                // A reply is a few bytes; this cannot fail, but never leave the caller waiting.
+                Err(_) => self.ring.reply(index, &[]),
+            }
+        });
+        Ok(())
     }
 
     /// Dispatches one hook and waits for its answer, serving the plugin's calls meanwhile with `scope`.
@@ -282,16 +369,88 @@ impl Host {
         if self.is_dead() {
             return Err(self.crash_cause());
         }
-        self.pool.disarm(self);
         let id = RequestId(self.next_hook.fetch_add(1, Ordering::Relaxed));
+        self.ring.set_dispatcher(true);
         let result = self.hook_round_trip(&mut reader, id, hook, scope, deadline);
-        // Release the token before re-arming: a pool thread woken by the re-arm (a call queued
-        // meanwhile) must find the token free, or the event would be dropped.
+        self.ring.set_dispatcher(false);
+        let seen = self.ring.seq();
+        let pending = {
+            // Calls published after our last look are the pool's now.
+            let claimed = self.ring.claim_requests();
+            for index in slots(claimed) {
+                if self.serve_slot(index, &mut reader.frame, scope).is_err() {
+                    break;
+                }
+            }
+            claimed != 0
+        };
+        // Release the token before waking the pool: a pool thread must find it free.
         drop(reader);
-        if result.is_ok() {
-            self.pool.arm(self);
+        if pending || self.socket_pending.load(Ordering::SeqCst) || self.ring.seq() != seen {
+            self.ring.kick_pool();
         }
         result
+    }
+
+    /// One frame during a hook: its answer, a call to serve with `scope`, or a violation.
+    fn during_hook(
+        &self,
+        msg: HostMsg,
+        id: RequestId,
+        hook: &Hook,
+        scope: &dyn ServiceCallbacks,
+    ) -> Result<Step, CrashCause> {
+        match msg {
+            HostMsg::HookDone {
+                id: got,
+                status,
+                message,
+            } if got == id => Ok(Step::Done(HookOutcome { status, message })),
+            HostMsg::Call { id, call } => {
+                self.serve_call(id, call, scope);
+                Ok(Step::Continue)
+            }
+            HostMsg::Blocked { syscall } => {
+                self.kill_for(CrashCause::BlockedSyscall { syscall });
+                Err(self.crash_cause())
+            }
+            HostMsg::HookDone { id: got, .. } => Err(self.violation(format!(
+                "answered hook request {} while {} was request {}",
+                got.0,
+                hook.kind(),
+                id.0
+            ))),
+            other => Err(self.violation(format!(
+                "sent {} during {}",
+                host_msg_name(&other),
+                hook.kind()
+            ))),
+        }
+    }
+
+    /// Whether the socket has frames to read: the host announced some since the last look, or the
+    /// pool saw it readable. Consumes both signals (call with the token held).
+    fn socket_announced(&self, reader: &mut Reader) -> bool {
+        let frames = self.ring.socket_frames();
+        let announced = frames != reader.socket_seen;
+        reader.socket_seen = frames;
+        self.socket_pending.swap(false, Ordering::SeqCst) | announced
+    }
+
+    /// Reads every frame waiting on the socket during a hook.
+    fn drain_socket(
+        &self,
+        reader: &mut Reader,
+        id: RequestId,
+        hook: &Hook,
+        scope: &dyn ServiceCallbacks,
+    ) -> Result<Option<HookOutcome>, CrashCause> {
+        while let Some(msg) = self.recv(reader)? {
+            if let Step::Done(outcome) = self.during_hook(msg, id, hook, scope)? {
+                return Ok(Some(outcome));
+            }
+        }
+        Ok(None)
     }
 
     fn hook_round_trip(
@@ -314,7 +473,7 @@ impl Host {
             id,
             hook: hook.clone(),
         };
-        if let Err(e) = self.send(&msg, None) {
+        if let Err(e) = self.send(&msg, &[]) {
             return Err(match e {
                 ChannelError::Disconnected => self.crash_cause(),
                 ChannelError::TimedOut => hung(self),
@@ -322,59 +481,116 @@ impl Host {
             });
         }
         loop {
-            if started.elapsed() > deadline {
+            // The deadline comes first on every turn: a host that keeps the ring busy cannot hold
+            // the dispatcher past it.
+            let Some(left) = deadline.checked_sub(started.elapsed()) else {
                 return Err(hung(self));
+            };
+            let seen = self.ring.seq();
+            let dead = self.is_dead();
+            if dead || self.socket_announced(reader) {
+                if let Some(outcome) = self.drain_socket(reader, id, hook, scope)? {
+                    return Ok(outcome);
+                }
             }
-            match self.recv(reader, true)? {
-                Some(HostMsg::HookDone {
-                    id: got,
-                    status,
-                    message,
-                }) if got == id => return Ok(HookOutcome { status, message }),
-                Some(HostMsg::Call { id, call }) => self.serve_call(id, call, scope),
-                Some(HostMsg::Blocked { syscall }) => {
-                    self.kill_for(CrashCause::BlockedSyscall { syscall });
-                    return Err(self.crash_cause());
+            if dead {
+                return Err(self.crash_cause());
+            }
+            let answered = self
+                .ring
+                .take_answer(&mut reader.frame)
+                .map_err(|e| self.violation(format!("sent {e} of the hook lane")))?;
+            if answered {
+                // Whatever the host sent on the socket before its answer belongs to this hook.
+                if let Some(outcome) = self.drain_socket(reader, id, hook, scope)? {
+                    return Ok(outcome);
                 }
-                Some(HostMsg::HookDone { id: got, .. }) => {
-                    return Err(self.violation(format!(
-                        "answered hook request {} while {} was request {}",
-                        got.0,
-                        hook.kind(),
-                        id.0
-                    )))
-                }
-                Some(other) => {
-                    return Err(self.violation(format!(
-                        "sent {} during {}",
-                        host_msg_name(&other),
+                let msg = self.decode_ring(&reader.frame)?;
+                return match self.during_hook(msg, id, hook, scope)? {
+                    Step::Done(outcome) => Ok(outcome),
+                    Step::Continue => Err(self.violation(format!(
+                        "sent a call on the hook lane during {}",
                         hook.kind()
-                    )))
-                }
-                None => {} // a deadline tick
+                    ))),
+                };
+            }
+            let claimed = self.ring.claim_requests();
+            for index in slots(claimed) {
+                self.serve_slot(index, &mut reader.frame, scope)?;
+            }
+            if claimed == 0 {
+                self.ring.wait(seen, left.min(DEADLINE_TICK));
             }
         }
     }
 
-    /// A pool thread saw the channel readable with no hook in flight (or a dispatcher about to start).
-    pub fn serve_idle(&self, default: &dyn ServiceCallbacks) {
-        let msg = {
-            let Ok(mut reader) = self.reader.try_lock() else {
-                // A dispatcher holds the token; it re-arms when it is done.
-                return;
-            };
-            match self.recv(&mut reader, false) {
-                Ok(Some(msg)) => msg,
-                Ok(None) => {
-                    drop(reader);
-                    self.pool.arm(self);
+    /// A pool thread was woken for this host (its doorbell, or its socket when `socket` is true)
+    /// with no hook in flight, or with a dispatcher about to start (then it leaves everything to the
+    /// dispatcher).
+    pub fn serve_idle(&self, default: &dyn ServiceCallbacks, socket: bool) {
+        if socket {
+            self.socket_pending.store(true, Ordering::SeqCst);
+        }
+        SLOT_BUF.with(|frame| {
+            let mut frame = frame.borrow_mut();
+            for _ in 0..POOL_ROUNDS {
+                if !self.serve_round(default, &mut frame) {
                     return;
                 }
-                // Dead or killed: the monitor and the next dispatcher report it.
-                Err(_) => return,
             }
+            // More is waiting: give it a later turn rather than holding this thread.
+            self.ring.kick_pool();
+        })
+    }
+
+    /// One round of [`serve_idle`]: claim under the token, serve without it. Returns whether to look
+    /// again.
+    fn serve_round(&self, default: &dyn ServiceCallbacks, frame: &mut Vec<u8>) -> bool {
+        let Ok(mut reader) = self.reader.try_lock() else {
+            // A dispatcher (which must hear of socket frames) or another pool thread (which looks
+            // again before it stops) holds the token.
+            if self.socket_pending.load(Ordering::SeqCst) {
+                self.ring.wake_service();
+            }
+            return false;
         };
-        self.pool.arm(self);
+        self.ring.set_scanning(true);
+        let seen = self.ring.seq();
+        let claimed = self.ring.claim_requests();
+        let msg = if self.socket_announced(&mut reader) {
+            match self.recv(&mut reader) {
+                Ok(Some(msg)) => {
+                    // There may be more behind it.
+                    self.socket_pending.store(true, Ordering::SeqCst);
+                    Some(msg)
+                }
+                Ok(None) => None,
+                Err(_) => {
+                    // Dead or killed: the monitor and the next dispatcher report it.
+                    self.ring.set_scanning(false);
+                    return false;
+                }
+            }
+        } else {
+            None
+        };
+        drop(reader);
+        let mut found = claimed != 0;
+        for index in slots(claimed) {
+            if self.serve_slot(index, frame, default).is_err() {
+                self.ring.set_scanning(false);
+                return false;
+            }
+        }
+        if let Some(msg) = msg {
+            found = true;
+            self.serve_idle_msg(msg, default);
+        }
+        self.ring.set_scanning(false);
+        found || self.ring.seq() != seen || self.socket_pending.load(Ordering::SeqCst)
+    }
+
+    fn serve_idle_msg(&self, msg: HostMsg, default: &dyn ServiceCallbacks) {
         match msg {
             HostMsg::Call { id, call } => self.serve_call(id, call, default),
             HostMsg::Blocked { syscall } => self.kill_for(CrashCause::BlockedSyscall { syscall }),
@@ -394,7 +610,7 @@ impl Host {
     pub fn shutdown(&self, grace: Duration) {
         self.stopping.store(true, Ordering::Release);
         if !self.is_dead() {
-            let _ = self.send(&ServiceMsg::Shutdown, None);
+            let _ = self.send(&ServiceMsg::Shutdown, &[]);
             if !self.pidfd.wait_exit_timeout(Some(grace)) {
                 self.kill();
             }
@@ -409,5 +625,7 @@ pub(crate) fn new_reader() -> Reader {
     Reader {
         buf: vec![0; MAX_FRAME],
         fds: Vec::new(),
+        frame: Vec::with_capacity(plughost_sys::ring::SLOT_BYTES),
+        socket_seen: 0,
     }
 }

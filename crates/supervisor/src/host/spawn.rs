@@ -6,7 +6,7 @@
 //! `pre_exec`): the channel goes in as stdin, stdout and stderr go to one pipe that the monitor logs,
 //! the environment is exactly the plugin's configured one, and the host leads a new process group.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 
-use plughost_sys::{Pidfd, Seqpacket};
+use plughost_sys::{Pidfd, Ring, Seqpacket};
 use plughost_wire::{
     Confinement, FsRules, HostMsg, LoadFailure, PluginSource, ServiceMsg, Version, Welcome,
     PROTOCOL_VERSION,
@@ -27,7 +27,6 @@ use super::{new_reader, Host};
 use crate::callbacks::ServiceCallbacks;
 use crate::config::PluginConfig;
 use crate::error::CrashCause;
-use crate::pool::Pool;
 
 /// How long a host has to say hello, and then to load its plugin.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,7 +95,6 @@ pub(crate) struct StartParams<'a> {
     pub host_binary: &'a Path,
     pub service_version: Version,
     pub spawner: &'a Spawner,
-    pub pool: &'a Arc<Pool>,
     pub default: &'a dyn ServiceCallbacks,
     pub stats: &'a Arc<crate::stats::Stats>,
     pub trust: &'a crate::integrity::Trust,
@@ -114,6 +112,8 @@ pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<O
         .map_err(|e| (StartError::Load(e), None))?;
     let (ours, theirs) =
         Seqpacket::pair().map_err(|e| (StartError::Load(format!("socketpair: {e}")), None))?;
+    let (ring, ring_ends) =
+        Ring::create(name).map_err(|e| (StartError::Load(e.to_string()), None))?;
     let (out_read, out_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| (StartError::Load(format!("pipe: {e}")), None))?;
     let out_write2 = out_write
@@ -151,18 +151,19 @@ pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<O
         hooks: Default::default(),
         pidfd,
         channel: ours,
+        ring,
         reader: Mutex::new(new_reader()),
+        socket_pending: AtomicBool::new(false),
         next_hook: AtomicU64::new(1),
         exit: Mutex::new(None),
         killed_for: OnceLock::new(),
         dead: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
         processes: Mutex::new(Default::default()),
-        pool: p.pool.clone(),
         stats: p.stats.clone(),
         started_at: Instant::now(),
     });
-    match handshake(&host, &p, library, user) {
+    match handshake(&host, &p, library, user, ring_ends) {
         Ok(hooks) => {
             // Safe to rebuild: nobody else holds the Arc yet.
             let host = match Arc::try_unwrap(host) {
@@ -216,7 +217,7 @@ fn next(host: &Host, deadline: Instant) -> Result<HostMsg, StartError> {
     let mut reader = host.reader.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         wait_readable(host, deadline)?;
-        match host.recv(&mut reader, false) {
+        match host.recv(&mut reader) {
             Ok(Some(msg)) => return Ok(msg),
             Ok(None) => {
                 if host.pidfd.has_exited() {
@@ -233,6 +234,7 @@ fn handshake(
     p: &StartParams<'_>,
     library: crate::integrity::Library,
     user: Option<(u32, u32)>,
+    ring: plughost_sys::HostEnds,
 ) -> Result<plughost_wire::HookSet, StartError> {
     let name = &p.config.name;
     let hello = match next(host, Instant::now() + HANDSHAKE_TIMEOUT)? {
@@ -286,11 +288,12 @@ fn handshake(
                 }
             }),
         },
+        call_ring: true,
     };
-    if host
-        .send(&ServiceMsg::Welcome(welcome), fd.as_ref())
-        .is_err()
-    {
+    // The library's fd (if any), then the ring's memory and doorbell (`Welcome::call_ring`).
+    let mut fds: Vec<BorrowedFd<'_>> = fd.iter().map(|fd| fd.as_fd()).collect();
+    fds.extend([ring.memory.as_fd(), ring.doorbell.as_fd()]);
+    if host.send(&ServiceMsg::Welcome(welcome), &fds).is_err() {
         return Err(StartError::Crashed(host.crash_cause()));
     }
     let deadline = Instant::now() + LOAD_TIMEOUT;

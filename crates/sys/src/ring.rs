@@ -1,0 +1,579 @@
+//! The call ring: a small shared-memory region between the service and one host, so that a plugin's
+//! API call and a hook's answer cost a futex wake-up instead of a socket round trip.
+//!
+//! # What travels where
+//! - **Slots** (host → service → host): a plugin thread writes one request frame into a free slot and
+//!   waits on the slot's futex; the service copies the frame out, serves it and writes the reply frame
+//!   into the same slot. Calls whose reply carries an fd, or whose frame does not fit a slot, keep
+//!   using the socket.
+//! - **Lane** (host → service): the host's main thread posts a hook's answer here.
+//! - Hooks, `Shutdown` and replies carrying fds go down the socket, as before. The host announces
+//!   each frame it sends up the socket (`up_socket`, then the usual wake-up), so the thread that
+//!   consumes the ring knows when to read the socket too.
+//!
+//! The frames are the ordinary wire frames (header + postcard body): the ring is a transport, not a
+//! second protocol, and the service decodes and checks what it copies out exactly as a socket frame.
+//!
+//! # Waking the service
+//! After every publish the host bumps `up_seq` (the futex word), then wakes whoever the service said
+//! consumes this ring: the dispatcher of a hook in flight (`owner == DISPATCHER`: futex wake, only when
+//! it said it sleeps) or the service's call pool (`owner == POOL`: a write to the doorbell eventfd,
+//! skipped while a pool thread is scanning and will look again). Each pair "host stores `up_seq`, then
+//! loads the flag" / "service stores the flag, then loads `up_seq`" is `SeqCst` on both sides (a
+//! Dekker pattern), so at least one side sees the other: no request is left without a consumer.
+//!
+//! # Trust
+//! The host is untrusted and can write anything anywhere in the region at any time. The service:
+//! - seals the memfd against shrinking and growing (a shrunk mapping would fault in the service);
+//! - only ever reads through atomics, copies a frame out before decoding it, bounds every length;
+//! - takes a slot only by `compare_exchange(REQUEST → SERVING)`, so two service threads never serve
+//!   one slot;
+//! - never lets a flag the host can write decide anything but whom the *host* wakes: a host that lies
+//!   only delays its own calls, and every service wait on the ring is bounded by a timeout.
+//!
+//! # Safety
+//! This module maps memory and waits on futexes in it. The region is only ever accessed as the
+//! `#[repr(C)]` [`Shared`] of atomics, which are sound to access concurrently from other processes.
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rustix::event::{eventfd, EventfdFlags};
+use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::io::Errno;
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::thread::futex;
+
+/// Request slots: at most this many calls of one host are in flight through the ring (more take
+/// the socket).
+pub const SLOTS: usize = 32;
+const SLOT_WORDS: usize = 120;
+/// Largest frame one slot carries.
+pub const SLOT_BYTES: usize = SLOT_WORDS * 8;
+/// How often a host thread waiting for a reply checks whether the host is closing.
+const CLOSE_POLL: rustix::event::Timespec = rustix::event::Timespec {
+    tv_sec: 0,
+    tv_nsec: 50_000_000,
+};
+const MAGIC: u32 = 0x5048_5231; // "PHR1"
+
+/// Slot states. The host moves FREE → WRITING → REQUEST and REPLY → FREE; the service REQUEST →
+/// SERVING → REPLY.
+const FREE: u32 = 0;
+const WRITING: u32 = 1;
+const REQUEST: u32 = 2;
+const SERVING: u32 = 3;
+const REPLY: u32 = 4;
+
+/// Who consumes the ring now (written by the service, read by the host).
+const POOL: u32 = 0;
+const DISPATCHER: u32 = 1;
+
+#[repr(C, align(64))]
+struct Slot {
+    state: AtomicU32,
+    len: AtomicU32,
+    _pad: [u32; 14],
+    data: [AtomicU64; SLOT_WORDS],
+}
+
+#[repr(C, align(64))]
+struct Line(AtomicU32);
+
+#[repr(C)]
+struct Shared {
+    magic: AtomicU32,
+    /// Host: bumped after every publish. The dispatcher's futex word.
+    up_seq: Line,
+    /// Host: frames it sent on the socket (bumped after each, before `up_seq`).
+    up_socket: Line,
+    /// Service: [`POOL`] or [`DISPATCHER`].
+    owner: Line,
+    /// Service: the dispatcher is asleep (or about to be) on `up_seq`.
+    service_waiting: Line,
+    /// Service: pool threads scanning this ring now (they look again before they stop).
+    pool_scanning: Line,
+    /// Host: the host is shutting down; its waiters return.
+    closed: Line,
+    lane: Slot,
+    slots: [Slot; SLOTS],
+}
+
+const SIZE: usize = std::mem::size_of::<Shared>().next_multiple_of(4096);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    #[error("cannot set up the call ring: {0}")]
+    Setup(#[source] std::io::Error),
+    #[error("the call ring is {0} bytes, expected {SIZE}")]
+    BadSize(u64),
+    #[error("the call ring has no magic number")]
+    BadMagic,
+    #[error("the host is shutting down")]
+    Closed,
+    #[error("a frame of {len} bytes in slot {slot} (a slot holds {SLOT_BYTES})")]
+    BadLength { slot: usize, len: u32 },
+}
+
+/// The fds a host needs for its end of the ring (sent with `Welcome`).
+pub struct HostEnds {
+    pub memory: OwnedFd,
+    pub doorbell: OwnedFd,
+}
+
+/// One end of the ring: the mapping and the doorbell eventfd.
+pub struct Ring {
+    shared: NonNull<Shared>,
+    doorbell: OwnedFd,
+}
+
+// SAFETY: the mapping is only accessed through the atomics of `Shared`, which are Sync; the pointer
+// stays valid until drop (munmap).
+unsafe impl Send for Ring {}
+// SAFETY: as above.
+unsafe impl Sync for Ring {}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // SAFETY: `shared` is the start of a mapping of SIZE bytes made by `map`, not used after this.
+        let _ = unsafe { rustix::mm::munmap(self.shared.as_ptr().cast(), SIZE) };
+    }
+}
+
+fn map(fd: &OwnedFd) -> std::io::Result<NonNull<Shared>> {
+    // SAFETY: a fresh shared mapping of a memfd of at least SIZE bytes (checked or sized by the
+    // callers); the kernel picks the address, so no existing memory is replaced.
+    let ptr = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            SIZE,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            fd,
+            0,
+        )?
+    };
+    NonNull::new(ptr.cast::<Shared>()).ok_or_else(|| std::io::Error::other("mmap returned NULL"))
+}
+
+fn copy_in(slot: &Slot, frame: &[u8]) {
+    for (word, chunk) in slot.data.iter().zip(frame.chunks(8)) {
+        let mut bytes = [0u8; 8];
+        bytes[..chunk.len()].copy_from_slice(chunk);
+        word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
+    }
+    slot.len.store(frame.len() as u32, Ordering::Relaxed);
+}
+
+/// Copies a frame out of `slot` into `out` (bounded; the other side may be scribbling meanwhile).
+fn copy_out(slot: &Slot, index: usize, out: &mut Vec<u8>) -> Result<(), RingError> {
+    let len = slot.len.load(Ordering::Relaxed);
+    if len as usize > SLOT_BYTES {
+        return Err(RingError::BadLength { slot: index, len });
+    }
+    out.clear();
+    let len = len as usize;
+    for word in slot.data.iter().take(len.div_ceil(8)) {
+        out.extend_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
+    }
+    out.truncate(len);
+    Ok(())
+}
+
+fn wake(word: &AtomicU32, count: u32) {
+    // Not FUTEX_PRIVATE: the word is shared between processes.
+    let _ = futex::wake(word, futex::Flags::empty(), count);
+}
+
+impl Ring {
+    fn shared(&self) -> &Shared {
+        // SAFETY: valid for SIZE bytes until drop; only atomics inside (module docs).
+        unsafe { self.shared.as_ref() }
+    }
+
+    /// The service's end, and the fds for the host's.
+    pub fn create(plugin: &str) -> Result<(Ring, HostEnds), RingError> {
+        let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+        let memory = rustix::fs::memfd_create(format!("plughost-ring:{plugin}"), flags)
+            .map_err(|e| RingError::Setup(e.into()))?;
+        rustix::fs::ftruncate(&memory, SIZE as u64).map_err(|e| RingError::Setup(e.into()))?;
+        // The host must not be able to shrink the mapping under the service (SIGBUS).
+        rustix::fs::fcntl_add_seals(&memory, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+            .map_err(|e| RingError::Setup(e.into()))?;
+        let shared = map(&memory).map_err(RingError::Setup)?;
+        let doorbell = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .map_err(|e| RingError::Setup(e.into()))?;
+        let host_doorbell = doorbell.try_clone().map_err(RingError::Setup)?;
+        let ring = Ring { shared, doorbell };
+        ring.shared().magic.store(MAGIC, Ordering::Release);
+        Ok((
+            ring,
+            HostEnds {
+                memory,
+                doorbell: host_doorbell,
+            },
+        ))
+    }
+
+    /// The host's end, from the fds of `Welcome`.
+    pub fn attach(ends: HostEnds) -> Result<Ring, RingError> {
+        let size = rustix::fs::fstat(&ends.memory)
+            .map_err(|e| RingError::Setup(e.into()))?
+            .st_size as u64;
+        if size != SIZE as u64 {
+            return Err(RingError::BadSize(size));
+        }
+        let shared = map(&ends.memory).map_err(RingError::Setup)?;
+        let ring = Ring {
+            shared,
+            doorbell: ends.doorbell,
+        };
+        if ring.shared().magic.load(Ordering::Acquire) != MAGIC {
+            return Err(RingError::BadMagic);
+        }
+        Ok(ring)
+    }
+
+    /// The doorbell eventfd (the service's pool watches it).
+    pub fn doorbell(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.doorbell.as_fd()
+    }
+
+    fn ring_doorbell(&self) {
+        let _ = rustix::io::write(&self.doorbell, &1u64.to_ne_bytes());
+    }
+
+    // ---- host side ----
+
+    /// Host: tells the service there is something new (after a publish).
+    fn notify_service(&self) {
+        let s = self.shared();
+        s.up_seq.0.fetch_add(1, Ordering::SeqCst);
+        if s.owner.0.load(Ordering::SeqCst) == DISPATCHER {
+            if s.service_waiting.0.load(Ordering::SeqCst) != 0 {
+                wake(&s.up_seq.0, u32::MAX);
+            }
+        } else if s.pool_scanning.0.load(Ordering::SeqCst) == 0 {
+            self.ring_doorbell();
+        }
+    }
+
+    /// Host: sends `request` through a free slot and waits for the reply frame, written to `reply`.
+    /// `Ok(false)`: no slot free or the frame does not fit (use the socket); `Err`: the ring is
+    /// closed (the host is shutting down) or the service wrote a bad reply.
+    pub fn call(&self, request: &[u8], reply: &mut Vec<u8>) -> Result<bool, RingError> {
+        let s = self.shared();
+        if request.len() > SLOT_BYTES {
+            return Ok(false);
+        }
+        let Some((index, slot)) = s.slots.iter().enumerate().find(|(_, slot)| {
+            slot.state
+                .compare_exchange(FREE, WRITING, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        }) else {
+            return Ok(false);
+        };
+        copy_in(slot, request);
+        slot.state.store(REQUEST, Ordering::SeqCst);
+        self.notify_service();
+        loop {
+            let state = slot.state.load(Ordering::Acquire);
+            if state == REPLY {
+                break;
+            }
+            if s.closed.0.load(Ordering::Acquire) != 0 {
+                // The slot stays taken: the process is about to end.
+                return Err(RingError::Closed);
+            }
+            // Bounded: `close` cannot change the slot's word, so a caller that checked `closed`
+            // just before it was set looks again within CLOSE_POLL.
+            match futex::wait(&slot.state, futex::Flags::empty(), state, Some(&CLOSE_POLL)) {
+                Ok(()) | Err(Errno::AGAIN) | Err(Errno::INTR) | Err(Errno::TIMEDOUT) => {}
+                Err(e) => return Err(RingError::Setup(e.into())),
+            }
+        }
+        let copied = copy_out(slot, index, reply);
+        slot.state.store(FREE, Ordering::Release);
+        copied.map(|()| true)
+    }
+
+    /// Host: announces a frame it just sent on the socket, so that a dispatcher reads the socket
+    /// without depending on any other service thread.
+    pub fn announce_socket_frame(&self) {
+        self.shared().up_socket.0.fetch_add(1, Ordering::SeqCst);
+        self.notify_service();
+    }
+
+    /// Host: posts a hook's answer on the lane. `false`: it does not fit (use the socket).
+    pub fn post_answer(&self, frame: &[u8]) -> bool {
+        if frame.len() > SLOT_BYTES {
+            return false;
+        }
+        let lane = &self.shared().lane;
+        copy_in(lane, frame);
+        lane.state.store(REQUEST, Ordering::SeqCst);
+        self.notify_service();
+        true
+    }
+
+    /// Host: wakes every thread waiting for a reply; their calls fail from now on.
+    pub fn close(&self) {
+        let s = self.shared();
+        s.closed.0.store(1, Ordering::SeqCst);
+        for slot in &s.slots {
+            wake(&slot.state, u32::MAX);
+        }
+    }
+
+    // ---- service side ----
+
+    /// Service: the publish counter, read before looking at the ring (see [`Ring::wait`]).
+    pub fn seq(&self) -> u32 {
+        self.shared().up_seq.0.load(Ordering::SeqCst)
+    }
+
+    /// Service: how many socket frames the host announced (compare with the last value seen; the
+    /// host can write any number here, so this only says "look at the socket").
+    pub fn socket_frames(&self) -> u32 {
+        self.shared().up_socket.0.load(Ordering::SeqCst)
+    }
+
+    /// Service: a dispatcher takes over the ring (its hook is about to be sent) or hands it back.
+    pub fn set_dispatcher(&self, dispatching: bool) {
+        let owner = if dispatching { DISPATCHER } else { POOL };
+        self.shared().owner.0.store(owner, Ordering::SeqCst);
+    }
+
+    /// Service (dispatcher): sleeps until the host publishes after `seen` was read, someone calls
+    /// [`Ring::wake_service`], or `timeout` passes.
+    pub fn wait(&self, seen: u32, timeout: Duration) {
+        let s = self.shared();
+        s.service_waiting.0.store(1, Ordering::SeqCst);
+        let ts = rustix::event::Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: timeout.subsec_nanos().into(),
+        };
+        let _ = futex::wait(&s.up_seq.0, futex::Flags::empty(), seen, Some(&ts));
+        s.service_waiting.0.store(0, Ordering::Relaxed);
+    }
+
+    /// Service: wakes a dispatcher waiting on this ring (the host died, or a frame came on the socket).
+    pub fn wake_service(&self) {
+        let s = self.shared();
+        s.up_seq.0.fetch_add(1, Ordering::SeqCst);
+        wake(&s.up_seq.0, u32::MAX);
+    }
+
+    /// Service: rings the pool's doorbell itself (a dispatcher leaving requests it did not serve).
+    pub fn kick_pool(&self) {
+        self.ring_doorbell();
+    }
+
+    /// Service (pool): empties the doorbell after it rang.
+    pub fn clear_doorbell(&self) {
+        let mut count = [0u8; 8];
+        let _ = rustix::io::read(&self.doorbell, &mut count);
+    }
+
+    /// Service (pool): marks a scan of this ring as running (`true`) or over.
+    pub fn set_scanning(&self, scanning: bool) {
+        let counter = &self.shared().pool_scanning.0;
+        if scanning {
+            counter.fetch_add(1, Ordering::SeqCst);
+        } else {
+            // The host can write this word too: never wrap below zero.
+            let _ = counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Service: takes the hook answer from the lane, if one is there.
+    pub fn take_answer(&self, out: &mut Vec<u8>) -> Result<bool, RingError> {
+        let lane = &self.shared().lane;
+        if lane
+            .state
+            .compare_exchange(REQUEST, SERVING, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return Ok(false);
+        }
+        let copied = copy_out(lane, usize::MAX, out);
+        lane.state.store(FREE, Ordering::Release);
+        copied.map(|()| true)
+    }
+
+    /// Service: claims every slot with a request waiting, as a bit mask of slot indices.
+    pub fn claim_requests(&self) -> u32 {
+        let mut claimed = 0u32;
+        for (index, slot) in self.shared().slots.iter().enumerate() {
+            if slot.state.load(Ordering::Relaxed) == REQUEST
+                && slot
+                    .state
+                    .compare_exchange(REQUEST, SERVING, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                claimed |= 1 << index;
+            }
+        }
+        claimed
+    }
+
+    /// Service: the request frame of a slot it claimed.
+    pub fn request(&self, index: usize, out: &mut Vec<u8>) -> Result<(), RingError> {
+        let slot = &self.shared().slots[index % SLOTS];
+        copy_out(slot, index, out)
+    }
+
+    /// Service: answers a slot it claimed and wakes the waiting plugin thread.
+    pub fn reply(&self, index: usize, frame: &[u8]) {
+        let slot = &self.shared().slots[index % SLOTS];
+        // The service only writes frames it encoded itself, and they fit (checked by the caller);
+        // a reply that does not fit is cut to an empty frame, which the host reports.
+        if frame.len() <= SLOT_BYTES {
+            copy_in(slot, frame);
+        } else {
+            slot.len.store(0, Ordering::Relaxed);
+        }
+        fence(Ordering::Release);
+        slot.state.store(REPLY, Ordering::Release);
+        wake(&slot.state, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (Ring, Ring) {
+        let (service, ends) = Ring::create("test").expect("create");
+        let host = Ring::attach(ends).expect("attach");
+        (service, host)
+    }
+
+    #[test]
+    fn a_call_through_a_slot_gets_its_reply() {
+        let (service, host) = pair();
+        let host = std::sync::Arc::new(host);
+        let caller = {
+            let host = host.clone();
+            std::thread::spawn(move || {
+                let mut reply = Vec::new();
+                assert!(host.call(b"hello ring", &mut reply).expect("call"));
+                reply
+            })
+        };
+        let mut frame = Vec::new();
+        let claimed = loop {
+            let seen = service.seq();
+            let claimed = service.claim_requests();
+            if claimed != 0 {
+                break claimed;
+            }
+            service.wait(seen, Duration::from_millis(50));
+        };
+        assert_eq!(claimed.count_ones(), 1);
+        let index = claimed.trailing_zeros() as usize;
+        service.request(index, &mut frame).expect("request");
+        assert_eq!(frame, b"hello ring");
+        service.reply(index, b"and back");
+        assert_eq!(caller.join().expect("caller"), b"and back");
+    }
+
+    #[test]
+    fn the_lane_carries_one_answer() {
+        let (service, host) = pair();
+        let mut out = Vec::new();
+        assert!(!service.take_answer(&mut out).expect("empty lane"));
+        assert!(host.post_answer(b"done"));
+        assert!(service.take_answer(&mut out).expect("lane"));
+        assert_eq!(out, b"done");
+        assert!(!service.take_answer(&mut out).expect("taken"));
+    }
+
+    #[test]
+    fn a_length_past_the_slot_is_refused() {
+        let (service, _host) = pair();
+        let lane = &service.shared().lane;
+        lane.len.store(u32::MAX, Ordering::Relaxed);
+        lane.state.store(REQUEST, Ordering::Release);
+        let mut out = Vec::new();
+        assert!(matches!(
+            service.take_answer(&mut out),
+            Err(RingError::BadLength { len: u32::MAX, .. })
+        ));
+    }
+
+    #[test]
+    fn frames_that_do_not_fit_take_the_socket() {
+        let (_service, host) = pair();
+        let mut reply = Vec::new();
+        assert!(!host.call(&[0; SLOT_BYTES + 1], &mut reply).expect("call"));
+        assert!(!host.post_answer(&[0; SLOT_BYTES + 1]));
+    }
+
+    #[test]
+    fn the_host_cannot_shrink_the_ring() {
+        let (_service, ends) = Ring::create("test").expect("create");
+        assert!(rustix::fs::ftruncate(&ends.memory, 0).is_err());
+    }
+
+    #[test]
+    fn closing_wakes_a_waiting_caller() {
+        let (_service, host) = pair();
+        let host = std::sync::Arc::new(host);
+        let caller = {
+            let host = host.clone();
+            std::thread::spawn(move || host.call(b"never served", &mut Vec::new()))
+        };
+        // The caller either sees `closed` before it sleeps or is woken by `close`.
+        host.close();
+        assert!(caller.join().expect("caller").is_err());
+    }
+
+    #[test]
+    fn every_slot_of_many_threads_is_served_exactly_once() {
+        let (service, host) = pair();
+        let host = std::sync::Arc::new(host);
+        let callers: Vec<_> = (0..8u8)
+            .map(|t| {
+                let host = host.clone();
+                std::thread::spawn(move || {
+                    for i in 0..500u32 {
+                        let request = [t, (i & 0xff) as u8, (i >> 8) as u8];
+                        let mut reply = Vec::new();
+                        if host.call(&request, &mut reply).expect("call") {
+                            assert_eq!(reply, [request[0], request[1], request[2], 1]);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let server = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut frame = Vec::new();
+                while !done.load(Ordering::Acquire) {
+                    let seen = service.seq();
+                    let claimed = service.claim_requests();
+                    for index in (0..SLOTS).filter(|i| claimed & (1 << i) != 0) {
+                        service.request(index, &mut frame).expect("request");
+                        frame.push(1);
+                        service.reply(index, &frame);
+                    }
+                    if claimed == 0 {
+                        service.set_dispatcher(true);
+                        service.wait(seen, Duration::from_millis(5));
+                    }
+                }
+            })
+        };
+        for caller in callers {
+            caller.join().expect("caller");
+        }
+        done.store(true, Ordering::Release);
+        server.join().expect("server");
+    }
+}
