@@ -104,6 +104,30 @@ struct Shared {
 
 const SIZE: usize = std::mem::size_of::<Shared>().next_multiple_of(4096);
 
+/// Byte offsets in the region, for tools and for the hostile test plugins that write into it
+/// (`plugins/c/ph_ring.h` repeats them; a unit test keeps the two in step with `Shared`).
+pub mod layout {
+    /// Size of the mapping.
+    pub const SIZE: usize = super::SIZE;
+    pub const UP_SEQ: usize = 64;
+    pub const UP_SOCKET: usize = 128;
+    pub const OWNER: usize = 192;
+    pub const SERVICE_WAITING: usize = 256;
+    pub const POOL_SCANNING: usize = 320;
+    pub const CLOSED: usize = 384;
+    pub const LANE: usize = 448;
+    pub const SLOTS: usize = 1472;
+    /// One slot: `u32 state`, `u32 len`, 56 bytes of padding, then the frame.
+    pub const SLOT_SIZE: usize = 1024;
+    pub const SLOT_DATA: usize = 64;
+    /// Slot states: free, being written by the host, request, being served, reply.
+    pub const STATE_FREE: u32 = super::FREE;
+    pub const STATE_WRITING: u32 = super::WRITING;
+    pub const STATE_REQUEST: u32 = super::REQUEST;
+    pub const STATE_SERVING: u32 = super::SERVING;
+    pub const STATE_REPLY: u32 = super::REPLY;
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
     #[error("cannot set up the call ring: {0}")]
@@ -201,8 +225,11 @@ impl Ring {
             .map_err(|e| RingError::Setup(e.into()))?;
         rustix::fs::ftruncate(&memory, SIZE as u64).map_err(|e| RingError::Setup(e.into()))?;
         // The host must not be able to shrink the mapping under the service (SIGBUS).
-        rustix::fs::fcntl_add_seals(&memory, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
-            .map_err(|e| RingError::Setup(e.into()))?;
+        rustix::fs::fcntl_add_seals(
+            &memory,
+            SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+        )
+        .map_err(|e| RingError::Setup(e.into()))?;
         let shared = map(&memory).map_err(RingError::Setup)?;
         let doorbell = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map_err(|e| RingError::Setup(e.into()))?;
@@ -450,6 +477,23 @@ mod tests {
         let (service, ends) = Ring::create("test").expect("create");
         let host = Ring::attach(ends).expect("attach");
         (service, host)
+    }
+
+    #[test]
+    fn the_published_layout_matches_the_struct() {
+        use std::mem::{offset_of, size_of};
+        assert_eq!(offset_of!(Shared, up_seq), layout::UP_SEQ);
+        assert_eq!(offset_of!(Shared, up_socket), layout::UP_SOCKET);
+        assert_eq!(offset_of!(Shared, owner), layout::OWNER);
+        assert_eq!(offset_of!(Shared, service_waiting), layout::SERVICE_WAITING);
+        assert_eq!(offset_of!(Shared, pool_scanning), layout::POOL_SCANNING);
+        assert_eq!(offset_of!(Shared, closed), layout::CLOSED);
+        assert_eq!(offset_of!(Shared, lane), layout::LANE);
+        assert_eq!(offset_of!(Shared, slots), layout::SLOTS);
+        assert_eq!(size_of::<Slot>(), layout::SLOT_SIZE);
+        assert_eq!(offset_of!(Slot, data), layout::SLOT_DATA);
+        assert_eq!(offset_of!(Slot, len), 4);
+        assert!(size_of::<Shared>() <= layout::SIZE);
     }
 
     #[test]

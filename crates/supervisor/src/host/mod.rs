@@ -280,8 +280,9 @@ impl Host {
 
     /// Decodes a frame copied out of the ring.
     fn decode_ring(&self, frame: &[u8]) -> Result<HostMsg, CrashCause> {
-        decode::<HostMsg>(frame)
-            .map_err(|e| self.violation(format!("sent a malformed frame through the call ring: {e}")))
+        decode::<HostMsg>(frame).map_err(|e| {
+            self.violation(format!("sent a malformed frame through the call ring: {e}"))
+        })
     }
 
     /// Runs one API call for the host.
