@@ -125,6 +125,26 @@
  * by line: end lines with '\n', and use line-buffered output (setvbuf(stdout, NULL, _IOLBF, 0)) or
  * fflush, or a message may show up late, or be lost if the process is killed.
  *
+ * The host process (out of process, the default). Before the plugin's constructors run, the host
+ * confines itself; a plugin that needs more must say so in the service's configuration:
+ *   - it runs as an unprivileged user (the service's configuration names it; often "plughost" or
+ *     "nobody"), with no capabilities and no_new_privs, in a session and process group of its own,
+ *     with an empty environment apart from what the configuration passes, cwd "/", umask 077, and
+ *     the configured limits (address space / memory, open files, processes, CPU time);
+ *   - Landlock (where the kernel has it): files open read-only beneath /usr /lib /lib64 /lib32 /bin
+ *     /sbin /etc /proc /sys /dev and the configured read paths, read-write only beneath the
+ *     configured write paths; anything else fails with EACCES;
+ *   - a seccomp filter (unless the configuration turns it off for the plugin): ptrace,
+ *     process_vm_readv/writev, mount and the other mount-API calls, pivot_root, chroot, unshare,
+ *     setns, kexec, bpf, module loading, reboot, swapon/swapoff, keyctl/add_key/request_key,
+ *     personality, userfaultfd, perf_event_open, acct, setting the clock, open_by_handle_at,
+ *     quotactl, syslog and vhangup kill the host at once ("crashed: blocked syscall N (name)");
+ *   - what the host itself uses is off limits: its channel to the service (a SOCK_SEQPACKET
+ *     socket), one eventfd, and a small shared-memory region (shown in /proc/self/maps as
+ *     "memfd:plughost-ring:<plugin name>") through which API calls and hook answers travel. Do not
+ *     close, read, write or remap them: a plugin that does ends its own host, which the service
+ *     reports as a protocol violation (or "closed its channel to the service").
+ *
  * Crashes. If the plugin's host crashes (signal, unexpected exit, protocol violation, or a hook that
  * hangs), the host and every process it spawned, even double-forked daemons, are killed. If that
  * happened during a veto hook, the operation fails with "plugin '<name>' crashed: <how>". The plugin is

@@ -1,26 +1,29 @@
 //! The host's side of the channel: serving hooks on the main thread and carrying API calls from any
 //! plugin thread, with no thread of our own.
 //!
-//! # Thread design: leader/follower on one socket
-//! Every thread that waits for something from the service (the main thread waiting for the next hook,
-//! a plugin thread waiting for the reply to its API call) may become *the reader*: the one thread
+//! # The call ring first
+//! Once the plugin is loaded, an API call takes a slot of the call ring ([`plughost_sys::ring`]): the
+//! calling thread writes its frame, wakes the service and sleeps on the slot's futex until the reply
+//! is written in place. No other host thread is involved, whatever the main thread is doing. A hook's
+//! answer goes on the ring's lane. The socket remains for the hook itself, for calls whose reply
+//! carries an fd or whose frame does not fit a slot (or when every slot is busy), and each frame sent
+//! up the socket is announced on the ring.
+//!
+//! # The socket: leader/follower
+//! Every thread that waits for something from the socket (the main thread waiting for the next hook,
+//! a plugin thread waiting for the reply to a socket call) may become *the reader*: the one thread
 //! blocked in `recv` on the socket. The reader routes each frame it receives: its own reply or hook
 //! ends its wait at once (no hand-off); a frame for another waiter is stored in that waiter's slot and
 //! the waiter is unparked. When a reader leaves with its answer it unparks one remaining waiter, which
 //! takes the reader role. Sends need no lock: a `SOCK_SEQPACKET` send is one atomic message.
-//!
-//! Consequences: a hook (main thread reading), a nested call from the hook thread (it becomes the
-//! reader itself) and a call from a lone plugin thread while the main thread is parked in a hook all
-//! get their reply with no thread hop. A call from a plugin thread while the main thread sits idle in
-//! `recv` costs one hop (the main thread receives the reply and unparks the caller).
 //!
 //! # Lock
 //! `Demux::state` (the only lock): guards the pending-call table, the hook queue and the reader flag.
 //! Never held across `recv`, `send` or plugin code.
 //!
 //! # Shutdown
-//! When the channel closes or the service sends `Shutdown`, every waiter wakes with
-//! `PLUGHOST_E_SHUTTING_DOWN`, new calls fail with it at once, and the main thread ends the process
+//! When the channel closes or the service sends `Shutdown`, every waiter (on the socket or on a ring
+//! slot) wakes with `PLUGHOST_E_SHUTTING_DOWN`, new calls fail with it at once, and the main thread ends the process
 //! with `_exit` (no C destructors run under plugin threads). The demux is `'static`, so a plugin thread
 //! racing the exit never touches freed memory.
 
