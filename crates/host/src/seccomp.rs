@@ -8,11 +8,14 @@
 //! `SIGSYS`), which the service reports too.
 //!
 //! Safety invariants of this module: the handler only reads the `siginfo_t` the kernel gave it and
-//! calls async-signal-safe syscalls (`send`, `_exit`) on a fd stored before it was installed.
+//! calls async-signal-safe syscalls (`send`, `_exit`, and the ring's futex wake or eventfd write)
+//! on a fd and a ring stored before they are used.
 #![allow(unsafe_code)]
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
+
+use plughost_sys::Ring;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -64,6 +67,14 @@ pub const DENIED: &[(i64, &str)] = &[
 
 /// The channel fd the handler reports on (-1: none).
 static CHANNEL: AtomicI32 = AtomicI32::new(-1);
+/// The call ring the handler announces its frame on (null: none yet).
+static RING: AtomicPtr<Ring> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Lets the handler announce its frame on `ring` (the host's, which lives until the process ends),
+/// so that a dispatcher waiting on the ring reads it at once.
+pub fn report_on_ring(ring: &'static Ring) {
+    RING.store(std::ptr::from_ref(ring).cast_mut(), Ordering::Release);
+}
 
 /// Offset of `si_syscall` in `siginfo_t` for `SIGSYS` on 64-bit Linux: `si_signo, si_errno,
 /// si_code` (3 × int) + padding to 16, then `_sigsys { void *_call_addr; int _syscall; ... }`.
@@ -103,6 +114,11 @@ extern "C" fn on_sigsys(
     unsafe {
         if fd >= 0 {
             libc::send(fd, frame.as_ptr().cast(), len, libc::MSG_NOSIGNAL);
+        }
+        // Atomics, a futex wake and an eventfd write: async-signal-safe. The pointer is null or
+        // came from a `&'static Ring` (report_on_ring).
+        if let Some(ring) = RING.load(Ordering::Acquire).as_ref() {
+            ring.announce_socket_frame();
         }
         libc::_exit(128 + libc::SIGSYS);
     }

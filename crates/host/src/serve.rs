@@ -97,8 +97,12 @@ impl Demux {
     }
 
     /// From now on calls and hook answers take the ring where they can.
-    pub fn use_ring(&self, ring: Ring) {
-        let _ = self.ring.set(ring);
+    pub fn use_ring(&'static self, ring: Ring) {
+        if self.ring.set(ring).is_ok() {
+            if let Some(ring) = self.ring.get() {
+                plughost_host::seccomp::report_on_ring(ring);
+            }
+        }
     }
 
     /// Sends a hook's answer: on the ring's lane, or on the socket when it does not fit there.

@@ -368,6 +368,12 @@ impl Host {
     ) -> Result<HookOutcome, CrashCause> {
         let mut reader = lock(&self.reader);
         if self.is_dead() {
+            // What it sent before it died may say why (`Blocked`).
+            while let Ok(Some(msg)) = self.recv(&mut reader) {
+                if let HostMsg::Blocked { syscall } = msg {
+                    self.kill_for(CrashCause::BlockedSyscall { syscall });
+                }
+            }
             return Err(self.crash_cause());
         }
         let id = RequestId(self.next_hook.fetch_add(1, Ordering::Relaxed));
