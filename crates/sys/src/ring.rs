@@ -17,8 +17,10 @@
 //! # Waking the service
 //! After every publish the host bumps `up_seq` (the futex word), then wakes whoever the service said
 //! consumes this ring: the dispatcher of a hook in flight (`owner == DISPATCHER`: futex wake, only when
-//! it said it sleeps) or the service's call pool (`owner == POOL`: a write to the doorbell eventfd,
-//! skipped while a pool thread is scanning and will look again). Each pair "host stores `up_seq`, then
+//! it said it sleeps) or the service's call pool (`owner == POOL`: a write to the doorbell eventfd).
+//! (A "pool thread is scanning, skip the doorbell" flag was tried and dropped: it saved no
+//! measurable time and let one slow service callback starve that host's other calls.) Each pair
+//! "host stores `up_seq`, then
 //! loads the flag" / "service stores the flag, then loads `up_seq`" is `SeqCst` on both sides (a
 //! Dekker pattern), so at least one side sees the other: no request is left without a consumer.
 //!
@@ -94,8 +96,6 @@ struct Shared {
     owner: Line,
     /// Service: the dispatcher is asleep (or about to be) on `up_seq`.
     service_waiting: Line,
-    /// Service: pool threads scanning this ring now (they look again before they stop).
-    pool_scanning: Line,
     /// Host: the host is shutting down; its waiters return.
     closed: Line,
     lane: Slot,
@@ -113,10 +113,9 @@ pub mod layout {
     pub const UP_SOCKET: usize = 128;
     pub const OWNER: usize = 192;
     pub const SERVICE_WAITING: usize = 256;
-    pub const POOL_SCANNING: usize = 320;
-    pub const CLOSED: usize = 384;
-    pub const LANE: usize = 448;
-    pub const SLOTS: usize = 1472;
+    pub const CLOSED: usize = 320;
+    pub const LANE: usize = 384;
+    pub const SLOTS: usize = 1408;
     /// One slot: `u32 state`, `u32 len`, 56 bytes of padding, then the frame.
     pub const SLOT_SIZE: usize = 1024;
     pub const SLOT_DATA: usize = 64;
@@ -283,7 +282,7 @@ impl Ring {
             if s.service_waiting.0.load(Ordering::SeqCst) != 0 {
                 wake(&s.up_seq.0, u32::MAX);
             }
-        } else if s.pool_scanning.0.load(Ordering::SeqCst) == 0 {
+        } else {
             self.ring_doorbell();
         }
     }
@@ -399,23 +398,6 @@ impl Ring {
         self.ring_doorbell();
     }
 
-    /// Service (pool): empties the doorbell after it rang.
-    pub fn clear_doorbell(&self) {
-        let mut count = [0u8; 8];
-        let _ = rustix::io::read(&self.doorbell, &mut count);
-    }
-
-    /// Service (pool): marks a scan of this ring as running (`true`) or over.
-    pub fn set_scanning(&self, scanning: bool) {
-        let counter = &self.shared().pool_scanning.0;
-        if scanning {
-            counter.fetch_add(1, Ordering::SeqCst);
-        } else {
-            // The host can write this word too: never wrap below zero.
-            let _ = counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        }
-    }
-
     /// Service: takes the hook answer from the lane, if one is there.
     pub fn take_answer(&self, out: &mut Vec<u8>) -> Result<bool, RingError> {
         let lane = &self.shared().lane;
@@ -486,7 +468,6 @@ mod tests {
         assert_eq!(offset_of!(Shared, up_socket), layout::UP_SOCKET);
         assert_eq!(offset_of!(Shared, owner), layout::OWNER);
         assert_eq!(offset_of!(Shared, service_waiting), layout::SERVICE_WAITING);
-        assert_eq!(offset_of!(Shared, pool_scanning), layout::POOL_SCANNING);
         assert_eq!(offset_of!(Shared, closed), layout::CLOSED);
         assert_eq!(offset_of!(Shared, lane), layout::LANE);
         assert_eq!(offset_of!(Shared, slots), layout::SLOTS);

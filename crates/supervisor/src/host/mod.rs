@@ -561,7 +561,6 @@ impl Host {
             }
             return false;
         };
-        self.ring.set_scanning(true);
         let seen = self.ring.seq();
         let claimed = self.ring.claim_requests();
         let msg = if self.socket_announced(&mut reader) {
@@ -572,11 +571,8 @@ impl Host {
                     Some(msg)
                 }
                 Ok(None) => None,
-                Err(_) => {
-                    // Dead or killed: the monitor and the next dispatcher report it.
-                    self.ring.set_scanning(false);
-                    return false;
-                }
+                // Dead or killed: the monitor and the next dispatcher report it.
+                Err(_) => return false,
             }
         } else {
             None
@@ -585,7 +581,6 @@ impl Host {
         let mut found = claimed != 0;
         for index in slots(claimed) {
             if self.serve_slot(index, frame, default).is_err() {
-                self.ring.set_scanning(false);
                 return false;
             }
         }
@@ -593,7 +588,6 @@ impl Host {
             found = true;
             self.serve_idle_msg(msg, default);
         }
-        self.ring.set_scanning(false);
         found || self.ring.seq() != seen || self.socket_pending.load(Ordering::SeqCst)
     }
 
