@@ -8,20 +8,20 @@
 //!   using the socket.
 //! - **Lane** (host → service): the host's main thread posts a hook's answer here.
 //! - Hooks, `Shutdown` and replies carrying fds go down the socket, as before. The host announces
-//!   each frame it sends up the socket (`up_socket`, then the usual wake-up), so the thread that
+//!   each frame it sends up the socket (`Up::socket`, then the usual wake-up), so the thread that
 //!   consumes the ring knows when to read the socket too.
 //!
 //! The frames are the ordinary wire frames (header + postcard body): the ring is a transport, not a
 //! second protocol, and the service decodes and checks what it copies out exactly as a socket frame.
 //!
 //! # Waking the service
-//! After every publish the host bumps `up_seq` (the futex word), then wakes whoever the service said
+//! After every publish the host bumps `Up::seq` (the futex word), then wakes whoever the service said
 //! consumes this ring: the dispatcher of a hook in flight (`owner == DISPATCHER`: futex wake, only when
 //! it said it sleeps) or the service's call pool (`owner == POOL`: a write to the doorbell eventfd).
 //! (A "pool thread is scanning, skip the doorbell" flag was tried and dropped: it saved no
 //! measurable time and let one slow service callback starve that host's other calls.) Each pair
-//! "host stores `up_seq`, then
-//! loads the flag" / "service stores the flag, then loads `up_seq`" is `SeqCst` on both sides (a
+//! "host stores `Up::seq`, then
+//! loads the flag" / "service stores the flag, then loads `Up::seq`" is `SeqCst` on both sides (a
 //! Dekker pattern), so at least one side sees the other: no request is left without a consumer.
 //!
 //! # Trust
@@ -82,20 +82,36 @@ struct Slot {
     data: [AtomicU64; SLOT_WORDS],
 }
 
+/// What the host writes and the service reads on every turn: one cache line, so a dispatcher
+/// looking at a cold host (a fan-out over many plugins) touches as few lines as possible.
+#[repr(C, align(64))]
+struct Up {
+    /// Bumped after every publish. The dispatcher's futex word.
+    seq: AtomicU32,
+    /// Frames the host sent on the socket (bumped after each, before `seq`).
+    socket: AtomicU32,
+    /// One bit per slot holding a request (set after the slot's state), so the service looks only
+    /// at those slots.
+    pending: AtomicU32,
+}
+
+/// What the service writes and the host reads.
+#[repr(C, align(64))]
+struct Down {
+    /// [`POOL`] or [`DISPATCHER`].
+    owner: AtomicU32,
+    /// The dispatcher is asleep (or about to be) on `Up::seq`.
+    waiting: AtomicU32,
+}
+
 #[repr(C, align(64))]
 struct Line(AtomicU32);
 
 #[repr(C)]
 struct Shared {
     magic: AtomicU32,
-    /// Host: bumped after every publish. The dispatcher's futex word.
-    up_seq: Line,
-    /// Host: frames it sent on the socket (bumped after each, before `up_seq`).
-    up_socket: Line,
-    /// Service: [`POOL`] or [`DISPATCHER`].
-    owner: Line,
-    /// Service: the dispatcher is asleep (or about to be) on `up_seq`.
-    service_waiting: Line,
+    up: Up,
+    down: Down,
     /// Host: the host is shutting down; its waiters return.
     closed: Line,
     lane: Slot,
@@ -109,13 +125,16 @@ const SIZE: usize = std::mem::size_of::<Shared>().next_multiple_of(4096);
 pub mod layout {
     /// Size of the mapping.
     pub const SIZE: usize = super::SIZE;
+    /// The host's line: `u32 seq`, `u32 socket`, `u32 pending`.
     pub const UP_SEQ: usize = 64;
-    pub const UP_SOCKET: usize = 128;
-    pub const OWNER: usize = 192;
-    pub const SERVICE_WAITING: usize = 256;
-    pub const CLOSED: usize = 320;
-    pub const LANE: usize = 384;
-    pub const SLOTS: usize = 1408;
+    pub const UP_SOCKET: usize = 68;
+    pub const UP_PENDING: usize = 72;
+    /// The service's line: `u32 owner` (0 pool, 1 dispatcher), `u32 waiting`.
+    pub const OWNER: usize = 128;
+    pub const SERVICE_WAITING: usize = 132;
+    pub const CLOSED: usize = 192;
+    pub const LANE: usize = 256;
+    pub const SLOTS: usize = 1280;
     /// One slot: `u32 state`, `u32 len`, 56 bytes of padding, then the frame.
     pub const SLOT_SIZE: usize = 1024;
     pub const SLOT_DATA: usize = 64;
@@ -277,10 +296,10 @@ impl Ring {
     /// Host: tells the service there is something new (after a publish).
     fn notify_service(&self) {
         let s = self.shared();
-        s.up_seq.0.fetch_add(1, Ordering::SeqCst);
-        if s.owner.0.load(Ordering::SeqCst) == DISPATCHER {
-            if s.service_waiting.0.load(Ordering::SeqCst) != 0 {
-                wake(&s.up_seq.0, u32::MAX);
+        s.up.seq.fetch_add(1, Ordering::SeqCst);
+        if s.down.owner.load(Ordering::SeqCst) == DISPATCHER {
+            if s.down.waiting.load(Ordering::SeqCst) != 0 {
+                wake(&s.up.seq, u32::MAX);
             }
         } else {
             self.ring_doorbell();
@@ -304,6 +323,7 @@ impl Ring {
         };
         copy_in(slot, request);
         slot.state.store(REQUEST, Ordering::SeqCst);
+        s.up.pending.fetch_or(1 << index, Ordering::SeqCst);
         self.notify_service();
         loop {
             let state = slot.state.load(Ordering::Acquire);
@@ -329,7 +349,7 @@ impl Ring {
     /// Host: announces a frame it just sent on the socket, so that a dispatcher reads the socket
     /// without depending on any other service thread.
     pub fn announce_socket_frame(&self) {
-        self.shared().up_socket.0.fetch_add(1, Ordering::SeqCst);
+        self.shared().up.socket.fetch_add(1, Ordering::SeqCst);
         self.notify_service();
     }
 
@@ -358,39 +378,39 @@ impl Ring {
 
     /// Service: the publish counter, read before looking at the ring (see [`Ring::wait`]).
     pub fn seq(&self) -> u32 {
-        self.shared().up_seq.0.load(Ordering::SeqCst)
+        self.shared().up.seq.load(Ordering::SeqCst)
     }
 
     /// Service: how many socket frames the host announced (compare with the last value seen; the
     /// host can write any number here, so this only says "look at the socket").
     pub fn socket_frames(&self) -> u32 {
-        self.shared().up_socket.0.load(Ordering::SeqCst)
+        self.shared().up.socket.load(Ordering::SeqCst)
     }
 
     /// Service: a dispatcher takes over the ring (its hook is about to be sent) or hands it back.
     pub fn set_dispatcher(&self, dispatching: bool) {
         let owner = if dispatching { DISPATCHER } else { POOL };
-        self.shared().owner.0.store(owner, Ordering::SeqCst);
+        self.shared().down.owner.store(owner, Ordering::SeqCst);
     }
 
     /// Service (dispatcher): sleeps until the host publishes after `seen` was read, someone calls
     /// [`Ring::wake_service`], or `timeout` passes.
     pub fn wait(&self, seen: u32, timeout: Duration) {
         let s = self.shared();
-        s.service_waiting.0.store(1, Ordering::SeqCst);
+        s.down.waiting.store(1, Ordering::SeqCst);
         let ts = rustix::event::Timespec {
             tv_sec: timeout.as_secs() as i64,
             tv_nsec: timeout.subsec_nanos().into(),
         };
-        let _ = futex::wait(&s.up_seq.0, futex::Flags::empty(), seen, Some(&ts));
-        s.service_waiting.0.store(0, Ordering::Relaxed);
+        let _ = futex::wait(&s.up.seq, futex::Flags::empty(), seen, Some(&ts));
+        s.down.waiting.store(0, Ordering::Relaxed);
     }
 
     /// Service: wakes a dispatcher waiting on this ring (the host died, or a frame came on the socket).
     pub fn wake_service(&self) {
         let s = self.shared();
-        s.up_seq.0.fetch_add(1, Ordering::SeqCst);
-        wake(&s.up_seq.0, u32::MAX);
+        s.up.seq.fetch_add(1, Ordering::SeqCst);
+        wake(&s.up.seq, u32::MAX);
     }
 
     /// Service: rings the pool's doorbell itself (a dispatcher leaving requests it did not serve).
@@ -413,15 +433,20 @@ impl Ring {
         copied.map(|()| true)
     }
 
-    /// Service: claims every slot with a request waiting, as a bit mask of slot indices.
+    /// Service: claims every slot with a request waiting, as a bit mask of slot indices. Only the
+    /// slots the host marked pending are looked at; a mark on a slot without a request is ignored.
     pub fn claim_requests(&self) -> u32 {
+        let s = self.shared();
+        if s.up.pending.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        let marked = s.up.pending.swap(0, Ordering::SeqCst);
         let mut claimed = 0u32;
-        for (index, slot) in self.shared().slots.iter().enumerate() {
-            if slot.state.load(Ordering::Relaxed) == REQUEST
-                && slot
-                    .state
-                    .compare_exchange(REQUEST, SERVING, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
+        for index in (0..SLOTS).filter(|i| marked & (1 << i) != 0) {
+            if s.slots[index]
+                .state
+                .compare_exchange(REQUEST, SERVING, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
             {
                 claimed |= 1 << index;
             }
@@ -464,10 +489,14 @@ mod tests {
     #[test]
     fn the_published_layout_matches_the_struct() {
         use std::mem::{offset_of, size_of};
-        assert_eq!(offset_of!(Shared, up_seq), layout::UP_SEQ);
-        assert_eq!(offset_of!(Shared, up_socket), layout::UP_SOCKET);
-        assert_eq!(offset_of!(Shared, owner), layout::OWNER);
-        assert_eq!(offset_of!(Shared, service_waiting), layout::SERVICE_WAITING);
+        assert_eq!(offset_of!(Shared, up), layout::UP_SEQ);
+        assert_eq!(layout::UP_SEQ + offset_of!(Up, socket), layout::UP_SOCKET);
+        assert_eq!(layout::UP_SEQ + offset_of!(Up, pending), layout::UP_PENDING);
+        assert_eq!(offset_of!(Shared, down), layout::OWNER);
+        assert_eq!(
+            layout::OWNER + offset_of!(Down, waiting),
+            layout::SERVICE_WAITING
+        );
         assert_eq!(offset_of!(Shared, closed), layout::CLOSED);
         assert_eq!(offset_of!(Shared, lane), layout::LANE);
         assert_eq!(offset_of!(Shared, slots), layout::SLOTS);
