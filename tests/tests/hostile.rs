@@ -282,7 +282,7 @@ fn frame_of_an_unknown_kind_is_a_protocol_violation() {
     let a = attack_in_vm_started(
         "hostile_unknown_kind",
         "plugin 'hostile_unknown_kind' crashed: protocol violation: sent a malformed frame: \
-         malformed message body: Serde Deserialization Error",
+         unknown message kind 100 (HostMsg has 6)",
     );
     a.assert_service_carries_on(2);
     a.finish();
