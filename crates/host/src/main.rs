@@ -115,15 +115,40 @@ fn main() {
     };
     // The mapping keeps the library alive; the fd is no business of the plugin's.
     drop(library);
+    let channel_id = ChannelId::of(demux);
     if demux
         .send(&HostMsg::Loaded {
             hooks: plugin.hook_set(),
         })
         .is_err()
     {
-        exit_now(0);
+        exit_now(channel_id.exit_code(demux));
     }
-    serve_hooks(demux, &plugin);
+    serve_hooks(demux, &plugin, channel_id);
+}
+
+/// The channel's inode, taken before plugin code runs: when the channel fails, the host tells the
+/// service hanging up (exit 0) from the plugin closing or replacing the fd (`EXIT_CHANNEL_LOST`).
+#[derive(Clone, Copy)]
+struct ChannelId(Option<(u64, u64)>);
+
+impl ChannelId {
+    fn of(demux: &Demux) -> ChannelId {
+        use std::os::fd::AsFd;
+        ChannelId(
+            rustix::fs::fstat(demux.as_fd())
+                .ok()
+                .map(|st| (st.st_dev, st.st_ino)),
+        )
+    }
+
+    fn exit_code(self, demux: &Demux) -> i32 {
+        if self.0.is_some() && ChannelId::of(demux).0 == self.0 {
+            0
+        } else {
+            plughost_host::EXIT_CHANNEL_LOST
+        }
+    }
 }
 
 /// Applies what the service asked (`Welcome::confinement`), in an order where each step still has
@@ -198,7 +223,7 @@ fn handshake(demux: &Demux, name: &str) -> (plughost_wire::Welcome, Option<Owned
     }
 }
 
-fn serve_hooks(demux: &'static Demux, plugin: &LoadedPlugin) -> ! {
+fn serve_hooks(demux: &'static Demux, plugin: &LoadedPlugin, channel_id: ChannelId) -> ! {
     loop {
         match demux.next_hook() {
             MainEvent::Hook(id, hook) => {
@@ -215,10 +240,10 @@ fn serve_hooks(demux: &'static Demux, plugin: &LoadedPlugin) -> ! {
                     })
                     .is_err()
                 {
-                    exit_now(0);
+                    exit_now(channel_id.exit_code(demux));
                 }
             }
-            MainEvent::Closed => exit_now(0),
+            MainEvent::Closed => exit_now(channel_id.exit_code(demux)),
         }
     }
 }

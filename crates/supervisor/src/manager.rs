@@ -248,7 +248,7 @@ impl PluginManager {
                             self.monitor
                                 .watch_output(id, Arc::from(config.name.as_str()), output);
                         }
-                        Err(self.start_error(&config.name, error))
+                        Err(self.start_error(plugin, error))
                     }
                 }
             }
@@ -264,8 +264,8 @@ impl PluginManager {
         }
     }
 
-    fn start_error(&self, plugin: &str, error: StartError) -> PluginError {
-        let plugin = plugin.to_owned();
+    fn start_error(&self, of: &Plugin, error: StartError) -> PluginError {
+        let plugin = of.name().to_owned();
         match error {
             StartError::Load(reason) => PluginError::LoadFailed { plugin, reason },
             StartError::RequiresUpdate => PluginError::RequiresUpdate {
@@ -275,7 +275,7 @@ impl PluginManager {
             StartError::Crashed(cause) => PluginError::Crashed {
                 plugin,
                 hook: None,
-                cause,
+                cause: of.explain(cause),
             },
         }
     }

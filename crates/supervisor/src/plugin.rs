@@ -83,13 +83,16 @@ impl Plugin {
     /// Names the limit behind a death that one of the configured limits explains.
     /// A CPU limit is certain (the kernel's SIGXCPU); a memory limit (RLIMIT_AS) only shows as a
     /// failed allocation, which the plugin turns into an abort or a fault: reported as probable.
-    fn explain(&self, cause: CrashCause) -> CrashCause {
+    pub(crate) fn explain(&self, cause: CrashCause) -> CrashCause {
         const SIGABRT: i32 = 6;
         const SIGBUS: i32 = 7;
         const SIGSEGV: i32 = 11;
         const SIGXCPU: i32 = 24;
         let limits = &self.config.limits;
         match &cause {
+            CrashCause::Exited(ProcessExit::Code(plughost_host::EXIT_CHANNEL_LOST)) => {
+                CrashCause::ChannelClosed
+            }
             CrashCause::Exited(ProcessExit::Signal {
                 signal: SIGXCPU, ..
             }) => match limits.cpu_seconds {
