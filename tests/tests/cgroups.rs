@@ -202,3 +202,65 @@ fn auto_gives_hosts_no_cgroup_where_no_controller_enforces_their_limits() {
         assert_eq!(cgroup_of(pid), service_cgroup, "process {pid} of the host");
     }
 }
+
+/// Race-ish (the monitor removes the cgroup while its processes are still exiting): many host
+/// deaths, each cgroup killed and removed.
+#[test]
+fn every_dead_host_cgroup_is_removed_round_after_round() {
+    let parent = match test_parent("rounds") {
+        Ok(parent) => parent,
+        Err(why) => return println!("skipped: {why}"),
+    };
+    let fx = Fixture::new();
+    let service = TestService::new();
+    let daemon = marker("cgr");
+    let mut config = ManagerConfig::new(vec![fx.c("fork_daemon").env("PH_MARKER", &daemon)]);
+    config.cgroups = CgroupPolicy::Parent(parent.clone());
+    let manager = service.manager_with(config);
+    for round in 0..10 {
+        if round > 0 {
+            manager.restart_plugin("fork_daemon").expect("restart");
+        }
+        service
+            .start_vm(&manager, &session(round + 1))
+            .expect("vm starts");
+        let host = manager.plugins()[0].host_pid.expect("host pid");
+        let cgroup = cgroup_of(host).expect("the host's cgroup");
+        assert_eq!(cgroup.parent(), Some(parent.as_path()));
+        assert!(
+            eventually(PATIENCE, || pids_named(&daemon).len() == 1),
+            "round {round}: the daemon did not start"
+        );
+        let pid = rustix::process::Pid::from_raw(i32::try_from(host).expect("pid")).expect("pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill");
+        assert!(
+            eventually(PATIENCE, || !cgroup.exists()
+                && pids_named(&daemon).is_empty()),
+            "round {round}: {} or the daemon survived",
+            cgroup.display()
+        );
+    }
+    assert_eq!(
+        Cgroup::at(&parent).children().expect("children"),
+        Vec::<String>::new()
+    );
+    drop(manager);
+    remove_parent(&parent);
+}
+
+/// `Parent` is a promise: a directory that is not a cgroup fails every host, naming why.
+#[test]
+fn explicit_parent_that_is_not_a_cgroup_fails_the_plugin_to_load() {
+    let not_a_cgroup = tempfile::tempdir().expect("tempdir");
+    let service = TestService::new();
+    let fx = Fixture::new();
+    let mut config = ManagerConfig::new(vec![fx.c("noop")]);
+    config.cgroups = CgroupPolicy::Parent(not_a_cgroup.path().to_path_buf());
+    let manager = service.manager_with(config);
+    let err = service.start_vm(&manager, &session(1)).unwrap_err();
+    let expected = format!(
+        "plugin 'noop' failed to load: cannot create its cgroup: cannot read {}: ",
+        not_a_cgroup.path().join("cgroup.controllers").display()
+    );
+    assert!(err.starts_with(&expected), "{err}");
+}

@@ -163,7 +163,11 @@ impl Monitor {
             Some(Watch::Drain { cgroup, events }) => {
                 // Reading re-arms the notification; then try again.
                 let _ = events.is_populated();
-                cgroup.try_remove()
+                let removed = cgroup.try_remove();
+                if removed {
+                    tracing::debug!("removed {} once empty", cgroup.path().display());
+                }
+                removed
             }
         };
         if done {
@@ -196,6 +200,7 @@ impl Monitor {
                 // Watched before this second attempt: an emptying in between is not missed.
                 Ok(()) => {
                     if !cgroup.try_remove() {
+                        tracing::debug!("{} killed; removed once empty", cgroup.path().display());
                         watches.insert(drain_key, Watch::Drain { cgroup, events });
                     }
                 }
