@@ -300,6 +300,8 @@ fn processes_of(uid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Below the bombs' own caps (64 forks of the hook's process, 1024 threads), so the kernel refuses
+/// first, whatever the order of the forks.
 const PROCESS_LIMIT: u64 = 32;
 
 #[test]
