@@ -194,20 +194,18 @@ fn prepare(cgroup: Cgroup) -> Result<Parent, CgroupError> {
         tracing::warn!("cgroups: {e}");
     }
     let enabled = cgroup.subtree_control()?;
-    if !enabled.memory || !enabled.pids {
+    let mut fallbacks = Vec::new();
+    if !enabled.memory {
+        fallbacks.push("memory limits are RLIMIT_AS (no memory controller)");
+    }
+    if !enabled.pids {
+        fallbacks.push("process limits are RLIMIT_NPROC (no pids controller)");
+    }
+    if !fallbacks.is_empty() {
         tracing::info!(
-            "cgroups: {} has controllers [{enabled}] for its host cgroups; {}{}",
+            "cgroups: {} has controllers [{enabled}] for its host cgroups; {}",
             cgroup.path().display(),
-            if enabled.memory {
-                ""
-            } else {
-                "memory limits are RLIMIT_AS (no memory controller) "
-            },
-            if enabled.pids {
-                ""
-            } else {
-                "process limits are RLIMIT_NPROC (no pids controller)"
-            },
+            fallbacks.join("; ")
         );
     }
     remove_stale(&cgroup);
