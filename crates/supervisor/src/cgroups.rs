@@ -11,7 +11,7 @@
 //!   controller, a process limit with the pids controller, or hosts without a pid namespace (a
 //!   service that is not root), for which `cgroup.kill` is the only reliable end of a double-forked
 //!   daemon.
-//! - **Limits**: `memory.max` (and `memory.swap.max = 0`) from the plugin's memory limit, `pids.max`
+//! - **Limits**: `memory.max` (and `memory.swap.max = 0`, `memory.oom.group = 1`) from the plugin's memory limit, `pids.max`
 //!   from its process limit. A limit the cgroup enforces is not also set as an rlimit ([`HostCgroup::
 //!   rlimits`]): `RLIMIT_AS` counts address space, not memory, and `RLIMIT_NPROC` counts every process
 //!   of the host's user, so hosts sharing a user would share it.
@@ -283,6 +283,8 @@ impl HostCgroup {
             if let Some(bytes) = memory_max {
                 cgroup.set_memory_max(bytes)?;
                 cgroup.set_swap_max(0)?;
+                // The host is one unit: an OOM kill ends all of it at once.
+                cgroup.set_oom_group()?;
             }
             if let Some(count) = pids_max {
                 cgroup.set_pids_max(count)?;
@@ -482,6 +484,7 @@ mod tests {
         let read = |name| std::fs::read_to_string(cg.path().join(name)).unwrap();
         assert_eq!(read("memory.max"), (256 * MIB).to_string());
         assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("memory.oom.group"), "1");
         assert_eq!(read("pids.max"), "32");
         let left = host.rlimits(Limits {
             cpu_seconds: Some(5),

@@ -294,6 +294,11 @@ impl Cgroup {
         Ok(true)
     }
 
+    /// `memory.oom.group = 1`: an OOM kill takes every process of the cgroup, not one.
+    pub fn set_oom_group(&self) -> Result<(), CgroupError> {
+        self.write("memory.oom.group", "1")
+    }
+
     /// `pids.max`: most processes and threads in the cgroup.
     pub fn set_pids_max(&self, count: u64) -> Result<(), CgroupError> {
         self.write("pids.max", &count.to_string())
@@ -458,6 +463,7 @@ pub mod test_util {
         if controllers.memory {
             files.push(("memory.max", "max\n".into()));
             files.push(("memory.swap.max", "max\n".into()));
+            files.push(("memory.oom.group", "0\n".into()));
             files.push((
                 "memory.events",
                 "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n".into(),
