@@ -1,8 +1,8 @@
 //! `plughost-host`: runs exactly one plugin, for one service, and dies with it.
 //!
-//! Started by the supervisor as `plughost-host --name NAME --parent-pid PID [--cgroup DIR]`, with the channel to the
-//! service on stdin and stdout/stderr on pipes that the service logs (so nothing the plugin prints can
-//! touch the channel). Before any plugin code runs it:
+//! Started by the supervisor as `plughost-host --name NAME --parent-pid PID [--cgroup DIR]`, with the
+//! channel to the service on stdin and stdout/stderr on pipes that the service logs (so nothing the
+//! plugin prints can touch the channel). Before any plugin code runs it:
 //! 1. arms `PR_SET_PDEATHSIG(SIGKILL)` and checks its parent is still the service, and moves itself
 //!    into its cgroup (`--cgroup`) if the service made one;
 //! 2. moves the channel off stdin and closes every other inherited fd;
@@ -94,6 +94,7 @@ fn main() {
 
     let channel_fd = channel.as_raw_fd();
     let demux: &'static Demux = Box::leak(Box::new(Demux::new(Seqpacket::from_fd(channel))));
+    let channel_id = ChannelId::of(demux);
     let (welcome, library) = handshake(demux, &args.name);
     let confined = in_cgroup.and_then(|()| confine_self(&welcome.confinement, &bond, channel_fd));
     if let Err(e) = confined {
@@ -123,7 +124,6 @@ fn main() {
     };
     // The mapping keeps the library alive; the fd is no business of the plugin's.
     drop(library);
-    let channel_id = ChannelId::of(demux);
     if demux
         .send(&HostMsg::Loaded {
             hooks: plugin.hook_set(),
