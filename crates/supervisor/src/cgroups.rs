@@ -11,10 +11,10 @@
 //!   controller, a process limit with the pids controller, or hosts without a pid namespace (a
 //!   service that is not root), for which `cgroup.kill` is the only reliable end of a double-forked
 //!   daemon.
-//! - **Limits**: `memory.max` (and `memory.swap.max = 0`, `memory.oom.group = 1`) from the plugin's memory limit, `pids.max`
-//!   from its process limit. A limit the cgroup enforces is not also set as an rlimit ([`HostCgroup::
-//!   rlimits`]): `RLIMIT_AS` counts address space, not memory, and `RLIMIT_NPROC` counts every process
-//!   of the host's user, so hosts sharing a user would share it.
+//! - **Limits**: `memory.max` (and `memory.swap.max = 0`, `memory.oom.group = 1`) from the plugin's
+//!   memory limit, `pids.max` from its process limit. A limit the cgroup enforces is not also set as
+//!   an rlimit ([`HostCgroup::rlimits`]): `RLIMIT_AS` counts address space, not memory, and
+//!   `RLIMIT_NPROC` counts every process of the host's user, so hosts sharing a user would share it.
 //! - **Joining**: the host moves itself in (`--cgroup`) before it forks its pid namespace, so no
 //!   plugin code runs outside and everything it forks inherits the cgroup.
 //! - **End**: when the host dies the monitor writes `cgroup.kill`, records the event counters (for

@@ -369,7 +369,8 @@ impl Cgroup {
 
     /// Whether a [`remove`](Self::remove) error means "processes are still dying" (retry later).
     pub fn is_busy(error: &CgroupError) -> bool {
-        matches!(error, CgroupError::Remove { source, .. } if source.raw_os_error() == Some(Errno::BUSY.raw_os_error()))
+        let busy = Some(Errno::BUSY.raw_os_error());
+        matches!(error, CgroupError::Remove { source, .. } if source.raw_os_error() == busy)
     }
 
     /// Kills everything in the cgroup, waits (at most `patience`) for the processes to be gone, and
