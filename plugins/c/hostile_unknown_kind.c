@@ -10,7 +10,8 @@
  *
  * Env: PH_LOG, PH_MARKER (optional).
  * Tests expect: `loaded`, `sending bytes=`; the VM start fails with "plugin 'hostile_unknown_kind'
- * crashed: protocol violation: sent a malformed frame: malformed message body: ..."; never `slept`.
+ * crashed: protocol violation: sent a malformed frame: unknown message kind 100 (HostMsg has 6)";
+ * never `slept`.
  */
 #include "ph_test.h"
 #include "ph_hostile.h"

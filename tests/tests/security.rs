@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use ed25519_dalek::{Signer, SigningKey};
-use plughost::{Deadlines, HookKind, Limits, ManagerConfig, PluginConfig, Trust};
+use plughost::{Deadlines, HookKind, HostUser, Limits, ManagerConfig, PluginConfig, Trust};
 use plughost_tests::*;
 
 fn is_root() -> bool {
@@ -268,4 +268,127 @@ fn memory_limit_is_enforced_and_named() {
     let line = fx.wait_for("malloc_failed");
     let mib: u64 = field(&line, "mib").parse().unwrap();
     assert!(mib < 256, "{line}");
+}
+
+/// `RLIMIT_NPROC` counts every process and thread of a real uid: each test gives its host a uid of
+/// its own (no process has it yet), so the limit counts the plugin's processes alone.
+fn uid_of_its_own(slot: u32) -> u32 {
+    let uid = 61_000 + (std::process::id() % 1000) * 4 + slot;
+    assert!(
+        processes_of(uid).is_empty(),
+        "uid {uid} already has processes"
+    );
+    uid
+}
+
+/// Pids of the processes (thread-group leaders) whose real uid is `uid`.
+fn processes_of(uid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let zombie = status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'));
+            let real = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().next()?.parse::<u32>().ok());
+            !zombie && real == Some(uid)
+        })
+        .collect()
+}
+
+/// Below the bombs' own caps (64 forks of the hook's process, 1024 threads), so the kernel refuses
+/// first, whatever the order of the forks.
+const PROCESS_LIMIT: u64 = 32;
+
+#[test]
+fn fork_bomb_is_bounded_by_the_process_limit_and_leaves_no_process() {
+    if !is_root() {
+        println!("skipped: needs root (to give the host a uid of its own for RLIMIT_NPROC)");
+        return;
+    }
+    let uid = uid_of_its_own(0);
+    let fx = Fixture::new();
+    let service = TestService::new();
+    let bomb = fx
+        .c("fork_bomb")
+        .env("PH_MARKER", marker("fb"))
+        .user(HostUser::Id { uid, gid: uid })
+        .limits(Limits {
+            processes: Some(PROCESS_LIMIT),
+            ..Limits::default()
+        });
+    let manager = service.manager(vec![bomb, fx.c("noop")]);
+    let err = service.start_vm(&manager, &session(1)).unwrap_err();
+    assert_eq!(
+        err,
+        "plugin 'fork_bomb' returned a fatal error: fork refused at the process limit (status -11)"
+    );
+    let refused = fx.wait_for("fork_refused");
+    assert_eq!(field(&refused, "errno"), "11", "{refused}");
+    // Nothing of the bomb exits: what runs now is all it got.
+    let count = processes_of(uid).len();
+    println!("fork bomb at a limit of {PROCESS_LIMIT}: {count} processes; {refused}");
+    assert!(
+        (2..=PROCESS_LIMIT as usize).contains(&count),
+        "{count} processes"
+    );
+    // The service carries on with the other plugin, and the bomb goes with its host.
+    manager.disable_plugin("fork_bomb").expect("disable");
+    service
+        .start_vm(&manager, &session(2))
+        .expect("the other plugin serves VM starts");
+    assert!(
+        eventually(Duration::from_secs(10), || processes_of(uid).is_empty()),
+        "processes of the bomb survived its host: {:?}",
+        processes_of(uid)
+    );
+}
+
+#[test]
+fn thread_bomb_is_bounded_by_the_process_limit_and_named() {
+    if !is_root() {
+        println!("skipped: needs root (to give the host a uid of its own for RLIMIT_NPROC)");
+        return;
+    }
+    let uid = uid_of_its_own(1);
+    let fx = Fixture::new();
+    let service = TestService::new();
+    let bomb = fx
+        .c("thread_bomb")
+        .user(HostUser::Id { uid, gid: uid })
+        .limits(Limits {
+            processes: Some(PROCESS_LIMIT),
+            ..Limits::default()
+        });
+    let manager = service.manager(vec![bomb, fx.c("noop")]);
+    let err = service.start_vm(&manager, &session(1)).unwrap_err();
+    assert_eq!(
+        err,
+        format!(
+            "plugin 'thread_bomb' crashed: killed by signal SIGABRT, probably at its process \
+             limit of {PROCESS_LIMIT}"
+        )
+    );
+    let refused = fx.wait_for("thread_refused");
+    assert_eq!(field(&refused, "errno"), "11", "{refused}");
+    let threads: u64 = field(&refused, "threads").parse().expect("threads");
+    // The plugin's main thread counts too.
+    assert!(
+        (1..PROCESS_LIMIT).contains(&threads),
+        "{threads} threads at a limit of {PROCESS_LIMIT}"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || processes_of(uid).is_empty()),
+        "the bomb's process survived: {:?}",
+        processes_of(uid)
+    );
+    manager.disable_plugin("thread_bomb").expect("disable");
+    service
+        .start_vm(&manager, &session(2))
+        .expect("the other plugin serves VM starts");
 }

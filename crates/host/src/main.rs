@@ -1,9 +1,10 @@
 //! `plughost-host`: runs exactly one plugin, for one service, and dies with it.
 //!
-//! Started by the supervisor as `plughost-host --name NAME --parent-pid PID`, with the channel to the
-//! service on stdin and stdout/stderr on pipes that the service logs (so nothing the plugin prints can
-//! touch the channel). Before any plugin code runs it:
-//! 1. arms `PR_SET_PDEATHSIG(SIGKILL)` and checks its parent is still the service;
+//! Started by the supervisor as `plughost-host --name NAME --parent-pid PID [--cgroup DIR]`, with the
+//! channel to the service on stdin and stdout/stderr on pipes that the service logs (so nothing the
+//! plugin prints can touch the channel). Before any plugin code runs it:
+//! 1. arms `PR_SET_PDEATHSIG(SIGKILL)` and checks its parent is still the service, and moves itself
+//!    into its cgroup (`--cgroup`) if the service made one;
 //! 2. moves the channel off stdin and closes every other inherited fd;
 //! 3. moves the plugin into a fresh pid namespace (outer → namespace init → plugin process, see
 //!    `plughost_sys::confine::contain`), or, without the privilege, stays in the process group the
@@ -33,15 +34,19 @@ const EXIT_SETUP: i32 = 111;
 struct Args {
     name: String,
     parent_pid: u32,
+    /// The cgroup v2 directory the service created for this host (`--cgroup`).
+    cgroup: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut name = None;
     let mut parent_pid = None;
+    let mut cgroup = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--name" => name = args.next(),
+            "--cgroup" => cgroup = args.next().map(PathBuf::from),
             "--parent-pid" => {
                 let value = args.next().ok_or("--parent-pid needs a value")?;
                 parent_pid = Some(
@@ -56,6 +61,7 @@ fn parse_args() -> Result<Args, String> {
     Ok(Args {
         name: name.ok_or("--name is required")?,
         parent_pid: parent_pid.ok_or("--parent-pid is required")?,
+        cgroup,
     })
 }
 
@@ -69,6 +75,7 @@ fn main() {
     if let Err(e) = ParentBond::Pid(args.parent_pid).arm() {
         fail(&format!("not starting: {e}"));
     }
+    let in_cgroup = join_cgroup(args.cgroup.as_deref());
     let channel = confine::take_channel_from_stdin()
         .unwrap_or_else(|e| fail(&format!("no channel on stdin: {e}")));
     if let Err(e) = confine::close_inherited_fds(channel.as_raw_fd()) {
@@ -87,8 +94,10 @@ fn main() {
 
     let channel_fd = channel.as_raw_fd();
     let demux: &'static Demux = Box::leak(Box::new(Demux::new(Seqpacket::from_fd(channel))));
+    let channel_id = ChannelId::of(demux);
     let (welcome, library, ring) = handshake(demux, &args.name);
-    if let Err(e) = confine_self(&welcome.confinement, &bond, channel_fd) {
+    let confined = in_cgroup.and_then(|()| confine_self(&welcome.confinement, &bond, channel_fd));
+    if let Err(e) = confined {
         host_log(&format!("cannot confine the host: {e}"));
         let _ = demux.send(&HostMsg::LoadFailed(LoadFailure::Confine(e)));
         exit_now(0);
@@ -121,12 +130,49 @@ fn main() {
         })
         .is_err()
     {
-        exit_now(0);
+        exit_now(channel_id.exit_code(demux));
     }
     if let Some(ring) = ring {
         demux.use_ring(ring);
     }
-    serve_hooks(demux, &plugin);
+    serve_hooks(demux, &plugin, channel_id);
+}
+
+/// The channel's inode, taken before plugin code runs: when the channel fails, the host tells the
+/// service hanging up (exit 0) from the plugin closing or replacing the fd (`EXIT_CHANNEL_LOST`).
+#[derive(Clone, Copy)]
+struct ChannelId(Option<(u64, u64)>);
+
+impl ChannelId {
+    fn of(demux: &Demux) -> ChannelId {
+        use std::os::fd::AsFd;
+        ChannelId(
+            rustix::fs::fstat(demux.as_fd())
+                .ok()
+                .map(|st| (st.st_dev, st.st_ino)),
+        )
+    }
+
+    fn exit_code(self, demux: &Demux) -> i32 {
+        if self.0.is_some() && ChannelId::of(demux).0 == self.0 {
+            0
+        } else {
+            plughost_host::EXIT_CHANNEL_LOST
+        }
+    }
+}
+
+/// Moves this process into the cgroup the service created for it, before the pid namespace's
+/// processes are forked, so that every process of the host (and whatever the plugin forks) is inside
+/// it and `cgroup.kill` takes them all. A failure is reported after the handshake, as a confinement
+/// failure: no plugin code runs outside the cgroup the service asked for.
+fn join_cgroup(cgroup: Option<&std::path::Path>) -> Result<(), String> {
+    let Some(dir) = cgroup else {
+        return Ok(());
+    };
+    plughost_sys::cgroup::Cgroup::at(dir)
+        .join(std::process::id())
+        .map_err(|e| format!("cannot join its cgroup: {e}"))
 }
 
 /// Applies what the service asked (`Welcome::confinement`), in an order where each step still has
@@ -223,7 +269,7 @@ fn handshake(demux: &Demux, name: &str) -> (plughost_wire::Welcome, Option<Owned
     }
 }
 
-fn serve_hooks(demux: &'static Demux, plugin: &LoadedPlugin) -> ! {
+fn serve_hooks(demux: &'static Demux, plugin: &LoadedPlugin, channel_id: ChannelId) -> ! {
     loop {
         match demux.next_hook() {
             MainEvent::Hook(id, hook) => {
@@ -240,10 +286,10 @@ fn serve_hooks(demux: &'static Demux, plugin: &LoadedPlugin) -> ! {
                     })
                     .is_err()
                 {
-                    exit_now(0);
+                    exit_now(channel_id.exit_code(demux));
                 }
             }
-            MainEvent::Closed => exit_now(0),
+            MainEvent::Closed => exit_now(channel_id.exit_code(demux)),
         }
     }
 }

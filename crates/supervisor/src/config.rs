@@ -262,6 +262,22 @@ impl OutputSink for LogOutput {
     }
 }
 
+/// Whether hosts get a cgroup v2 of their own (see `cgroups.rs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum CgroupPolicy {
+    /// Beneath `<the service's own cgroup>/plughost`, for the hosts where it enforces something: a
+    /// memory or process limit the delegated controllers can enforce, or, for hosts without a pid
+    /// namespace (a service that is not root), the kill of every process they spawned. Joining a
+    /// cgroup costs about 1 ms per host start, so hosts that gain nothing get none.
+    #[default]
+    Auto,
+    /// No cgroups: limits are rlimits, containment is the pid namespace (or process group).
+    Off,
+    /// Every host gets a cgroup beneath this directory (of the cgroup2 mount); a host whose cgroup
+    /// cannot be made fails to load.
+    Parent(PathBuf),
+}
+
 /// The manager's configuration.
 #[derive(Clone)]
 pub struct ManagerConfig {
@@ -274,6 +290,8 @@ pub struct ManagerConfig {
     pub deadlines: Deadlines,
     /// Keys and policy for verifying plugin libraries.
     pub trust: crate::integrity::Trust,
+    /// cgroup v2 per host.
+    pub cgroups: CgroupPolicy,
 }
 
 impl ManagerConfig {
@@ -284,6 +302,7 @@ impl ManagerConfig {
             output: Arc::new(LogOutput),
             deadlines: Deadlines::default(),
             trust: Default::default(),
+            cgroups: CgroupPolicy::Auto,
         }
     }
 

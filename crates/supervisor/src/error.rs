@@ -22,6 +22,9 @@ pub enum CrashCause {
     /// The host died of an abort or fault while it had an address-space limit: most likely an
     /// allocation failed at the limit.
     ProbableMemoryLimit { exit: ProcessExit, bytes: u64 },
+    /// The host died of an abort or fault after a fork or thread creation was refused at its process
+    /// limit (or while it had one, and no memory limit): most likely it could not handle the refusal.
+    ProbableProcessLimit { exit: ProcessExit, limit: u64 },
     /// A hook did not answer within its deadline; the service killed the host.
     Hung { hook: HookKind, after: Duration },
 }
@@ -39,6 +42,9 @@ impl fmt::Display for CrashCause {
                     "{exit}, probably at its memory limit of {} MiB",
                     bytes / (1024 * 1024)
                 )
+            }
+            CrashCause::ProbableProcessLimit { exit, limit } => {
+                write!(f, "{exit}, probably at its process limit of {limit}")
             }
             CrashCause::BlockedSyscall { syscall } => {
                 write!(f, "blocked syscall {syscall}")?;

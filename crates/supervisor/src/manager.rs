@@ -22,6 +22,7 @@ use plughost_wire::{Hook, HookKind, LoadFailure, Version};
 use crate::callbacks::{
     ContainerSession, Distribution, OfflineDistribution, ServiceCallbacks, Session, VmSettings,
 };
+use crate::cgroups::Cgroups;
 use crate::config::{Deadlines, Isolation, ManagerConfig};
 use crate::error::PluginError;
 use crate::host::spawn::{self, Spawner, StartError, StartParams};
@@ -165,6 +166,7 @@ pub struct PluginManager {
     default: Arc<dyn ServiceCallbacks + Send + Sync>,
     next_host_id: AtomicU64,
     trust: crate::integrity::Trust,
+    cgroups: Cgroups,
 }
 
 fn setup(what: &'static str) -> impl FnOnce(std::io::Error) -> ManagerError {
@@ -194,6 +196,7 @@ impl PluginManager {
             default,
             next_host_id: AtomicU64::new(1),
             trust: config.trust,
+            cgroups: Cgroups::new(&config.cgroups),
         };
         for plugin in config.plugins {
             let canonical = std::fs::canonicalize(&plugin.path).unwrap_or(plugin.path.clone());
@@ -223,6 +226,13 @@ impl PluginManager {
         match config.isolation {
             Isolation::Process => {
                 let id = self.next_host_id.fetch_add(1, Ordering::Relaxed);
+                let cgroup = self.cgroups.for_host(config, id).map_err(|reason| {
+                    PluginError::LoadFailed {
+                        plugin: config.name.clone(),
+                        reason: format!("cannot create its cgroup: {reason}"),
+                    }
+                })?;
+                plugin.state().cgroup = cgroup.clone();
                 let params = StartParams {
                     id,
                     config,
@@ -232,12 +242,13 @@ impl PluginManager {
                     default: &*self.default,
                     stats: &plugin.stats,
                     trust: &self.trust,
+                    cgroup: cgroup.as_deref(),
                 };
                 match spawn::start(params) {
                     Ok(started) => {
                         let name = started.host.name.clone();
                         self.monitor.watch_output(id, name, started.output);
-                        self.monitor.watch_host(&started.host);
+                        self.monitor.watch_host(&started.host, cgroup);
                         self.pool.register(&started.host);
                         tracing::info!(plugin = %config.name, pid = started.host.pid(), "plugin loaded");
                         Ok(Runtime::Host(started.host))
@@ -247,7 +258,12 @@ impl PluginManager {
                             self.monitor
                                 .watch_output(id, Arc::from(config.name.as_str()), output);
                         }
-                        Err(self.start_error(&config.name, error))
+                        // Classified (from the cgroup's counters too) before the cgroup goes.
+                        let error = self.start_error(plugin, error);
+                        if let Some(cgroup) = &cgroup {
+                            cgroup.destroy();
+                        }
+                        Err(error)
                     }
                 }
             }
@@ -263,8 +279,8 @@ impl PluginManager {
         }
     }
 
-    fn start_error(&self, plugin: &str, error: StartError) -> PluginError {
-        let plugin = plugin.to_owned();
+    fn start_error(&self, of: &Plugin, error: StartError) -> PluginError {
+        let plugin = of.name().to_owned();
         match error {
             StartError::Load(reason) => PluginError::LoadFailed { plugin, reason },
             StartError::RequiresUpdate => PluginError::RequiresUpdate {
@@ -274,7 +290,7 @@ impl PluginManager {
             StartError::Crashed(cause) => PluginError::Crashed {
                 plugin,
                 hook: None,
-                cause,
+                cause: of.explain(cause),
             },
         }
     }
@@ -773,6 +789,7 @@ impl PluginManager {
             self.stop_runtime(runtime);
         }
         self.plugins.clear();
+        self.cgroups.shutdown();
         self.pool.stop();
         self.monitor.stop();
         self.spawner.stop();

@@ -1,7 +1,9 @@
-//! One thread per manager that notices host deaths at once (pidfd) and logs what plugins print.
+//! One thread per manager that notices host deaths at once (pidfd), ends a dead host's cgroup, and
+//! logs what plugins print.
 //!
 //! It never blocks on anything but `epoll_wait` and non-blocking reads, so a busy or stuck service
-//! callback cannot delay crash detection.
+//! callback cannot delay crash detection. A dead host's cgroup is killed at once; its directory is
+//! removed when `cgroup.events` (watched in the same epoll set) says the last process is gone.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -11,20 +13,33 @@ use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::event::{eventfd, EventfdFlags};
 use rustix::io::Errno;
 
+use crate::cgroups::{HostCgroup, Teardown};
 use crate::config::OutputSink;
 use crate::host::Host;
+use plughost_sys::cgroup::EventsWatch;
 
 const STOP_KEY: u64 = u64::MAX;
 /// A line longer than this is cut (and the rest logged as further lines), so a plugin printing
 /// without newlines cannot grow the service's memory.
 const MAX_LINE: usize = 4096;
 
+/// Keys per host: its pidfd, its output pipe, its cgroup's `cgroup.events`.
+const KEYS_PER_HOST: u64 = 3;
+
 enum Watch {
-    Death(Weak<Host>),
+    Death {
+        host: Weak<Host>,
+        cgroup: Option<Arc<HostCgroup>>,
+    },
     Output {
         plugin: Arc<str>,
         pipe: OwnedFd,
         partial: Vec<u8>,
+    },
+    /// A dead host's killed cgroup, removed once empty.
+    Drain {
+        cgroup: Arc<HostCgroup>,
+        events: EventsWatch,
     },
 }
 
@@ -63,19 +78,22 @@ impl Monitor {
         watches.insert(key, watch);
     }
 
-    /// Watches a host's pidfd.
-    pub fn watch_host(&self, host: &Arc<Host>) {
+    /// Watches a host's pidfd; when it dies, its cgroup (if any) is killed and removed.
+    pub fn watch_host(&self, host: &Arc<Host>, cgroup: Option<Arc<HostCgroup>>) {
         self.add(
-            host.id * 2,
+            host.id * KEYS_PER_HOST,
             host.pidfd().as_fd(),
-            Watch::Death(Arc::downgrade(host)),
+            Watch::Death {
+                host: Arc::downgrade(host),
+                cgroup,
+            },
         );
     }
 
     /// Logs a host's output pipe until it closes.
     pub fn watch_output(&self, id: u64, plugin: Arc<str>, pipe: OwnedFd) {
         let _ = rustix::fs::fcntl_setfl(&pipe, rustix::fs::OFlags::NONBLOCK);
-        let key = id * 2 + 1;
+        let key = id * KEYS_PER_HOST + 1;
         let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = epoll::add(&self.epoll, &pipe, EventData::new_u64(key), EventFlags::IN) {
             tracing::error!(plugin = %plugin, "monitor cannot watch the host's output: {e}");
@@ -123,11 +141,17 @@ impl Monitor {
 
     fn handle(&self, key: u64) {
         let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+        let mut draining = None;
         let done = match watches.get_mut(&key) {
             None => false,
-            Some(Watch::Death(host)) => {
+            Some(Watch::Death { host, cgroup }) => {
                 if let Some(host) = host.upgrade() {
                     host.on_exit();
+                }
+                if let Some(cgroup) = cgroup.take() {
+                    if let Teardown::Draining(events) = cgroup.begin_teardown() {
+                        draining = Some(Watch::Drain { cgroup, events });
+                    }
                 }
                 true
             }
@@ -136,11 +160,20 @@ impl Monitor {
                 pipe,
                 partial,
             }) => read_output(pipe, partial, plugin, &*self.output),
+            Some(Watch::Drain { cgroup, events }) => {
+                // Reading re-arms the notification; then try again.
+                let _ = events.is_populated();
+                let removed = cgroup.try_remove();
+                if removed {
+                    tracing::debug!("removed {} once empty", cgroup.path().display());
+                }
+                removed
+            }
         };
         if done {
             if let Some(watch) = watches.remove(&key) {
                 match &watch {
-                    Watch::Death(host) => {
+                    Watch::Death { host, .. } => {
                         if let Some(host) = host.upgrade() {
                             let _ = epoll::delete(&self.epoll, host.pidfd().as_fd());
                         }
@@ -148,6 +181,31 @@ impl Monitor {
                     Watch::Output { pipe, .. } => {
                         let _ = epoll::delete(&self.epoll, pipe);
                     }
+                    Watch::Drain { events, .. } => {
+                        let _ = epoll::delete(&self.epoll, events);
+                    }
+                }
+            }
+        }
+        if let Some(Watch::Drain { cgroup, events }) = draining {
+            // The key of the host's cgroup: the death key's host id, third slot.
+            let drain_key = key - key % KEYS_PER_HOST + 2;
+            let added = epoll::add(
+                &self.epoll,
+                &events,
+                EventData::new_u64(drain_key),
+                EventFlags::PRI,
+            );
+            match added {
+                // Watched before this second attempt: an emptying in between is not missed.
+                Ok(()) => {
+                    if !cgroup.try_remove() {
+                        tracing::debug!("{} killed; removed once empty", cgroup.path().display());
+                        watches.insert(drain_key, Watch::Drain { cgroup, events });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("monitor cannot watch {}: {e}", cgroup.path().display());
                 }
             }
         }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use plughost_sys::ProcessExit;
 use plughost_wire::HookKind;
 
+use crate::cgroups::HostCgroup;
 use crate::config::{PluginConfig, RestartPolicy};
 use crate::error::{CrashCause, PluginError};
 use crate::host::Host;
@@ -44,6 +45,8 @@ pub(crate) struct State {
     pub disabled: bool,
     /// Crash times within the policy's window.
     pub recent_crashes: Vec<Instant>,
+    /// The cgroup of the current (or last) host, if it has one: its counters classify its death.
+    pub cgroup: Option<Arc<HostCgroup>>,
 }
 
 pub(crate) struct Plugin {
@@ -81,15 +84,26 @@ impl Plugin {
     }
 
     /// Names the limit behind a death that one of the configured limits explains.
-    /// A CPU limit is certain (the kernel's SIGXCPU); a memory limit (RLIMIT_AS) only shows as a
-    /// failed allocation, which the plugin turns into an abort or a fault: reported as probable.
-    fn explain(&self, cause: CrashCause) -> CrashCause {
+    /// A CPU limit is certain (the kernel's SIGXCPU), and so is an OOM kill in the host's cgroup; a
+    /// memory limit as RLIMIT_AS only shows as a failed allocation, and a process limit as a failed
+    /// fork or thread creation, which the plugin turns into an abort or a fault: reported as probable.
+    pub(crate) fn explain(&self, cause: CrashCause) -> CrashCause {
         const SIGABRT: i32 = 6;
         const SIGBUS: i32 = 7;
         const SIGSEGV: i32 = 11;
         const SIGXCPU: i32 = 24;
-        let limits = &self.config.limits;
+        let cgroup = self.state().cgroup.clone();
+        if let Some(explained) = cgroup.as_ref().and_then(|c| c.explain(&cause)) {
+            return explained;
+        }
+        // The rlimits the host actually set (a limit its cgroup enforces is not an rlimit).
+        let limits = &cgroup
+            .as_ref()
+            .map_or(self.config.limits, |c| c.rlimits(self.config.limits));
         match &cause {
+            CrashCause::Exited(ProcessExit::Code(plughost_host::EXIT_CHANNEL_LOST)) => {
+                CrashCause::ChannelClosed
+            }
             CrashCause::Exited(ProcessExit::Signal {
                 signal: SIGXCPU, ..
             }) => match limits.cpu_seconds {
@@ -103,9 +117,10 @@ impl Plugin {
                     signal: SIGABRT | SIGBUS | SIGSEGV,
                     ..
                 },
-            ) => match limits.address_space {
-                Some(bytes) => CrashCause::ProbableMemoryLimit { exit: *exit, bytes },
-                None => cause,
+            ) => match (limits.address_space, limits.processes) {
+                (Some(bytes), _) => CrashCause::ProbableMemoryLimit { exit: *exit, bytes },
+                (None, Some(limit)) => CrashCause::ProbableProcessLimit { exit: *exit, limit },
+                (None, None) => cause,
             },
             _ => cause,
         }

@@ -108,9 +108,9 @@ impl CrashKind {
             CrashCause::Hung { .. } => CrashKind::Hung,
             CrashCause::ChannelClosed => CrashKind::ChannelClosed,
             CrashCause::BlockedSyscall { .. } => CrashKind::BlockedSyscall,
-            CrashCause::LimitExceeded(_) | CrashCause::ProbableMemoryLimit { .. } => {
-                CrashKind::Signal
-            }
+            CrashCause::LimitExceeded(_)
+            | CrashCause::ProbableMemoryLimit { .. }
+            | CrashCause::ProbableProcessLimit { .. } => CrashKind::Signal,
         }
     }
 

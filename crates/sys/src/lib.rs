@@ -6,11 +6,13 @@
 //! - [`ring`]: the shared-memory call ring (slots for API calls, a lane for hook answers).
 //! - [`confine`]: what the host binary does to itself before any plugin code runs (parent-death
 //!   signal, closing inherited fds, its own pid namespace).
+//! - [`cgroup`]: cgroup v2 files (find the mount and our cgroup, create, limit, join, kill, remove).
 //!
 //! Syscalls go through `rustix`; `libc` only where rustix has no wrapper (`fork`, `close_range`,
 //! `_exit`), each in a small `unsafe` block with its invariant written next to it. This crate knows
 //! nothing about plugins or the wire format.
 
+pub mod cgroup;
 pub mod channel;
 pub mod confine;
 pub mod process;

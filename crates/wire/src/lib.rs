@@ -52,6 +52,13 @@ pub enum WireError {
     ReservedFlags(u8),
     #[error("malformed message body: {0}")]
     Malformed(String),
+    /// A body whose variant index names no kind of the expected enum (a newer peer, or garbage).
+    #[error("unknown message kind {kind} ({message} has {kinds})")]
+    UnknownKind {
+        kind: u32,
+        message: &'static str,
+        kinds: u32,
+    },
     #[error("{len} trailing bytes after the message")]
     TrailingBytes { len: usize },
     #[error("message fails validation: {0}")]
@@ -74,7 +81,7 @@ pub fn encode<M: Serialize>(msg: &M, buf: &mut Vec<u8>) -> Result<(), WireError>
 }
 
 /// Decodes one frame. Checks the size and header before touching the body, and refuses trailing bytes.
-pub fn decode<M: DeserializeOwned + Validate>(frame: &[u8]) -> Result<M, WireError> {
+pub fn decode<M: DeserializeOwned + Validate + Kinds>(frame: &[u8]) -> Result<M, WireError> {
     if frame.len() > MAX_FRAME {
         return Err(WireError::Oversized { len: frame.len() });
     }
@@ -91,8 +98,18 @@ pub fn decode<M: DeserializeOwned + Validate>(frame: &[u8]) -> Result<M, WireErr
     if frame[3] != 0 {
         return Err(WireError::ReservedFlags(frame[3]));
     }
-    let (msg, rest): (M, &[u8]) = postcard::take_from_bytes(&frame[HEADER_LEN..])
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let body = &frame[HEADER_LEN..];
+    if let Some(kind) = variant_index(body) {
+        if kind >= M::KINDS {
+            return Err(WireError::UnknownKind {
+                kind,
+                message: M::NAME,
+                kinds: M::KINDS,
+            });
+        }
+    }
+    let (msg, rest): (M, &[u8]) =
+        postcard::take_from_bytes(body).map_err(|e| WireError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(WireError::TrailingBytes { len: rest.len() });
     }
@@ -103,6 +120,31 @@ pub fn decode<M: DeserializeOwned + Validate>(frame: &[u8]) -> Result<M, WireErr
 /// Checks that decoding alone cannot express (bounded lists).
 pub trait Validate {
     fn validate(&self) -> Result<(), WireError>;
+}
+
+/// The name and number of kinds (variants) of a message enum, so that a frame of an unknown kind is
+/// named as such rather than as a serde error. `tests.rs` checks the counts against the enums.
+pub trait Kinds {
+    const NAME: &'static str;
+    const KINDS: u32;
+}
+
+/// The postcard variant index at the start of `body` (a LEB128 `u32`), if it is one.
+fn variant_index(body: &[u8]) -> Option<u32> {
+    let mut value: u32 = 0;
+    for (i, &byte) in body.iter().take(5).enumerate() {
+        let bits = u32::from(byte & 0x7f);
+        let shift = 7 * u32::try_from(i).ok()?;
+        // The fifth byte may only carry the top 4 bits of a u32.
+        if i == 4 && bits > 0x0f {
+            return None;
+        }
+        value |= bits << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
 }
 
 #[cfg(test)]

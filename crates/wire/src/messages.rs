@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Validate, WireError, MAX_ARGS};
+use crate::{Kinds, Validate, WireError, MAX_ARGS};
 
 /// Identifies a request within one direction of one connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -480,6 +480,16 @@ impl Validate for HostMsg {
             HostMsg::HookDone { .. } => Ok(()),
         }
     }
+}
+
+impl Kinds for HostMsg {
+    const NAME: &'static str = "HostMsg";
+    const KINDS: u32 = 6;
+}
+
+impl Kinds for ServiceMsg {
+    const NAME: &'static str = "ServiceMsg";
+    const KINDS: u32 = 4;
 }
 
 impl Validate for ServiceMsg {

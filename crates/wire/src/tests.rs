@@ -96,11 +96,56 @@ fn header_is_checked_before_the_body() {
 }
 
 #[test]
-fn unknown_message_kind_is_malformed() {
-    let frame = [b'P', b'H', PROTOCOL_VERSION, 0, 200];
+fn unknown_message_kind_is_named_with_the_number_of_kinds() {
+    let frame = [b'P', b'H', PROTOCOL_VERSION, 0, 100, 1, 0, 0];
+    let err = decode::<HostMsg>(&frame).unwrap_err();
+    assert_eq!(err.to_string(), "unknown message kind 100 (HostMsg has 6)");
+    // 200 is a two-byte varint (0xc8 0x01).
+    let frame = [b'P', b'H', PROTOCOL_VERSION, 0, 0xc8, 0x01];
+    assert_eq!(
+        decode::<ServiceMsg>(&frame),
+        Err(WireError::UnknownKind {
+            kind: 200,
+            message: "ServiceMsg",
+            kinds: 4
+        })
+    );
+    // Longer than any u32 varint: postcard's own error.
+    let frame = [
+        b'P',
+        b'H',
+        PROTOCOL_VERSION,
+        0,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+        0x01,
+    ];
     assert!(matches!(
         decode::<HostMsg>(&frame),
         Err(WireError::Malformed(_))
+    ));
+}
+
+#[test]
+fn kind_counts_match_the_enums() {
+    // The last variant of each enum has index KINDS - 1; the next index is unknown.
+    let mut buf = Vec::new();
+    encode(&HostMsg::Blocked { syscall: 0 }, &mut buf).unwrap();
+    assert_eq!(u32::from(buf[HEADER_LEN]), HostMsg::KINDS - 1);
+    encode(&ServiceMsg::Shutdown, &mut buf).unwrap();
+    assert_eq!(u32::from(buf[HEADER_LEN]), ServiceMsg::KINDS - 1);
+    let frame = [b'P', b'H', PROTOCOL_VERSION, 0, 6];
+    assert!(matches!(
+        decode::<HostMsg>(&frame),
+        Err(WireError::UnknownKind { kind: 6, .. })
+    ));
+    let frame = [b'P', b'H', PROTOCOL_VERSION, 0, 4];
+    assert!(matches!(
+        decode::<ServiceMsg>(&frame),
+        Err(WireError::UnknownKind { kind: 4, .. })
     ));
 }
 

@@ -98,6 +98,8 @@ pub(crate) struct StartParams<'a> {
     pub default: &'a dyn ServiceCallbacks,
     pub stats: &'a Arc<crate::stats::Stats>,
     pub trust: &'a crate::integrity::Trust,
+    /// The host's cgroup, which it joins first thing (`--cgroup`).
+    pub cgroup: Option<&'a crate::cgroups::HostCgroup>,
 }
 
 pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<OwnedFd>)> {
@@ -124,7 +126,11 @@ pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<O
         .arg("--name")
         .arg(name)
         .arg("--parent-pid")
-        .arg(std::process::id().to_string())
+        .arg(std::process::id().to_string());
+    if let Some(cgroup) = p.cgroup {
+        command.arg("--cgroup").arg(cgroup.path());
+    }
+    command
         .stdin(Stdio::from(theirs.into_fd()))
         .stdout(Stdio::from(out_write))
         .stderr(Stdio::from(out_write2))
@@ -273,7 +279,10 @@ fn handshake(
         plugin,
         confinement: Confinement {
             user,
-            limits: p.config.limits,
+            // A limit the cgroup enforces is not also an rlimit (see `cgroups.rs`).
+            limits: p
+                .cgroup
+                .map_or(p.config.limits, |c| c.rlimits(p.config.limits)),
             seccomp: p.config.seccomp,
             filesystem: p.config.filesystem.landlock.then(|| {
                 let strings = |paths: &[std::path::PathBuf]| {

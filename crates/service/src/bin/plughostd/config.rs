@@ -19,7 +19,8 @@
 //! landlock = true                  # open files only beneath the system trees and:
 //! read_paths = []
 //! write_paths = ["/var/log/audit-plugin.log"]
-//! memory_mib = 512                 # RLIMIT_AS; also open_files, processes, cpu_seconds
+//! memory_mib = 512                 # memory.max in its cgroup (memory controller), else RLIMIT_AS;
+//!                                  # also open_files, processes (pids.max, else RLIMIT_NPROC), cpu_seconds
 //! # Resilience:
 //! start_timeout_secs = 30          # deadline of on_*_started / created hooks (default 30)
 //! teardown_timeout_secs = 10       # deadline of the other hooks (default 10)
@@ -29,8 +30,12 @@
 //! ```
 //!
 //! Top level, besides `idle_timeout_secs` and `host_binary`: `trusted_keys = ["<base64>" or
-//! "/path/to/key.pub", ...]`, `require_verified = false`, and the default `start_timeout_secs` /
-//! `teardown_timeout_secs` of every plugin.
+//! "/path/to/key.pub", ...]`, `require_verified = false`, the default `start_timeout_secs` /
+//! `teardown_timeout_secs` of every plugin, and `cgroup_parent`: `"auto"` (the default: a cgroup v2
+//! per host beneath `<plughostd's cgroup>/plughost` where it enforces a limit), `"off"`, or the
+//! absolute path of a cgroup2 directory beneath which every host gets one (`memory_mib` becomes
+//! `memory.max` and `processes` `pids.max` where those controllers are delegated). It takes effect
+//! when plughostd starts, not on a reload.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -51,6 +56,7 @@ struct RawConfig {
     require_verified: bool,
     start_timeout_secs: Option<u64>,
     teardown_timeout_secs: Option<u64>,
+    cgroup_parent: Option<Spanned<String>>,
     #[serde(default)]
     plugin: Vec<RawPlugin>,
 }
@@ -106,6 +112,8 @@ pub struct Config {
     pub plugins: Vec<PluginEntry>,
     pub trust: plughost::Trust,
     pub deadlines: plughost::Deadlines,
+    /// cgroup v2 per host (`cgroup_parent`).
+    pub cgroups: plughost::CgroupPolicy,
 }
 
 impl Default for Config {
@@ -116,6 +124,7 @@ impl Default for Config {
             plugins: Vec::new(),
             trust: plughost::Trust::default(),
             deadlines: plughost::Deadlines::default(),
+            cgroups: plughost::CgroupPolicy::Auto,
         }
     }
 }
@@ -199,6 +208,22 @@ impl Config {
             }
             Some(p) => Some(p.into_inner()),
             None => None,
+        };
+        let cgroups = match raw.cgroup_parent {
+            None => plughost::CgroupPolicy::Auto,
+            Some(value) => match value.get_ref().as_str() {
+                "auto" => plughost::CgroupPolicy::Auto,
+                "off" => plughost::CgroupPolicy::Off,
+                path if path.starts_with('/') => plughost::CgroupPolicy::Parent(path.into()),
+                other => {
+                    return Err(invalid(
+                        Some(value.span()),
+                        format!(
+                            "cgroup_parent must be \"auto\", \"off\" or an absolute path, not {other:?}"
+                        ),
+                    ))
+                }
+            },
         };
         let mut plugins: Vec<PluginEntry> = Vec::new();
         for plugin in raw.plugin {
@@ -351,6 +376,7 @@ impl Config {
                 raw.start_timeout_secs,
                 raw.teardown_timeout_secs,
             ),
+            cgroups,
         })
     }
 }
@@ -417,6 +443,27 @@ mod tests {
         let err = parse("trusted_keys = [\"not a key\"]\n").unwrap_err();
         assert!(
             err.starts_with("/etc/p.toml:1:17: public key is not base64"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cgroup_parent_is_auto_off_or_an_absolute_path() {
+        use plughost::CgroupPolicy;
+        assert_eq!(parse("").expect("valid").cgroups, CgroupPolicy::Auto);
+        assert_eq!(
+            parse("cgroup_parent = \"off\"\n").expect("valid").cgroups,
+            CgroupPolicy::Off
+        );
+        assert_eq!(
+            parse("cgroup_parent = \"/sys/fs/cgroup/plughostd.slice/hosts\"\n")
+                .expect("valid")
+                .cgroups,
+            CgroupPolicy::Parent("/sys/fs/cgroup/plughostd.slice/hosts".into())
+        );
+        let err = parse("cgroup_parent = \"hosts\"\n").unwrap_err();
+        assert!(
+            err.starts_with("/etc/p.toml:1:17: cgroup_parent must be"),
             "{err}"
         );
     }

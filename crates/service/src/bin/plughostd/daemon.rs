@@ -199,6 +199,7 @@ impl Daemon {
         manager_config.host_binary = config.host_binary.clone();
         manager_config.trust = config.trust.clone();
         manager_config.deadlines = config.deadlines;
+        manager_config.cgroups = config.cgroups.clone();
         let manager = PluginManager::new(manager_config, shared.clone())?;
         for error in manager.load_errors() {
             tracing::error!("{error}");
