@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use plughost_sys::Pidfd;
+
 use plughost_tests::*;
 
 #[test]
@@ -204,7 +206,7 @@ fn killing_the_namespace_init_is_a_crash_by_its_signal() {
     };
     let plugin = children(init);
     assert_eq!(plugin.len(), 1, "the init's children: {plugin:?}");
-    let pidfd = plughost_sys::Pidfd::open(init).expect("pidfd of the init");
+    let pidfd = Pidfd::open(init).expect("pidfd of the init");
     // Not our child, but a pidfd signals exactly that process.
     pidfd.kill().expect("SIGKILL the init");
     assert!(eventually(Duration::from_secs(5), || {
@@ -217,4 +219,61 @@ fn killing_the_namespace_init_is_a_crash_by_its_signal() {
         plughost_sys::process::process_is_gone(outer)
             && plughost_sys::process::process_is_gone(plugin[0])
     }));
+}
+
+/// The fallback where the waiter cannot be built or exec'd (forced here with `PLUGHOST_NO_WAITER=1`):
+/// the outer and the init wait in Rust, the host says so in one line, and deaths are classified the
+/// same.
+#[test]
+fn without_the_waiter_the_rust_loops_wait_and_classify_the_same() {
+    let fx = Fixture::new();
+    let service = TestService::new();
+    let output = std::sync::Arc::new(CapturedOutput::default());
+    let mut config = plughost::ManagerConfig::new(vec![fx
+        .c("crash_in_vm_started")
+        .env("PLUGHOST_NO_WAITER", "1")]);
+    config.output = output.clone();
+    let manager = service.manager_with(config);
+    let err = service.start_vm(&manager, &session(1)).unwrap_err();
+    assert_eq!(
+        err,
+        "plugin 'crash_in_vm_started' crashed: killed by signal SIGSEGV"
+    );
+    drop(manager);
+
+    let mut config =
+        plughost::ManagerConfig::new(vec![fx.c("noop").env("PLUGHOST_NO_WAITER", "1")]);
+    config.output = output.clone();
+    let manager = service.manager_with(config);
+    service.start_vm(&manager, &session(1)).expect("vm starts");
+    let outer = manager.plugins()[0].host_pid.expect("host pid");
+    if let Some(&init) = children(outer).first() {
+        assert!(output.wait_for(
+            "noop",
+            "no waiter (disabled by PLUGHOST_NO_WAITER=1); the outer and the namespace init wait in Rust"
+        ));
+        assert_eq!(
+            (comm(outer), comm(init)),
+            ("plughost-host".into(), "plughost-host".into())
+        );
+        Pidfd::open(init)
+            .expect("pidfd of the init")
+            .kill()
+            .expect("SIGKILL the init");
+        assert!(eventually(Duration::from_secs(5), || {
+            manager.plugins()[0].state != "ready"
+        }));
+        let err = service.start_vm(&manager, &session(2)).unwrap_err();
+        assert_eq!(err, "plugin 'noop' crashed: killed by signal SIGKILL");
+    } else {
+        println!("skipped the init checks: no pid namespace (needs root)");
+    }
+    let lines = output.lines.lock().unwrap_or_else(|e| e.into_inner());
+    for plugin in ["crash_in_vm_started", "noop"] {
+        let about_the_waiter = lines
+            .iter()
+            .filter(|(p, l)| p == plugin && l.contains("waiter"))
+            .count();
+        assert!(about_the_waiter <= 1, "{plugin}: {lines:?}");
+    }
 }

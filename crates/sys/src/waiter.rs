@@ -29,6 +29,9 @@ use rustix::io::{Errno, FdFlags};
 static PROGRAM: &[u8] = include_bytes!(env!("PLUGHOST_WAITER"));
 /// Why `build.rs` could not build it (empty when it did).
 const UNAVAILABLE: &str = env!("PLUGHOST_WAITER_UNAVAILABLE");
+/// Set to `1` in the host's environment, the host waits in Rust as where the waiter is missing: for
+/// the tests of that fallback, and for debugging the waiting loops.
+pub(crate) const DISABLE_VAR: &str = "PLUGHOST_NO_WAITER";
 
 /// The waiter program in a sealed, close-on-exec memfd, ready to be exec'd (after a fork, by the
 /// outer and by the init: both inherit this one copy).
@@ -44,6 +47,9 @@ impl Waiter {
         }
         if PROGRAM.is_empty() {
             return Err("not built".to_owned());
+        }
+        if std::env::var_os(DISABLE_VAR).is_some_and(|v| v == "1") {
+            return Err(format!("disabled by {DISABLE_VAR}=1"));
         }
         let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
         // MFD_EXEC says "executable" explicitly where `vm.memfd_noexec=1` would make it
