@@ -123,7 +123,7 @@ pub enum Contained {
 ///
 /// The outer and the init exec the tiny waiter (`waiter.rs`) to wait (a few pages resident instead of
 /// ~2 MiB each), after closing what they must not hold; without it (or if the exec fails) they wait
-/// in Rust ([`outer`], [`namespace_init`]), which behaves the same, and `log` says so in one line.
+/// in Rust (`outer`, `namespace_init` below), which behaves the same, and `log` says so in one line.
 /// `parent_pid` is the outer's parent (the service), which the outer's waiter checks again.
 ///
 /// Only the plugin process returns. Fails (and changes nothing) without the privilege (`EPERM`), so
