@@ -144,3 +144,32 @@ impl Waiter {
         std::io::Error::last_os_error()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CI builds on x86_64 Linux with gcc: there, a waiter that silently failed to build would only
+    /// show as memory. Say it here.
+    #[test]
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    fn the_waiter_is_built_and_loads_into_a_sealed_memfd() {
+        assert_eq!(UNAVAILABLE, "", "build.rs could not build the waiter");
+        assert_eq!(PROGRAM.get(..4), Some(&b"\x7fELF"[..]));
+        assert!(PROGRAM.len() < 16 * 1024, "{} bytes", PROGRAM.len());
+        let waiter = match Waiter::load() {
+            Ok(waiter) => waiter,
+            Err(e) if e.contains("memfd_create") => {
+                println!("skipped the memfd checks: {e}");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let seals = rustix::fs::fcntl_get_seals(waiter.fd()).expect("F_GET_SEALS");
+        assert!(seals.contains(SealFlags::WRITE | SealFlags::GROW | SealFlags::SEAL));
+        let flags = rustix::io::fcntl_getfd(waiter.fd()).expect("F_GETFD");
+        assert!(flags.contains(FdFlags::CLOEXEC));
+        let size = rustix::fs::fstat(waiter.fd()).expect("fstat").st_size;
+        assert_eq!(usize::try_from(size).ok(), Some(PROGRAM.len()));
+    }
+}
