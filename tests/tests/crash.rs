@@ -195,30 +195,32 @@ fn idle_host_waits_in_the_tiny_waiter_holding_only_its_pipes() {
 /// and the namespace (the plugin process) goes with it.
 #[test]
 fn killing_the_namespace_init_is_a_crash_by_its_signal() {
-    let fx = Fixture::new();
-    let service = TestService::new();
-    let manager = service.manager(vec![fx.c("noop")]);
-    service.start_vm(&manager, &session(1)).expect("vm starts");
-    let outer = manager.plugins()[0].host_pid.expect("host pid");
-    let Some(&init) = children(outer).first() else {
-        println!("skipped: no pid namespace (needs root), the host is one process");
-        return;
-    };
-    let plugin = children(init);
-    assert_eq!(plugin.len(), 1, "the init's children: {plugin:?}");
-    let pidfd = Pidfd::open(init).expect("pidfd of the init");
-    // Not our child, but a pidfd signals exactly that process.
-    pidfd.kill().expect("SIGKILL the init");
-    assert!(eventually(Duration::from_secs(5), || {
-        manager.plugins()[0].state != "ready"
-    }));
-    // The monitor saw the host go; the next hook names how.
-    let err = service.start_vm(&manager, &session(2)).unwrap_err();
-    assert_eq!(err, "plugin 'noop' crashed: killed by signal SIGKILL");
-    assert!(eventually(Duration::from_secs(2), || {
-        plughost_sys::process::process_is_gone(outer)
-            && plughost_sys::process::process_is_gone(plugin[0])
-    }));
+    for _ in 0..3 {
+        let fx = Fixture::new();
+        let service = TestService::new();
+        let manager = service.manager(vec![fx.c("noop")]);
+        service.start_vm(&manager, &session(1)).expect("vm starts");
+        let outer = manager.plugins()[0].host_pid.expect("host pid");
+        let Some(&init) = children(outer).first() else {
+            println!("skipped: no pid namespace (needs root), the host is one process");
+            return;
+        };
+        let plugin = children(init);
+        assert_eq!(plugin.len(), 1, "the init's children: {plugin:?}");
+        let pidfd = Pidfd::open(init).expect("pidfd of the init");
+        // Not our child, but a pidfd signals exactly that process.
+        pidfd.kill().expect("SIGKILL the init");
+        assert!(eventually(Duration::from_secs(5), || {
+            manager.plugins()[0].state != "ready"
+        }));
+        // The monitor saw the host go; the next hook names how.
+        let err = service.start_vm(&manager, &session(2)).unwrap_err();
+        assert_eq!(err, "plugin 'noop' crashed: killed by signal SIGKILL");
+        assert!(eventually(Duration::from_secs(2), || {
+            plughost_sys::process::process_is_gone(outer)
+                && plughost_sys::process::process_is_gone(plugin[0])
+        }));
+    }
 }
 
 /// The fallback where the waiter cannot be built or exec'd (forced here with `PLUGHOST_NO_WAITER=1`):
