@@ -7,8 +7,8 @@
 //!    into its cgroup (`--cgroup`) if the service made one;
 //! 2. moves the channel off stdin and closes every other inherited fd;
 //! 3. moves the plugin into a fresh pid namespace (outer → namespace init → plugin process, see
-//!    `plughost_sys::confine::contain`), or, without the privilege, stays in the process group the
-//!    service gave it and says so.
+//!    `plughost_sys::confine::contain`; the outer and the init then exec a tiny static waiter), or,
+//!    without the privilege, stays in the process group the service gave it and says so.
 //!
 //! Then it shakes hands, confines itself as the `Welcome` says (session, umask, limits, user,
 //! no_new_privs, Landlock, seccomp), loads the sealed library, and serves hooks on the main thread (see
@@ -81,7 +81,7 @@ fn main() {
     if let Err(e) = confine::close_inherited_fds(channel.as_raw_fd()) {
         fail(&format!("cannot close inherited fds: {e}"));
     }
-    let bond = match confine::contain() {
+    let bond = match confine::contain(args.parent_pid, host_log) {
         Ok(Contained::Plugin { bond }) => bond,
         Err(e) => {
             host_log(&format!(

@@ -8,13 +8,14 @@
 //! [`no_new_privs`].
 #![allow(unsafe_code)]
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::process::{set_parent_process_death_signal, Signal};
 
 use crate::process::ProcessExit;
+use crate::waiter::Waiter;
 
 /// How a host knows its parent is still there, to re-check after re-arming the parent-death signal
 /// (which the kernel clears on every change of credentials).
@@ -120,14 +121,27 @@ pub enum Contained {
 ///   (a pid 1 would ignore `SIGXCPU`, the `SIGABRT` of `abort()`, ...) and free to create threads
 ///   (the unsharing process itself may not: `clone(CLONE_THREAD)` fails there).
 ///
+/// The outer and the init exec the tiny waiter (`waiter.rs`) to wait (a few pages resident instead of
+/// ~2 MiB each), after closing what they must not hold; without it (or if the exec fails) they wait
+/// in Rust (`outer`, `namespace_init` below), which behaves the same, and `log` says so in one line.
+/// `parent_pid` is the outer's parent (the service), which the outer's waiter checks again.
+///
 /// Only the plugin process returns. Fails (and changes nothing) without the privilege (`EPERM`), so
 /// the caller can fall back to its process group. Must be called while single-threaded.
-pub fn contain() -> std::io::Result<Contained> {
+pub fn contain(parent_pid: u32, log: fn(&str)) -> std::io::Result<Contained> {
     // SAFETY: the process is single-threaded (documented precondition), so changing the namespace
     // for children cannot surprise another thread.
     unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWPID) }?;
     let (alive_read, alive_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let (status_read, status_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    // Once, before the forks: the outer and the init share this copy.
+    let waiter = Waiter::load()
+        .map_err(|e| {
+            log(&format!(
+                "no waiter ({e}); the outer and the namespace init wait in Rust"
+            ))
+        })
+        .ok();
     // SAFETY: single-threaded (precondition), so the child may run arbitrary code after fork.
     let init = unsafe { libc::fork() };
     if init < 0 {
@@ -138,7 +152,25 @@ pub fn contain() -> std::io::Result<Contained> {
         drop(status_write);
         // `alive_write` stays open for the outer's whole life: the init sees it close when the
         // outer dies.
-        outer(init.unsigned_abs(), status_read, alive_write)
+        let init = init.unsigned_abs();
+        if let Some(waiter) = waiter {
+            // As in `outer`: nothing else (the channel above all) stays open; stdio does.
+            let keep = [
+                status_read.as_raw_fd(),
+                alive_write.as_raw_fd(),
+                waiter.fd().as_raw_fd(),
+            ];
+            let e = match close_fds_except(&keep) {
+                Ok(()) => {
+                    waiter.exec_outer(parent_pid, init, status_read.as_fd(), alive_write.as_fd())
+                }
+                Err(e) => e,
+            };
+            log(&format!(
+                "cannot exec the waiter as the outer ({e}); it waits in Rust"
+            ));
+        }
+        outer(init, status_read, alive_write)
     }
     drop(alive_write);
     drop(status_read);
@@ -155,8 +187,17 @@ pub fn contain() -> std::io::Result<Contained> {
         let ParentBond::Pipe(alive) = bond else {
             exit_immediately(0)
         };
+        if let Some(waiter) = waiter {
+            if let Err(e) = init_exec_waiter(&waiter, plugin, &alive, &status_write) {
+                log(&format!(
+                    "cannot exec the waiter as the namespace init ({e}); it waits in Rust"
+                ));
+            }
+        }
         namespace_init(plugin, alive, status_write)
     }
+    // Close-on-exec is not enough here: the plugin never execs, and must not hold the waiter.
+    drop(waiter);
     drop(status_write);
     drop(bond);
     let bond = ParentBond::Pid(1);
@@ -165,9 +206,37 @@ pub fn contain() -> std::io::Result<Contained> {
     Ok(Contained::Plugin { bond })
 }
 
-/// The outer process: waits for the init, then ends as the plugin process ended.
+/// The init's way into the waiter: it holds exactly what [`namespace_init`] holds (the two pipes),
+/// so every other fd is closed first and stdio is made close-on-exec (kept until the exec only so
+/// that a failure can still be logged). Returns only if the exec failed.
+fn init_exec_waiter(
+    waiter: &Waiter,
+    plugin: i32,
+    alive: &OwnedFd,
+    status: &OwnedFd,
+) -> std::io::Result<()> {
+    close_fds_except(&[
+        alive.as_raw_fd(),
+        status.as_raw_fd(),
+        waiter.fd().as_raw_fd(),
+    ])?;
+    for stdio in [
+        rustix::stdio::stdin(),
+        rustix::stdio::stdout(),
+        rustix::stdio::stderr(),
+    ] {
+        // EBADF: not open, nothing to close.
+        match rustix::io::fcntl_setfd(stdio, rustix::io::FdFlags::CLOEXEC) {
+            Ok(()) | Err(Errno::BADF) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(waiter.exec_init(plugin, alive.as_fd(), status.as_fd()))
+}
+
+/// The outer process: waits for the init, then ends as the plugin process ended. (The fallback of
+/// the waiter's `outer`: keep the two in step.)
 fn outer(init: u32, status: OwnedFd, alive: OwnedFd) -> ! {
-    use std::os::fd::AsRawFd;
     // Nothing else (the channel above all) stays open here: the plugin process has its own copy.
     let _ = close_fds_except(&[status.as_raw_fd(), alive.as_raw_fd()]);
     let init_exit = wait_child(init);
@@ -195,7 +264,8 @@ fn decode_wait_status(status: i32) -> ProcessExit {
 }
 
 /// Pid 1 of the namespace: reap everything, report the plugin process's status to the outer, and
-/// end (taking the namespace with it) when the plugin process or the outer is gone.
+/// end (taking the namespace with it) when the plugin process or the outer is gone. (The fallback
+/// of the waiter's `init`: keep the two in step.)
 fn namespace_init(plugin: i32, alive: OwnedFd, status: OwnedFd) -> ! {
     let keep = [
         std::os::fd::AsRawFd::as_raw_fd(&alive),
@@ -323,11 +393,14 @@ pub fn mirror_exit(exit: ProcessExit) -> ! {
     match exit {
         ProcessExit::Code(code) => std::process::exit(code),
         ProcessExit::Signal { signal, .. } => {
+            // Soft limit 0 under the hard limit as it is (raising the hard limit would need
+            // privilege).
+            let core = rustix::process::Resource::Core;
             let limit = rustix::process::Rlimit {
                 current: Some(0),
-                maximum: None,
+                maximum: rustix::process::getrlimit(core).maximum,
             };
-            let _ = rustix::process::setrlimit(rustix::process::Resource::Core, limit);
+            let _ = rustix::process::setrlimit(core, limit);
             // SAFETY: resetting a disposition to SIG_DFL and raising a signal have no memory-safety
             // preconditions; the process is about to die either way.
             unsafe {

@@ -7,9 +7,11 @@
 //! - [`confine`]: what the host binary does to itself before any plugin code runs (parent-death
 //!   signal, closing inherited fds, its own pid namespace).
 //! - [`cgroup`]: cgroup v2 files (find the mount and our cgroup, create, limit, join, kill, remove).
+//! - `waiter` (private): the tiny static program (`waiter/waiter.c`, built by `build.rs`) that the
+//!   outer host and the namespace init exec from a sealed memfd once they only wait.
 //!
 //! Syscalls go through `rustix`; `libc` only where rustix has no wrapper (`fork`, `close_range`,
-//! `_exit`), each in a small `unsafe` block with its invariant written next to it. This crate knows
+//! `_exit`, `fexecve`), each in a small `unsafe` block with its invariant written next to it. This crate knows
 //! nothing about plugins or the wire format.
 
 pub mod cgroup;
@@ -17,6 +19,7 @@ pub mod channel;
 pub mod confine;
 pub mod process;
 pub mod ring;
+mod waiter;
 
 pub use channel::{ChannelError, Seqpacket};
 pub use process::{signal_name, Pidfd, ProcessExit};

@@ -1,12 +1,16 @@
 //! A length prefix is a claim, not a size: decoding a frame that claims 2^60 bytes or entries must not
 //! allocate more than a small bound (serde caps a list's preallocation at 1 MiB; strings are copied
 //! from the bytes actually present). One test per binary: the allocator's counter is process-wide.
+//! Moved here from `fuzz/tests` so that CI runs it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use plughost_fuzz::{host_seeds, service_seeds, varint};
+mod support;
+
 use plughost_wire::{decode, HostMsg, ServiceMsg, PROTOCOL_VERSION};
+use support::frames::{host_seeds, service_seeds};
+use support::varint;
 
 struct Largest;
 
