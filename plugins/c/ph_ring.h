@@ -9,7 +9,9 @@
  *
  * The offsets below mirror `plughost_sys::ring::layout`; the Rust unit test
  * `the_published_layout_matches_the_struct` (crates/sys/src/ring.rs) pins those to the `#[repr(C)]`
- * struct, so a change of the struct fails there first: update this file with it.
+ * struct, so a change of the struct fails there first: update this file with it. The integration
+ * test `ph_ring_h_mirrors_the_published_layout` (tests/tests/ring.rs) compiles this header and checks
+ * its numbers against `layout`.
  *
  *   ph_ring_find(&ring)            maps nothing, only finds: fills base/size/name/doorbell; 0 or -errno
  *                                  (-ENOENT: no ring mapping, -EPROTO: the magic number is wrong).

@@ -113,6 +113,92 @@ fn assert_no_call_ran(a: &Attack) {
     assert_eq!(a.manager.plugins()[0].api_calls, 0);
 }
 
+/// `plugins/c/ph_ring.h` repeats `plughost_sys::ring::layout` (which the unit test
+/// `the_published_layout_matches_the_struct` pins to the struct): compiled here, its numbers must be
+/// the published ones, or the hostile plugins would write somewhere the service never looks.
+#[test]
+fn ph_ring_h_mirrors_the_published_layout() {
+    use plughost_sys::ring::{self, layout};
+    let root = workspace();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = dir.path().join("layout.c");
+    let exe = dir.path().join("layout");
+    let names = [
+        "SIZE",
+        "UP_SEQ",
+        "UP_SOCKET",
+        "OWNER",
+        "SERVICE_WAITING",
+        "POOL_SCANNING",
+        "CLOSED",
+        "LANE_OFFSET",
+        "SLOTS_OFFSET",
+        "SLOT_SIZE",
+        "SLOT_DATA",
+        "SLOT_BYTES",
+        "SLOTS",
+        "STATE_FREE",
+        "STATE_WRITING",
+        "STATE_REQUEST",
+        "STATE_SERVING",
+        "STATE_REPLY",
+    ];
+    let prints: String = names
+        .iter()
+        .map(|n| format!("    printf(\"{n}=%lu\\n\", (unsigned long)PH_RING_{n});\n"))
+        .collect();
+    std::fs::write(
+        &source,
+        format!(
+            "#include \"ph_test.h\"\n#include \"ph_ring.h\"\nint main(void)\n{{\n{prints}    \
+             return 0;\n}}\n"
+        ),
+    )
+    .expect("write layout.c");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = std::process::Command::new(&cc)
+        .args(["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-I"])
+        .arg(root.join("include"))
+        .arg("-I")
+        .arg(root.join("plugins/c"))
+        .arg("-o")
+        .arg(&exe)
+        .arg(&source)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cc}: {e}"));
+    assert!(status.success(), "compiling ph_ring.h failed");
+    let output = std::process::Command::new(&exe)
+        .output()
+        .expect("run layout");
+    let printed = String::from_utf8(output.stdout).expect("utf-8");
+    let published = [
+        layout::SIZE,
+        layout::UP_SEQ,
+        layout::UP_SOCKET,
+        layout::OWNER,
+        layout::SERVICE_WAITING,
+        layout::POOL_SCANNING,
+        layout::CLOSED,
+        layout::LANE,
+        layout::SLOTS,
+        layout::SLOT_SIZE,
+        layout::SLOT_DATA,
+        ring::SLOT_BYTES,
+        ring::SLOTS,
+        layout::STATE_FREE as usize,
+        layout::STATE_WRITING as usize,
+        layout::STATE_REQUEST as usize,
+        layout::STATE_SERVING as usize,
+        layout::STATE_REPLY as usize,
+    ];
+    let expected: String = names
+        .iter()
+        .zip(published)
+        .map(|(n, v)| format!("{n}={v}\n"))
+        .collect();
+    assert_eq!(printed, expected);
+}
+
 /// Posts `frame` during `on_vm_started`; the start fails with `expected`; then the usual checks.
 fn attack_through_the_ring(target: Target, frame: &[u8], claimed_len: Option<u32>, expected: &str) {
     let rss_before = rss_kib();
