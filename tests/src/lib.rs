@@ -154,7 +154,12 @@ impl Fixture {
 
     /// Waits (up to 10 s) until a line starting with `prefix` appears; returns it.
     pub fn wait_for(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.wait_for_within(prefix, Duration::from_secs(10))
+    }
+
+    /// [`Fixture::wait_for`] with another patience.
+    pub fn wait_for_within(&self, prefix: &str, patience: Duration) -> String {
+        let deadline = Instant::now() + patience;
         loop {
             if let Some(line) = self.events(prefix).pop() {
                 return line;
