@@ -47,14 +47,14 @@
 /* plughost_sys::ring::layout (byte offsets in the region). */
 #define PH_RING_SIZE 36864u /* size_of::<Shared>() rounded up to 4096 */
 #define PH_RING_MAGIC 0x50485231u /* "PHR1", at offset 0 */
-#define PH_RING_UP_SEQ 64u
-#define PH_RING_UP_SOCKET 128u
-#define PH_RING_OWNER 192u
-#define PH_RING_SERVICE_WAITING 256u
-#define PH_RING_POOL_SCANNING 320u
-#define PH_RING_CLOSED 384u
-#define PH_RING_LANE_OFFSET 448u
-#define PH_RING_SLOTS_OFFSET 1472u
+#define PH_RING_UP_SEQ 64u     /* the host's line: seq, socket, pending */
+#define PH_RING_UP_SOCKET 68u
+#define PH_RING_UP_PENDING 72u /* one bit per slot holding a request */
+#define PH_RING_OWNER 128u     /* the service's line: owner, waiting */
+#define PH_RING_SERVICE_WAITING 132u
+#define PH_RING_CLOSED 192u
+#define PH_RING_LANE_OFFSET 256u
+#define PH_RING_SLOTS_OFFSET 1280u
 #define PH_RING_SLOT_SIZE 1024u
 /* In a slot: u32 state at 0, u32 len at 4, the frame from PH_RING_SLOT_DATA. */
 #define PH_RING_SLOT_LEN 4u
@@ -181,6 +181,9 @@ static inline int ph_ring_write(const struct ph_ring *ring, int target, const un
     atomic_store_explicit((_Atomic uint32_t *)(slot + PH_RING_SLOT_LEN), claimed_len,
                           memory_order_relaxed);
     atomic_store(state, PH_RING_STATE_REQUEST);
+    /* As the host does: mark the slot pending, so the service looks at it. */
+    if (target != PH_RING_LANE)
+        atomic_fetch_or(ph_ring_word(ring, PH_RING_UP_PENDING), 1u << target);
     return 0;
 }
 

@@ -158,6 +158,8 @@ pub enum RingError {
     Closed,
     #[error("a frame of {len} bytes in slot {slot} (a slot holds {SLOT_BYTES})")]
     BadLength { slot: usize, len: u32 },
+    #[error("a frame of {len} bytes on the hook lane (it holds {SLOT_BYTES})")]
+    BadLaneLength { len: u32 },
 }
 
 /// The fds a host needs for its end of the ring (sent with `Welcome`).
@@ -428,7 +430,10 @@ impl Ring {
         {
             return Ok(false);
         }
-        let copied = copy_out(lane, usize::MAX, out);
+        let copied = copy_out(lane, 0, out).map_err(|e| match e {
+            RingError::BadLength { len, .. } => RingError::BadLaneLength { len },
+            other => other,
+        });
         lane.state.store(FREE, Ordering::Release);
         copied.map(|()| true)
     }
@@ -555,7 +560,7 @@ mod tests {
         let mut out = Vec::new();
         assert!(matches!(
             service.take_answer(&mut out),
-            Err(RingError::BadLength { len: u32::MAX, .. })
+            Err(RingError::BadLaneLength { len: u32::MAX })
         ));
     }
 

@@ -506,17 +506,33 @@ impl Host {
             let answered = self
                 .ring
                 .take_answer(&mut reader.frame)
-                .map_err(|e| self.violation(format!("sent {e} of the hook lane")))?;
+                .map_err(|e| self.violation(format!("sent {e}")))?;
             if answered {
                 // Whatever the host sent on the socket before its answer belongs to this hook.
                 if let Some(outcome) = self.drain_socket(reader, id, hook, scope)? {
                     return Ok(outcome);
                 }
-                let msg = self.decode_ring(&reader.frame)?;
-                return match self.during_hook(msg, id, hook, scope)? {
-                    Step::Done(outcome) => Ok(outcome),
-                    Step::Continue => Err(self.violation(format!(
+                // Only this hook's answer belongs on the lane: anything else is refused before it
+                // has any effect.
+                return match self.decode_ring(&reader.frame)? {
+                    HostMsg::HookDone {
+                        id: got,
+                        status,
+                        message,
+                    } if got == id => Ok(HookOutcome { status, message }),
+                    HostMsg::HookDone { id: got, .. } => Err(self.violation(format!(
+                        "answered hook request {} while {} was request {}",
+                        got.0,
+                        hook.kind(),
+                        id.0
+                    ))),
+                    HostMsg::Call { .. } => Err(self.violation(format!(
                         "sent a call on the hook lane during {}",
+                        hook.kind()
+                    ))),
+                    other => Err(self.violation(format!(
+                        "sent {} on the hook lane during {}",
+                        host_msg_name(&other),
                         hook.kind()
                     ))),
                 };
