@@ -1,6 +1,6 @@
 //! Random mutations of valid frames or lines, for proptest: bit flips, byte changes, insertions,
 //! removals, truncations, and bytes replaced by a varint claiming a huge count. Shared by
-//! `crates/wire/tests/` and `fuzz/tests/` (included with `#[path]`).
+//! `crates/wire/tests/` and `crates/service/tests/control_protocol.rs` (included with `#[path]`).
 //!
 //! Needs `proptest` and a `varint(u64, &mut Vec<u8>)` (LEB128, `frames.rs`) in its parent module.
 
