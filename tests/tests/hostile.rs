@@ -475,7 +475,7 @@ fn calls_arriving_as_a_hook_ends_are_served_without_another_hook() {
         // No hook from here on: the pool alone must serve what is left of the flood.
         assert!(
             eventually(PATIENCE, || !fx.events("flood_done").is_empty()),
-            "round {round}: flood calls stuck after {hooks} hooks (the pool was not re-armed)"
+            "round {round}: flood calls stuck after {hooks} hooks (the pool was not woken)"
         );
         let done = fx.wait_for("flood_done");
         let calls: u64 = field(&done, "calls").parse().expect("calls");
