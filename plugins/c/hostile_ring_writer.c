@@ -37,17 +37,6 @@ static size_t frame_len;
 static uint32_t claimed_len;
 static int target;
 
-static int hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Reads the env into the statics; 0 or -errno. */
 static int prepare(void)
 {
@@ -57,21 +46,12 @@ static int prepare(void)
         return rc;
     }
     ph_log("ring name=%s doorbell=%d", ring.name, ring.doorbell);
-    const char *hex = ph_env("PH_FRAME_HEX", "");
-    size_t digits = strlen(hex);
-    if (digits % 2 != 0 || digits / 2 > sizeof frame) {
+    long len = ph_ring_frame_from_env(frame, sizeof frame);
+    if (len < 0) {
         ph_log("bad_hex");
         return -EINVAL;
     }
-    for (size_t i = 0; i < digits / 2; i++) {
-        int hi = hex_digit(hex[2 * i]), lo = hex_digit(hex[2 * i + 1]);
-        if (hi < 0 || lo < 0) {
-            ph_log("bad_hex");
-            return -EINVAL;
-        }
-        frame[i] = (unsigned char)(hi << 4 | lo);
-    }
-    frame_len = digits / 2;
+    frame_len = (size_t)len;
     const char *len_text = ph_env("PH_FRAME_LEN", NULL);
     claimed_len = len_text != NULL ? (uint32_t)strtoul(len_text, NULL, 0) : (uint32_t)frame_len;
     target = strcmp(ph_env("PH_RING_TARGET", "slot"), "lane") == 0

@@ -15,6 +15,7 @@
  *
  *   ph_ring_find(&ring)            maps nothing, only finds: fills base/size/name/doorbell; 0 or -errno
  *                                  (-ENOENT: no ring mapping, -EPROTO: the magic number is wrong).
+ *   ph_ring_frame_from_env(buf, cap) $PH_FRAME_HEX decoded: its length, or -1.
  *   ph_ring_word(&ring, offset)    the 32-bit atomic word at a region offset (PH_RING_UP_SEQ, ...).
  *   ph_ring_state(&ring, target)   the state word of slot `target` (0..31) or of the lane (PH_RING_LANE).
  *   ph_ring_write(&ring, target, bytes, len, claimed_len)
@@ -198,6 +199,34 @@ static inline void ph_ring_wake_service(const struct ph_ring *ring)
         ssize_t w = write(ring->doorbell, &one, sizeof one);
         (void)w;
     }
+}
+
+/* The frame the test passes in $PH_FRAME_HEX (hex digits), decoded into out: its length, or -1 if
+ * the text is not an even number of hex digits or longer than cap bytes. */
+static inline long ph_ring_frame_from_env(unsigned char *out, size_t cap)
+{
+    const char *hex = ph_env("PH_FRAME_HEX", "");
+    size_t digits = strlen(hex);
+    if (digits % 2 != 0 || digits / 2 > cap)
+        return -1;
+    for (size_t i = 0; i < digits / 2; i++) {
+        int hi = -1, lo = -1;
+        for (int half = 0; half < 2; half++) {
+            char c = hex[2 * i + (size_t)half];
+            int v = c >= '0' && c <= '9'   ? c - '0'
+                    : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                    : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                           : -1;
+            if (half == 0)
+                hi = v;
+            else
+                lo = v;
+        }
+        if (hi < 0 || lo < 0)
+            return -1;
+        out[i] = (unsigned char)(hi << 4 | lo);
+    }
+    return (long)(digits / 2);
 }
 
 static inline int ph_ring_post(const struct ph_ring *ring, int target, const unsigned char *bytes,

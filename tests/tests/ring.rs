@@ -482,3 +482,103 @@ fn call_storm_across_hooks_loses_no_call_and_no_wake_up() {
         );
     }
 }
+
+/// Runs `f`, and ends the whole test binary if it has not returned within `PATIENCE`: what these
+/// tests guard against is a service thread blocked forever, which would otherwise hang the suite
+/// instead of failing it.
+fn or_abort<T>(what: &'static str, f: impl FnOnce() -> T) -> T {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watched = done.clone();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        while !watched.load(Ordering::Acquire) {
+            if started.elapsed() > PATIENCE * 4 {
+                eprintln!(
+                    "{what} did not return within {:?}: a service thread is blocked",
+                    PATIENCE * 4
+                );
+                std::process::abort();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let result = f();
+    done.store(true, Ordering::Release);
+    result
+}
+
+/// The doorbell's open file is shared with the host, which can make it blocking and fill its
+/// counter: a service that wrote it (to hand the host to its pool after a hook, or when a pool
+/// thread gives up its turn) would block forever. The service never does I/O on it.
+#[test]
+fn a_host_that_jams_its_doorbell_cannot_block_the_service() {
+    let _serial = serial();
+    let call = call_frame(ApiCall::ProcessGetExitCode {
+        process: plughost_wire::ProcessHandle(12345),
+    });
+    let a = attack("hostile_doorbell_jam", |c| {
+        c.env("PH_FRAME_HEX", hex(&call))
+    });
+    let started = Instant::now();
+    or_abort("the VM start with a jammed doorbell", || {
+        a.service
+            .start_vm(&a.manager, &session(1))
+            .expect("the jammer's hook returns 0")
+    });
+    assert!(started.elapsed() < PATIENCE, "{:?}", started.elapsed());
+    assert_eq!(a.fx.events("jammed write=8").len(), 1, "{:?}", a.fx.lines());
+    a.fx.wait_for("returned");
+    // The pool keeps serving the jammer's slots (it never needs the doorbell for that), and a second
+    // VM start with the jammer still enabled goes through.
+    or_abort("a second VM start", || {
+        a.service
+            .start_vm(&a.manager, &session(3))
+            .expect("a second VM starts")
+    });
+    let info = &a.manager.plugins()[0];
+    assert_eq!(info.state, "ready", "{info:?}");
+    assert!(
+        eventually(PATIENCE, || a.manager.plugins()[0].api_calls > 0),
+        "the jammer's calls were never served"
+    );
+    a.assert_service_carries_on(2);
+    a.finish();
+}
+
+/// A host that keeps its socket full during a hook (and reads its replies slowly, so each reply
+/// waits for room) cannot hold the dispatcher past the hook's deadline: it is checked before every
+/// frame, not only between turns.
+#[test]
+fn a_host_that_floods_its_socket_during_a_hook_is_killed_at_the_deadline() {
+    let _serial = serial();
+    let deadline = Duration::from_millis(300);
+    let call = frame(&HostMsg::Call {
+        id: RequestId(1 << 40),
+        call: ApiCall::ProcessGetExitCode {
+            process: plughost_wire::ProcessHandle(12345),
+        },
+    });
+    let a = attack("hostile_socket_flood", |c| {
+        c.env("PH_FRAME_HEX", hex(&call))
+            .deadlines(Deadlines::default().with(HookKind::VmStarted, deadline))
+    });
+    let started = Instant::now();
+    let err = or_abort("the VM start with a socket flood", || {
+        a.service
+            .start_vm(&a.manager, &session(1))
+            .expect_err("the flooder never answers")
+    });
+    let took = started.elapsed();
+    assert_eq!(
+        err,
+        "plugin 'hostile_socket_flood' did not answer on_vm_started within 300 ms"
+    );
+    // The deadline, plus at most one reply's send timeout (500 ms).
+    assert!(took >= deadline && took < PATIENCE, "{took:?}");
+    a.fx.wait_for("flooding");
+    assert!(a.fx.events("returned").is_empty());
+    a.assert_reported(&err);
+    a.assert_contained();
+    a.assert_service_carries_on(2);
+    a.finish();
+}

@@ -239,6 +239,7 @@ impl PluginManager {
                     host_binary: &self.host_binary,
                     service_version: self.version,
                     spawner: &self.spawner,
+                    kicks: &self.pool.kicks,
                     default: &*self.default,
                     stats: &plugin.stats,
                     trust: &self.trust,

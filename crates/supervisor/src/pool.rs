@@ -5,8 +5,11 @@
 //! makes the pool step aside by itself, see [`Host::serve_idle`]). [`POOL_THREADS`] threads block in
 //! `epoll_wait` (the kernel wakes one per event); the woken thread claims what the host published
 //! and serves it with the default callbacks, so calls from several plugin threads run in parallel.
-//! The doorbell is never read: each write is an edge, and the count cannot overflow in practice
-//! (2^64 rings).
+//! The service never reads or writes a host's doorbell (the host holds the same open file and could
+//! make it blocking or fill it): each host write is an edge, and a host that fills, drains or blocks
+//! its own doorbell only stalls its own calls outside hooks. When the service itself must hand a
+//! host to the pool (a dispatcher leaving calls it did not serve, a pool thread giving up its turn),
+//! it uses [`Kicks`]: a queue of host ids and an eventfd only the service holds.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -21,6 +24,41 @@ use crate::host::Host;
 
 pub(crate) const POOL_THREADS: usize = 2;
 const STOP_KEY: u64 = u64::MAX;
+const KICK_KEY: u64 = u64::MAX - 1;
+
+/// Hosts the service asks the pool to look at, and the service-private eventfd that wakes it.
+pub(crate) struct Kicks {
+    fd: OwnedFd,
+    /// Leaf lock: host ids waiting for a pool turn. Never held while serving.
+    queue: Mutex<Vec<u64>>,
+}
+
+impl Kicks {
+    fn new() -> std::io::Result<Kicks> {
+        Ok(Kicks {
+            fd: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?,
+            queue: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Gives host `id` a pool turn (call it without holding that host's read token).
+    pub fn kick(&self, id: u64) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(id);
+        let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
+    }
+
+    fn take(&self) -> Vec<u64> {
+        let mut count = [0u8; 8];
+        let _ = rustix::io::read(&self.fd, &mut count);
+        let mut ids = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
 
 fn socket_key(host: u64) -> u64 {
     host * 2
@@ -33,6 +71,7 @@ fn doorbell_key(host: u64) -> u64 {
 pub(crate) struct Pool {
     epoll: OwnedFd,
     stop: OwnedFd,
+    pub kicks: Arc<Kicks>,
     /// Leaf lock: host id to host. Looked up per event, never held while serving.
     hosts: Mutex<HashMap<u64, Weak<Host>>>,
 }
@@ -42,9 +81,17 @@ impl Pool {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         let stop = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
         epoll::add(&epoll, &stop, EventData::new_u64(STOP_KEY), EventFlags::IN)?;
+        let kicks = Arc::new(Kicks::new()?);
+        epoll::add(
+            &epoll,
+            &kicks.fd,
+            EventData::new_u64(KICK_KEY),
+            EventFlags::IN | EventFlags::ET,
+        )?;
         Ok(Arc::new(Pool {
             epoll,
             stop,
+            kicks,
             hosts: Mutex::new(HashMap::new()),
         }))
     }
@@ -90,6 +137,16 @@ impl Pool {
             .remove(&host.id);
     }
 
+    fn host(&self, id: u64) -> Option<Arc<Host>> {
+        let host = self
+            .hosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned();
+        host.and_then(|h| h.upgrade())
+    }
+
     pub fn stop(&self) {
         let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());
     }
@@ -115,13 +172,15 @@ impl Pool {
                 if key == STOP_KEY {
                     return;
                 }
-                let host = self
-                    .hosts
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&(key / 2))
-                    .cloned();
-                if let Some(host) = host.and_then(|h| h.upgrade()) {
+                if key == KICK_KEY {
+                    for id in self.kicks.take() {
+                        if let Some(host) = self.host(id) {
+                            host.serve_idle(default, false);
+                        }
+                    }
+                    continue;
+                }
+                if let Some(host) = self.host(key / 2) {
                     host.serve_idle(default, key == socket_key(host.id));
                 }
             }

@@ -31,7 +31,10 @@
 //! - takes a slot only by `compare_exchange(REQUEST → SERVING)`, so two service threads never serve
 //!   one slot;
 //! - never lets a flag the host can write decide anything but whom the *host* wakes: a host that lies
-//!   only delays its own calls, and every service wait on the ring is bounded by a timeout.
+//!   only delays its own calls, and every service wait on the ring is bounded by a timeout;
+//! - never reads or writes the doorbell eventfd, whose open file the host shares (it could make it
+//!   blocking or fill it): the service only watches it (the pool's own wake-ups use an eventfd only
+//!   the service holds).
 //!
 //! # Safety
 //! This module maps memory and waits on futexes in it. The region is only ever accessed as the
@@ -78,7 +81,8 @@ const DISPATCHER: u32 = 1;
 struct Slot {
     state: AtomicU32,
     len: AtomicU32,
-    _pad: [u32; 14],
+    /// Atomics too: the host may write any byte of the region.
+    _pad: [AtomicU32; 14],
     data: [AtomicU64; SLOT_WORDS],
 }
 
@@ -313,6 +317,9 @@ impl Ring {
     /// closed (the host is shutting down) or the service wrote a bad reply.
     pub fn call(&self, request: &[u8], reply: &mut Vec<u8>) -> Result<bool, RingError> {
         let s = self.shared();
+        if s.closed.0.load(Ordering::Acquire) != 0 {
+            return Err(RingError::Closed);
+        }
         if request.len() > SLOT_BYTES {
             return Ok(false);
         }
@@ -413,11 +420,6 @@ impl Ring {
         let s = self.shared();
         s.up.seq.fetch_add(1, Ordering::SeqCst);
         wake(&s.up.seq, u32::MAX);
-    }
-
-    /// Service: rings the pool's doorbell itself (a dispatcher leaving requests it did not serve).
-    pub fn kick_pool(&self) {
-        self.ring_doorbell();
     }
 
     /// Service: takes the hook answer from the lane, if one is there.

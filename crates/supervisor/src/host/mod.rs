@@ -20,11 +20,15 @@
 //!   dispatcher took the token: every call a hook causes is served with that hook's `scope`.
 //! - A pool thread that sees a socket frame while a dispatcher holds the token sets
 //!   `socket_pending` and wakes the dispatcher, which reads the socket itself.
+//! - When the service itself hands the host to the pool (a dispatcher leaving calls published after
+//!   its last look, a pool thread giving up its turn after `POOL_ROUNDS`), it uses the pool's
+//!   [`Kicks`]: the service never reads or writes the host's doorbell, whose open file the host
+//!   shares (it could make it blocking and fill it).
 //!
 //! # Locks (in order)
 //! 1. `reader`: the read token (above). Held by a dispatcher across its hook round trip (waiting on
 //!    this host only, bounded by the deadline), by a pool thread only while claiming (no I/O but
-//!    non-blocking reads).
+//!    non-blocking reads; a dead host is classified after the token is released).
 //! 2. `exit`, `processes`: leaves, never held across I/O.
 //!
 //! # Death
@@ -37,7 +41,7 @@ pub(crate) mod spawn;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::time::{Duration, Instant};
 
 use plughost_sys::{ChannelError, Pidfd, ProcessExit, Ring, Seqpacket};
@@ -47,6 +51,7 @@ use plughost_wire::{
 
 use crate::callbacks::{CallContext, ServiceCallbacks};
 use crate::error::CrashCause;
+use crate::pool::Kicks;
 use execute::ProcessTable;
 use plughost_host::HookOutcome;
 
@@ -78,6 +83,9 @@ pub(crate) struct Host {
     pidfd: Pidfd,
     channel: Seqpacket,
     ring: Ring,
+    /// Asks the pool to look at this host (a service-private wake-up: the service never writes the
+    /// host's doorbell).
+    kicks: Arc<Kicks>,
     /// Lock 1: the read token (see the module docs).
     reader: Mutex<Reader>,
     /// The pool saw the socket readable while it could not read it (a dispatcher reads it then).
@@ -120,6 +128,34 @@ fn host_msg_name(msg: &HostMsg) -> &'static str {
 /// The slot indices set in a claim mask.
 fn slots(mask: u32) -> impl Iterator<Item = usize> {
     (0..32).filter(move |i| mask & (1 << i) != 0)
+}
+
+/// A socket read failed: the host is gone, or was just killed for what it sent.
+struct Gone;
+
+/// One hook in flight.
+struct Dispatch<'a> {
+    id: RequestId,
+    hook: &'a Hook,
+    scope: &'a dyn ServiceCallbacks,
+    started: Instant,
+    deadline: Duration,
+}
+
+/// Hands the ring back to the pool if a dispatch unwinds (a panicking `scope` callback): the owner
+/// word goes back to the pool and the pool gets a turn, so the host's calls are not stranded.
+struct HandBack<'a> {
+    host: &'a Host,
+    armed: bool,
+}
+
+impl Drop for HandBack<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.host.ring.set_dispatcher(false);
+            self.host.kicks.kick(self.host.id);
+        }
+    }
 }
 
 /// What a dispatcher does with one frame of its host.
@@ -250,31 +286,36 @@ impl Host {
     }
 
     /// Receives one frame from the socket with the read token held, without blocking. Every failure
-    /// kills and classifies the host.
-    fn recv(&self, reader: &mut Reader) -> Result<Option<HostMsg>, CrashCause> {
+    /// means the host is gone or has just been killed for what it sent (`killed_for` records why):
+    /// the caller classifies it with [`Host::crash_cause`], after releasing the token if it is a pool
+    /// thread (that may wait for the host to finish exiting).
+    fn recv(&self, reader: &mut Reader) -> Result<Option<HostMsg>, Gone> {
         let Reader { buf, fds, .. } = reader;
+        let refuse = |what: String| {
+            self.kill_for(CrashCause::ProtocolViolation(what));
+            Err(Gone)
+        };
         let len = match self.channel.try_recv(buf, fds) {
             Ok(Some(len)) => len,
-            Ok(None) => return Ok(None),
-            Err(ChannelError::Disconnected) => return Err(self.crash_cause()),
-            Err(ChannelError::TimedOut) => return Ok(None),
-            Err(ChannelError::Empty) => return Err(self.violation("sent an empty frame".into())),
+            Ok(None) | Err(ChannelError::TimedOut) => return Ok(None),
+            Err(ChannelError::Disconnected) => return Err(Gone),
+            Err(ChannelError::Empty) => return refuse("sent an empty frame".into()),
             Err(ChannelError::Oversized { len, limit }) => {
-                return Err(self.violation(format!("sent a frame of {len} bytes (limit {limit})")))
+                return refuse(format!("sent a frame of {len} bytes (limit {limit})"))
             }
             Err(ChannelError::TooManyFds { .. }) => {
                 fds.clear();
-                return Err(self.violation("sent file descriptors".into()));
+                return refuse("sent file descriptors".into());
             }
-            Err(ChannelError::Io(e)) => return Err(self.violation(format!("channel error: {e}"))),
+            Err(ChannelError::Io(e)) => return refuse(format!("channel error: {e}")),
         };
         if !fds.is_empty() {
             fds.clear();
-            return Err(self.violation("sent file descriptors".into()));
+            return refuse("sent file descriptors".into());
         }
         match decode::<HostMsg>(&buf[..len]) {
             Ok(msg) => Ok(Some(msg)),
-            Err(e) => Err(self.violation(format!("sent a malformed frame: {e}"))),
+            Err(e) => refuse(format!("sent a malformed frame: {e}")),
         }
     }
 
@@ -366,6 +407,12 @@ impl Host {
         scope: &dyn ServiceCallbacks,
         deadline: Duration,
     ) -> Result<HookOutcome, CrashCause> {
+        // Declared before the token, so dropped after it: if a `scope` callback panics, the ring
+        // still goes back to the pool (and the pool gets a turn) once the token is released.
+        let mut hand_back = HandBack {
+            host: self,
+            armed: false,
+        };
         let mut reader = lock(&self.reader);
         if self.is_dead() {
             // What it sent before it died may say why (`Blocked`).
@@ -376,37 +423,50 @@ impl Host {
             }
             return Err(self.crash_cause());
         }
-        let id = RequestId(self.next_hook.fetch_add(1, Ordering::Relaxed));
-        self.ring.set_dispatcher(true);
-        let result = self.hook_round_trip(&mut reader, id, hook, scope, deadline);
-        self.ring.set_dispatcher(false);
-        let seen = self.ring.seq();
-        let pending = {
-            // Calls published after our last look are the pool's now.
-            let claimed = self.ring.claim_requests();
-            for index in slots(claimed) {
-                if self.serve_slot(index, &mut reader.frame, scope).is_err() {
-                    break;
-                }
-            }
-            claimed != 0
+        let dispatch = Dispatch {
+            id: RequestId(self.next_hook.fetch_add(1, Ordering::Relaxed)),
+            hook,
+            scope,
+            started: Instant::now(),
+            deadline,
         };
+        hand_back.armed = true;
+        self.ring.set_dispatcher(true);
+        let result = self.hook_round_trip(&mut reader, &dispatch);
+        hand_back.armed = false;
+        self.ring.set_dispatcher(false);
+        // Killed or gone: nothing of it is served any more.
+        let outcome = result?;
+        let seen = self.ring.seq();
+        // Calls published after our last look: served here while the scope is still ours (the
+        // pool would serve them with the default callbacks).
+        let claimed = self.ring.claim_requests();
+        for index in slots(claimed) {
+            // A violation here kills the host after its hook answered: the hook's outcome stands,
+            // the crash is reported by the next operation.
+            if self.serve_slot(index, &mut reader.frame, scope).is_err() {
+                return Ok(outcome);
+            }
+        }
         // Release the token before waking the pool: a pool thread must find it free.
         drop(reader);
-        if pending || self.socket_pending.load(Ordering::SeqCst) || self.ring.seq() != seen {
-            self.ring.kick_pool();
+        if self.socket_pending.load(Ordering::SeqCst) || self.ring.seq() != seen {
+            self.kicks.kick(self.id);
         }
-        result
+        Ok(outcome)
+    }
+
+    fn hung(&self, dispatch: &Dispatch<'_>) -> CrashCause {
+        self.kill_for(CrashCause::Hung {
+            hook: dispatch.hook.kind(),
+            after: dispatch.deadline,
+        });
+        self.crash_cause()
     }
 
     /// One frame during a hook: its answer, a call to serve with `scope`, or a violation.
-    fn during_hook(
-        &self,
-        msg: HostMsg,
-        id: RequestId,
-        hook: &Hook,
-        scope: &dyn ServiceCallbacks,
-    ) -> Result<Step, CrashCause> {
+    fn during_hook(&self, msg: HostMsg, dispatch: &Dispatch<'_>) -> Result<Step, CrashCause> {
+        let (id, kind) = (dispatch.id, dispatch.hook.kind());
         match msg {
             HostMsg::HookDone {
                 id: got,
@@ -414,7 +474,7 @@ impl Host {
                 message,
             } if got == id => Ok(Step::Done(HookOutcome { status, message })),
             HostMsg::Call { id, call } => {
-                self.serve_call(id, call, scope);
+                self.serve_call(id, call, dispatch.scope);
                 Ok(Step::Continue)
             }
             HostMsg::Blocked { syscall } => {
@@ -422,16 +482,10 @@ impl Host {
                 Err(self.crash_cause())
             }
             HostMsg::HookDone { id: got, .. } => Err(self.violation(format!(
-                "answered hook request {} while {} was request {}",
-                got.0,
-                hook.kind(),
-                id.0
+                "answered hook request {} while {kind} was request {}",
+                got.0, id.0
             ))),
-            other => Err(self.violation(format!(
-                "sent {} during {}",
-                host_msg_name(&other),
-                hook.kind()
-            ))),
+            other => Err(self.violation(format!("sent {} during {kind}", host_msg_name(&other)))),
         }
     }
 
@@ -444,59 +498,53 @@ impl Host {
         self.socket_pending.swap(false, Ordering::SeqCst) | announced
     }
 
-    /// Reads every frame waiting on the socket during a hook.
+    /// Reads every frame waiting on the socket during a hook, checking the deadline before each (a
+    /// host that keeps the socket full cannot hold the dispatcher past it).
     fn drain_socket(
         &self,
         reader: &mut Reader,
-        id: RequestId,
-        hook: &Hook,
-        scope: &dyn ServiceCallbacks,
+        dispatch: &Dispatch<'_>,
     ) -> Result<Option<HookOutcome>, CrashCause> {
-        while let Some(msg) = self.recv(reader)? {
-            if let Step::Done(outcome) = self.during_hook(msg, id, hook, scope)? {
+        loop {
+            if dispatch.started.elapsed() > dispatch.deadline {
+                return Err(self.hung(dispatch));
+            }
+            let Some(msg) = self.recv(reader).map_err(|Gone| self.crash_cause())? else {
+                return Ok(None);
+            };
+            if let Step::Done(outcome) = self.during_hook(msg, dispatch)? {
                 return Ok(Some(outcome));
             }
         }
-        Ok(None)
     }
 
     fn hook_round_trip(
         &self,
         reader: &mut Reader,
-        id: RequestId,
-        hook: &Hook,
-        scope: &dyn ServiceCallbacks,
-        deadline: Duration,
+        dispatch: &Dispatch<'_>,
     ) -> Result<HookOutcome, CrashCause> {
-        let started = Instant::now();
-        let hung = |host: &Host| {
-            host.kill_for(CrashCause::Hung {
-                hook: hook.kind(),
-                after: deadline,
-            });
-            host.crash_cause()
-        };
+        let (id, kind) = (dispatch.id, dispatch.hook.kind());
         let msg = ServiceMsg::Hook {
             id,
-            hook: hook.clone(),
+            hook: dispatch.hook.clone(),
         };
         if let Err(e) = self.send(&msg, &[]) {
             return Err(match e {
                 ChannelError::Disconnected => self.crash_cause(),
-                ChannelError::TimedOut => hung(self),
-                e => self.violation(format!("cannot send {}: {e}", hook.kind())),
+                ChannelError::TimedOut => self.hung(dispatch),
+                e => self.violation(format!("cannot send {kind}: {e}")),
             });
         }
         loop {
             // The deadline comes first on every turn: a host that keeps the ring busy cannot hold
             // the dispatcher past it.
-            let Some(left) = deadline.checked_sub(started.elapsed()) else {
-                return Err(hung(self));
+            let Some(left) = dispatch.deadline.checked_sub(dispatch.started.elapsed()) else {
+                return Err(self.hung(dispatch));
             };
             let seen = self.ring.seq();
             let dead = self.is_dead();
             if dead || self.socket_announced(reader) {
-                if let Some(outcome) = self.drain_socket(reader, id, hook, scope)? {
+                if let Some(outcome) = self.drain_socket(reader, dispatch)? {
                     return Ok(outcome);
                 }
             }
@@ -509,7 +557,7 @@ impl Host {
                 .map_err(|e| self.violation(format!("sent {e}")))?;
             if answered {
                 // Whatever the host sent on the socket before its answer belongs to this hook.
-                if let Some(outcome) = self.drain_socket(reader, id, hook, scope)? {
+                if let Some(outcome) = self.drain_socket(reader, dispatch)? {
                     return Ok(outcome);
                 }
                 // Only this hook's answer belongs on the lane: anything else is refused before it
@@ -521,25 +569,21 @@ impl Host {
                         message,
                     } if got == id => Ok(HookOutcome { status, message }),
                     HostMsg::HookDone { id: got, .. } => Err(self.violation(format!(
-                        "answered hook request {} while {} was request {}",
-                        got.0,
-                        hook.kind(),
-                        id.0
+                        "answered hook request {} while {kind} was request {}",
+                        got.0, id.0
                     ))),
-                    HostMsg::Call { .. } => Err(self.violation(format!(
-                        "sent a call on the hook lane during {}",
-                        hook.kind()
-                    ))),
+                    HostMsg::Call { .. } => {
+                        Err(self.violation(format!("sent a call on the hook lane during {kind}")))
+                    }
                     other => Err(self.violation(format!(
-                        "sent {} on the hook lane during {}",
-                        host_msg_name(&other),
-                        hook.kind()
+                        "sent {} on the hook lane during {kind}",
+                        host_msg_name(&other)
                     ))),
                 };
             }
             let claimed = self.ring.claim_requests();
             for index in slots(claimed) {
-                self.serve_slot(index, &mut reader.frame, scope)?;
+                self.serve_slot(index, &mut reader.frame, dispatch.scope)?;
             }
             if claimed == 0 {
                 self.ring.wait(seen, left.min(DEADLINE_TICK));
@@ -562,20 +606,25 @@ impl Host {
                 }
             }
             // More is waiting: give it a later turn rather than holding this thread.
-            self.ring.kick_pool();
+            self.kicks.kick(self.id);
         })
     }
 
     /// One round of [`serve_idle`]: claim under the token, serve without it. Returns whether to look
     /// again.
     fn serve_round(&self, default: &dyn ServiceCallbacks, frame: &mut Vec<u8>) -> bool {
-        let Ok(mut reader) = self.reader.try_lock() else {
-            // A dispatcher (which must hear of socket frames) or another pool thread (which looks
-            // again before it stops) holds the token.
-            if self.socket_pending.load(Ordering::SeqCst) {
-                self.ring.wake_service();
+        let mut reader = match self.reader.try_lock() {
+            Ok(reader) => reader,
+            // A panic in a callback of an earlier holder: the buffers are still sound.
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                // A dispatcher (which must hear of socket frames) or another pool thread (which
+                // looks again before it stops) holds the token.
+                if self.socket_pending.load(Ordering::SeqCst) {
+                    self.ring.wake_service();
+                }
+                return false;
             }
-            return false;
         };
         let seen = self.ring.seq();
         let claimed = self.ring.claim_requests();
@@ -587,8 +636,9 @@ impl Host {
                     Some(msg)
                 }
                 Ok(None) => None,
-                // Dead or killed: the monitor and the next dispatcher report it.
-                Err(_) => return false,
+                // Dead or killed: the monitor and the next dispatcher report it (classifying it
+                // here could wait for the exit with the token held).
+                Err(Gone) => return false,
             }
         } else {
             None

@@ -95,6 +95,7 @@ pub(crate) struct StartParams<'a> {
     pub host_binary: &'a Path,
     pub service_version: Version,
     pub spawner: &'a Spawner,
+    pub kicks: &'a Arc<crate::pool::Kicks>,
     pub default: &'a dyn ServiceCallbacks,
     pub stats: &'a Arc<crate::stats::Stats>,
     pub trust: &'a crate::integrity::Trust,
@@ -158,6 +159,7 @@ pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<O
         pidfd,
         channel: ours,
         ring,
+        kicks: p.kicks.clone(),
         reader: Mutex::new(new_reader()),
         socket_pending: AtomicBool::new(false),
         next_hook: AtomicU64::new(1),
@@ -230,7 +232,7 @@ fn next(host: &Host, deadline: Instant) -> Result<HostMsg, StartError> {
                     return Err(StartError::Crashed(host.crash_cause()));
                 }
             }
-            Err(cause) => return Err(StartError::Crashed(cause)),
+            Err(super::Gone) => return Err(StartError::Crashed(host.crash_cause())),
         }
     }
 }
