@@ -142,8 +142,9 @@
  *   - what the host itself uses is off limits: its channel to the service (a SOCK_SEQPACKET
  *     socket), one eventfd, and a small shared-memory region (shown in /proc/self/maps as
  *     "memfd:plughost-ring:<plugin name>") through which API calls and hook answers travel. Do not
- *     close, read, write or remap them: a plugin that does ends its own host, which the service
- *     reports as a protocol violation (or "closed its channel to the service").
+ *     close, read, write or remap them: a plugin that does breaks only its own host (its API calls
+ *     may fail or stall), and the service kills that host when it sees what was done, reporting a
+ *     protocol violation (or "closed its channel to the service").
  *
  * Crashes. If the plugin's host crashes (signal, unexpected exit, protocol violation, or a hook that
  * hangs), the host and every process it spawned, even double-forked daemons, are killed. If that
