@@ -35,7 +35,9 @@
 //! per host beneath `<plughostd's cgroup>/plughost` where it enforces a limit), `"off"`, or the
 //! absolute path of a cgroup2 directory beneath which every host gets one (`memory_mib` becomes
 //! `memory.max` and `processes` `pids.max` where those controllers are delegated). It takes effect
-//! when plughostd starts, not on a reload.
+//! when plughostd starts, not on a reload. `vm_id_base` and `vm_id_ranges`: the host ids the VMs'
+//! user namespaces map into, one range of 65536 per user (default: the `plughost` user's
+//! /etc/subuid and /etc/subgid entry, else from 2^31); no login user may be inside.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -57,6 +59,8 @@ struct RawConfig {
     start_timeout_secs: Option<u64>,
     teardown_timeout_secs: Option<u64>,
     cgroup_parent: Option<Spanned<String>>,
+    vm_id_base: Option<u32>,
+    vm_id_ranges: Option<u32>,
     #[serde(default)]
     plugin: Vec<RawPlugin>,
 }
@@ -114,6 +118,10 @@ pub struct Config {
     pub deadlines: plughost::Deadlines,
     /// cgroup v2 per host (`cgroup_parent`).
     pub cgroups: plughost::CgroupPolicy,
+    /// The host ids VMs' user namespaces map into (`ids.rs`): first id and number of 65536-id
+    /// ranges; unset: the `plughost` user's /etc/subuid entry, else 2^31.
+    pub vm_id_base: Option<u32>,
+    pub vm_id_ranges: Option<u32>,
 }
 
 impl Default for Config {
@@ -125,6 +133,8 @@ impl Default for Config {
             trust: plughost::Trust::default(),
             deadlines: plughost::Deadlines::default(),
             cgroups: plughost::CgroupPolicy::Auto,
+            vm_id_base: None,
+            vm_id_ranges: None,
         }
     }
 }
@@ -377,6 +387,8 @@ impl Config {
                 raw.teardown_timeout_secs,
             ),
             cgroups,
+            vm_id_base: raw.vm_id_base,
+            vm_id_ranges: raw.vm_id_ranges,
         })
     }
 }
