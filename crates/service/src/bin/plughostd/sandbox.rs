@@ -396,6 +396,7 @@ fn build_vm_root(init: &VmInit) -> Result<(), String> {
         Some(c"lowerdir=/,upperdir=upper,workdir=work"),
     )
     .map_err(|e| format!("overlay on the host's root: {e}"))?;
+    give_directories_to_vm_root(Path::new("/"), &stage.join("upper"), init, 0)?;
     let root = stage.join("root");
     for (dir, flags, data) in [
         (
@@ -447,6 +448,67 @@ fn build_vm_root(init: &VmInit) -> Result<(), String> {
     pivot_into(&root)?;
     rustix::system::sethostname(init.hostname.as_bytes())
         .map_err(|e| format!("sethostname: {e}"))?;
+    Ok(())
+}
+
+/// How deep [`give_directories_to_vm_root`] goes: `/usr/local/bin`, `/var/lib/x`, `/etc/x/y`.
+const OWNED_DEPTH: usize = 3;
+/// At most this many directories (a start-up cost bound on hosts with huge trees).
+const OWNED_MAX: usize = 4096;
+
+/// Pre-creates, in the upper layer, a directory owned by the VM's root for every directory of the
+/// host's root file system down to [`OWNED_DEPTH`] that anyone may list and enter: overlayfs shows
+/// a merged directory with its upper's owner, so the VM's root can create, rename and remove
+/// entries there (`mkdir /opt/x`, `/usr/local/bin/tool`) while every *file* keeps its host owner
+/// and mode (the host's root files are nobody's in the VM: `/etc/shadow` stays unreadable). A
+/// directory others may not enter (`/root`) keeps its host owner and stays closed.
+fn give_directories_to_vm_root(
+    lower: &Path,
+    upper: &Path,
+    init: &VmInit,
+    depth: usize,
+) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root_dev = std::fs::metadata("/")
+        .map_err(|e| format!("stat /: {e}"))?
+        .dev();
+    let mut queue =
+        std::collections::VecDeque::from([(lower.to_path_buf(), upper.to_path_buf(), depth)]);
+    let mut made = 0;
+    while let Some((from, to, depth)) = queue.pop_front() {
+        if depth >= OWNED_DEPTH {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(&from) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            let mode = meta.permissions().mode();
+            // Only directories of the root file system itself (not mount points), open to all.
+            if !meta.is_dir() || meta.dev() != root_dev || mode & 0o005 != 0o005 {
+                continue;
+            }
+            if made >= OWNED_MAX {
+                return Ok(());
+            }
+            let target = to.join(entry.file_name());
+            rustix::fs::mkdir(&target, Mode::from_raw_mode(mode & 0o7777))
+                .map_err(|e| format!("create {}: {e}", target.display()))?;
+            rustix::fs::chown(
+                &target,
+                Some(rustix::fs::Uid::from_raw(init.root_uid)),
+                Some(rustix::fs::Gid::from_raw(init.root_gid)),
+            )
+            .map_err(|e| format!("chown {}: {e}", target.display()))?;
+            // mkdir applies the umask and chown clears set-id bits: the host's mode, exactly.
+            let _ = rustix::fs::chmod(&target, Mode::from_raw_mode(mode & 0o7777));
+            made += 1;
+            queue.push_back((entry.path(), target, depth + 1));
+        }
+    }
     Ok(())
 }
 
@@ -594,9 +656,15 @@ fn user_namespace_of(pidfd: &OwnedFd, pid: u32) -> std::io::Result<OwnedFd> {
     Ok(ns)
 }
 
-/// `mount_setattr(MOUNT_ATTR_IDMAP)` on a detached tree: ids on disk read as the VM's user
-/// namespace maps them (rustix has no wrapper).
-fn idmap_tree(tree: &OwnedFd, userns: &OwnedFd) -> std::io::Result<()> {
+const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
+const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// `mount_setattr` on a whole detached tree (rustix has no wrapper): set `attrs`, and with
+/// `userns` idmap it (ids on disk read as that user namespace maps them). Done before the tree is
+/// attached, so nothing in the VM ever sees it without them.
+fn set_tree_attrs(tree: &OwnedFd, attrs: u64, userns: Option<&OwnedFd>) -> std::io::Result<()> {
     #[repr(C)]
     struct MountAttr {
         attr_set: u64,
@@ -604,12 +672,11 @@ fn idmap_tree(tree: &OwnedFd, userns: &OwnedFd) -> std::io::Result<()> {
         propagation: u64,
         userns_fd: u64,
     }
-    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
+        attr_set: attrs | userns.map_or(0, |_| MOUNT_ATTR_IDMAP),
         attr_clr: 0,
         propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
+        userns_fd: userns.map_or(0, |ns| ns.as_raw_fd() as u64),
     };
     // SAFETY: `attr` is a properly laid out `struct mount_attr` that outlives the call, its size is
     // passed with it, the path is a valid empty C string, and both fds are open for the call.
@@ -630,27 +697,109 @@ fn idmap_tree(tree: &OwnedFd, userns: &OwnedFd) -> std::io::Result<()> {
     }
 }
 
-/// Creates the missing directories of `target` as the VM's root (host ids `owner`, with no
-/// capability: only where the VM's root itself could).
-fn mkdir_as(owner: (u32, u32), target: &Path) -> std::io::Result<()> {
+/// Idmaps `tree` to the VM of `pidfd`, or says why it could not. Not every file system can be
+/// idmapped (SECURITY.md): without it the VM's root has only other users' rights on the tree,
+/// which is less, never more.
+fn idmap_or_warn(tree: &OwnedFd, pidfd: &OwnedFd, init_pid: u32, what: &str) {
+    let mapped =
+        user_namespace_of(pidfd, init_pid).and_then(|ns| set_tree_attrs(tree, 0, Some(&ns)));
+    if let Err(e) = mapped {
+        eprintln!(
+            "plughostd sandbox: cannot idmap {what} ({e}): the VM's root gets other users' rights on it"
+        );
+    }
+}
+
+/// The mount a directory fd lies on.
+fn mount_id(dir: &OwnedFd) -> std::io::Result<u64> {
+    let stat = rustix::fs::statx(
+        dir,
+        "",
+        rustix::fs::AtFlags::EMPTY_PATH,
+        rustix::fs::StatxFlags::MNT_ID,
+    )?;
+    Ok(stat.stx_mnt_id)
+}
+
+/// Opens `target` in the VM (we are in its mount namespace), creating what is missing, one
+/// component at a time beneath the fd of the one before (no magic links, so no jump out through
+/// `/proc/<pid>/fd`). A directory is created with root's rights only where it lands in the VM's
+/// own private trees (its overlay root and the tmpfs on `/tmp`, `/run`, `/mnt`), then given to
+/// the VM's root; anywhere else (a shared folder, a distribution's rootfs) it is created with the
+/// VM's root's host ids and no capability, so never where the VM's root itself could not.
+fn open_or_make_target(owner: (u32, u32), target: &Path) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{OFlags, ResolveFlags};
+    use std::path::Component;
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let open_root = |path: &str| rustix::fs::open(path, flags, Mode::empty());
+    let mut private = Vec::new();
+    for path in ["/", "/tmp", "/run", "/mnt"] {
+        if let Ok(id) = open_root(path)
+            .map_err(std::io::Error::from)
+            .and_then(|fd| mount_id(&fd))
+        {
+            private.push(id);
+        }
+    }
+    let mut dir = open_root("/")?;
+    for component in target.components() {
+        let name = match component {
+            Component::RootDir | Component::CurDir => continue,
+            Component::Normal(name) => name,
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(std::io::Error::from_raw_os_error(libc::EINVAL))
+            }
+        };
+        let open = |dir: &OwnedFd| {
+            rustix::fs::openat2(dir, name, flags, Mode::empty(), ResolveFlags::NO_MAGICLINKS)
+        };
+        dir = match open(&dir) {
+            Ok(next) => next,
+            Err(Errno::NOENT) => {
+                if private.contains(&mount_id(&dir)?) {
+                    rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755))?;
+                    rustix::fs::chownat(
+                        &dir,
+                        name,
+                        Some(rustix::fs::Uid::from_raw(owner.0)),
+                        Some(rustix::fs::Gid::from_raw(owner.1)),
+                        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                    )?;
+                } else {
+                    mkdirat_as(owner, &dir, name)?;
+                }
+                open(&dir)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+    }
+    Ok(dir)
+}
+
+/// `mkdirat` with the host ids `owner` and no file capability.
+fn mkdirat_as(owner: (u32, u32), dir: &OwnedFd, name: &std::ffi::OsStr) -> std::io::Result<()> {
     // SAFETY: this helper is single-threaded; setfsuid/setfsgid take plain integers, change only
-    // the ids used for file access (and drop the file capabilities while not 0), and are restored.
+    // the ids used for file access (dropping the file capabilities while not 0), and are restored
+    // below before anything else runs.
     unsafe {
         libc::setfsgid(owner.1);
         libc::setfsuid(owner.0);
     }
-    let result = std::fs::create_dir_all(target);
+    let result = rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755));
     // SAFETY: as above: back to root's file identity.
     unsafe {
         libc::setfsuid(0);
         libc::setfsgid(0);
     }
-    result
+    Ok(result?)
 }
 
 /// Whether the process `pidfd` names has exited (a pidfd polls readable then).
 fn has_exited(pidfd: &OwnedFd) -> bool {
-    let mut fds = [rustix::event::PollFd::new(pidfd, rustix::event::PollFlags::IN)];
+    let mut fds = [rustix::event::PollFd::new(
+        pidfd,
+        rustix::event::PollFlags::IN,
+    )];
     let zero = rustix::event::Timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -693,31 +842,31 @@ pub fn vm_enter(parent: u32, init_pid: u32, op: EnterOp) -> ! {
         } => {
             let source = fds.remove(0);
             let tree = clone_tree(&source).unwrap_or_else(|e| die_errno("clone the folder", e));
+            // No device node or set-id program of the host's works through a share.
+            let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+            if read_only {
+                attrs |= MOUNT_ATTR_RDONLY;
+            }
+            if let Err(e) = set_tree_attrs(&tree, attrs, None) {
+                die_errno("set the folder's mount attributes", e);
+            }
             if idmap {
-                let mapped =
-                    user_namespace_of(&pidfd, init_pid).and_then(|ns| idmap_tree(&tree, &ns));
-                if let Err(e) = mapped {
-                    // Not every file system can be idmapped (SECURITY.md): the share then gives
-                    // the VM's root no owner's rights at all, which is less, never more.
-                    eprintln!("plughostd sandbox: cannot idmap the folder ({e}): shared with other users' rights");
-                }
+                idmap_or_warn(&tree, &pidfd, init_pid, "the folder");
             }
             if let Err(e) = enter_namespaces(&pidfd, ThreadNameSpaceType::MOUNT, "VM's mount") {
                 die_errno("enter the VM", e);
             }
-            if let Err(e) = mkdir_as(owner, &target) {
-                die_errno(&format!("create {}", target.display()), e);
-            }
-            if let Err(e) = attach_tree(&tree, &target) {
-                die_errno(&format!("mount at {}", target.display()), e);
-            }
-            if read_only {
-                if let Err(e) =
-                    rustix::mount::mount_remount(&target, MountFlags::BIND | MountFlags::RDONLY, "")
-                {
-                    let _ = rustix::mount::unmount(&target, UnmountFlags::DETACH);
-                    die_errno(&format!("make {} read-only", target.display()), e.into());
-                }
+            let place = open_or_make_target(owner, &target)
+                .unwrap_or_else(|e| die_errno(&format!("create {}", target.display()), e));
+            let attached = rustix::mount::move_mount(
+                tree.as_fd(),
+                "",
+                &place,
+                "",
+                MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+            );
+            if let Err(e) = attached {
+                die_errno(&format!("mount at {}", target.display()), e.into());
             }
             std::process::exit(0)
         }
@@ -756,10 +905,12 @@ fn start_distribution(
     idmap: bool,
 ) -> ! {
     let tree = clone_tree(rootfs).unwrap_or_else(|e| die("clone the rootfs", e));
+    // A device node in a user's rootfs opens nothing of the host's.
+    if let Err(e) = set_tree_attrs(&tree, MOUNT_ATTR_NODEV, None) {
+        die("set the rootfs's mount attributes", e);
+    }
     if idmap {
-        if let Err(e) = user_namespace_of(pidfd, init_pid).and_then(|ns| idmap_tree(&tree, &ns)) {
-            eprintln!("plughostd sandbox: cannot idmap the rootfs ({e}): its files are nobody's in the VM");
-        }
+        idmap_or_warn(&tree, pidfd, init_pid, "the rootfs");
     }
     // This very program, by a handle: its path may be hidden in the VM (a checkout under /tmp).
     let exe = rustix::fs::open(
