@@ -38,6 +38,8 @@
 //! when plughostd starts, not on a reload. `vm_id_base` and `vm_id_ranges`: the host ids the VMs'
 //! user namespaces map into, one range of 65536 per user (default: the `plughost` user's
 //! /etc/subuid and /etc/subgid entry, else from 2^31); no login user may be inside.
+//! `vm_scratch_mib = 1024`: the size of each VM's private writable layer, `/tmp` and `/dev/shm`
+//! (memory-backed tmpfs; what a VM writes outside shared folders lives there and dies with it).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -61,12 +63,18 @@ struct RawConfig {
     cgroup_parent: Option<Spanned<String>>,
     vm_id_base: Option<u32>,
     vm_id_ranges: Option<u32>,
+    #[serde(default = "default_scratch")]
+    vm_scratch_mib: u32,
     #[serde(default)]
     plugin: Vec<RawPlugin>,
 }
 
 fn default_idle() -> u64 {
     300
+}
+
+fn default_scratch() -> u32 {
+    1024
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +130,8 @@ pub struct Config {
     /// ranges; unset: the `plughost` user's /etc/subuid entry, else 2^31.
     pub vm_id_base: Option<u32>,
     pub vm_id_ranges: Option<u32>,
+    /// Size in MiB of each VM's writable layer, `/tmp` and `/dev/shm` (tmpfs, memory-backed).
+    pub vm_scratch_mib: u32,
 }
 
 impl Default for Config {
@@ -135,6 +145,7 @@ impl Default for Config {
             cgroups: plughost::CgroupPolicy::Auto,
             vm_id_base: None,
             vm_id_ranges: None,
+            vm_scratch_mib: default_scratch(),
         }
     }
 }
@@ -389,6 +400,7 @@ impl Config {
             cgroups,
             vm_id_base: raw.vm_id_base,
             vm_id_ranges: raw.vm_id_ranges,
+            vm_scratch_mib: raw.vm_scratch_mib.max(1),
         })
     }
 }

@@ -72,6 +72,8 @@ enum Internal {
         root_uid: u32,
         #[arg(long)]
         root_gid: u32,
+        #[arg(long)]
+        scratch_mib: u32,
     },
     #[command(name = "__vm-enter", hide = true)]
     VmEnter {
@@ -130,6 +132,10 @@ enum EnterCommand {
         stage: PathBuf,
         #[arg(long)]
         idmap: bool,
+        #[arg(long)]
+        owner_uid: u32,
+        #[arg(long)]
+        owner_gid: u32,
     },
 }
 
@@ -164,6 +170,7 @@ fn run_internal(internal: Internal) -> ! {
             gid_map,
             root_uid,
             root_gid,
+            scratch_mib,
         } => sandbox::vm_init(&sandbox::VmInit {
             stage,
             hostname,
@@ -172,6 +179,7 @@ fn run_internal(internal: Internal) -> ! {
             gid_map,
             root_uid,
             root_gid,
+            scratch_mib,
         }),
         Internal::DistroInit { root, parent_pid } => sandbox::distro_init(&root, parent_pid),
         Internal::Probe => sandbox::probe(),
@@ -210,7 +218,16 @@ fn run_internal(internal: Internal) -> ! {
                         argv: command,
                     }
                 }
-                EnterCommand::Distro { stage, idmap } => EnterOp::Distro { stage, idmap },
+                EnterCommand::Distro {
+                    stage,
+                    idmap,
+                    owner_uid,
+                    owner_gid,
+                } => EnterOp::Distro {
+                    stage,
+                    idmap,
+                    owner: (owner_uid, owner_gid),
+                },
             };
             sandbox::vm_enter(parent_pid, init_pid, op)
         }
@@ -279,6 +296,7 @@ fn run_daemon(cli: Cli) -> anyhow::Result<()> {
                 exe,
                 stage,
                 spawner,
+                scratch_mib: config.vm_scratch_mib,
             }))
         }
     };

@@ -32,7 +32,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rustix::fs::{Mode, CWD};
+use rustix::fs::Mode;
 use rustix::io::Errno;
 use rustix::mount::{
     MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags,
@@ -201,10 +201,6 @@ fn reap_forever() -> ! {
     }
 }
 
-fn mkdir_all(path: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(path)
-}
-
 /// Makes `root` (a mount point) this mount namespace's root and drops the old one
 /// (`pivot_root(".", ".")`: no put-old directory needed).
 fn pivot_into(root: &Path) -> Result<(), String> {
@@ -226,6 +222,8 @@ pub struct VmInit {
     /// Host ids of the VM's root (the owner of its writable layer).
     pub root_uid: u32,
     pub root_gid: u32,
+    /// Size of the writable layer and of `/tmp` and `/dev/shm` each (tmpfs, in MiB).
+    pub scratch_mib: u32,
 }
 
 /// `__vm-init`: see the module docs.
@@ -375,7 +373,12 @@ fn build_vm_root(init: &VmInit) -> Result<(), String> {
     .map_err(|e| format!("make mounts private: {e}"))?;
     let stage = &init.stage;
     let owner = format!("uid={},gid={}", init.root_uid, init.root_gid);
-    mount_tmpfs(stage, MountFlags::NOSUID | MountFlags::NODEV, "mode=700")?;
+    let size = format!("size={}m", init.scratch_mib);
+    mount_tmpfs(
+        stage,
+        MountFlags::NOSUID | MountFlags::NODEV,
+        &format!("mode=700,{size}"),
+    )?;
     for dir in ["upper", "work", "root"] {
         rustix::fs::mkdir(stage.join(dir), Mode::from_raw_mode(0o755))
             .map_err(|e| format!("create {dir}: {e}"))?;
@@ -402,17 +405,17 @@ fn build_vm_root(init: &VmInit) -> Result<(), String> {
         (
             "tmp",
             MountFlags::NOSUID | MountFlags::NODEV,
-            "mode=1777".to_owned(),
+            format!("mode=1777,{size}"),
         ),
         (
             "run",
             MountFlags::NOSUID | MountFlags::NODEV,
-            format!("mode=755,{owner}"),
+            format!("mode=755,size=64m,{owner}"),
         ),
         (
             "mnt",
             MountFlags::NOSUID | MountFlags::NODEV,
-            format!("mode=755,{owner}"),
+            format!("mode=755,size=16m,{owner}"),
         ),
     ] {
         let target = root.join(dir);
@@ -426,7 +429,7 @@ fn build_vm_root(init: &VmInit) -> Result<(), String> {
     // so mounts made after a distribution started reach it too.
     rustix::mount::mount_change(root.join("mnt"), MountPropagationFlags::SHARED)
         .map_err(|e| format!("share /mnt: {e}"))?;
-    build_dev(&root.join("dev"))?;
+    build_dev(&root.join("dev"), &size)?;
     let proc_dir = root.join("proc");
     rustix::mount::mount(
         "proc",
@@ -514,12 +517,16 @@ fn give_directories_to_vm_root(
 
 /// A `/dev` of its own: the harmless character devices bound from the host's, a private devpts
 /// and `/dev/shm`. No block device, no `/dev/mem`, nothing a VM program could reach the host by.
-fn build_dev(dev: &Path) -> Result<(), String> {
+fn build_dev(dev: &Path, shm_size: &str) -> Result<(), String> {
     if !dev.is_dir() {
         rustix::fs::mkdir(dev, Mode::from_raw_mode(0o755))
             .map_err(|e| format!("create /dev: {e}"))?;
     }
-    mount_tmpfs(dev, MountFlags::NOSUID | MountFlags::NOEXEC, "mode=755")?;
+    mount_tmpfs(
+        dev,
+        MountFlags::NOSUID | MountFlags::NOEXEC,
+        "mode=755,size=64k",
+    )?;
     for name in ["null", "zero", "full", "random", "urandom", "tty"] {
         let node = dev.join(name);
         std::fs::File::create(&node).map_err(|e| format!("create /dev/{name}: {e}"))?;
@@ -540,7 +547,11 @@ fn build_dev(dev: &Path) -> Result<(), String> {
     let shm = dev.join("shm");
     rustix::fs::mkdir(&shm, Mode::from_raw_mode(0o1777))
         .map_err(|e| format!("create /dev/shm: {e}"))?;
-    mount_tmpfs(&shm, MountFlags::NOSUID | MountFlags::NODEV, "mode=1777")?;
+    mount_tmpfs(
+        &shm,
+        MountFlags::NOSUID | MountFlags::NODEV,
+        &format!("mode=1777,{shm_size}"),
+    )?;
     for (link, target) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
@@ -585,7 +596,12 @@ pub enum EnterOp {
         argv: Vec<String>,
     },
     /// fds: [pidfd of the VM init, the rootfs (opened with the owner's rights)].
-    Distro { stage: PathBuf, idmap: bool },
+    Distro {
+        stage: PathBuf,
+        idmap: bool,
+        /// Host ids of the VM's root (the owner of the directories made for the stage).
+        owner: (u32, u32),
+    },
 }
 
 impl EnterOp {
@@ -631,13 +647,15 @@ fn clone_tree(dir: &OwnedFd) -> Result<OwnedFd, std::io::Error> {
     )?)
 }
 
-fn attach_tree(tree: &OwnedFd, target: &Path) -> std::io::Result<()> {
+/// Mounts the detached `tree` on the directory `place` holds (not on a path: nothing can be
+/// swapped between the check and the mount).
+fn attach_tree(tree: &OwnedFd, place: &OwnedFd) -> std::io::Result<()> {
     rustix::mount::move_mount(
         tree.as_fd(),
         "",
-        CWD,
-        target,
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        place,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     )?;
     Ok(())
 }
@@ -858,15 +876,8 @@ pub fn vm_enter(parent: u32, init_pid: u32, op: EnterOp) -> ! {
             }
             let place = open_or_make_target(owner, &target)
                 .unwrap_or_else(|e| die_errno(&format!("create {}", target.display()), e));
-            let attached = rustix::mount::move_mount(
-                tree.as_fd(),
-                "",
-                &place,
-                "",
-                MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
-            );
-            if let Err(e) = attached {
-                die_errno(&format!("mount at {}", target.display()), e.into());
+            if let Err(e) = attach_tree(&tree, &place) {
+                die_errno(&format!("mount at {}", target.display()), e);
             }
             std::process::exit(0)
         }
@@ -889,9 +900,13 @@ pub fn vm_enter(parent: u32, init_pid: u32, op: EnterOp) -> ! {
             let stdio = std::mem::take(&mut fds);
             run_program(&control, &pidfd, stdio, uid, gid, env, &path, &argv)
         }
-        EnterOp::Distro { stage, idmap } => {
+        EnterOp::Distro {
+            stage,
+            idmap,
+            owner,
+        } => {
             let rootfs = fds.remove(0);
-            start_distribution(&pidfd, init_pid, &rootfs, &stage, idmap)
+            start_distribution(&pidfd, init_pid, &rootfs, &stage, idmap, owner)
         }
     }
 }
@@ -903,6 +918,7 @@ fn start_distribution(
     rootfs: &OwnedFd,
     stage: &Path,
     idmap: bool,
+    owner: (u32, u32),
 ) -> ! {
     let tree = clone_tree(rootfs).unwrap_or_else(|e| die("clone the rootfs", e));
     // A device node in a user's rootfs opens nothing of the host's.
@@ -922,10 +938,10 @@ fn start_distribution(
     if let Err(e) = enter_namespaces(pidfd, ThreadNameSpaceType::MOUNT, "VM's mount") {
         die("enter the VM", e);
     }
-    if let Err(e) = mkdir_all(stage) {
-        die(&format!("create {}", stage.display()), e);
-    }
-    if let Err(e) = attach_tree(&tree, stage) {
+    // /run belongs to the VM's root: made component-wise, like a mount target.
+    let place = open_or_make_target(owner, stage)
+        .unwrap_or_else(|e| die(&format!("create {}", stage.display()), e));
+    if let Err(e) = attach_tree(&tree, &place) {
         die(&format!("attach the rootfs at {}", stage.display()), e);
     }
     let rest = ThreadNameSpaceType::USER

@@ -83,6 +83,8 @@ pub struct Sandbox {
     /// An empty directory the VM init mounts its scratch tmpfs on (in its own mount namespace).
     pub stage: PathBuf,
     pub spawner: Spawner,
+    /// Size of a VM's writable layer, `/tmp` and `/dev/shm` (`vm_scratch_mib`).
+    pub scratch_mib: u32,
 }
 
 impl Sandbox {
@@ -383,6 +385,8 @@ impl Vm {
             .arg(ids.root_uid.to_string())
             .arg("--root-gid")
             .arg(ids.root_gid.to_string())
+            .arg("--scratch-mib")
+            .arg(sandbox.scratch_mib.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let tree = start_tree(sandbox, label, command, true, |_, lines| {
@@ -640,8 +644,17 @@ impl Vm {
         rootfs: &OwnedFd,
     ) -> Result<DistroProcess, SandboxError> {
         let stage = format!("/run/plughost/distros/{id_hex}");
-        let mut op: Vec<&std::ffi::OsStr> =
-            vec!["distro".as_ref(), "--stage".as_ref(), stage.as_ref()];
+        let owner_uid = self.ids.root_uid.to_string();
+        let owner_gid = self.ids.root_gid.to_string();
+        let mut op: Vec<&std::ffi::OsStr> = vec![
+            "distro".as_ref(),
+            "--stage".as_ref(),
+            stage.as_ref(),
+            "--owner-uid".as_ref(),
+            owner_uid.as_ref(),
+            "--owner-gid".as_ref(),
+            owner_gid.as_ref(),
+        ];
         if !self.ids.user_is_mapped {
             op.push("--idmap".as_ref());
         }
