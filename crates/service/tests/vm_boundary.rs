@@ -135,17 +135,24 @@ fn mount_folder_works_at_any_absolute_path() {
     }
     let world = World::new(vec![c("vm_attacker")]);
     let dir = world.fx.dir.path().display().to_string();
-    setting(&world, "share", &format!("{dir} /test-plugin/deep/folder"));
+    setting(
+        &world,
+        "share",
+        &format!("{dir} /test-plugin/deep/folder\n{dir}/file /srv/one/file-share"),
+    );
     setting(
         &world,
         "vm_script",
-        "cat /test-plugin/deep/folder/file; echo",
+        "cat /test-plugin/deep/folder/file; echo; cat /srv/one/file-share",
     );
     let daemon = world.start();
     daemon.ctl(&["vm", "start"]).ok();
-    assert_eq!(field(&world.fx.wait_for("share"), "status"), "0");
     let line = world.fx.wait_for("vm_exec");
-    assert_eq!(field(&line, "out"), "OK_", "{line}");
+    for share in world.fx.events("share") {
+        assert_eq!(field(&share, "status"), "0", "{share}");
+    }
+    // The folder, then the file shared on its own.
+    assert_eq!(field(&line, "out"), "OK_OK", "{line}");
     let out = daemon
         .ctl(&["exec", "--", "cat", "/test-plugin/deep/folder/file"])
         .ok();

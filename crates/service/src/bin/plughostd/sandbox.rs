@@ -745,10 +745,18 @@ fn mount_id(dir: &OwnedFd) -> std::io::Result<u64> {
 /// own private trees (its overlay root and the tmpfs on `/tmp`, `/run`, `/mnt`), then given to
 /// the VM's root; anywhere else (a shared folder, a distribution's rootfs) it is created with the
 /// VM's root's host ids and no capability, so never where the VM's root itself could not.
-fn open_or_make_target(owner: (u32, u32), target: &Path) -> std::io::Result<OwnedFd> {
+///
+/// With `file_leaf`, the last component is an (empty, new if missing) file: the target of a file
+/// share.
+fn open_or_make_target(
+    owner: (u32, u32),
+    target: &Path,
+    file_leaf: bool,
+) -> std::io::Result<OwnedFd> {
     use rustix::fs::{OFlags, ResolveFlags};
     use std::path::Component;
     let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let last = target.components().count().saturating_sub(1);
     let open_root = |path: &str| rustix::fs::open(path, flags, Mode::empty());
     let mut private = Vec::new();
     for path in ["/", "/tmp", "/run", "/mnt"] {
@@ -760,7 +768,8 @@ fn open_or_make_target(owner: (u32, u32), target: &Path) -> std::io::Result<Owne
         }
     }
     let mut dir = open_root("/")?;
-    for component in target.components() {
+    for (index, component) in target.components().enumerate() {
+        let leaf_file = file_leaf && index == last;
         let name = match component {
             Component::RootDir | Component::CurDir => continue,
             Component::Normal(name) => name,
@@ -769,13 +778,28 @@ fn open_or_make_target(owner: (u32, u32), target: &Path) -> std::io::Result<Owne
             }
         };
         let open = |dir: &OwnedFd| {
+            let flags = if leaf_file {
+                OFlags::PATH | OFlags::CLOEXEC
+            } else {
+                flags
+            };
             rustix::fs::openat2(dir, name, flags, Mode::empty(), ResolveFlags::NO_MAGICLINKS)
         };
         dir = match open(&dir) {
             Ok(next) => next,
             Err(Errno::NOENT) => {
                 if private.contains(&mount_id(&dir)?) {
-                    rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755))?;
+                    if leaf_file {
+                        rustix::fs::mknodat(
+                            &dir,
+                            name,
+                            rustix::fs::FileType::RegularFile,
+                            Mode::from_raw_mode(0o644),
+                            0,
+                        )?;
+                    } else {
+                        rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755))?;
+                    }
                     rustix::fs::chownat(
                         &dir,
                         name,
@@ -784,7 +808,7 @@ fn open_or_make_target(owner: (u32, u32), target: &Path) -> std::io::Result<Owne
                         rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
                     )?;
                 } else {
-                    mkdirat_as(owner, &dir, name)?;
+                    make_as(owner, &dir, name, leaf_file)?;
                 }
                 open(&dir)?
             }
@@ -794,8 +818,13 @@ fn open_or_make_target(owner: (u32, u32), target: &Path) -> std::io::Result<Owne
     Ok(dir)
 }
 
-/// `mkdirat` with the host ids `owner` and no file capability.
-fn mkdirat_as(owner: (u32, u32), dir: &OwnedFd, name: &std::ffi::OsStr) -> std::io::Result<()> {
+/// `mkdirat` (or a new empty file) with the host ids `owner` and no file capability.
+fn make_as(
+    owner: (u32, u32),
+    dir: &OwnedFd,
+    name: &std::ffi::OsStr,
+    file: bool,
+) -> std::io::Result<()> {
     // SAFETY: this helper is single-threaded; setfsuid/setfsgid take plain integers, change only
     // the ids used for file access (dropping the file capabilities while not 0), and are restored
     // below before anything else runs.
@@ -803,7 +832,17 @@ fn mkdirat_as(owner: (u32, u32), dir: &OwnedFd, name: &std::ffi::OsStr) -> std::
         libc::setfsgid(owner.1);
         libc::setfsuid(owner.0);
     }
-    let result = rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755));
+    let result = if file {
+        rustix::fs::mknodat(
+            dir,
+            name,
+            rustix::fs::FileType::RegularFile,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+    } else {
+        rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755))
+    };
     // SAFETY: as above: back to root's file identity.
     unsafe {
         libc::setfsuid(0);
@@ -874,7 +913,13 @@ pub fn vm_enter(parent: u32, init_pid: u32, op: EnterOp) -> ! {
             if let Err(e) = enter_namespaces(&pidfd, ThreadNameSpaceType::MOUNT, "VM's mount") {
                 die_errno("enter the VM", e);
             }
-            let place = open_or_make_target(owner, &target)
+            let is_file = rustix::fs::fstat(&source)
+                .map(|st| {
+                    rustix::fs::FileType::from_raw_mode(st.st_mode)
+                        != rustix::fs::FileType::Directory
+                })
+                .unwrap_or(false);
+            let place = open_or_make_target(owner, &target, is_file)
                 .unwrap_or_else(|e| die_errno(&format!("create {}", target.display()), e));
             if let Err(e) = attach_tree(&tree, &place) {
                 die_errno(&format!("mount at {}", target.display()), e);
@@ -939,7 +984,7 @@ fn start_distribution(
         die("enter the VM", e);
     }
     // /run belongs to the VM's root: made component-wise, like a mount target.
-    let place = open_or_make_target(owner, stage)
+    let place = open_or_make_target(owner, stage, false)
         .unwrap_or_else(|e| die(&format!("create {}", stage.display()), e));
     if let Err(e) = attach_tree(&tree, &place) {
         die(&format!("attach the rootfs at {}", stage.display()), e);
