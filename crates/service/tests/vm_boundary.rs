@@ -41,6 +41,18 @@ fn a_plugins_program_cannot_write_the_host_mount_a_device_or_read_shadow() {
     let world = World::new(vec![c("vm_attacker")]);
     let marker = format!("/var/tmp/plughost-vm-marker-{}", std::process::id());
     let _ = std::fs::remove_file(&marker);
+    // Open to all when the daemon scans the host's directories, private by the time the VM starts.
+    let closed = tempfile::Builder::new()
+        .prefix("plughost-closing-")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    std::fs::set_permissions(closed.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::write(closed.path().join("secret"), "secret").expect("write");
+    std::fs::set_permissions(
+        closed.path().join("secret"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
     setting(
         &world,
         "vm_script",
@@ -49,11 +61,15 @@ fn a_plugins_program_cannot_write_the_host_mount_a_device_or_read_shadow() {
              cat /etc/shadow >/dev/null 2>&1 && echo shadow=yes || echo shadow=no; \
              ls /dev | grep -q vd && echo disks=yes || echo disks=no; \
              mkdir -p /opt/plughost-new/deep && echo mkdir=yes || echo mkdir=no; \
+             ls /root >/dev/null 2>&1 && echo rootdir=yes || echo rootdir=no; \
+             cat {closed}/secret >/dev/null 2>&1 && echo closed=yes || echo closed=no; \
              echo uid=$(id -u); read inside outside count < /proc/self/uid_map; echo hostroot=$outside",
-            device_attack()
+            device_attack(),
+            closed = closed.path().display()
         ),
     );
     let daemon = world.start();
+    std::fs::set_permissions(closed.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
     daemon.ctl(&["vm", "start"]).ok();
     let out = field(&world.fx.wait_for("vm_exec"), "out").to_owned();
     assert_eq!(said(&out, "uid"), "0", "{out}");
@@ -75,6 +91,12 @@ fn a_plugins_program_cannot_write_the_host_mount_a_device_or_read_shadow() {
     assert_eq!(said(&out, "remount"), "no", "{out}");
     assert_eq!(said(&out, "shadow"), "no", "{out}");
     assert_eq!(said(&out, "disks"), "no", "{out}");
+    assert_eq!(said(&out, "rootdir"), "no", "{out}");
+    assert_eq!(
+        said(&out, "closed"),
+        "no",
+        "a directory closed after the scan opened: {out}"
+    );
     // The user's own programs: the same VM, the same walls.
     let out = daemon.ctl(&["exec", "--", "sh", "-c", &format!("touch {marker}; true")]);
     assert_eq!(out.code, 0, "{}", out.stderr);

@@ -224,6 +224,8 @@ pub struct VmInit {
     pub root_gid: u32,
     /// Size of the writable layer and of `/tmp` and `/dev/shm` each (tmpfs, in MiB).
     pub scratch_mib: u32,
+    /// The daemon's [`scan_open_directories`], if it made one.
+    pub dirs_file: Option<PathBuf>,
 }
 
 /// `__vm-init`: see the module docs.
@@ -399,7 +401,7 @@ fn build_vm_root(init: &VmInit) -> Result<(), String> {
         Some(c"lowerdir=/,upperdir=upper,workdir=work"),
     )
     .map_err(|e| format!("overlay on the host's root: {e}"))?;
-    give_directories_to_vm_root(Path::new("/"), &stage.join("upper"), init, 0)?;
+    give_directories_to_vm_root(&stage.join("upper"), init)?;
     let root = stage.join("root");
     for (dir, flags, data) in [
         (
@@ -454,65 +456,123 @@ fn build_vm_root(init: &VmInit) -> Result<(), String> {
     Ok(())
 }
 
-/// How deep [`give_directories_to_vm_root`] goes: `/usr/local/bin`, `/var/lib/x`, `/etc/x/y`.
+/// How deep [`scan_open_directories`] goes: `/usr/local/bin`, `/var/lib/x`, `/etc/x/y`.
 const OWNED_DEPTH: usize = 3;
 /// At most this many directories (a start-up cost bound on hosts with huge trees).
 const OWNED_MAX: usize = 4096;
 
-/// Pre-creates, in the upper layer, a directory owned by the VM's root for every directory of the
-/// host's root file system down to [`OWNED_DEPTH`] that anyone may list and enter: overlayfs shows
-/// a merged directory with its upper's owner, so the VM's root can create, rename and remove
-/// entries there (`mkdir /opt/x`, `/usr/local/bin/tool`) while every *file* keeps its host owner
-/// and mode (the host's root files are nobody's in the VM: `/etc/shadow` stays unreadable). A
-/// directory others may not enter (`/root`) keeps its host owner and stays closed.
-fn give_directories_to_vm_root(
-    lower: &Path,
-    upper: &Path,
-    init: &VmInit,
-    depth: usize,
-) -> Result<(), String> {
+/// The directories of the host's root file system, down to [`OWNED_DEPTH`], that anyone may list
+/// and enter, parents first, as `mode\0path\0` records (paths relative to `/`). The daemon scans
+/// once at start (a walk costs more than a VM start) and each VM init re-checks every entry.
+pub fn scan_open_directories() -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let root_dev = std::fs::metadata("/")
-        .map_err(|e| format!("stat /: {e}"))?
-        .dev();
-    let mut queue =
-        std::collections::VecDeque::from([(lower.to_path_buf(), upper.to_path_buf(), depth)]);
-    let mut made = 0;
-    while let Some((from, to, depth)) = queue.pop_front() {
+    let Ok(root_dev) = std::fs::metadata("/").map(|m| m.dev()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut queue = std::collections::VecDeque::from([(PathBuf::from("/"), 0)]);
+    let mut count = 0;
+    while let Some((dir, depth)) = queue.pop_front() {
         if depth >= OWNED_DEPTH {
             continue;
         }
-        let Ok(entries) = std::fs::read_dir(&from) else {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
         for entry in entries.flatten() {
-            let Ok(meta) = entry.path().symlink_metadata() else {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(meta) = path.symlink_metadata() else {
                 continue;
             };
-            let mode = meta.permissions().mode();
-            // Only directories of the root file system itself (not mount points), open to all.
-            if !meta.is_dir() || meta.dev() != root_dev || mode & 0o005 != 0o005 {
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.dev() != root_dev || mode & 0o005 != 0o005 {
                 continue;
             }
-            if made >= OWNED_MAX {
-                return Ok(());
+            if count >= OWNED_MAX {
+                return out;
             }
-            let target = to.join(entry.file_name());
-            rustix::fs::mkdir(&target, Mode::from_raw_mode(mode & 0o7777))
-                .map_err(|e| format!("create {}: {e}", target.display()))?;
-            rustix::fs::chown(
-                &target,
-                Some(rustix::fs::Uid::from_raw(init.root_uid)),
-                Some(rustix::fs::Gid::from_raw(init.root_gid)),
-            )
-            .map_err(|e| format!("chown {}: {e}", target.display()))?;
-            // mkdir applies the umask and chown clears set-id bits: the host's mode, exactly.
-            let _ = rustix::fs::chmod(&target, Mode::from_raw_mode(mode & 0o7777));
-            made += 1;
-            queue.push_back((entry.path(), target, depth + 1));
+            count += 1;
+            out.extend_from_slice(format!("{mode:o}\0").as_bytes());
+            out.extend_from_slice(
+                path.strip_prefix("/")
+                    .unwrap_or(&path)
+                    .as_os_str()
+                    .as_bytes(),
+            );
+            out.push(0);
+            queue.push_back((path, depth + 1));
         }
     }
-    Ok(())
+    out
+}
+
+/// Pre-creates, in the upper layer, a directory owned by the VM's root for every directory of
+/// [`scan_open_directories`] that is still what the scan saw (same file system, same mode):
+/// overlayfs shows a merged directory with its upper's owner, so the VM's root can create, rename
+/// and remove entries there (`mkdir /opt/x`, `/usr/local/bin/tool`) while every *file* keeps its
+/// host owner and mode (the host's root files are nobody's in the VM: `/etc/shadow` stays
+/// unreadable). A directory others may not enter (`/root`) keeps its host owner and stays closed.
+fn give_directories_to_vm_root(upper: &Path, init: &VmInit) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Some(list) = &init.dirs_file else {
+        return Ok(());
+    };
+    let records = std::fs::read(list).map_err(|e| format!("read {}: {e}", list.display()))?;
+    let root_dev = std::fs::metadata("/")
+        .map_err(|e| format!("stat /: {e}"))?
+        .dev();
+    // The host's modes exactly: no umask (and chown keeps a directory's set-gid bit).
+    let umask = rustix::process::umask(Mode::empty());
+    let mut result = Ok(());
+    let mut fields = records.split(|&b| b == 0);
+    while let (Some(mode), Some(path)) = (fields.next(), fields.next()) {
+        let Some(mode) = std::str::from_utf8(mode)
+            .ok()
+            .and_then(|m| u32::from_str_radix(m, 8).ok())
+        else {
+            continue;
+        };
+        let rel = Path::new(std::ffi::OsStr::from_bytes(path));
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            continue;
+        }
+        // Still a directory of the root file system, still open to all, with that mode?
+        let still = Path::new("/").join(rel).symlink_metadata().is_ok_and(|m| {
+            m.is_dir() && m.dev() == root_dev && m.permissions().mode() & 0o7777 == mode
+        });
+        if !still {
+            continue;
+        }
+        let target = upper.join(rel);
+        match rustix::fs::mkdir(&target, Mode::from_raw_mode(mode)) {
+            Ok(()) => {}
+            // Its parent was skipped: so is it.
+            Err(Errno::NOENT) => continue,
+            Err(e) => {
+                result = Err(format!("create {}: {e}", target.display()));
+                break;
+            }
+        }
+        if let Err(e) = rustix::fs::chown(
+            &target,
+            Some(rustix::fs::Uid::from_raw(init.root_uid)),
+            Some(rustix::fs::Gid::from_raw(init.root_gid)),
+        ) {
+            result = Err(format!("give {} to the VM's root: {e}", target.display()));
+            break;
+        }
+    }
+    rustix::process::umask(umask);
+    result
 }
 
 /// A `/dev` of its own: the harmless character devices bound from the host's, a private devpts
