@@ -460,6 +460,8 @@ fn build_vm_root(init: &VmInit) -> Result<(), String> {
 const OWNED_DEPTH: usize = 3;
 /// At most this many directories (a start-up cost bound on hosts with huge trees).
 const OWNED_MAX: usize = 4096;
+/// Top-level directories the VM covers with mounts of its own.
+const COVERED: [&str; 6] = ["tmp", "run", "mnt", "proc", "sys", "dev"];
 
 /// The directories of the host's root file system, down to [`OWNED_DEPTH`], that anyone may list
 /// and enter, parents first, as `mode\0path\0` records (paths relative to `/`). The daemon scans
@@ -485,6 +487,10 @@ pub fn scan_open_directories() -> Vec<u8> {
                 continue;
             }
             let path = entry.path();
+            // The VM mounts its own over these.
+            if depth == 0 && COVERED.iter().any(|c| entry.file_name() == *c) {
+                continue;
+            }
             let Ok(meta) = path.symlink_metadata() else {
                 continue;
             };
