@@ -383,3 +383,81 @@ fn chown_tree(path: &Path, uid: u32) {
         }
     }
 }
+
+/// A key in the launcher's session keyring: a keyring is inherited across fork and exec, and a
+/// process that possesses a keyring may read its keys.
+#[test]
+fn the_daemons_session_keyring_does_not_reach_programs() {
+    if !need_root("the_daemons_session_keyring_does_not_reach_programs") {
+        return;
+    }
+    let world = World::new(vec![]);
+    // Credentials (keyrings included) are per thread: a thread of our own joins a new session
+    // keyring, adds a key, and starts the daemon, which inherits that keyring.
+    let daemon = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+                const KEY_SPEC_SESSION_KEYRING: libc::c_long = -3;
+                // SAFETY: a NULL name asks for a new anonymous session keyring for this thread.
+                let ring = unsafe {
+                    libc::syscall(
+                        libc::SYS_keyctl,
+                        KEYCTL_JOIN_SESSION_KEYRING,
+                        std::ptr::null::<libc::c_char>(),
+                    )
+                };
+                assert!(ring >= 0, "{}", std::io::Error::last_os_error());
+                let payload = b"secret";
+                // SAFETY: type and description are NUL-terminated C strings, the payload pointer
+                // and length describe `payload`, all alive for the call.
+                let key = unsafe {
+                    libc::syscall(
+                        libc::SYS_add_key,
+                        c"user".as_ptr(),
+                        c"plughost-test-secret".as_ptr(),
+                        payload.as_ptr(),
+                        payload.len(),
+                        KEY_SPEC_SESSION_KEYRING,
+                    )
+                };
+                assert!(key >= 0, "{}", std::io::Error::last_os_error());
+                world.start()
+            })
+            .join()
+            .expect("keyring thread")
+    });
+    // /proc/keys hides keys whose owner the VM does not map: ask the kernel directly, with a
+    // program the VM can see (its /tmp is its own).
+    let bin = tempfile::Builder::new()
+        .prefix("plughost-keyring-")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let probe = bin.path().join("keyring-probe");
+    let source = bin.path().join("keyring-probe.c");
+    std::fs::write(
+        &source,
+        "#include <stdio.h>\n#include <unistd.h>\n#include <sys/syscall.h>\n\
+         int main(void) {\n\
+           long key = syscall(SYS_keyctl, 10 /* KEYCTL_SEARCH */, -3 /* @s */, \"user\",\n\
+                              \"plughost-test-secret\", 0);\n\
+           printf(key >= 0 ? \"found\\n\" : \"absent\\n\");\n\
+           return 0;\n\
+         }\n",
+    )
+    .expect("write the probe");
+    let built = std::process::Command::new("cc")
+        .arg("-o")
+        .arg(&probe)
+        .arg(&source)
+        .status()
+        .expect("run cc");
+    assert!(built.success());
+    let out = daemon
+        .ctl(&["exec", "--", probe.to_str().expect("utf-8")])
+        .ok()
+        .stdout;
+    assert_eq!(out, "absent\n");
+    daemon.shutdown();
+}

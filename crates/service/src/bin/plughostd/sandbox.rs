@@ -118,6 +118,28 @@ fn die_errno(what: &str, error: std::io::Error) -> ! {
     std::process::exit(errno.clamp(1, 124))
 }
 
+/// Leaves the daemon's session keyring for a new, empty one: a keyring is inherited across fork
+/// and exec, and whoever possesses root's session keyring may read the keys in it.
+fn fresh_session_keyring() {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL) takes no memory from us (a NULL name asks
+    // for a new anonymous keyring) and only changes this process's keyrings.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        // No keyring support in this kernel: nothing to leak either.
+        if e.raw_os_error() != Some(libc::ENOSYS) {
+            die("join a new session keyring", e);
+        }
+    }
+}
+
 /// `PDEATHSIG(SIGKILL)`, then checks that the parent is still `expected` (it may have died before
 /// the signal was armed).
 fn bind_to_parent(expected: u32) {
@@ -231,6 +253,7 @@ pub struct VmInit {
 /// `__vm-init`: see the module docs.
 pub fn vm_init(init: &VmInit) -> ! {
     bind_to_parent(init.parent);
+    fresh_session_keyring();
     let flags =
         UnshareFlags::NEWNS | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC | UnshareFlags::NEWPID;
     if let Err(e) = unshare(flags) {
@@ -948,6 +971,7 @@ fn enter_namespaces(
 /// `__vm-enter`: see the module docs.
 pub fn vm_enter(parent: u32, init_pid: u32, op: EnterOp) -> ! {
     bind_to_parent(parent);
+    fresh_session_keyring();
     // Nothing in the VM may ptrace us while we still hold root's identity on the host.
     if let Err(e) =
         rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
