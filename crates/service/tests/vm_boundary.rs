@@ -363,7 +363,7 @@ fn exec_racing_vm_stop_gets_the_programs_status_or_a_clear_error() {
         });
         match exec.code {
             0 => {}
-            _ if exec.stderr.contains("is stopping") || exec.stderr.contains("not running") => {
+            1 if exec.stderr.contains("is stopping") || exec.stderr.contains("not running") => {
                 clear_errors += 1;
             }
             // Killed with the VM after it started: the program's own end.
@@ -459,5 +459,37 @@ fn the_daemons_session_keyring_does_not_reach_programs() {
         .ok()
         .stdout;
     assert_eq!(out, "absent\n");
+    daemon.shutdown();
+}
+
+/// The same race for container sessions: `csession run` against `csession stop`.
+#[test]
+fn csession_run_racing_csession_stop_gets_the_programs_status_or_a_clear_error() {
+    if !need_root("csession_run_racing_csession_stop_gets_the_programs_status_or_a_clear_error") {
+        return;
+    }
+    let world = World::new(vec![]);
+    let daemon = world.start();
+    for round in 0..100 {
+        let name = format!("race{round}");
+        daemon.ctl(&["csession", "create", &name]).ok();
+        daemon
+            .ctl(&["csession", "run", &name, "--", "/bin/true"])
+            .ok();
+        let run = std::thread::scope(|scope| {
+            let run = scope.spawn(|| daemon.ctl(&["csession", "run", &name, "--", "/bin/true"]));
+            let _ = daemon.ctl(&["csession", "stop", &name]);
+            run.join().expect("run thread")
+        });
+        let clear = run.code == 1
+            && (run.stderr.contains("is stopping")
+                || run.stderr.contains("no container session named"));
+        assert!(
+            run.code == 0 || run.code == 137 || clear,
+            "round {round}: exit {}, stderr {:?}",
+            run.code,
+            run.stderr
+        );
+    }
     daemon.shutdown();
 }
