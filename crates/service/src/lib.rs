@@ -36,7 +36,10 @@ pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
 
 /// One request from the client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "op")]
+///
+/// Unknown fields are an error: a misspelt option is refused, never silently ignored (decoded
+/// through [`StrictRequest`], since serde ignores extra fields of a tagged unit variant).
+#[serde(rename_all = "snake_case", tag = "op", from = "StrictRequest")]
 pub enum Request {
     VmStart,
     VmStop,
@@ -88,6 +91,90 @@ pub enum Request {
     /// The plugins' status in the OpenMetrics text format.
     Metrics,
     Shutdown,
+}
+
+/// [`Request`] as it is decoded: the same operations and fields, every variant a struct with
+/// `deny_unknown_fields` (a unit variant would accept any field).
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op", deny_unknown_fields)]
+enum StrictRequest {
+    VmStart {},
+    VmStop {},
+    VmStatus {},
+    DistroRegister {
+        name: String,
+        rootfs: PathBuf,
+        package: Option<String>,
+    },
+    DistroUnregister {
+        name: String,
+    },
+    DistroStart {
+        name: String,
+    },
+    DistroStop {
+        name: String,
+    },
+    DistroList {},
+    Exec {
+        distro: Option<String>,
+        argv: Vec<String>,
+    },
+    CsessionCreate {
+        name: String,
+    },
+    CsessionRun {
+        name: String,
+        argv: Vec<String>,
+    },
+    CsessionStop {
+        name: String,
+    },
+    Plugins {},
+    PluginRestart {
+        name: String,
+    },
+    PluginDisable {
+        name: String,
+    },
+    PluginEnable {
+        name: String,
+    },
+    Metrics {},
+    Shutdown {},
+}
+
+impl From<StrictRequest> for Request {
+    fn from(r: StrictRequest) -> Request {
+        match r {
+            StrictRequest::VmStart {} => Request::VmStart,
+            StrictRequest::VmStop {} => Request::VmStop,
+            StrictRequest::VmStatus {} => Request::VmStatus,
+            StrictRequest::DistroRegister {
+                name,
+                rootfs,
+                package,
+            } => Request::DistroRegister {
+                name,
+                rootfs,
+                package,
+            },
+            StrictRequest::DistroUnregister { name } => Request::DistroUnregister { name },
+            StrictRequest::DistroStart { name } => Request::DistroStart { name },
+            StrictRequest::DistroStop { name } => Request::DistroStop { name },
+            StrictRequest::DistroList {} => Request::DistroList,
+            StrictRequest::Exec { distro, argv } => Request::Exec { distro, argv },
+            StrictRequest::CsessionCreate { name } => Request::CsessionCreate { name },
+            StrictRequest::CsessionRun { name, argv } => Request::CsessionRun { name, argv },
+            StrictRequest::CsessionStop { name } => Request::CsessionStop { name },
+            StrictRequest::Plugins {} => Request::Plugins,
+            StrictRequest::PluginRestart { name } => Request::PluginRestart { name },
+            StrictRequest::PluginDisable { name } => Request::PluginDisable { name },
+            StrictRequest::PluginEnable { name } => Request::PluginEnable { name },
+            StrictRequest::Metrics {} => Request::Metrics,
+            StrictRequest::Shutdown {} => Request::Shutdown,
+        }
+    }
 }
 
 impl Request {
@@ -174,6 +261,10 @@ pub enum ErrorKind {
     Unsupported,
     Invalid,
     ShuttingDown,
+    /// A per-user limit of the configuration (`[limits]`) is reached.
+    LimitReached,
+    /// The control socket refuses the connection (too many from this uid, or a plugin host's).
+    Refused,
     Internal,
 }
 
@@ -331,6 +422,21 @@ mod tests {
         ));
         let err = read_line(std::io::Cursor::new(line), MAX_LINE).unwrap_err();
         assert!(matches!(err, ProtocolError::TooLong { .. }));
+    }
+
+    #[test]
+    fn unknown_fields_are_an_error() {
+        let err = decode::<Request>(b"{\"op\":\"vm_start\",\"force\":true}\n", MAX_LINE)
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown field `force`"), "{err}");
+        let err = decode::<Request>(
+            b"{\"op\":\"distro_stop\",\"name\":\"d\",\"user\":0}\n",
+            MAX_LINE,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `user`"), "{err}");
+        let ok = decode::<Request>(b"{\"op\":\"distro_stop\",\"name\":\"d\"}\n", MAX_LINE);
+        assert_eq!(ok.ok(), Some(Request::DistroStop { name: "d".into() }));
     }
 
     #[test]

@@ -36,6 +36,17 @@
 //! absolute path of a cgroup2 directory beneath which every host gets one (`memory_mib` becomes
 //! `memory.max` and `processes` `pids.max` where those controllers are delegated). It takes effect
 //! when plughostd starts, not on a reload.
+//!
+//! Per-user bounds (every uid but root), defaults shown; reaching one is an error naming it:
+//! ```toml
+//! [limits]
+//! connections = 16                 # control connections open at once
+//! processes = 32                   # programs run at once by exec / csession run
+//! container_sessions = 8           # container sessions (each may run a session VM)
+//! distributions = 32               # registered distributions
+//! running_distributions = 8        # distributions running at once
+//! state_bytes = 65536              # bytes of the state file the user's registrations take
+//! ```
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -58,7 +69,41 @@ struct RawConfig {
     teardown_timeout_secs: Option<u64>,
     cgroup_parent: Option<Spanned<String>>,
     #[serde(default)]
+    limits: UserLimits,
+    #[serde(default)]
     plugin: Vec<RawPlugin>,
+}
+
+/// Per-user bounds (`[limits]`): what one uid other than root may hold at once. Root is not
+/// bounded (its requests are always served: the control socket keeps a reserve for it).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserLimits {
+    /// Control connections open at once.
+    pub connections: usize,
+    /// Programs run at once through `exec` and `csession run`.
+    pub processes: usize,
+    /// Container sessions (each may run a session VM).
+    pub container_sessions: usize,
+    /// Registered distributions.
+    pub distributions: usize,
+    /// Distributions running at once (each an init in the user's VM).
+    pub running_distributions: usize,
+    /// Bytes of the state file the user's registrations may take.
+    pub state_bytes: usize,
+}
+
+impl Default for UserLimits {
+    fn default() -> Self {
+        UserLimits {
+            connections: 16,
+            processes: 32,
+            container_sessions: 8,
+            distributions: 32,
+            running_distributions: 8,
+            state_bytes: 64 * 1024,
+        }
+    }
 }
 
 fn default_idle() -> u64 {
@@ -114,6 +159,8 @@ pub struct Config {
     pub deadlines: plughost::Deadlines,
     /// cgroup v2 per host (`cgroup_parent`).
     pub cgroups: plughost::CgroupPolicy,
+    /// Per-user bounds (`[limits]`).
+    pub limits: UserLimits,
 }
 
 impl Default for Config {
@@ -125,6 +172,7 @@ impl Default for Config {
             trust: plughost::Trust::default(),
             deadlines: plughost::Deadlines::default(),
             cgroups: plughost::CgroupPolicy::Auto,
+            limits: UserLimits::default(),
         }
     }
 }
@@ -377,6 +425,7 @@ impl Config {
                 raw.teardown_timeout_secs,
             ),
             cgroups,
+            limits: raw.limits,
         })
     }
 }
@@ -466,6 +515,20 @@ mod tests {
             err.starts_with("/etc/p.toml:1:17: cgroup_parent must be"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn limits_have_defaults_and_refuse_unknown_keys() {
+        assert_eq!(parse("").expect("valid").limits, UserLimits::default());
+        let config = parse("[limits]\nprocesses = 2\nstate_bytes = 100\n").expect("valid");
+        assert_eq!(config.limits.processes, 2);
+        assert_eq!(config.limits.state_bytes, 100);
+        assert_eq!(
+            config.limits.connections,
+            UserLimits::default().connections
+        );
+        let err = parse("[limits]\nvms = 2\n").unwrap_err();
+        assert!(err.starts_with("/etc/p.toml:2:1: unknown field `vms`"), "{err}");
     }
 
     #[test]

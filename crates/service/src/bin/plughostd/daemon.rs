@@ -36,6 +36,7 @@ use plughost_service::{uuid_hex, DistroInfo, ErrorKind, PluginRow, VmInfo};
 
 use crate::config::Config;
 use crate::store::{new_uuid, os_release, Registered, Store};
+use crate::userfs::{self, UserCred};
 use crate::vm::{exit_code, wait_or_hangup, DistroProcess, ExecSpec, Sandbox, Vm};
 
 const ENOENT: i32 = 2;
@@ -70,6 +71,43 @@ impl From<PluginError> for OpError {
 }
 
 pub type OpResult<T> = Result<T, OpError>;
+
+fn limit_reached(message: String) -> OpError {
+    OpError::new(ErrorKind::LimitReached, message)
+}
+
+/// One of a uid's concurrent processes (`limits.processes`), given back when dropped.
+struct ProcessSlot<'a> {
+    shared: &'a Shared,
+    uid: u32,
+}
+
+impl<'a> ProcessSlot<'a> {
+    fn take(shared: &'a Shared, uid: u32) -> OpResult<ProcessSlot<'a>> {
+        let limit = shared.config.limits.processes;
+        let mut running = lock(&shared.running);
+        let count = running.entry(uid).or_insert(0);
+        if uid != 0 && *count >= limit {
+            return Err(limit_reached(format!(
+                "uid {uid} already runs {count} programs through plughostd: the limit is {limit}"
+            )));
+        }
+        *count += 1;
+        Ok(ProcessSlot { shared, uid })
+    }
+}
+
+impl Drop for ProcessSlot<'_> {
+    fn drop(&mut self) {
+        let mut running = lock(&self.shared.running);
+        if let Some(count) = running.get_mut(&self.uid) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                running.remove(&self.uid);
+            }
+        }
+    }
+}
 
 /// Who is calling, from `SO_PEERCRED`.
 #[derive(Clone, Copy, Debug)]
@@ -152,6 +190,12 @@ pub struct Shared {
     sessions: Mutex<Sessions>,
     csessions: Mutex<CSessions>,
     store: Mutex<Store>,
+    /// Leaf: each registered rootfs, pinned by a directory fd opened as its owner (by id). A
+    /// later swap of the path for a symlink changes nothing; after a restart it is re-opened as
+    /// the owner on first use.
+    pinned: Mutex<HashMap<String, Arc<OwnedFd>>>,
+    /// Leaf: processes (`exec`, `csession run`) each uid runs through the control socket now.
+    running: Mutex<HashMap<u32, usize>>,
     shutting_down: AtomicBool,
 }
 
@@ -192,6 +236,8 @@ impl Daemon {
                 next: 1,
             }),
             store: Mutex::new(store),
+            pinned: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
         });
         let plugins = config.plugins.iter().map(|p| p.config.clone()).collect();
@@ -352,8 +398,9 @@ impl Daemon {
 
     // ---- distributions ----
 
+    /// What `distro list` shows: the registration, with what os-release said at registration (a
+    /// user's file is never read again for a listing).
     fn distro_info(&self, s: &UserSession, r: &Registered) -> DistroInfo {
-        let (flavor, version) = os_release(&r.rootfs);
         let running = lock(&s.distros)
             .get(&r.id_bytes())
             .cloned()
@@ -363,8 +410,8 @@ impl Daemon {
             name: r.name.clone(),
             rootfs: r.rootfs.clone(),
             package: r.package.clone(),
-            flavor,
-            version,
+            flavor: r.flavor.clone(),
+            version: r.version.clone(),
             running: running.is_some(),
             init_pid: running.as_ref().map(|d| d.info.init_pid),
             pid_namespace: running.as_ref().map(|d| d.info.pid_namespace),
@@ -372,14 +419,36 @@ impl Daemon {
     }
 
     fn offline(r: &Registered) -> OfflineDistribution {
-        let (flavor, version) = os_release(&r.rootfs);
         OfflineDistribution {
             id: r.id_bytes(),
             name: r.name.clone(),
             package: r.package.clone(),
-            flavor,
-            version,
+            flavor: r.flavor.clone(),
+            version: r.version.clone(),
         }
+    }
+
+    /// The registration's rootfs as pinned at registration; after a daemon restart, opened again
+    /// as its owner (`userfs`), never as root.
+    #[allow(dead_code)] // for the distribution start (issue 12 point 3, its start half)
+    pub fn pinned_rootfs(&self, entry: &Registered) -> OpResult<Arc<OwnedFd>> {
+        if let Some(fd) = lock(&self.shared.pinned).get(&entry.id) {
+            return Ok(fd.clone());
+        }
+        let gid = passwd_entry(entry.owner).map_or(entry.owner, |(_, gid)| gid);
+        let user = UserCred::of(entry.owner, gid);
+        let fd = userfs::open_dir_as(&user, &entry.rootfs)
+            .map(Arc::new)
+            .map_err(|e| {
+                OpError::new(
+                    ErrorKind::Invalid,
+                    format!("rootfs {}: {e}", entry.rootfs.display()),
+                )
+            })?;
+        Ok(lock(&self.shared.pinned)
+            .entry(entry.id.clone())
+            .or_insert(fd)
+            .clone())
     }
 
     fn find_registered(&self, owner: u32, name: &str) -> OpResult<Registered> {
@@ -391,6 +460,9 @@ impl Daemon {
         })
     }
 
+    /// Registers a rootfs. Every file of it is read as the caller (`userfs`): the directory is
+    /// opened and pinned, its os-release read bounded and cached. No lock is held while that I/O
+    /// runs, nor across the hook.
     pub fn distro_register(
         &self,
         caller: Caller,
@@ -400,16 +472,51 @@ impl Daemon {
     ) -> OpResult<DistroInfo> {
         self.check_running()?;
         let s = self.session_for(caller);
-        let rootfs = std::fs::canonicalize(rootfs)
-            .ok()
-            .filter(|p| p.is_dir())
-            .ok_or_else(|| {
-                OpError::new(
-                    ErrorKind::Invalid,
-                    format!("rootfs {} is not a directory", rootfs.display()),
-                )
-            })?;
-        let entry = {
+        let limits = &self.shared.config.limits;
+        let registered = lock(&self.shared.store).of_owner(caller.uid).len();
+        if caller.uid != 0 && registered >= limits.distributions {
+            return Err(limit_reached(format!(
+                "{} distributions are registered for uid {}: the limit is {} (unregister one first)",
+                registered, caller.uid, limits.distributions
+            )));
+        }
+        let user = UserCred::of(caller.uid, caller.gid);
+        let root = userfs::open_dir_as(&user, rootfs).map_err(|e| {
+            OpError::new(
+                ErrorKind::Invalid,
+                format!("rootfs {}: {e}", rootfs.display()),
+            )
+        })?;
+        // The directory as the kernel resolved it for the caller (for display and for reopening
+        // after a restart, as the owner again).
+        let resolved = std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&root)
+        ))
+        .map_err(|e| {
+            OpError::new(
+                ErrorKind::Internal,
+                format!("rootfs {}: cannot name the opened directory: {e}", rootfs.display()),
+            )
+        })?;
+        let (flavor, version) = os_release(&user, &root).map_err(|reason| {
+            OpError::new(
+                ErrorKind::Invalid,
+                format!("rootfs {}: {reason}", resolved.display()),
+            )
+        })?;
+        let id = new_uuid()
+            .map_err(|e| OpError::new(ErrorKind::Internal, format!("cannot make an id: {e}")))?;
+        let entry = Registered {
+            id: uuid_hex(&id),
+            name: name.to_owned(),
+            rootfs: resolved,
+            package: package.unwrap_or_default().to_owned(),
+            owner: caller.uid,
+            flavor,
+            version,
+        };
+        {
             let mut store = lock(&self.shared.store);
             if store.find(caller.uid, name).is_some() {
                 return Err(OpError::new(
@@ -417,25 +524,31 @@ impl Daemon {
                     format!("a distribution named '{name}' is already registered"),
                 ));
             }
-            let id = new_uuid().map_err(|e| {
-                OpError::new(ErrorKind::Internal, format!("cannot make an id: {e}"))
-            })?;
-            let entry = Registered {
-                id: uuid_hex(&id),
-                name: name.to_owned(),
-                rootfs,
-                package: package.unwrap_or_default().to_owned(),
-                owner: caller.uid,
-            };
+            if caller.uid != 0 {
+                let count = store.of_owner(caller.uid).len();
+                if count >= limits.distributions {
+                    return Err(limit_reached(format!(
+                        "{count} distributions are registered for uid {}: the limit is {} (unregister one first)",
+                        caller.uid, limits.distributions
+                    )));
+                }
+                let bytes = store.bytes_of_owner(caller.uid) + Store::entry_bytes(&entry);
+                if bytes > limits.state_bytes {
+                    return Err(limit_reached(format!(
+                        "the registrations of uid {} would take {bytes} bytes of state: the limit is {}",
+                        caller.uid, limits.state_bytes
+                    )));
+                }
+            }
             store
                 .add(entry.clone())
                 .map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))?;
-            entry
-        };
-        tracing::info!(distribution = name, id = %entry.id, uid = caller.uid, "registered");
-        self.with_manager(|m| {
-            m.on_distribution_registered(&s.info, &Self::offline(&entry), &*self.shared)
-        })?;
+        }
+        lock(&self.shared.pinned).insert(entry.id.clone(), Arc::new(root));
+        tracing::info!(distribution = name, id = %entry.id, uid = caller.uid,
+            rootfs = %entry.rootfs.display(), "registered");
+        let offline = Self::offline(&entry);
+        self.with_manager(|m| m.on_distribution_registered(&s.info, &offline, &*self.shared))?;
         Ok(self.distro_info(&s, &entry))
     }
 
@@ -453,10 +566,10 @@ impl Daemon {
         lock(&self.shared.store)
             .remove(caller.uid, name)
             .map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))?;
+        lock(&self.shared.pinned).remove(&entry.id);
         tracing::info!(distribution = name, id = %entry.id, uid = caller.uid, "unregistered");
-        self.with_manager(|m| {
-            m.on_distribution_unregistered(&s.info, &Self::offline(&entry), &*self.shared)
-        })?;
+        let offline = Self::offline(&entry);
+        self.with_manager(|m| m.on_distribution_unregistered(&s.info, &offline, &*self.shared))?;
         Ok(format!("distribution '{name}' unregistered"))
     }
 
@@ -471,19 +584,26 @@ impl Daemon {
                 format!("distribution '{name}' is already running"),
             ));
         }
+        let limit = self.shared.config.limits.running_distributions;
+        let count = lock(&s.distros).len();
+        if caller.uid != 0 && count >= limit {
+            return Err(limit_reached(format!(
+                "uid {} runs {count} distributions: the limit is {limit} (stop one first)",
+                caller.uid
+            )));
+        }
         let vm = self.ensure_vm(&s)?;
         let process = vm
             .start_distribution(name, &entry.id, &entry.rootfs)
             .map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))?;
-        let (flavor, version) = os_release(&entry.rootfs);
         let info = Distribution {
             id,
             name: entry.name.clone(),
             pid_namespace: process.pid_namespace,
             package: entry.package.clone(),
             init_pid: process.init_pid(),
-            flavor,
-            version,
+            flavor: entry.flavor.clone(),
+            version: entry.version.clone(),
         };
         let running = Arc::new(RunningDistro { info, process });
         lock(&s.distros).insert(id, running.clone());
@@ -538,6 +658,7 @@ impl Daemon {
         stdio: [OwnedFd; 3],
         client: &UnixStream,
     ) -> OpResult<Option<i32>> {
+        let _slot = ProcessSlot::take(&self.shared, caller.uid)?;
         let s = self.session_for(caller);
         s.busy.fetch_add(1, Ordering::SeqCst);
         let result = self.exec_in_session(&s, caller, distro, argv, stdio, client);
@@ -615,6 +736,14 @@ impl Daemon {
                     ErrorKind::AlreadyExists,
                     format!("a container session named '{name}' exists"),
                 ));
+            }
+            let limit = self.shared.config.limits.container_sessions;
+            let count = all.by_id.values().filter(|c| c.owner == caller.uid).count();
+            if caller.uid != 0 && count >= limit {
+                return Err(limit_reached(format!(
+                    "uid {} has {count} container sessions: the limit is {limit} (stop one first)",
+                    caller.uid
+                )));
             }
             let id = all.next;
             all.next += 1;
@@ -697,6 +826,7 @@ impl Daemon {
         stdio: [OwnedFd; 3],
         client: &UnixStream,
     ) -> OpResult<Option<i32>> {
+        let _slot = ProcessSlot::take(&self.shared, caller.uid)?;
         let cs = self.find_csession(caller, name)?;
         let vm = {
             let _op = lock(&cs.op);

@@ -6,7 +6,7 @@
 //!
 //! Modules: `config` (the TOML file), `store` (registered distributions on disk), `daemon` (state,
 //! operations, the plugin API; its docs give the lock order and the re-entrancy design), `server`
-//! (the control socket), `vm` (daemon-side handles on the sandbox), `sandbox` (the hidden
+//! (the control socket), `userfs` (files a user names, opened with that user's rights), `vm` (daemon-side handles on the sandbox), `sandbox` (the hidden
 //! subcommands that run in the sandbox's single-threaded helper processes).
 //!
 //! It does not confine what a plugin's program does inside a VM beyond the namespaces (no user
@@ -19,6 +19,7 @@ mod daemon;
 mod sandbox;
 mod server;
 mod store;
+mod userfs;
 mod vm;
 
 use std::path::PathBuf;
