@@ -143,11 +143,12 @@ pub fn open_dir_as(user: &UserCred, path: &Path) -> std::io::Result<OwnedFd> {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
+        // Looking up "." in it needs search permission on it, checked with this thread's ids.
         rustix::fs::accessat(
             &fd,
-            "",
-            rustix::fs::Access::EXEC_OK,
-            rustix::fs::AtFlags::EMPTY_PATH | rustix::fs::AtFlags::EACCESS,
+            ".",
+            rustix::fs::Access::EXISTS,
+            rustix::fs::AtFlags::empty(),
         )?;
         Ok(fd)
     })
