@@ -204,6 +204,59 @@ pub struct Daemon {
     pub shared: Arc<Shared>,
     /// Lock order 2: read for every dispatch, written once by shutdown.
     manager: RwLock<Option<PluginManager>>,
+    /// Leaf: the uids plugin hosts run as (other than root), by plugin name; set at start and by
+    /// each reload.
+    host_uids: Mutex<Vec<(u32, String)>>,
+}
+
+/// The uids the configured plugin hosts run as, root excepted (a host that runs as the service
+/// is recognised by its cgroup or its ancestry instead).
+fn host_uids(config: &Config) -> Vec<(u32, String)> {
+    config
+        .plugins
+        .iter()
+        .filter(|p| p.config.isolation == Isolation::Process)
+        .filter_map(|p| match p.config.user.resolve() {
+            Ok(Some((uid, _))) if uid != 0 => Some((uid, p.name.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Why process `pid` is (a descendant of) a plugin host, if it is: it lives in a host's cgroup
+/// (`host-<plughostd's pid>-...`, which its descendants cannot leave), or one of its ancestors
+/// runs the host binary.
+fn host_process(pid: u32) -> Option<String> {
+    let own = std::process::id();
+    let marker = format!("host-{own}-");
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    for line in cgroup.lines().take(64) {
+        let path = line.splitn(3, ':').nth(2).unwrap_or("");
+        if path.split('/').any(|c| c.starts_with(&marker)) {
+            return Some(format!("process {pid} is in a plugin host's cgroup"));
+        }
+    }
+    let mut current = pid;
+    for _ in 0..64 {
+        if current <= 1 || current == own {
+            return None;
+        }
+        let exe = std::fs::read_link(format!("/proc/{current}/exe")).ok();
+        if exe
+            .as_deref()
+            .and_then(Path::file_name)
+            .is_some_and(|n| n == "plughost-host")
+        {
+            return Some(format!(
+                "process {pid} descends from plugin host {current}"
+            ));
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{current}/stat")).ok()?;
+        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses; the last ')' ends it.
+        let after = &stat[stat.rfind(')')? + 1..];
+        current = after.split_whitespace().nth(1)?.parse().ok()?;
+    }
+    None
 }
 
 /// `(name, gid)` of `uid` from `/etc/passwd`; a uid with no entry is named `uid<N>`.
@@ -253,7 +306,24 @@ impl Daemon {
         Ok(Arc::new(Daemon {
             shared,
             manager: RwLock::new(Some(manager)),
+            host_uids: Mutex::new(host_uids(&config)),
         }))
+    }
+
+    /// Why `caller` is a plugin host (or one of its processes), if it is: such a caller is refused
+    /// every control request (a program it ran through `exec` would leave the host's seccomp,
+    /// `no_new_privs` and Landlock behind).
+    pub fn plugin_host(&self, caller: Caller) -> Option<String> {
+        if caller.uid != 0 {
+            let uids = lock(&self.host_uids);
+            if let Some((_, plugin)) = uids.iter().find(|(uid, _)| *uid == caller.uid) {
+                return Some(format!(
+                    "uid {} is the user of plugin '{plugin}'",
+                    caller.uid
+                ));
+            }
+        }
+        host_process(caller.pid)
     }
 
     fn with_manager<R>(&self, f: impl FnOnce(&PluginManager) -> R) -> OpResult<R> {
@@ -950,6 +1020,7 @@ impl Daemon {
         let Some(manager) = guard.as_mut() else {
             return;
         };
+        *lock(&self.host_uids) = host_uids(&config);
         let plugins = config.plugins.iter().map(|p| p.config.clone()).collect();
         let changes = manager.reconfigure(plugins, config.trust, config.deadlines);
         if changes.is_empty() {
