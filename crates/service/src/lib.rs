@@ -357,6 +357,36 @@ pub fn read_line<R: BufRead>(reader: R, limit: usize) -> Result<Vec<u8>, Protoco
     Ok(line)
 }
 
+/// `line` with every control character shown escaped (`\r`, `\n`, `\t`, `\x1b`, `\u{9b}`...),
+/// so that text from a plugin or a user (output, names, paths) can neither end a log line, forge
+/// another one nor drive the terminal showing it. A backslash is doubled only when it would be
+/// read as one of those escapes. Invalid UTF-8 bytes are shown as `\xNN`.
+pub fn escape_control(line: &[u8]) -> String {
+    let mut out = String::with_capacity(line.len());
+    for chunk in line.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\r' => out.push_str("\\r"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                    out.push_str(&format!("\\x{:02x}", c as u32));
+                }
+                // C1 controls (U+0080..U+009F: CSI is U+009B) and the line and paragraph
+                // separators some terminals honour.
+                c if (0x80..=0x9f).contains(&(c as u32)) || c == '\u{2028}' || c == '\u{2029}' => {
+                    out.push_str(&format!("\\u{{{:x}}}", c as u32));
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
 /// A distribution id as 32 lowercase hex digits.
 pub fn uuid_hex(id: &[u8; 16]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
@@ -442,6 +472,15 @@ mod tests {
     #[test]
     fn unknown_operation_is_an_error() {
         assert!(decode::<Request>(b"{\"op\":\"format_disk\"}\n", MAX_LINE).is_err());
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            escape_control(b"ok\rFAKE: root logged in\n\x1b[2Jx\x7f\xc2\x9b\xff"),
+            "ok\\rFAKE: root logged in\\n\\x1b[2Jx\\x7f\\u{9b}\\xff"
+        );
+        assert_eq!(escape_control("plain ütf-8".as_bytes()), "plain ütf-8");
     }
 
     #[test]
