@@ -67,6 +67,51 @@ fn forbidden_syscall_kills_the_host_and_is_named() {
     );
 }
 
+/// Issue 12, point 9: each of these calls kills the host with SIGSYS and is named; none runs.
+#[test]
+fn user_namespaces_io_uring_handles_and_mount_listing_are_blocked() {
+    let calls: [(&str, u32, &str); 10] = [
+        ("clone_newuser", 56, "clone with CLONE_NEWUSER"),
+        ("unshare_newuser", 272, "unshare"),
+        ("io_uring_setup", 425, "io_uring_setup"),
+        ("io_uring_enter", 426, "io_uring_enter"),
+        ("io_uring_register", 427, "io_uring_register"),
+        ("name_to_handle_at", 303, "name_to_handle_at"),
+        ("open_by_handle_at", 304, "open_by_handle_at"),
+        ("statmount", 457, "statmount"),
+        ("listmount", 458, "listmount"),
+        ("open_tree_attr", 467, "open_tree_attr"),
+    ];
+    for (call, number, name) in calls {
+        let fx = Fixture::new();
+        let service = TestService::new();
+        let manager = service.manager(vec![fx.c("hostile_syscall").env("PH_SYSCALL", call)]);
+        let err = service.start_vm(&manager, &session(1)).unwrap_err();
+        assert_eq!(
+            err,
+            format!("plugin 'hostile_syscall' crashed: blocked syscall {number} ({name})"),
+            "{call}"
+        );
+        fx.wait_for(&format!("calling name={call}"));
+        assert!(fx.events("returned ").is_empty(), "{call} returned");
+    }
+}
+
+/// clone3 cannot be filtered by its flags (they are in memory): it fails with ENOSYS, and threads
+/// and fork still work through libc's fallback to clone.
+#[test]
+fn clone3_fails_with_enosys_and_threads_still_start() {
+    let fx = Fixture::new();
+    let service = TestService::new();
+    let manager = service.manager(vec![fx.c("hostile_syscall").env("PH_SYSCALL", "clone3")]);
+    service.start_vm(&manager, &session(1)).expect("vm starts");
+    let line = fx.wait_for("returned name=clone3");
+    assert_eq!(field(&line, "rc"), "-1", "{line}");
+    assert_eq!(field(&line, "errno"), "38", "{line}"); // ENOSYS
+    fx.wait_for("thread_ok");
+    fx.wait_for("fork_ok");
+}
+
 #[test]
 fn seccomp_can_be_turned_off_per_plugin() {
     let fx = Fixture::new();
