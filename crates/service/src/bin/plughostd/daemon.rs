@@ -4,10 +4,20 @@
 //! # Locks and order
 //! 1. `UserSession::op` / `CSession::op`: serialise the *operations* on one session (start, stop,
 //!    a distribution's start...). Held across hook dispatches; never taken by the plugin API.
-//! 2. `Daemon::manager` (read): held across a dispatch; written only by shutdown.
-//! 3. Leaves, never held across I/O with a host or a dispatch: `Shared::sessions`,
-//!    `Shared::csessions`, `Shared::store`, `UserSession::{vm, distros, last_used}`,
-//!    `CSession::{vm, mounts}`.
+//!    Only that session's own requests wait for it.
+//! 2. `Daemon::manager` (read): held across a dispatch; written by shutdown and by a reload
+//!    (which starts and stops plugin hosts while it holds it: dispatches wait for a reload).
+//! 3. Leaves, never held across I/O with a host, a dispatch, a process start or any I/O on a file
+//!    a user names: `Shared::sessions`, `Shared::csessions`, `Shared::store` (held across the
+//!    atomic write of the daemon's own state file, which is root's, in the state directory),
+//!    `Shared::pinned`, `Shared::running`, `Daemon::host_uids`,
+//!    `UserSession::{vm, distros, last_used}`, `CSession::{vm, mounts}`; and the control socket's
+//!    admission counts (`server.rs`).
+//!
+//! A user's files are read only on `userfs`'s own short-lived threads, with that user's rights and
+//! a deadline, before any lock is taken; what they said is cached in the registration. So a FIFO,
+//! a slow FUSE file or `/dev/zero` in one user's rootfs cannot stall another user's request, a
+//! reload or a shutdown.
 //!
 //! # Re-entrancy
 //! The plugin API (`impl ServiceCallbacks for Shared`) touches only the leaves: a VM or distribution
@@ -361,12 +371,16 @@ impl Daemon {
 
     /// The caller's session, created on first use.
     pub fn session_for(&self, caller: Caller) -> Arc<UserSession> {
+        if let Some(s) = lock(&self.shared.sessions).by_uid.get(&caller.uid) {
+            return s.clone();
+        }
+        // Read before the lock: no file I/O under a lock every user's request takes.
+        let (user_name, gid) =
+            passwd_entry(caller.uid).unwrap_or_else(|| (format!("uid{}", caller.uid), caller.gid));
         let mut sessions = lock(&self.shared.sessions);
         if let Some(s) = sessions.by_uid.get(&caller.uid) {
             return s.clone();
         }
-        let (user_name, gid) =
-            passwd_entry(caller.uid).unwrap_or_else(|| (format!("uid{}", caller.uid), caller.gid));
         // Ids are opaque cookies, not uids (PLUGIN_ABI.md, "Types"): number them from 1.
         let id = sessions.by_id.len() as u32 + 1;
         let session = Arc::new(UserSession {
