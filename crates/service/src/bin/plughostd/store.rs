@@ -218,7 +218,14 @@ pub fn os_release(user: &UserCred, root: &OwnedFd) -> Result<(String, String), S
             Ok(bytes) => return Ok(parse_os_release(&String::from_utf8_lossy(&bytes))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
-                refused.get_or_insert(format!("{rel} {e}"));
+                // Our own refusals read as a sentence ("etc/os-release is a FIFO, ..."); the
+                // kernel's as a reason ("etc/os-release: Permission denied").
+                let sep = if e.kind() == std::io::ErrorKind::InvalidInput {
+                    " "
+                } else {
+                    ": "
+                };
+                refused.get_or_insert(format!("{rel}{sep}{e}"));
             }
         }
     }
