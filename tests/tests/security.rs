@@ -488,7 +488,11 @@ fn reload_with_stricter_trust_stops_plugins_that_no_longer_verify() {
     );
     let after = manager.plugins();
     assert_eq!(after[0].state.name(), "failed");
-    assert_eq!(after[1].host_pid, Some(pids[1]), "the pinned plugin keeps its host");
+    assert_eq!(
+        after[1].host_pid,
+        Some(pids[1]),
+        "the pinned plugin keeps its host"
+    );
     assert_eq!(after[2].state.name(), "failed");
     assert!(eventually(Duration::from_secs(10), || {
         plughost_sys::process::process_is_gone(pids[0])

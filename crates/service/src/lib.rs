@@ -456,8 +456,8 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_an_error() {
-        let err = decode::<Request>(b"{\"op\":\"vm_start\",\"force\":true}\n", MAX_LINE)
-            .unwrap_err();
+        let err =
+            decode::<Request>(b"{\"op\":\"vm_start\",\"force\":true}\n", MAX_LINE).unwrap_err();
         assert!(err.to_string().contains("unknown field `force`"), "{err}");
         let err = decode::<Request>(
             b"{\"op\":\"distro_stop\",\"name\":\"d\",\"user\":0}\n",

@@ -80,7 +80,11 @@ fn os_release_as_dev_zero_or_a_device_is_refused_and_never_read() {
     std::fs::remove_file(&os_release).expect("remove device");
     std::os::unix::fs::symlink("../usr/lib/os-release", &os_release).expect("symlink");
     std::fs::create_dir_all(rootfs.join("usr/lib")).expect("mkdir");
-    std::fs::write(rootfs.join("usr/lib/os-release"), "ID=linked\nVERSION_ID=3\n").expect("write");
+    std::fs::write(
+        rootfs.join("usr/lib/os-release"),
+        "ID=linked\nVERSION_ID=3\n",
+    )
+    .expect("write");
     let d = register_as(&daemon, USER, "linked", &rootfs).ok();
     assert!(d.stdout.contains("linked"), "{}", d.stdout);
     let list = daemon
@@ -290,7 +294,11 @@ fn connection_flood_does_not_starve_root() {
         .count();
     let busy = replies
         .iter()
-        .filter(|r| r.contains(&format!("plughostd is busy: uid {USER} has 16 connections open")))
+        .filter(|r| {
+            r.contains(&format!(
+                "plughostd is busy: uid {USER} has 16 connections open"
+            ))
+        })
         .count();
     assert_eq!((timed_out, busy), (16, 112), "{replies:?}");
     daemon.shutdown();
@@ -404,9 +412,12 @@ fn state_bytes_limit_refuses_a_registration() {
     let out = register_as(&daemon, USER, "a", &rootfs);
     assert_ne!(out.code, 0);
     assert!(
-        out.stderr.starts_with(&format!(
-            "the registrations of uid {USER} would take "
-        )) && out.stderr.trim_end().ends_with("bytes of state: the limit is 64"),
+        out.stderr
+            .starts_with(&format!("the registrations of uid {USER} would take "))
+            && out
+                .stderr
+                .trim_end()
+                .ends_with("bytes of state: the limit is 64"),
         "{}",
         out.stderr
     );
@@ -450,7 +461,10 @@ fn requests_with_unknown_fields_are_refused() {
     let daemon = world.start();
     for (request, field) in [
         ("{\"op\":\"vm_status\",\"uid\":0}\n", "uid"),
-        ("{\"op\":\"distro_stop\",\"name\":\"d\",\"as_user\":1}\n", "as_user"),
+        (
+            "{\"op\":\"distro_stop\",\"name\":\"d\",\"as_user\":1}\n",
+            "as_user",
+        ),
     ] {
         let mut stream = UnixStream::connect(&daemon.socket).expect("connect");
         stream.write_all(request.as_bytes()).expect("write");
@@ -460,7 +474,9 @@ fn requests_with_unknown_fields_are_refused() {
         assert_eq!(reply["kind"], "invalid", "{reply}");
         let message = reply["message"].as_str().expect("message");
         assert!(
-            message.starts_with(&format!("bad request: malformed message: unknown field `{field}`")),
+            message.starts_with(&format!(
+                "bad request: malformed message: unknown field `{field}`"
+            )),
             "{message}"
         );
     }
@@ -520,7 +536,10 @@ fn sigkill_mid_registration_keeps_the_state_file_true() {
             .map(|d| d["name"].as_str().expect("name").to_owned())
             .collect();
         for name in &acknowledged {
-            assert!(stored.contains(name), "acknowledged {name} lost: {stored:?}");
+            assert!(
+                stored.contains(name),
+                "acknowledged {name} lost: {stored:?}"
+            );
         }
         for name in &stored {
             assert!(asked.contains(name), "{name} was never asked for");

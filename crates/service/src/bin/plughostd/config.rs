@@ -523,12 +523,12 @@ mod tests {
         let config = parse("[limits]\nprocesses = 2\nstate_bytes = 100\n").expect("valid");
         assert_eq!(config.limits.processes, 2);
         assert_eq!(config.limits.state_bytes, 100);
-        assert_eq!(
-            config.limits.connections,
-            UserLimits::default().connections
-        );
+        assert_eq!(config.limits.connections, UserLimits::default().connections);
         let err = parse("[limits]\nvms = 2\n").unwrap_err();
-        assert!(err.starts_with("/etc/p.toml:2:1: unknown field `vms`"), "{err}");
+        assert!(
+            err.starts_with("/etc/p.toml:2:1: unknown field `vms`"),
+            "{err}"
+        );
     }
 
     #[test]

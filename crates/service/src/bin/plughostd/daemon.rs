@@ -257,9 +257,7 @@ fn host_process(pid: u32) -> Option<String> {
             .and_then(Path::file_name)
             .is_some_and(|n| n == "plughost-host")
         {
-            return Some(format!(
-                "process {pid} descends from plugin host {current}"
-            ));
+            return Some(format!("process {pid} descends from plugin host {current}"));
         }
         let stat = std::fs::read_to_string(format!("/proc/{current}/stat")).ok()?;
         // `pid (comm) state ppid ...`: comm may hold spaces and parentheses; the last ')' ends it.
@@ -580,7 +578,10 @@ impl Daemon {
         .map_err(|e| {
             OpError::new(
                 ErrorKind::Internal,
-                format!("rootfs {}: cannot name the opened directory: {e}", rootfs.display()),
+                format!(
+                    "rootfs {}: cannot name the opened directory: {e}",
+                    rootfs.display()
+                ),
             )
         })?;
         let (flavor, version) = os_release(&user, &root).map_err(|reason| {

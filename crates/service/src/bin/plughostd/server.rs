@@ -8,6 +8,7 @@
 //! request deadline passes however slowly it trickles bytes. A refused connection is answered at
 //! once, without blocking the accept loop.
 
+use std::collections::HashMap;
 use std::io::{IoSliceMut, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
@@ -15,7 +16,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -187,10 +187,7 @@ pub fn serve(daemon: Arc<Daemon>, listener: UnixListener, socket: PathBuf) {
 }
 
 /// Reads one request line and the fds sent with it, all before `deadline`.
-fn read_request(
-    stream: &UnixStream,
-    deadline: Instant,
-) -> Result<(Vec<u8>, Vec<OwnedFd>), String> {
+fn read_request(stream: &UnixStream, deadline: Instant) -> Result<(Vec<u8>, Vec<OwnedFd>), String> {
     let mut line = Vec::new();
     let mut fds = Vec::new();
     let mut chunk = vec![0u8; 8192];
@@ -255,7 +252,11 @@ fn read_request(
 
 fn handle(daemon: &Daemon, caller: Caller, stream: UnixStream, socket: &Path) {
     if let Some(why) = daemon.plugin_host(caller) {
-        tracing::warn!(uid = caller.uid, pid = caller.pid, "control request refused: {why}");
+        tracing::warn!(
+            uid = caller.uid,
+            pid = caller.pid,
+            "control request refused: {why}"
+        );
         refuse(
             stream,
             ErrorKind::Refused,

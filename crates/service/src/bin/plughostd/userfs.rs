@@ -314,8 +314,11 @@ mod tests {
         assert_eq!(existing.to_string(), missing.to_string());
         // Beneath a root the user can open, a 0600 root file stays closed to them.
         std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        std::fs::set_permissions(private.join("secret"), std::fs::Permissions::from_mode(0o600))
-            .expect("chmod");
+        std::fs::set_permissions(
+            private.join("secret"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod");
         let root = open_dir_as(&user, &private).expect("open as the user");
         let err = read_file_in_root(&user, &root, "secret", 64).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
