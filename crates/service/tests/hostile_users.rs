@@ -259,6 +259,44 @@ fn connection_flood_does_not_starve_root() {
     }
     let world = World::new(vec![]);
     let daemon = world.start();
+    // Round 1: root's `plugins` while the flood lasts; then what each connection was told.
+    let (mut helper, mut lines) = start_flood(&daemon);
+    let plugins = daemon.ctl(&["--json", "plugins"]).ok().json();
+    assert!(plugins["plugins"].is_array(), "{plugins}");
+    let replies: Vec<String> = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .filter_map(|l| l.strip_prefix("reply ").map(str::to_owned))
+        .collect();
+    assert!(helper.wait().expect("wait").success());
+    assert_eq!(replies.len(), 128);
+    let timed_out = replies
+        .iter()
+        .filter(|r| r.contains("timed out waiting for the request (5 s for all of it)"))
+        .count();
+    let busy = replies
+        .iter()
+        .filter(|r| {
+            r.contains(&format!(
+                "plughostd is busy: uid {USER} has 16 connections open"
+            ))
+        })
+        .count();
+    assert_eq!((timed_out, busy), (16, 112), "{replies:?}");
+    // Round 2: root's `shutdown` while the flood lasts.
+    let (mut helper, _lines) = start_flood(&daemon);
+    daemon.shutdown();
+    let _ = helper.kill();
+    let _ = helper.wait();
+}
+
+/// Starts `flood_helper` as [`USER`] and waits until its 128 connections are made.
+fn start_flood(
+    daemon: &Daemon,
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
     let mut helper = Command::new(std::env::current_exe().expect("test binary"))
         .args(["--ignored", "--exact", "flood_helper", "--nocapture"])
         .env("PH_FLOOD_SOCKET", &daemon.socket)
@@ -279,29 +317,7 @@ fn connection_flood_does_not_starve_root() {
             break;
         }
     }
-    // 128 connections of USER are open or answered: root is served.
-    let plugins = daemon.ctl(&["--json", "plugins"]).ok().json();
-    assert!(plugins["plugins"].is_array(), "{plugins}");
-    let replies: Vec<String> = lines
-        .map_while(Result::ok)
-        .filter_map(|l| l.strip_prefix("reply ").map(str::to_owned))
-        .collect();
-    assert!(helper.wait().expect("wait").success());
-    assert_eq!(replies.len(), 128);
-    let timed_out = replies
-        .iter()
-        .filter(|r| r.contains("timed out waiting for the request (5 s for all of it)"))
-        .count();
-    let busy = replies
-        .iter()
-        .filter(|r| {
-            r.contains(&format!(
-                "plughostd is busy: uid {USER} has 16 connections open"
-            ))
-        })
-        .count();
-    assert_eq!((timed_out, busy), (16, 112), "{replies:?}");
-    daemon.shutdown();
+    (helper, lines)
 }
 
 /// Point 5: the uid plugin hosts run as gets no control request served.

@@ -19,7 +19,8 @@
 //! error is the one the kernel gives *them* (`EACCES` alike for an existing and a missing name
 //! under a directory they cannot search).
 //!
-//! uid 0 acts as root (same code, no identity change).
+//! uid 0 acts as root (same code, no identity change). A daemon that does not run as root acts
+//! with its own (unprivileged) identity for everyone: it could not take theirs.
 
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
@@ -108,7 +109,9 @@ fn as_user<T: Send + 'static>(
     std::thread::Builder::new()
         .name("plughostd-userfs".into())
         .spawn(move || {
-            let result = if user.is_root() {
+            // A daemon that is not root cannot take another identity; it has no more rights than
+            // its own user then, and acts as that.
+            let result = if user.is_root() || !rustix::process::geteuid().is_root() {
                 op()
             } else {
                 become_user(&user).and_then(|()| op())
