@@ -320,6 +320,60 @@ fn start_flood(
     (helper, lines)
 }
 
+/// Point 4: long `exec`s of one uid hold at most its connection limit; root is served meanwhile
+/// (its `plugins` and its own `exec`).
+#[test]
+fn long_execs_of_one_user_do_not_starve_root() {
+    if !need_root("long_execs_of_one_user_do_not_starve_root") {
+        return;
+    }
+    let world = World::new(vec![]);
+    let daemon = world.start();
+    let mut clients: Vec<std::process::Child> = (0..20)
+        .map(|_| {
+            Command::new(plughostctl())
+                .env("PLUGHOST_SOCKET", &daemon.socket)
+                .args(["exec", "--", "cat"])
+                .uid(USER)
+                .gid(USER)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn plughostctl")
+        })
+        .collect();
+    // Each cat waits for its stdin, which stays open: 16 run, 4 are refused at once.
+    wait_until("four execs are refused", || {
+        clients
+            .iter_mut()
+            .map(|c| matches!(c.try_wait(), Ok(Some(_))))
+            .filter(|exited| *exited)
+            .count()
+            == 4
+    });
+    daemon.ctl(&["plugins"]).ok();
+    assert_eq!(
+        daemon.ctl(&["exec", "--", "echo", "root"]).ok().stdout,
+        "root\n"
+    );
+    let mut refused = 0;
+    for mut client in clients {
+        drop(client.stdin.take());
+        let out = client.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            continue;
+        }
+        assert_eq!(
+            stderr.trim_end(),
+            format!("plughostd is busy: uid {USER} has 16 connections open (the limit is 16)")
+        );
+        refused += 1;
+    }
+    assert_eq!(refused, 4);
+}
+
 /// Point 5: the uid plugin hosts run as gets no control request served.
 #[test]
 fn plugin_host_uid_is_refused() {
