@@ -1471,3 +1471,45 @@ pub enum PluginAction {
     Disable,
     Enable,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process whose parent runs a binary named `plughost-host` is a host's: refused.
+    #[test]
+    fn a_descendant_of_a_host_binary_is_recognised() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fake_host = dir.path().join("plughost-host");
+        std::fs::copy("/bin/sh", &fake_host).expect("copy sh");
+        let mut shell = std::process::Command::new(&fake_host)
+            .args(["-c", "sleep 30; true"])
+            .spawn()
+            .expect("spawn");
+        let children = format!("/proc/{0}/task/{0}/children", shell.id());
+        let mut child = None;
+        for _ in 0..500 {
+            let text = std::fs::read_to_string(&children).unwrap_or_default();
+            child = text.split_whitespace().next().and_then(|p| p.parse().ok());
+            if child.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let child: u32 = child.expect("the shell started sleep");
+        let why = host_process(child);
+        if let Some(pid) = rustix::process::Pid::from_raw(child as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        let _ = shell.kill();
+        let _ = shell.wait();
+        assert_eq!(
+            why,
+            Some(format!(
+                "process {child} descends from plugin host {}",
+                shell.id()
+            ))
+        );
+        assert_eq!(host_process(std::process::id()), None);
+    }
+}
