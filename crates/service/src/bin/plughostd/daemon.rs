@@ -1491,7 +1491,12 @@ mod tests {
         for _ in 0..500 {
             let text = std::fs::read_to_string(&children).unwrap_or_default();
             child = text.split_whitespace().next().and_then(|p| p.parse().ok());
-            if child.is_some() {
+            // Once it runs sleep (before its exec it is a copy of the fake host itself).
+            let execed = child.is_some_and(|pid: u32| {
+                std::fs::read_link(format!("/proc/{pid}/exe"))
+                    .is_ok_and(|exe| exe.file_name().is_some_and(|n| n != "plughost-host"))
+            });
+            if execed {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
