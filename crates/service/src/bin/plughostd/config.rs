@@ -41,7 +41,8 @@
 //! ```toml
 //! [limits]
 //! connections = 16                 # control connections open at once
-//! processes = 32                   # programs run at once by exec / csession run
+//! processes = 12                   # programs run at once by exec / csession run (fewer than
+//!                                  # connections: a user running many can still ask)
 //! container_sessions = 8           # container sessions (each may run a session VM)
 //! distributions = 32               # registered distributions
 //! running_distributions = 8        # distributions running at once
@@ -97,7 +98,7 @@ impl Default for UserLimits {
     fn default() -> Self {
         UserLimits {
             connections: 16,
-            processes: 32,
+            processes: 12,
             container_sessions: 8,
             distributions: 32,
             running_distributions: 8,
