@@ -516,6 +516,7 @@ fn reload_with_stricter_trust_stops_plugins_that_no_longer_verify() {
     assert_eq!(
         report,
         [
+            "trust settings changed: running plugins verified again",
             "plugin 'signed' failed to load: no longer verifies under the new trust settings: signature does not verify with any trusted key: stopped",
             "plugin 'whoami' failed to load: no longer verifies under the new trust settings: no sha256 pin or signature, and require_verified is set: stopped",
         ]
@@ -563,7 +564,9 @@ fn reload_with_new_trust_restarts_a_plugin_whose_file_changed() {
     );
     assert_eq!(
         report,
-        ["plugin 'swapped' re-verified under the new trust settings, but its file changed since it was loaded: restarted"]
+        [
+            "trust settings changed: running plugins verified again",
+            "plugin 'swapped' re-verified under the new trust settings, but its file changed since it was loaded: restarted"]
     );
     let after = manager.plugins()[0].host_pid.expect("running");
     assert_ne!(after, before);

@@ -655,6 +655,9 @@ impl PluginManager {
         self.trust = trust;
         self.deadlines = deadlines;
         let mut report = Vec::new();
+        if trust_changed {
+            report.push("trust settings changed: running plugins verified again".to_owned());
+        }
         let mut old = std::mem::take(&mut self.plugins);
         let old_order: Vec<String> = old.iter().map(|p| p.config.name.clone()).collect();
         for config in plugins {
