@@ -326,8 +326,9 @@ fn host_crash_during_vm_start_leaves_the_daemon_serving() {
     }
     let world = World::new(vec![c("crash_in_vm_started")]);
     let daemon = world.start();
+    // Not 65534: the plugin hosts run as nobody, and their uid is refused (SECURITY.md).
     daemon
-        .ctl_as(65534, &["vm", "start"])
+        .ctl_as(65532, &["vm", "start"])
         .fails_with("plugin 'crash_in_vm_started' crashed: killed by signal SIGSEGV");
     world.fx.wait_for("about_to_crash");
     assert!(world.fx.events("did_not_crash").is_empty());
@@ -437,8 +438,9 @@ fn non_root_user_is_refused_root_only_commands() {
     let world = World::new(vec![c("noop")]);
     let mut daemon = world.start();
     let denied = "permission denied: plugin management and shutdown are root-only";
-    daemon.ctl_as(65534, &["shutdown"]).fails_with(denied);
-    daemon.ctl_as(65534, &["plugins"]).fails_with(denied);
+    // Not 65534: the plugin hosts run as nobody, and their uid is refused (SECURITY.md).
+    daemon.ctl_as(65532, &["shutdown"]).fails_with(denied);
+    daemon.ctl_as(65532, &["plugins"]).fails_with(denied);
     assert!(daemon.is_running());
     let out = daemon.ctl(&["plugins"]).ok();
     assert!(out.stdout.starts_with("NAME"), "{}", out.stdout);

@@ -53,7 +53,7 @@ fn plugins_are_restarted_disabled_and_enabled_through_plughostctl() {
         .ctl(&["plugin", "restart", "nope"])
         .fails_with("no plugin named 'nope'");
     daemon
-        .ctl_as(65534, &["plugin", "disable", "ok_mount_exec"])
+        .ctl_as(65532, &["plugin", "disable", "ok_mount_exec"])
         .fails_with("permission denied: plugin management and shutdown are root-only");
 }
 

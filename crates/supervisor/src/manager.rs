@@ -247,6 +247,7 @@ impl PluginManager {
                 };
                 match spawn::start(params) {
                     Ok(started) => {
+                        plugin.state().loaded_sha256 = Some(started.sha256);
                         let name = started.host.name.clone();
                         self.monitor.watch_output(id, name, started.output);
                         self.monitor.watch_host(&started.host, cgroup);
@@ -638,16 +639,27 @@ impl PluginManager {
     /// Applies a new plugin list (SIGHUP): unchanged plugins keep their hosts, changed ones are
     /// restarted with their new settings, added ones started, removed ones stopped, in the new
     /// order. Returns one line per change (for the log). Trust and default deadlines are replaced.
+    ///
+    /// When the trust settings change (`require_verified`, the trusted keys), every running
+    /// out-of-process plugin kept as it was is verified again under the new ones: one whose file
+    /// no longer passes is stopped and latched (`failed to load: <reason>`), one whose file
+    /// passes but is not the bytes its host loaded is restarted from the verified file. A new
+    /// order alone is reported as such.
     pub fn reconfigure(
         &mut self,
         plugins: Vec<crate::config::PluginConfig>,
         trust: crate::integrity::Trust,
         deadlines: Deadlines,
     ) -> Vec<String> {
+        let trust_changed = self.trust != trust;
         self.trust = trust;
         self.deadlines = deadlines;
         let mut report = Vec::new();
+        if trust_changed {
+            report.push("trust settings changed: running plugins verified again".to_owned());
+        }
         let mut old = std::mem::take(&mut self.plugins);
+        let old_order: Vec<String> = old.iter().map(|p| p.config.name.clone()).collect();
         for config in plugins {
             let canonical = std::fs::canonicalize(&config.path).unwrap_or(config.path.clone());
             if self.plugins.iter().any(|p| p.canonical == canonical) {
@@ -660,6 +672,9 @@ impl PluginManager {
             if let Some(position) = old.iter().position(|p| p.config.name == config.name) {
                 let plugin = old.remove(position);
                 if plugin.config == config {
+                    if trust_changed {
+                        self.reverify(&plugin, &mut report);
+                    }
                     self.plugins.push(plugin);
                     continue;
                 }
@@ -684,7 +699,68 @@ impl PluginManager {
             self.stop_runtime(runtime);
             report.push(format!("plugin '{}' removed", plugin.name()));
         }
+        let kept_before: Vec<&String> = old_order
+            .iter()
+            .filter(|name| self.plugins.iter().any(|p| &p.config.name == *name))
+            .collect();
+        let kept_now: Vec<&String> = self
+            .plugins
+            .iter()
+            .map(|p| &p.config.name)
+            .filter(|name| old_order.contains(name))
+            .collect();
+        if kept_before != kept_now {
+            let order: Vec<&str> = self.plugins.iter().map(|p| p.name()).collect();
+            report.push(format!(
+                "plugins reordered: hooks now go to {}",
+                order.join(", ")
+            ));
+        }
         report
+    }
+
+    /// A kept plugin under new trust settings (see [`PluginManager::reconfigure`]).
+    fn reverify(&self, plugin: &Plugin, report: &mut Vec<String>) {
+        let _lifecycle = plugin.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
+        let loaded = {
+            let state = plugin.state();
+            match &state.runtime {
+                Some(Runtime::Host(_)) => state.loaded_sha256.clone(),
+                // In-process plugins are not verified at load (trusted by configuration); a
+                // stopped, latched or backing-off one is verified when it starts again.
+                _ => return,
+            }
+        };
+        let name = plugin.name().to_owned();
+        match crate::integrity::verify(&plugin.config, &self.trust) {
+            Ok(sha256) if Some(&sha256) == loaded.as_ref() => {}
+            Ok(_) => {
+                let runtime = plugin.state().runtime.take();
+                self.stop_runtime(runtime);
+                match self.start_runtime(plugin) {
+                    Ok(runtime) => {
+                        plugin.state().runtime = Some(runtime);
+                        report.push(format!(
+                            "plugin '{name}' re-verified under the new trust settings, but its file changed since it was loaded: restarted"
+                        ));
+                    }
+                    Err(error) => {
+                        report.push(error.to_string());
+                        plugin.state().latched = Some(error);
+                    }
+                }
+            }
+            Err(reason) => {
+                let runtime = plugin.state().runtime.take();
+                self.stop_runtime(runtime);
+                let error = PluginError::LoadFailed {
+                    plugin: name.clone(),
+                    reason: format!("no longer verifies under the new trust settings: {reason}"),
+                };
+                report.push(format!("{error}: stopped"));
+                plugin.state().latched = Some(error);
+            }
+        }
     }
 
     /// Every configured plugin (duplicates excluded), in order.

@@ -47,6 +47,8 @@ pub(crate) struct State {
     pub recent_crashes: Vec<Instant>,
     /// The cgroup of the current (or last) host, if it has one: its counters classify its death.
     pub cgroup: Option<Arc<HostCgroup>>,
+    /// sha256 of the library bytes the current host loaded (a reload re-verifies against it).
+    pub loaded_sha256: Option<String>,
 }
 
 pub(crate) struct Plugin {

@@ -223,8 +223,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             socket.display()
         )
     })?;
-    send(&stream, &request)?;
-    let line = read_line(BufReader::new(&stream), MAX_REPLY).context("read the reply")?;
+    let sent = send(&stream, &request);
+    // A refused connection is answered before the request is read: that answer, when there is
+    // one, says more than the failed send ("Broken pipe").
+    let line = match (sent, read_line(BufReader::new(&stream), MAX_REPLY)) {
+        (_, Ok(line)) => line,
+        (Err(e), Err(_)) => return Err(e),
+        (Ok(()), Err(e)) => return Err(e).context("read the reply"),
+    };
     let reply: Reply = decode(&line, MAX_REPLY).context("read the reply")?;
     if json && !matches!(reply, Reply::Exited { .. } | Reply::Error { .. }) {
         println!("{}", String::from_utf8_lossy(&line).trim_end());

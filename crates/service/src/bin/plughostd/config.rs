@@ -40,6 +40,18 @@
 //! /etc/subuid and /etc/subgid entry, else from 2^31); no login user may be inside.
 //! `vm_scratch_mib = 1024`: the size of each VM's private writable layer, `/tmp` and `/dev/shm`
 //! (memory-backed tmpfs; what a VM writes outside shared folders lives there and dies with it).
+//!
+//! Per-user bounds (every uid but root), defaults shown; reaching one is an error naming it:
+//! ```toml
+//! [limits]
+//! connections = 16                 # control connections open at once
+//! processes = 12                   # programs run at once by exec / csession run (fewer than
+//!                                  # connections: a user running many can still ask)
+//! container_sessions = 8           # container sessions (each may run a session VM)
+//! distributions = 32               # registered distributions
+//! running_distributions = 8        # distributions running at once
+//! state_bytes = 65536              # bytes of the state file the user's registrations take
+//! ```
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -66,7 +78,41 @@ struct RawConfig {
     #[serde(default = "default_scratch")]
     vm_scratch_mib: u32,
     #[serde(default)]
+    limits: UserLimits,
+    #[serde(default)]
     plugin: Vec<RawPlugin>,
+}
+
+/// Per-user bounds (`[limits]`): what one uid other than root may hold at once. Root is not
+/// bounded (its requests are always served: the control socket keeps a reserve for it).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserLimits {
+    /// Control connections open at once.
+    pub connections: usize,
+    /// Programs run at once through `exec` and `csession run`.
+    pub processes: usize,
+    /// Container sessions (each may run a session VM).
+    pub container_sessions: usize,
+    /// Registered distributions.
+    pub distributions: usize,
+    /// Distributions running at once (each an init in the user's VM).
+    pub running_distributions: usize,
+    /// Bytes of the state file the user's registrations may take.
+    pub state_bytes: usize,
+}
+
+impl Default for UserLimits {
+    fn default() -> Self {
+        UserLimits {
+            connections: 16,
+            processes: 12,
+            container_sessions: 8,
+            distributions: 32,
+            running_distributions: 8,
+            state_bytes: 64 * 1024,
+        }
+    }
 }
 
 fn default_idle() -> u64 {
@@ -132,6 +178,8 @@ pub struct Config {
     pub vm_id_ranges: Option<u32>,
     /// Size in MiB of each VM's writable layer, `/tmp` and `/dev/shm` (tmpfs, memory-backed).
     pub vm_scratch_mib: u32,
+    /// Per-user bounds (`[limits]`).
+    pub limits: UserLimits,
 }
 
 impl Default for Config {
@@ -146,6 +194,7 @@ impl Default for Config {
             vm_id_base: None,
             vm_id_ranges: None,
             vm_scratch_mib: default_scratch(),
+            limits: UserLimits::default(),
         }
     }
 }
@@ -401,6 +450,7 @@ impl Config {
             vm_id_base: raw.vm_id_base,
             vm_id_ranges: raw.vm_id_ranges,
             vm_scratch_mib: raw.vm_scratch_mib.max(1),
+            limits: raw.limits,
         })
     }
 }
@@ -488,6 +538,20 @@ mod tests {
         let err = parse("cgroup_parent = \"hosts\"\n").unwrap_err();
         assert!(
             err.starts_with("/etc/p.toml:1:17: cgroup_parent must be"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn limits_have_defaults_and_refuse_unknown_keys() {
+        assert_eq!(parse("").expect("valid").limits, UserLimits::default());
+        let config = parse("[limits]\nprocesses = 2\nstate_bytes = 100\n").expect("valid");
+        assert_eq!(config.limits.processes, 2);
+        assert_eq!(config.limits.state_bytes, 100);
+        assert_eq!(config.limits.connections, UserLimits::default().connections);
+        let err = parse("[limits]\nvms = 2\n").unwrap_err();
+        assert!(
+            err.starts_with("/etc/p.toml:2:1: unknown field `vms`"),
             "{err}"
         );
     }
