@@ -1,8 +1,9 @@
 /*
  * plughost plugin API, version 1: the plugin author's manual.
  *
- * This header implements the plugin contract PLUGIN_ABI.md (version 1). Names, struct field order and
- * types are normative: a plugin compiled against them keeps building and loading.
+ * This header states the plugin contract, version 1, in full; docs/PLUGIN_ABI.md in the plughost
+ * repository is its normative summary, and the two agree. Names, struct field order and types are
+ * normative: a plugin compiled against them keeps building and loading.
  *
  * ==================================================================================================
  * 1. What plughost is

@@ -1,5 +1,5 @@
 //! `#[repr(C)]` mirror of `include/plughost/plugin_api.h`, the plugin contract of
-//! `shared/spec/PLUGIN_ABI.md` (version 1).
+//! `docs/PLUGIN_ABI.md` (version 1).
 //!
 //! This crate is layout only: types, constants and function-pointer signatures, with the C names of the
 //! header so that the two can be compared line by line. `tests/layout.rs` compiles the header with the

@@ -719,8 +719,11 @@ impl Daemon {
     }
 
     fn stop_csession_locked(&self, cs: &CSession) {
-        cs.stopping.store(true, Ordering::SeqCst);
+        // Marked stopping only once on_session_vm_stopping returned: the session VM serves calls,
+        // from any plugin thread, until then (PLUGIN_ABI.md, "Hooks"). Client operations cannot
+        // slip in meanwhile: they wait for `cs.op`, which the caller holds.
         self.stop_session_vm_locked(cs);
+        cs.stopping.store(true, Ordering::SeqCst);
         let _ = self.with_manager(|m| m.on_container_session_stopping(&cs.info, &*self.shared));
         lock(&self.shared.csessions).by_id.remove(&cs.info.id);
         tracing::info!(csession = cs.info.id, "container session stopped");
