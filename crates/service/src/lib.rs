@@ -62,8 +62,13 @@ pub enum Request {
         distro: Option<String>,
         argv: Vec<String>,
     },
+    /// A container session for an application: it is stopped, with its hooks, when that process
+    /// exits. `application_pid` must be the caller's own (any process for root); absent, the
+    /// caller's pid (`SO_PEERCRED`).
     CsessionCreate {
         name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        application_pid: Option<u32>,
     },
     /// Runs `argv` in the container session's session VM (started on first use), with the fds.
     CsessionRun {

@@ -38,3 +38,142 @@ fn session_vm_serves_calls_during_its_stopping_hook() {
         assert_eq!(field(after, "status"), NOT_RUNNING, "{after}");
     }
 }
+
+/// A `sleep` standing in for a container session's application.
+fn application() -> std::process::Child {
+    std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .expect("spawn sleep")
+}
+
+/// Kills and reaps an application.
+fn end(mut app: std::process::Child) {
+    app.kill().expect("kill the application");
+    app.wait().expect("reap the application");
+}
+
+/// Container sessions whose application exits are stopped with their hooks, each once, by one
+/// watcher; the others keep running.
+#[test]
+fn container_session_is_stopped_when_its_application_exits() {
+    if !need_root("container_session_is_stopped_when_its_application_exits") {
+        return;
+    }
+    let world = World::new(vec![service_plugin("stopping_calls")]);
+    let daemon = world.start();
+    let fx = &world.fx;
+    let mut apps = Vec::new();
+    for i in 0..4 {
+        let app = application();
+        let pid = app.id().to_string();
+        let name = format!("app{i}");
+        daemon
+            .ctl(&["csession", "create", &name, "--app-pid", &pid])
+            .ok();
+        assert_eq!(
+            field(&fx.wait_for(&format!("created id={}", i + 1)), "pid"),
+            pid
+        );
+        daemon.ctl(&["csession", "run", &name, "--", "true"]).ok();
+        apps.push(app);
+    }
+    // End apps 2, 0 and 3 (ids 3, 1, 4); app1 (id 2) keeps running.
+    let mut apps: Vec<Option<std::process::Child>> = apps.into_iter().map(Some).collect();
+    for i in [2usize, 0, 3] {
+        end(apps[i].take().expect("app"));
+        let id = i + 1;
+        let line = fx.wait_for(&format!("csession_stopping id={id}"));
+        assert!(!line.is_empty());
+        // Its session VM got on_session_vm_stopping first, and served calls during it.
+        daemon
+            .ctl(&["csession", "run", &format!("app{i}"), "--", "true"])
+            .fails_with(&format!("no container session named 'app{i}'"));
+    }
+    assert_eq!(fx.events("stopping_hook").len(), 3, "{:?}", fx.lines());
+    for line in fx.events("stopping_hook") {
+        assert_eq!(field(&line, "status"), "0", "{line}");
+    }
+    assert_eq!(fx.events("csession_stopping").len(), 3);
+    daemon.ctl(&["csession", "run", "app1", "--", "true"]).ok();
+    // Stopped by hand, then its application exits: one stop, not two.
+    daemon.ctl(&["csession", "stop", "app1"]).ok();
+    end(apps[1].take().expect("app1"));
+    let text = daemon.log_text();
+    assert!(
+        text.contains("the application exited: stopping its container session"),
+        "{text}"
+    );
+    daemon.shutdown();
+    let stops = fx.lines();
+    let stops: Vec<&String> = stops
+        .iter()
+        .filter(|l| *l == "csession_stopping id=2")
+        .collect();
+    assert_eq!(stops.len(), 1, "{:?}", fx.lines());
+    assert_eq!(fx.events("csession_stopping").len(), 4);
+}
+
+/// `csession stop` racing the application's exit: every session is stopped exactly once.
+#[test]
+fn stop_racing_the_application_exit_stops_once() {
+    if !need_root("stop_racing_the_application_exit_stops_once") {
+        return;
+    }
+    const ROUNDS: usize = 30;
+    let world = World::new(vec![service_plugin("stopping_calls")]);
+    let daemon = world.start();
+    let fx = &world.fx;
+    for round in 0..ROUNDS {
+        let app = application();
+        let name = format!("race{round}");
+        daemon
+            .ctl(&[
+                "csession",
+                "create",
+                &name,
+                "--app-pid",
+                &app.id().to_string(),
+            ])
+            .ok();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // Either it stopped it, or the watcher was first.
+                let out = daemon.ctl(&["csession", "stop", &name]);
+                assert!(
+                    out.code == 0
+                        || out.stderr.contains("no container session named")
+                        || out.stderr.contains("is stopping"),
+                    "{}",
+                    out.stderr
+                );
+            });
+            end(app);
+        });
+        let id = round + 1;
+        fx.wait_for(&format!("csession_stopping id={id}"));
+    }
+    daemon.shutdown();
+    for id in 1..=ROUNDS {
+        let stop = format!("csession_stopping id={id}");
+        let stops: Vec<String> = fx.lines().into_iter().filter(|l| *l == stop).collect();
+        assert_eq!(stops.len(), 1, "session {id}: {stops:?}");
+    }
+}
+
+/// A user may tie a container session only to a process of their own.
+#[test]
+fn application_of_another_user_is_refused() {
+    if !need_root("application_of_another_user_is_refused") {
+        return;
+    }
+    let world = World::new(vec![service_plugin("stopping_calls")]);
+    let daemon = world.start();
+    daemon
+        .ctl_as(4242, &["csession", "create", "x", "--app-pid", "1"])
+        .fails_with("bad application: process 1 does not belong to uid 4242");
+    daemon
+        .ctl(&["csession", "create", "y", "--app-pid", "999999999"])
+        .fails_with("bad application: no process 999999999: No such process (os error 3)");
+    assert!(world.fx.events("created").is_empty());
+}

@@ -115,6 +115,10 @@ enum DistroAction {
 enum CsessionAction {
     Create {
         name: String,
+        /// The application the session is for: the session stops when it exits (default: the
+        /// process that runs plughostctl, its parent).
+        #[arg(long, value_name = "PID")]
+        app_pid: Option<u32>,
     },
     Run {
         name: String,
@@ -157,7 +161,11 @@ fn request(command: Command) -> anyhow::Result<Request> {
             argv: command,
         },
         Command::Csession { action } => match action {
-            CsessionAction::Create { name } => Request::CsessionCreate { name },
+            CsessionAction::Create { name, app_pid } => Request::CsessionCreate {
+                name,
+                // plughostctl itself exits at once: the session belongs to whoever ran it.
+                application_pid: Some(app_pid.unwrap_or_else(std::os::unix::process::parent_id)),
+            },
             CsessionAction::Run { name, command } => Request::CsessionRun {
                 name,
                 argv: command,

@@ -361,7 +361,13 @@ pub fn service_plugin(name: &str) -> PluginSpec {
     let out_dir = plughost_tests::target_dir().join("test-plugins");
     std::fs::create_dir_all(&out_dir).expect("mkdir test-plugins");
     let out = out_dir.join(format!("service-{name}.so"));
-    let tmp = out_dir.join(format!("service-{name}.{}.tmp.so", std::process::id()));
+    // Unique per call: the tests of one binary run in parallel threads and may build the same one.
+    static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let build = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = out_dir.join(format!(
+        "service-{name}.{}.{build}.tmp.so",
+        std::process::id()
+    ));
     let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
         .args([
             "-shared",

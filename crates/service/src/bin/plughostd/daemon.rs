@@ -7,7 +7,7 @@
 //! 2. `Daemon::manager` (read): held across a dispatch; written only by shutdown.
 //! 3. Leaves, never held across I/O with a host or a dispatch: `Shared::sessions`,
 //!    `Shared::csessions`, `Shared::store`, `UserSession::{vm, distros, last_used}`,
-//!    `CSession::{vm, mounts}`.
+//!    `CSession::{vm, mounts}`, `AppWatch::watched`.
 //!
 //! # Re-entrancy
 //! The plugin API (`impl ServiceCallbacks for Shared`) touches only the leaves: a VM or distribution
@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use plughost::{
     CallContext, ContainerProcess, ContainerSession, CreateProcessError, Distribution, Isolation,
     ManagerConfig, OfflineDistribution, PluginError, PluginManager, ProcessStream,
@@ -34,6 +35,7 @@ use plughost::{
 };
 use plughost_service::{uuid_hex, DistroInfo, ErrorKind, PluginRow, VmInfo};
 
+use crate::app_watch::{App, AppWatch};
 use crate::config::Config;
 use crate::store::{new_uuid, os_release, Registered, Store};
 use crate::vm::{exit_code, wait_or_hangup, DistroProcess, ExecSpec, Sandbox, Vm};
@@ -160,6 +162,8 @@ pub struct Daemon {
     pub shared: Arc<Shared>,
     /// Lock order 2: read for every dispatch, written once by shutdown.
     manager: RwLock<Option<PluginManager>>,
+    /// The container sessions' applications (its lock is a leaf).
+    apps: Arc<AppWatch>,
 }
 
 /// `(name, gid)` of `uid` from `/etc/passwd`; a uid with no entry is named `uid<N>`.
@@ -204,10 +208,26 @@ impl Daemon {
         for error in manager.load_errors() {
             tracing::error!("{error}");
         }
-        Ok(Arc::new(Daemon {
+        let apps = Arc::new(AppWatch::new().context("create the application watcher")?);
+        let daemon = Arc::new(Daemon {
             shared,
             manager: RwLock::new(Some(manager)),
-        }))
+            apps: apps.clone(),
+        });
+        let weak = Arc::downgrade(&daemon);
+        std::thread::Builder::new()
+            .name("plughostd-apps".into())
+            .spawn(move || {
+                apps.run(|id, pid| match weak.upgrade() {
+                    Some(daemon) => {
+                        daemon.application_exited(id, pid);
+                        true
+                    }
+                    None => false,
+                })
+            })
+            .context("start the application watcher thread")?;
+        Ok(daemon)
     }
 
     fn with_manager<R>(&self, f: impl FnOnce(&PluginManager) -> R) -> OpResult<R> {
@@ -601,8 +621,15 @@ impl Daemon {
             })
     }
 
-    pub fn csession_create(&self, caller: Caller, name: &str) -> OpResult<(u32, String)> {
+    pub fn csession_create(
+        &self,
+        caller: Caller,
+        name: &str,
+        application_pid: Option<u32>,
+    ) -> OpResult<(u32, String)> {
         self.check_running()?;
+        let app = App::open(application_pid.unwrap_or(caller.pid), caller.uid)
+            .map_err(|e| OpError::new(ErrorKind::Invalid, format!("bad application: {e}")))?;
         let s = self.session_for(caller);
         let cs = {
             let mut all = lock(&self.shared.csessions);
@@ -622,7 +649,7 @@ impl Daemon {
                 info: ContainerSession {
                     id,
                     display_name: name.to_owned(),
-                    application_pid: caller.pid,
+                    application_pid: app.pid(),
                     uid: caller.uid,
                     gid: s.info.gid,
                 },
@@ -644,6 +671,11 @@ impl Daemon {
             cs.stopping.store(true, Ordering::SeqCst);
             lock(&self.shared.csessions).by_id.remove(&cs.info.id);
             return Err(error.into());
+        }
+        if let Err(e) = self.apps.watch(cs.info.id, app) {
+            // Without a watch the session would outlive its application: refuse it.
+            self.stop_csession_locked(&cs);
+            return Err(OpError::new(ErrorKind::Internal, e.to_string()));
         }
         tracing::info!(
             csession = cs.info.id,
@@ -726,7 +758,26 @@ impl Daemon {
         cs.stopping.store(true, Ordering::SeqCst);
         let _ = self.with_manager(|m| m.on_container_session_stopping(&cs.info, &*self.shared));
         lock(&self.shared.csessions).by_id.remove(&cs.info.id);
+        self.apps.unwatch(cs.info.id);
         tracing::info!(csession = cs.info.id, "container session stopped");
+    }
+
+    /// The application of container session `id` exited: stop the session with its hooks, as
+    /// `csession stop` would (unless it stopped already).
+    fn application_exited(&self, id: u32, pid: u32) {
+        let Some(cs) = lock(&self.shared.csessions).by_id.get(&id).cloned() else {
+            return;
+        };
+        let _op = lock(&cs.op);
+        if cs.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        tracing::info!(
+            csession = id,
+            pid,
+            "the application exited: stopping its container session"
+        );
+        self.stop_csession_locked(&cs);
     }
 
     pub fn csession_stop(&self, caller: Caller, name: &str) -> OpResult<String> {
@@ -860,7 +911,10 @@ impl Daemon {
             .collect();
         for cs in csessions {
             let _op = lock(&cs.op);
-            self.stop_csession_locked(&cs);
+            // Stopped meanwhile (by its client or because its application exited).
+            if !cs.stopping.load(Ordering::SeqCst) {
+                self.stop_csession_locked(&cs);
+            }
         }
         let manager = self
             .manager

@@ -14,6 +14,7 @@
 //! latches their error).
 #![deny(unsafe_code)]
 
+mod app_watch;
 mod config;
 mod daemon;
 mod sandbox;
