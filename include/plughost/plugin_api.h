@@ -165,6 +165,7 @@
  * wording may be refined; the plugin's name, the status code and the cause are always in it):
  *   plugin '<name>' returned a fatal error: <message> (status <code>)    a message was set
  *   plugin '<name>' returned a fatal error (status <code>)              no message
+ *     (<code>: the status and its name, when it has one: "-30 (EROFS)", "-10005 (PLUGHOST_E_NOT_FOUND)")
  *   plugin '<name>' crashed: <signal name / exit status / protocol violation / hung>
  *   plugin '<name>' failed to load: <reason>                           the entry point failed
  *   plugin '<name>' requires a newer version of plughost than <running version>
