@@ -229,7 +229,7 @@ fn api_errors_reach_the_plugin_as_statuses() {
         ("null_fd_out", "-14"),
         ("null_argv", "-14"),
         ("error_from_thread", "-10002"),
-        ("unknown_distribution", "-10004"),
+        ("unknown_distribution", "-10005"),
         ("container_unknown", "-38"),
         ("container_relative", "-22"),
     ];

@@ -177,3 +177,29 @@ fn application_of_another_user_is_refused() {
         .fails_with("bad application: no process 999999999: No such process (os error 3)");
     assert!(world.fx.events("created").is_empty());
 }
+
+/// `activation = "lazy"`: plughostd starts without the plugin's host, shows it "not started",
+/// and the first hook (a VM start) starts it.
+#[test]
+fn lazy_plugin_is_not_started_until_its_first_hook() {
+    if !need_root("lazy_plugin_is_not_started_until_its_first_hook") {
+        return;
+    }
+    let mut lazy = c("printer");
+    lazy.lazy = true;
+    let world = World::new(vec![lazy]);
+    let daemon = world.start();
+    let rows = daemon.ctl(&["--json", "plugins"]).ok().json();
+    assert_eq!(rows[0]["state"], "not-started", "{rows}");
+    assert_eq!(rows[0]["detail"], "not started");
+    assert!(rows[0]["host_pid"].is_null());
+    let table = daemon.ctl(&["plugins"]).ok().stdout;
+    assert!(table.contains("not started"), "{table}");
+    assert!(world.fx.events("loaded").is_empty());
+    daemon.ctl(&["vm", "start"]).ok();
+    world.fx.wait_for("vm_started");
+    assert_eq!(world.fx.events("loaded").len(), 1);
+    let rows = daemon.ctl(&["--json", "plugins"]).ok().json();
+    assert_eq!(rows[0]["state"], "ready", "{rows}");
+    assert!(rows[0]["host_pid"].is_u64());
+}

@@ -44,6 +44,8 @@ pub struct PluginSpec {
     pub name: String,
     pub path: PathBuf,
     pub in_process: bool,
+    /// `activation = "lazy"`.
+    pub lazy: bool,
 }
 
 pub fn c(name: &str) -> PluginSpec {
@@ -51,6 +53,7 @@ pub fn c(name: &str) -> PluginSpec {
         name: name.into(),
         path: c_plugin(name),
         in_process: false,
+        lazy: false,
     }
 }
 
@@ -102,10 +105,11 @@ impl World {
         text += &format!("host_binary = {:?}\n", host_binary().display().to_string());
         for p in &self.plugins {
             text += &format!(
-                "[[plugin]]\nname = {:?}\npath = {:?}\nisolation = {:?}\nenv = {{ PH_LOG = {:?}, PH_DIR = {:?} }}\nwrite_paths = [{:?}]\n",
+                "[[plugin]]\nname = {:?}\npath = {:?}\nisolation = {:?}\nactivation = {:?}\nenv = {{ PH_LOG = {:?}, PH_DIR = {:?} }}\nwrite_paths = [{:?}]\n",
                 p.name,
                 p.path.display().to_string(),
                 if p.in_process { "in-process" } else { "process" },
+                if p.lazy { "lazy" } else { "eager" },
                 self.fx.log.display().to_string(),
                 self.fx.dir.path().display().to_string(),
                 self.fx.dir.path().display().to_string(),
@@ -393,5 +397,6 @@ pub fn service_plugin(name: &str) -> PluginSpec {
         name: name.into(),
         path: out,
         in_process: false,
+        lazy: false,
     }
 }
