@@ -190,9 +190,9 @@ fn lazy_plugin_is_not_started_until_its_first_hook() {
     let world = World::new(vec![lazy]);
     let daemon = world.start();
     let rows = daemon.ctl(&["--json", "plugins"]).ok().json();
-    assert_eq!(rows[0]["state"], "not-started", "{rows}");
-    assert_eq!(rows[0]["detail"], "not started");
-    assert!(rows[0]["host_pid"].is_null());
+    assert_eq!(rows["plugins"][0]["state"], "not-started", "{rows}");
+    assert_eq!(rows["plugins"][0]["detail"], "not started");
+    assert!(rows["plugins"][0]["host_pid"].is_null());
     let table = daemon.ctl(&["plugins"]).ok().stdout;
     assert!(table.contains("not started"), "{table}");
     assert!(world.fx.events("loaded").is_empty());
@@ -200,6 +200,6 @@ fn lazy_plugin_is_not_started_until_its_first_hook() {
     world.fx.wait_for("vm_started");
     assert_eq!(world.fx.events("loaded").len(), 1);
     let rows = daemon.ctl(&["--json", "plugins"]).ok().json();
-    assert_eq!(rows[0]["state"], "ready", "{rows}");
-    assert!(rows[0]["host_pid"].is_u64());
+    assert_eq!(rows["plugins"][0]["state"], "ready", "{rows}");
+    assert!(rows["plugins"][0]["host_pid"].is_u64());
 }
