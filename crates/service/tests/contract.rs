@@ -203,3 +203,56 @@ fn lazy_plugin_is_not_started_until_its_first_hook() {
     assert_eq!(rows["plugins"][0]["state"], "ready", "{rows}");
     assert!(rows["plugins"][0]["host_pid"].is_u64());
 }
+
+/// `plughostd --socket NAME` (relative) serves at NAME in its working directory; an empty name is
+/// refused with a message that says so.
+#[test]
+fn relative_socket_is_made_absolute_against_the_working_directory() {
+    if !need_root("relative_socket_is_made_absolute_against_the_working_directory") {
+        return;
+    }
+    let world = World::new(vec![c("noop")]);
+    world.write_config_now();
+    let run = |socket: &str| {
+        std::process::Command::new(plughostd())
+            .current_dir(world.dir.path())
+            .arg("--config")
+            .arg(world.config_path())
+            .arg("--state-dir")
+            .arg(world.state_dir())
+            .arg("--socket")
+            .arg(socket)
+            .env_remove("PLUGHOST_SOCKET")
+            .env("PLUGHOST_HOST", plughost_tests::host_binary())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn plughostd")
+    };
+    let mut daemon = run("rel.sock");
+    let absolute = world.dir.path().join("rel.sock");
+    wait_until("plughostd listens at the relative socket", || {
+        std::os::unix::net::UnixStream::connect(&absolute).is_ok()
+    });
+    let out = std::process::Command::new(plughostctl())
+        .env("PLUGHOST_SOCKET", &absolute)
+        .args(["shutdown"])
+        .output()
+        .expect("plughostctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(daemon.wait().expect("wait").success());
+    assert!(!absolute.exists(), "the socket is removed at exit");
+
+    let refused = run("").wait_with_output().expect("wait");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("a value is required for '--socket <SOCKET>'"),
+        "{stderr}"
+    );
+}
