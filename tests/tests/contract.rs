@@ -123,3 +123,92 @@ fn a_veto_stops_the_delivery_to_later_plugins() {
         assert_eq!(fx.events("vm_stopping").len(), 2 * n, "{:?}", fx.lines());
     }
 }
+
+/// A manager whose hosts are the fake host of `tests/src/bin/fake-host.rs` in mode `mode`.
+fn fake_host_manager(
+    service: &std::sync::Arc<TestService>,
+    fx: &Fixture,
+    mode: &str,
+) -> PluginManager {
+    let mut config = plughost::ManagerConfig::new(vec![fx.c("noop").env("PH_FAKE", mode)]);
+    config.host_binary = Some(env!("CARGO_BIN_EXE_fake-host").into());
+    PluginManager::new(config, service.clone()).expect("manager starts")
+}
+
+#[test]
+fn host_of_another_protocol_version_is_refused_at_the_handshake() {
+    let fx = Fixture::new();
+    let service = TestService::new();
+    let manager = fake_host_manager(&service, &fx, "hello-protocol");
+    let expected = "plugin 'noop' failed to load: host speaks protocol 2, the service speaks 1";
+    let errors: Vec<String> = manager
+        .load_errors()
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(errors, [expected]);
+    assert_eq!(
+        service.start_vm(&manager, &session(1)).unwrap_err(),
+        expected
+    );
+    assert_eq!(manager.plugins()[0].state, "failed");
+}
+
+#[test]
+fn frame_of_another_protocol_version_is_a_protocol_violation() {
+    let fx = Fixture::new();
+    let service = TestService::new();
+    let manager = fake_host_manager(&service, &fx, "frame-version");
+    let err = service.start_vm(&manager, &session(1)).unwrap_err();
+    assert!(
+        err.starts_with("plugin 'noop' crashed: protocol violation: ")
+            && err.contains("protocol version 2 is not the supported version 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn host_crash_during_the_load_is_latched_and_fails_every_start() {
+    let fx = Fixture::new();
+    let service = TestService::new();
+    let manager = service.manager(vec![fx.c("printer"), fx.c("crash_in_entry")]);
+    fx.wait_for("loading");
+    let expected = "plugin 'crash_in_entry' crashed: killed by signal SIGSEGV";
+    let errors: Vec<String> = manager
+        .load_errors()
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(errors, [expected]);
+    for _ in 0..3 {
+        assert_eq!(
+            service.start_vm(&manager, &session(1)).unwrap_err(),
+            expected
+        );
+    }
+    assert!(fx.events("vm_started").is_empty());
+    assert!(fx.events("did_not_crash").is_empty());
+    assert_eq!(manager.plugins()[1].state, "crashed");
+}
+
+#[test]
+fn crash_in_a_teardown_hook_fails_the_next_operation_fast() {
+    for _ in 0..3 {
+        let fx = Fixture::new();
+        let service = TestService::new();
+        let manager = service.manager(vec![fx.c("printer"), fx.c("crash_in_vm_stopping")]);
+        let s = session(1);
+        service.start_vm(&manager, &s).expect("vm starts");
+        // The crash in a hook that may not veto does not fail the stop...
+        service.stop_vm(&manager, &s);
+        fx.wait_for("about_to_crash");
+        // ...but it is latched: the next start fails before any plugin gets on_vm_started.
+        let err = service.start_vm(&manager, &s).unwrap_err();
+        assert_eq!(
+            err,
+            "plugin 'crash_in_vm_stopping' crashed: killed by signal SIGSEGV"
+        );
+        assert_eq!(fx.events("vm_started").len(), 2, "{:?}", fx.lines());
+        assert!(fx.events("did_not_crash").is_empty());
+    }
+}
