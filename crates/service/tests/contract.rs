@@ -256,3 +256,39 @@ fn relative_socket_is_made_absolute_against_the_working_directory() {
         "{stderr}"
     );
 }
+
+/// A vetoed container session is not handed out: the create fails with the plugin's text, the
+/// name stays free and unknown, no session VM starts, and its stopping hook is still delivered.
+#[test]
+fn vetoed_container_session_is_not_handed_out() {
+    if !need_root("vetoed_container_session_is_not_handed_out") {
+        return;
+    }
+    let world = World::new(vec![service_plugin("csession_veto")]);
+    let daemon = world.start();
+    let fx = &world.fx;
+    let expected =
+        "plugin 'csession_veto' returned a fatal error: no container for you (status -1 (EPERM))";
+    for round in 1..=3u32 {
+        daemon
+            .ctl(&["csession", "create", "box"])
+            .fails_with(expected);
+        daemon
+            .ctl(&["csession", "run", "box", "--", "true"])
+            .fails_with("no container session named 'box'");
+        daemon
+            .ctl(&["csession", "stop", "box"])
+            .fails_with("no container session named 'box'");
+        let created = fx.events("created");
+        assert_eq!(created.len(), round as usize);
+        assert_eq!(field(&created[round as usize - 1], "error_status"), "0");
+        let stop = format!("csession_stopping id={round}");
+        assert_eq!(
+            fx.lines().iter().filter(|l| **l == stop).count(),
+            1,
+            "{:?}",
+            fx.lines()
+        );
+    }
+    assert!(fx.events("session_vm_started").is_empty());
+}
