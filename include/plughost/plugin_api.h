@@ -103,7 +103,13 @@
  *     own threads and call the API from them at any time.
  *   - A call made from a plugin thread while a hook of the same session is running completes; it does
  *     not deadlock against the hook. (A hook may hand work to a thread of its own that calls the API,
- *     and wait for it.)
+ *     and wait for it; in process, see the one limit below.)
+ *   - In-process mode has one limit: a call made during a hook from another thread than the hook
+ *     thread is served as a call made outside any hook. With the reference service plughostd it
+ *     completes; with a service whose callbacks wait for what the running operation holds, it waits
+ *     until the hook has returned, so a hook that waits for such a call never returns (and is
+ *     classified as hung out of process, where the limit does not exist). A plugin meant for both
+ *     modes makes the calls a hook waits for on the hook thread itself.
  *   - The HOOK THREAD is the thread that called the hook, for the duration of that call. plugin_error
  *     is accepted only there.
  *   - Hooks of one plugin are delivered one at a time: the next hook (of any session) reaches the

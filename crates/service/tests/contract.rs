@@ -292,3 +292,29 @@ fn vetoed_container_session_is_not_handed_out() {
     }
     assert!(fx.events("session_vm_started").is_empty());
 }
+
+/// In process, a plugin thread's call during a hook is served as a call outside the hook; with
+/// plughostd, whose plugin API never waits for an operation in progress, it completes, so a hook
+/// that joins such a worker returns (docs/PLUGIN_ABI.md, the in-process limit).
+#[test]
+fn in_process_worker_calls_during_a_hook_complete_with_plughostd() {
+    if !need_root("in_process_worker_calls_during_a_hook_complete_with_plughostd") {
+        return;
+    }
+    let mut plugin = c("join_worker");
+    plugin.in_process = true;
+    let mut world = World::new(vec![plugin]);
+    world.daemon_has_plugin_env = true;
+    let daemon = world.start();
+    for _ in 0..5 {
+        daemon.ctl(&["vm", "start"]).ok();
+        daemon.ctl(&["vm", "stop"]).ok();
+    }
+    let joined = world.fx.events("joined");
+    assert_eq!(joined.len(), 5, "{:?}", world.fx.lines());
+    for line in joined {
+        assert_eq!(field(&line, "mount"), "0", "{line}");
+        assert_eq!(field(&line, "exec"), "0", "{line}");
+        assert_eq!(field(&line, "content"), "OK", "{line}");
+    }
+}

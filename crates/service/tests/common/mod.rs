@@ -65,6 +65,9 @@ pub struct World {
     pub idle_timeout_secs: u64,
     /// Top-level lines added to the config.
     pub extra_config: String,
+    /// Give plughostd itself the fixture's PH_LOG and PH_DIR (in-process plugins see its
+    /// environment, not their configured one).
+    pub daemon_has_plugin_env: bool,
 }
 
 impl World {
@@ -79,6 +82,7 @@ impl World {
             plugins,
             idle_timeout_secs: 0,
             extra_config: String::new(),
+            daemon_has_plugin_env: false,
         }
     }
 
@@ -171,6 +175,11 @@ impl World {
             .env("PLUGHOST_HOST", host_binary())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null());
+        if self.daemon_has_plugin_env {
+            command
+                .env("PH_LOG", &self.fx.log)
+                .env("PH_DIR", self.fx.dir.path());
+        }
         command
     }
 
