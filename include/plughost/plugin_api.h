@@ -157,8 +157,10 @@
  * hangs), the host and every process it spawned, even double-forked daemons, are killed. If that
  * happened during a veto hook, the operation fails with "plugin '<name>' crashed: <how>". The plugin is
  * then latched as crashed: later VM starts fail fast with that error instead of loading it again. A
- * crash at any other time (in a hook that may not veto, in a plugin thread) is logged and latches the
- * plugin the same way. In in-process mode a crash takes the service down: the reason why that mode is
+ * crash at any other time (in a hook that may not veto, in a plugin thread, between hooks) is logged
+ * and latches the plugin the same way, as soon as the service sees the host die: the next operation
+ * fails before any plugin gets its hook. The service keeps one latch: when several plugins crashed,
+ * every operation reports the first crash in time. In in-process mode a crash takes the service down: the reason why that mode is
  * for trusted plugins only.
  *
  * Shutdown. Calls made while the host or the service shuts down return PLUGHOST_E_SHUTTING_DOWN (the
@@ -375,8 +377,8 @@ struct plughost_hooks_v1 {
     plughost_on_container_session_created_fn on_container_session_created;
 
     /* on_container_session_stopping(container_session)
-     * A container session is stopping (also after a vetoed creation). May not veto: errors are
-     * logged. */
+     * A container session is stopping: it was stopped, its application (application_pid) exited, or
+     * its creation was vetoed. May not veto: errors are logged. */
     plughost_on_container_session_stopping_fn on_container_session_stopping;
 
     /* on_session_vm_started(container_session)
@@ -545,7 +547,8 @@ struct plughost_api_v1 {
  *     { ... }
  *
  * The service calls it once, after loading the plugin (in its host process by default) and before any
- * hook, with *hooks zero-filled. Set the hooks you want, synchronously, keep api, and return
+ * hook (at the service's start, or just before the first hook when the service activates the plugin
+ * lazily), with *hooks zero-filled. Set the hooks you want, synchronously, keep api, and return
  * PLUGHOST_OK. Any other return value is a load failure ("plugin '<name>' failed to load: ..."; with
  * PLUGHOST_E_REQUIRES_UPDATE "requires a newer version of plughost than <running version>"). No
  * session exists yet, and plugin_error returns PLUGHOST_E_ILLEGAL_CALL here.
