@@ -212,3 +212,48 @@ fn crash_in_a_teardown_hook_fails_the_next_operation_fast() {
         assert!(fx.events("did_not_crash").is_empty());
     }
 }
+
+#[test]
+fn hooks_reach_plugins_in_configuration_order() {
+    for reversed in [false, true] {
+        let fx = Fixture::new();
+        let service = TestService::new();
+        let mut plugins = vec![fx.c("printer"), fx.c("ok_mount_exec")];
+        if reversed {
+            plugins.reverse();
+        }
+        let manager = service.manager(plugins);
+        let s = session(1);
+        for _ in 0..3 {
+            service.start_vm(&manager, &s).expect("vm starts");
+            service.stop_vm(&manager, &s);
+        }
+        // printer logs `vm_started` / `vm_stopping`, ok_mount_exec the same words with fields.
+        let order: Vec<String> = fx
+            .lines()
+            .into_iter()
+            .filter(|l| l.starts_with("vm_"))
+            .map(|l| {
+                let who = if l.contains(' ') {
+                    "ok_mount_exec"
+                } else {
+                    "printer"
+                };
+                format!("{} {who}", l.split(' ').next().unwrap_or_default())
+            })
+            .collect();
+        let (first, second) = if reversed {
+            ("ok_mount_exec", "printer")
+        } else {
+            ("printer", "ok_mount_exec")
+        };
+        let round = [
+            format!("vm_started {first}"),
+            format!("vm_started {second}"),
+            format!("vm_stopping {first}"),
+            format!("vm_stopping {second}"),
+        ];
+        let expected: Vec<String> = (0..3).flat_map(|_| round.iter().cloned()).collect();
+        assert_eq!(order, expected, "{:?}", fx.lines());
+    }
+}

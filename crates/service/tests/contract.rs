@@ -318,3 +318,18 @@ fn in_process_worker_calls_during_a_hook_complete_with_plughostd() {
         assert_eq!(field(&line, "content"), "OK", "{line}");
     }
 }
+
+/// plugin_error in a hook that may not veto (on_vm_stopping) is PLUGHOST_E_ILLEGAL_CALL, and the
+/// stop succeeds.
+#[test]
+fn plugin_error_in_a_stopping_hook_is_an_illegal_call() {
+    if !need_root("plugin_error_in_a_stopping_hook_is_an_illegal_call") {
+        return;
+    }
+    let world = World::new(vec![c("api_errors")]);
+    let daemon = world.start();
+    daemon.ctl(&["vm", "start"]).ok();
+    daemon.ctl(&["vm", "stop"]).ok();
+    let line = world.fx.wait_for("error_in_stopping=");
+    assert_eq!(field(&line, "error_in_stopping"), "-10002");
+}
