@@ -2,7 +2,9 @@
 //! logs what plugins print.
 //!
 //! It never blocks on anything but `epoll_wait` and non-blocking reads, so a busy or stuck service
-//! callback cannot delay crash detection. A dead host's cgroup is killed at once; its directory is
+//! callback cannot delay crash detection. A host that died between hooks is recorded here (the
+//! manager's `OnDeath`: a `try_lock` of the host's read token, a classification of an exited process,
+//! leaf locks only), so the next operation fails before any hook. A dead host's cgroup is killed at once; its directory is
 //! removed when `cgroup.events` (watched in the same epoll set) says the last process is gone.
 
 use std::collections::HashMap;
