@@ -333,3 +333,40 @@ fn plugin_error_in_a_stopping_hook_is_an_illegal_call() {
     let line = world.fx.wait_for("error_in_stopping=");
     assert_eq!(field(&line, "error_in_stopping"), "-10002");
 }
+
+/// The documented failures of the container-session and process calls, through plughostd.
+#[test]
+fn container_and_process_call_errors_are_the_documented_statuses() {
+    if !need_root("container_and_process_call_errors_are_the_documented_statuses") {
+        return;
+    }
+    let world = World::new(vec![service_plugin("container_errors")]);
+    let daemon = world.start();
+    daemon.ctl(&["csession", "create", "box"]).ok();
+    daemon.ctl(&["csession", "run", "box", "--", "true"]).ok();
+    let expect = [
+        ("cmount_missing", "-2"),
+        ("cmount_null", "-14"),
+        ("cunmount_unknown", "-22"),
+        ("cunmount_relative", "-22"),
+        ("cunmount_unknown_cs", "-10005"),
+        ("create_null_path", "-14"),
+        ("create_null_out", "-14"),
+        ("create_missing", "-2"),
+        ("create_missing_errno", "2"),
+        ("create_unknown_cs", "-10005"),
+        ("cat_started", "0"),
+        ("get_fd_bad_which", "-22"),
+        ("get_fd_null", "-14"),
+        ("exit_fd_null", "-14"),
+        ("exit_code_running", "-10003"),
+        ("exit_code_null", "-14"),
+        ("exit_code_after", "0"),
+        ("exit_code_value", "0"),
+    ];
+    for (key, status) in expect {
+        let line = world.fx.wait_for(&format!("{key}="));
+        assert_eq!(field(&line, key), status, "{key}: {:?}", world.fx.lines());
+    }
+    daemon.ctl(&["csession", "stop", "box"]).ok();
+}
