@@ -370,3 +370,42 @@ fn container_and_process_call_errors_are_the_documented_statuses() {
     }
     daemon.ctl(&["csession", "stop", "box"]).ok();
 }
+
+/// plugin_error's rules (outside a hook, NULL, once per hook, the message the user sees) and the
+/// documented failures of the VM calls, through plughostd.
+#[test]
+fn plugin_error_and_vm_call_rules_through_plughostd() {
+    if !need_root("plugin_error_and_vm_call_rules_through_plughostd") {
+        return;
+    }
+    let world = World::new(vec![service_plugin("vm_api_rules")]);
+    let rootfs = make_rootfs(world.dir.path());
+    let daemon = world.start();
+    daemon
+        .ctl(&[
+            "distro",
+            "register",
+            "td",
+            "--rootfs",
+            rootfs.to_str().expect("utf-8"),
+        ])
+        .ok();
+    world.fx.wait_for("registered");
+    daemon
+        .ctl(&["vm", "start"])
+        .fails_with("plugin 'vm_api_rules' returned a fatal error: first (status -13 (EACCES))");
+    let expect = [
+        ("entry_error", "-10002"),
+        ("exec_in_stopped_distro", "-10004"),
+        ("exec_in_distro_null", "-14"),
+        ("exec_unknown_session", "-10005"),
+        ("mount_relative", "-22"),
+        ("error_null", "-14"),
+        ("error_first", "0"),
+        ("error_second", "-10003"),
+    ];
+    for (key, status) in expect {
+        let line = world.fx.wait_for(&format!("{key}="));
+        assert_eq!(field(&line, key), status, "{key}: {:?}", world.fx.lines());
+    }
+}
