@@ -409,3 +409,25 @@ fn plugin_error_and_vm_call_rules_through_plughostd() {
         assert_eq!(field(&line, key), status, "{key}: {:?}", world.fx.lines());
     }
 }
+
+/// A call from on_vm_stopping: served on `vm stop` (the VM still runs during the hook), refused
+/// with PLUGHOST_E_SHUTTING_DOWN when the service is shutting down (the call did not run).
+#[test]
+fn calls_during_a_service_shutdown_get_shutting_down() {
+    if !need_root("calls_during_a_service_shutdown_get_shutting_down") {
+        return;
+    }
+    let world = World::new(vec![service_plugin("stopping_probe")]);
+    let daemon = world.start();
+    daemon.ctl(&["vm", "start"]).ok();
+    daemon.ctl(&["vm", "stop"]).ok();
+    daemon.ctl(&["vm", "start"]).ok();
+    daemon.shutdown();
+    let probes: Vec<String> = world
+        .fx
+        .events("stopping_mount=")
+        .iter()
+        .map(|l| field(l, "stopping_mount").to_owned())
+        .collect();
+    assert_eq!(probes, ["0", "-10006"], "{:?}", world.fx.lines());
+}
