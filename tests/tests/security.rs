@@ -222,7 +222,7 @@ fn sha256_pin_loads_the_verified_bytes_even_if_the_file_is_swapped() {
     let err = service.start_vm(&manager, &session(1)).unwrap_err();
     assert_eq!(
         err,
-        "plugin 'pinned' returned a fatal error: veto number 1 (status -22)"
+        "plugin 'pinned' returned a fatal error: veto number 1 (status -22 (EINVAL))"
     );
     // Loading again reads the swapped file, which no longer matches.
     let got = plughost::sha256_hex(&std::fs::read(&path).unwrap());
@@ -405,7 +405,7 @@ fn fork_bomb_is_bounded_by_the_process_limit_and_leaves_no_process() {
     let err = service.start_vm(&manager, &session(1)).unwrap_err();
     assert_eq!(
         err,
-        "plugin 'fork_bomb' returned a fatal error: fork refused at the process limit (status -11)"
+        "plugin 'fork_bomb' returned a fatal error: fork refused at the process limit (status -11 (EAGAIN))"
     );
     let refused = fx.wait_for("fork_refused");
     assert_eq!(field(&refused, "errno"), "11", "{refused}");

@@ -65,8 +65,13 @@ pub enum Request {
         distro: Option<String>,
         argv: Vec<String>,
     },
+    /// A container session for an application: it is stopped, with its hooks, when that process
+    /// exits. `application_pid` must be the caller's own (any process for root); absent, the
+    /// caller's pid (`SO_PEERCRED`).
     CsessionCreate {
         name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        application_pid: Option<u32>,
     },
     /// Runs `argv` in the container session's session VM (started on first use), with the fds.
     CsessionRun {
@@ -122,6 +127,8 @@ enum StrictRequest {
     },
     CsessionCreate {
         name: String,
+        #[serde(default)]
+        application_pid: Option<u32>,
     },
     CsessionRun {
         name: String,
@@ -164,7 +171,13 @@ impl From<StrictRequest> for Request {
             StrictRequest::DistroStop { name } => Request::DistroStop { name },
             StrictRequest::DistroList {} => Request::DistroList,
             StrictRequest::Exec { distro, argv } => Request::Exec { distro, argv },
-            StrictRequest::CsessionCreate { name } => Request::CsessionCreate { name },
+            StrictRequest::CsessionCreate {
+                name,
+                application_pid,
+            } => Request::CsessionCreate {
+                name,
+                application_pid,
+            },
             StrictRequest::CsessionRun { name, argv } => Request::CsessionRun { name, argv },
             StrictRequest::CsessionStop { name } => Request::CsessionStop { name },
             StrictRequest::Plugins {} => Request::Plugins,

@@ -214,7 +214,7 @@ fn vm_veto_texts_are_the_specs() {
     let daemon = world.start();
     daemon
         .ctl(&["vm", "start"])
-        .fails_with("plugin 'veto' returned a fatal error: veto number 1 (status -22)");
+        .fails_with("plugin 'veto' returned a fatal error: veto number 1 (status -22 (EINVAL))");
     // Every plugin got on_vm_stopping, and the VM is gone.
     assert_eq!(
         world.fx.events("vm_stopping").len(),
@@ -228,7 +228,7 @@ fn vm_veto_texts_are_the_specs() {
     );
     daemon
         .ctl(&["exec", "--", "true"])
-        .fails_with("plugin 'veto' returned a fatal error (status -5)");
+        .fails_with("plugin 'veto' returned a fatal error (status -5 (EIO))");
 }
 
 #[test]
@@ -249,7 +249,7 @@ fn distribution_veto_and_message_with_success() {
         ])
         .ok();
     daemon.ctl(&["distro", "start", "td"]).fails_with(
-        "plugin 'distro_veto' returned a fatal error: distribution refused by policy (status -1)",
+        "plugin 'distro_veto' returned a fatal error: distribution refused by policy (status -1 (EPERM))",
     );
     let list = daemon.ctl(&["--json", "distro", "list"]).ok().json();
     assert_eq!(list["distros"][0]["running"], false);
@@ -261,7 +261,7 @@ fn distribution_veto_and_message_with_success() {
     let world = World::new(vec![c("message_then_success")]);
     let daemon = world.start();
     daemon.ctl(&["vm", "start"]).fails_with(
-        "plugin 'message_then_success' returned a fatal error: message set but success returned (status -10003)",
+        "plugin 'message_then_success' returned a fatal error: message set but success returned (status -10003 (PLUGHOST_E_ILLEGAL_STATE))",
     );
 }
 
@@ -272,9 +272,9 @@ fn load_failures_are_reported_on_vm_start() {
     }
     let world = World::new(vec![c("noop"), c("entry_fails")]);
     let daemon = world.start();
-    daemon
-        .ctl(&["vm", "start"])
-        .fails_with("plugin 'entry_fails' failed to load: entry point returned status -22");
+    daemon.ctl(&["vm", "start"]).fails_with(
+        "plugin 'entry_fails' failed to load: entry point returned status -22 (EINVAL)",
+    );
     let plugins = daemon.ctl(&["--json", "plugins"]).ok().json();
     assert_eq!(plugins["plugins"][1]["name"], "entry_fails");
     assert_eq!(plugins["plugins"][1]["state"], "failed");

@@ -121,7 +121,7 @@ fn sighup_applies_a_new_plugin_list_and_refuses_a_broken_one() {
     assert_eq!(after["plugins"][1]["name"], "veto");
     daemon
         .ctl(&["vm", "start"])
-        .fails_with("plugin 'veto' returned a fatal error: veto number 1 (status -22)");
+        .fails_with("plugin 'veto' returned a fatal error: veto number 1 (status -22 (EINVAL))");
 }
 
 #[test]

@@ -115,6 +115,11 @@ enum DistroAction {
 enum CsessionAction {
     Create {
         name: String,
+        /// The application the session is for: the session stops when it exits (default: the
+        /// nearest ancestor of plughostctl that runs as you, usually your shell; none under
+        /// `sudo -u`, and the session then lives until `csession stop`).
+        #[arg(long, value_name = "PID")]
+        app_pid: Option<u32>,
     },
     Run {
         name: String,
@@ -157,7 +162,11 @@ fn request(command: Command) -> anyhow::Result<Request> {
             argv: command,
         },
         Command::Csession { action } => match action {
-            CsessionAction::Create { name } => Request::CsessionCreate { name },
+            CsessionAction::Create { name, app_pid } => Request::CsessionCreate {
+                name,
+                // plughostctl itself exits at once: the session belongs to whoever ran it.
+                application_pid: app_pid.or_else(own_ancestor),
+            },
             CsessionAction::Run { name, command } => Request::CsessionRun {
                 name,
                 argv: command,
@@ -373,4 +382,27 @@ fn print_plugins(plugins: &[PluginRow]) {
         ],
         rows,
     );
+}
+
+/// The nearest ancestor that runs as our real uid (the shell or program that ran us, usually): a
+/// container session's application by default. None when no ancestor is ours (`sudo -u`): the
+/// session is then tied to no process.
+fn own_ancestor() -> Option<u32> {
+    let me = rustix::process::getuid().as_raw();
+    let field = |pid: u32, key: &str| -> Option<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix(key))?;
+        line.split_whitespace().next()?.parse().ok()
+    };
+    let mut pid = std::os::unix::process::parent_id();
+    for _ in 0..64 {
+        if pid <= 1 {
+            return None;
+        }
+        if field(pid, "Uid:") == Some(me) {
+            return Some(pid);
+        }
+        pid = field(pid, "PPid:")?;
+    }
+    None
 }

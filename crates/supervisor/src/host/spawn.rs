@@ -338,7 +338,8 @@ fn handshake(
             }
             HostMsg::LoadFailed(LoadFailure::EntryFailed(status)) => {
                 return Err(StartError::Load(format!(
-                    "entry point returned status {status}"
+                    "entry point returned status {}",
+                    crate::error::status_text(status)
                 )))
             }
             // The entry point may already call the API.

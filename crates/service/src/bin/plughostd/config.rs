@@ -9,6 +9,7 @@
 //! name = "audit"
 //! path = "/usr/lib/plughost/plugins/audit.so"
 //! isolation = "process"            # or "in-process" (trusted plugins only)
+//! activation = "eager"             # start at plughostd's start-up; "lazy": at the first hook
 //! env = { AUDIT_LOG = "/var/log/audit-plugin.log" }   # the host's environment (starts empty)
 //! # Integrity (either; see plughost-sign):
 //! sha256 = "<hex>"                 # load only these bytes
@@ -130,6 +131,8 @@ struct RawPlugin {
     path: Spanned<PathBuf>,
     #[serde(default)]
     isolation: Option<Spanned<String>>,
+    #[serde(default)]
+    activation: Option<Spanned<String>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     sha256: Option<Spanned<String>>,
@@ -343,6 +346,22 @@ impl Config {
             if in_process {
                 config = config.in_process();
             }
+            match plugin
+                .activation
+                .as_ref()
+                .map(|a| (a.get_ref().as_str(), a.span()))
+            {
+                None | Some(("eager", _)) => {}
+                Some(("lazy", _)) => config = config.lazy(),
+                Some((other, span)) => {
+                    return Err(invalid(
+                        Some(span),
+                        format!(
+                        "plugin {name:?}: activation must be \"eager\" or \"lazy\", not {other:?}"
+                    ),
+                    ))
+                }
+            }
             for (k, v) in &env {
                 config = config.env(k, v);
             }
@@ -477,6 +496,10 @@ mod tests {
         assert_eq!(config.plugins[0].config.isolation, Isolation::Process);
         assert_eq!(config.plugins[1].config.isolation, Isolation::InProcess);
         assert_eq!(
+            config.plugins[0].config.activation,
+            plughost::Activation::Eager
+        );
+        assert_eq!(
             config.plugins[1].config.env,
             [("K".to_owned(), "v".to_owned())]
         );
@@ -565,6 +588,20 @@ mod tests {
         assert!(
             err.starts_with("/etc/p.toml:4:13: plugin \"a\": isolation must be"),
             "{err}"
+        );
+        let err = parse("[[plugin]]\nname = \"a\"\npath = \"/a.so\"\nactivation = \"later\"\n")
+            .unwrap_err();
+        assert!(
+            err.starts_with(
+                "/etc/p.toml:4:14: plugin \"a\": activation must be \"eager\" or \"lazy\""
+            ),
+            "{err}"
+        );
+        let lazy = parse("[[plugin]]\nname = \"a\"\npath = \"/a.so\"\nactivation = \"lazy\"\n")
+            .expect("valid");
+        assert_eq!(
+            lazy.plugins[0].config.activation,
+            plughost::Activation::Lazy
         );
         let err = parse("idle_timeout_secs = \"soon\"\n").unwrap_err();
         assert!(err.starts_with("/etc/p.toml:1:21: "), "{err}");

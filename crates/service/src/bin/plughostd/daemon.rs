@@ -10,7 +10,7 @@
 //! 3. Leaves, never held across I/O with a host, a dispatch, a process start or any I/O on a file
 //!    a user names: `Shared::sessions`, `Shared::csessions`, `Shared::store` (held across the
 //!    atomic write of the daemon's own state file, which is root's, in the state directory),
-//!    `Shared::pinned`, `Shared::running`, `Daemon::host_uids`,
+//!    `Shared::pinned`, `Shared::running`, `Daemon::host_uids`, `AppWatch::watched`,
 //!    `UserSession::{vm, distros, last_used}`, `CSession::{vm, mounts}`; and the control socket's
 //!    admission counts (`server.rs`).
 //!
@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use plughost::{
     CallContext, ContainerProcess, ContainerSession, CreateProcessError, Distribution, Isolation,
     ManagerConfig, OfflineDistribution, PluginError, PluginManager, ProcessStream,
@@ -44,6 +45,7 @@ use plughost::{
 };
 use plughost_service::{uuid_hex, DistroInfo, ErrorKind, PluginRow, VmInfo};
 
+use crate::app_watch::{App, AppWatch};
 use crate::config::Config;
 use crate::ids::IdRanges;
 use crate::store::{new_uuid, os_release, Registered, Store};
@@ -222,6 +224,8 @@ pub struct Daemon {
     /// Leaf: the uids plugin hosts run as (other than root), by plugin name; set at start and by
     /// each reload.
     host_uids: Mutex<Vec<(u32, String)>>,
+    /// The container sessions' applications (its lock is a leaf).
+    apps: Arc<AppWatch>,
 }
 
 /// The uids the configured plugin hosts run as, root excepted (a host that runs as the service
@@ -318,11 +322,27 @@ impl Daemon {
         for error in manager.load_errors() {
             tracing::error!("{error}");
         }
-        Ok(Arc::new(Daemon {
+        let apps = Arc::new(AppWatch::new().context("create the application watcher")?);
+        let daemon = Arc::new(Daemon {
             shared,
             manager: RwLock::new(Some(manager)),
             host_uids: Mutex::new(host_uids(&config)),
-        }))
+            apps: apps.clone(),
+        });
+        let weak = Arc::downgrade(&daemon);
+        std::thread::Builder::new()
+            .name("plughostd-apps".into())
+            .spawn(move || {
+                apps.run(|id, pid| match weak.upgrade() {
+                    Some(daemon) => {
+                        daemon.application_exited(id, pid);
+                        true
+                    }
+                    None => false,
+                })
+            })
+            .context("start the application watcher thread")?;
+        Ok(daemon)
     }
 
     /// Why `caller` is a plugin host (or one of its processes), if it is: such a caller is refused
@@ -859,8 +879,19 @@ impl Daemon {
             })
     }
 
-    pub fn csession_create(&self, caller: Caller, name: &str) -> OpResult<(u32, String)> {
+    pub fn csession_create(
+        &self,
+        caller: Caller,
+        name: &str,
+        application_pid: Option<u32>,
+    ) -> OpResult<(u32, String)> {
         self.check_running()?;
+        // No application named (a client with no process of the caller's own above it, as under
+        // `sudo -u`): the session is not tied to one and lives until `csession stop`.
+        let app = application_pid
+            .map(|pid| App::open(pid, caller.uid))
+            .transpose()
+            .map_err(|e| OpError::new(ErrorKind::Invalid, format!("bad application: {e}")))?;
         let s = self.session_for(caller);
         let cs = {
             let mut all = lock(&self.shared.csessions);
@@ -888,7 +919,7 @@ impl Daemon {
                 info: ContainerSession {
                     id,
                     display_name: name.to_owned(),
-                    application_pid: caller.pid,
+                    application_pid: app.as_ref().map_or(caller.pid, App::pid),
                     uid: caller.uid,
                     gid: s.info.gid,
                 },
@@ -910,6 +941,13 @@ impl Daemon {
             cs.stopping.store(true, Ordering::SeqCst);
             lock(&self.shared.csessions).by_id.remove(&cs.info.id);
             return Err(error.into());
+        }
+        if let Some(app) = app {
+            if let Err(e) = self.apps.watch(cs.info.id, app) {
+                // Without a watch the session would outlive its application: refuse it.
+                self.stop_csession_locked(&cs);
+                return Err(OpError::new(ErrorKind::Internal, e.to_string()));
+            }
         }
         tracing::info!(
             csession = cs.info.id,
@@ -992,11 +1030,33 @@ impl Daemon {
     }
 
     fn stop_csession_locked(&self, cs: &CSession) {
-        cs.stopping.store(true, Ordering::SeqCst);
+        // Marked stopping only once on_session_vm_stopping returned: the session VM serves calls,
+        // from any plugin thread, until then (PLUGIN_ABI.md, "Hooks"). Client operations cannot
+        // slip in meanwhile: they wait for `cs.op`, which the caller holds.
         self.stop_session_vm_locked(cs);
+        cs.stopping.store(true, Ordering::SeqCst);
         let _ = self.with_manager(|m| m.on_container_session_stopping(&cs.info, &*self.shared));
         lock(&self.shared.csessions).by_id.remove(&cs.info.id);
+        self.apps.unwatch(cs.info.id);
         tracing::info!(csession = cs.info.id, "container session stopped");
+    }
+
+    /// The application of container session `id` exited: stop the session with its hooks, as
+    /// `csession stop` would (unless it stopped already).
+    fn application_exited(&self, id: u32, pid: u32) {
+        let Some(cs) = lock(&self.shared.csessions).by_id.get(&id).cloned() else {
+            return;
+        };
+        let _op = lock(&cs.op);
+        if cs.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        tracing::info!(
+            csession = id,
+            pid,
+            "the application exited: stopping its container session"
+        );
+        self.stop_csession_locked(&cs);
     }
 
     pub fn csession_stop(&self, caller: Caller, name: &str) -> OpResult<String> {
@@ -1131,7 +1191,10 @@ impl Daemon {
             .collect();
         for cs in csessions {
             let _op = lock(&cs.op);
-            self.stop_csession_locked(&cs);
+            // Stopped meanwhile (by its client or because its application exited).
+            if !cs.stopping.load(Ordering::SeqCst) {
+                self.stop_csession_locked(&cs);
+            }
         }
         let manager = self
             .manager

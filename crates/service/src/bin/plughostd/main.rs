@@ -14,6 +14,7 @@
 //! latches their error).
 #![deny(unsafe_code)]
 
+mod app_watch;
 mod config;
 mod daemon;
 mod ids;
@@ -340,7 +341,11 @@ fn run_daemon(cli: Cli) -> anyhow::Result<()> {
         }
     };
 
+    // A relative name is made absolute against the working directory: the socket's directory is
+    // checked and created, and the path is logged and removed at exit.
     let socket = plughost_service::socket_path(cli.socket);
+    let socket = std::path::absolute(&socket)
+        .with_context(|| format!("bad control socket path {:?}", socket.display()))?;
     let listener = server::bind(&socket)?;
     tracing::info!(
         config = %config_path.display(),

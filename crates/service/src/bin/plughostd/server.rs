@@ -367,7 +367,7 @@ fn validate(request: &Request, caller: Caller, fds: usize) -> OpResult<()> {
             }
             check_argv(argv)
         }
-        Request::CsessionCreate { name } | Request::CsessionStop { name } => {
+        Request::CsessionCreate { name, .. } | Request::CsessionStop { name } => {
             check_name("container session", name)
         }
         Request::CsessionRun { name, argv } => {
@@ -436,8 +436,11 @@ fn run(
         Request::Exec { distro, argv } => {
             exited(daemon.exec(caller, distro.as_deref(), &argv, stdio(fds)?, stream)?)
         }
-        Request::CsessionCreate { name } => {
-            let (id, name) = daemon.csession_create(caller, &name)?;
+        Request::CsessionCreate {
+            name,
+            application_pid,
+        } => {
+            let (id, name) = daemon.csession_create(caller, &name, application_pid)?;
             Reply::CsessionCreated { id, name }
         }
         Request::CsessionRun { name, argv } => {
