@@ -383,8 +383,9 @@ pub struct Welcome {
     /// The plugin library to load.
     pub plugin: PluginSource,
     pub confinement: Confinement,
-    /// The frame also carries the call ring's memfd and doorbell eventfd, after the library's fd
-    /// (see `plughost_sys::ring`). Calls and hook answers then travel through the ring.
+    /// The frame also carries the call ring's memfd, doorbell eventfd and fd lane (a seqpacket
+    /// socket), after the library's fd (see `plughost_sys::ring`). Calls and hook answers then
+    /// travel through the ring.
     pub call_ring: bool,
 }
 
@@ -438,7 +439,7 @@ impl ServiceMsg {
             } => 1,
             ServiceMsg::Welcome(welcome) => {
                 usize::from(welcome.plugin == PluginSource::SealedFd)
-                    + if welcome.call_ring { 2 } else { 0 }
+                    + if welcome.call_ring { 3 } else { 0 }
             }
             _ => 0,
         }

@@ -2,11 +2,12 @@
 //! plugin's calls, and classifies how the host ended.
 //!
 //! # Two transports
-//! - The **socket** carries the handshake, hooks and `Shutdown` to the host, replies that carry an
-//!   fd, and from the host: calls whose reply carries an fd or that do not fit the ring, `Blocked`,
-//!   and whatever a hostile plugin writes on it.
+//! - The **socket** carries the handshake, hooks and `Shutdown` to the host, the replies to socket
+//!   calls (with their fd), and from the host: calls that do not fit the ring (or find every slot
+//!   busy), `Blocked`, and whatever a hostile plugin writes on it.
 //! - The **call ring** ([`plughost_sys::ring`], shared memory) carries every other API call (a slot
-//!   each, answered in place) and the hook answers (the lane). The frames are the same in both.
+//!   each, answered in place; an fd the reply carries goes first on the ring's fd lane, named by
+//!   the request id) and the hook answers (the lane). The frames are the same in both.
 //!
 //! # Who consumes what
 //! - A thread dispatching a hook holds [`Host::reader`] (the read token) for the whole round trip:
@@ -374,12 +375,6 @@ impl Host {
             .request(index, frame)
             .map_err(|e| self.violation(format!("sent {e} of the call ring")))?;
         let (id, call) = match self.decode_ring(frame)? {
-            HostMsg::Call { call, .. } if call.answers_with_fd() => {
-                return Err(self.violation(format!(
-                    "sent {} through the call ring (its reply carries a file descriptor)",
-                    call.name()
-                )))
-            }
             HostMsg::Call { id, call } => (id, call),
             other => {
                 return Err(self.violation(format!(
@@ -388,7 +383,19 @@ impl Host {
                 )))
             }
         };
-        let (reply, _no_fd) = self.run_call(call, handler);
+        let (reply, fd) = self.run_call(call, handler);
+        // The fd goes first, on the fd lane, so that it is queued when the caller sees the reply
+        // (which names it by request id). Never blocking: a host that leaves its fds untaken until
+        // the lane is full is killed, and the fd it did not take is closed here.
+        if let Some(fd) = fd {
+            match self.ring.send_fd(id.0, fd.as_fd()) {
+                Ok(()) => {}
+                Err(e @ plughost_sys::RingError::FdsNotTaken) => {
+                    return Err(self.violation(e.to_string()))
+                }
+                Err(_) => return Err(self.crash_cause()),
+            }
+        }
         SEND_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             match encode(&ServiceMsg::Reply { id, reply }, &mut buf) {

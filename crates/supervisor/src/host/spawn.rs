@@ -301,9 +301,10 @@ fn handshake(
         },
         call_ring: true,
     };
-    // The library's fd (if any), then the ring's memory and doorbell (`Welcome::call_ring`).
+    // The library's fd (if any), then the ring's memory, doorbell and fd lane
+    // (`Welcome::call_ring`).
     let mut fds: Vec<BorrowedFd<'_>> = fd.iter().map(|fd| fd.as_fd()).collect();
-    fds.extend([ring.memory.as_fd(), ring.doorbell.as_fd()]);
+    fds.extend([ring.memory.as_fd(), ring.doorbell.as_fd(), ring.fds.as_fd()]);
     if host.send(&ServiceMsg::Welcome(welcome), &fds).is_err() {
         return Err(StartError::Crashed(host.crash_cause()));
     }
