@@ -717,7 +717,10 @@ mod tests {
             let text = format!("fd{id}");
             assert_eq!(read_all(&host.take_fd(id).expect("take")), text.as_bytes());
         }
-        assert!(matches!(host.take_fd(1), Err(RingError::FdMissing { id: 1 })));
+        assert!(matches!(
+            host.take_fd(1),
+            Err(RingError::FdMissing { id: 1 })
+        ));
     }
 
     /// A reply naming an fd that never came (or another request's) fails at once; the fds that did
@@ -725,9 +728,17 @@ mod tests {
     #[test]
     fn a_reply_naming_an_fd_that_never_came_fails_without_blocking() {
         let (service, host) = pair();
-        assert!(matches!(host.take_fd(9), Err(RingError::FdMissing { id: 9 })));
-        service.send_fd(3, pipe_with(b"three").as_fd()).expect("send");
-        assert!(matches!(host.take_fd(9), Err(RingError::FdMissing { id: 9 })));
+        assert!(matches!(
+            host.take_fd(9),
+            Err(RingError::FdMissing { id: 9 })
+        ));
+        service
+            .send_fd(3, pipe_with(b"three").as_fd())
+            .expect("send");
+        assert!(matches!(
+            host.take_fd(9),
+            Err(RingError::FdMissing { id: 9 })
+        ));
         assert_eq!(read_all(&host.take_fd(3).expect("take")), b"three");
     }
 

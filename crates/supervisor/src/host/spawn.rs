@@ -23,7 +23,7 @@ use plughost_wire::{
     PROTOCOL_VERSION,
 };
 
-use super::{new_reader, Host};
+use super::{new_reader, Backlog, Host};
 use crate::callbacks::ServiceCallbacks;
 use crate::config::PluginConfig;
 use crate::error::CrashCause;
@@ -162,6 +162,7 @@ pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<O
         kicks: p.kicks.clone(),
         reader: Mutex::new(new_reader()),
         socket_pending: AtomicBool::new(false),
+        backlog: Mutex::new(Backlog::default()),
         next_hook: AtomicU64::new(1),
         exit: Mutex::new(None),
         killed_for: OnceLock::new(),
