@@ -13,7 +13,7 @@
 //!   ([`Ring::take_fd`]): the message is already queued, so no other wake-up is involved. Error
 //!   replies never touch it. Nothing travels host → service there (the service shut its read side).
 //! - **Lane** (host → service): the host's main thread posts a hook's answer here.
-//! - Hooks, `Shutdown` and replies carrying fds go down the socket, as before. The host announces
+//! - Hooks, `Shutdown` and the replies to socket calls (with their fds) go down the socket. The host announces
 //!   each frame it sends up the socket (`Up::socket`, then the usual wake-up), so the thread that
 //!   consumes the ring knows when to read the socket too.
 //!

@@ -276,8 +276,8 @@ impl ApiCall {
         }
     }
 
-    /// Whether a successful reply carries an fd ([`ApiReply::Fd`]). Such calls travel on the socket
-    /// (fds cannot cross the call ring); the service refuses them anywhere else.
+    /// Whether a successful reply carries an fd ([`ApiReply::Fd`]). Through the call ring, that fd
+    /// travels on the ring's fd lane, ahead of the reply that names it (`plughost_sys::ring`).
     pub fn answers_with_fd(&self) -> bool {
         match self {
             ApiCall::ExecuteBinary { .. }
