@@ -13,6 +13,7 @@
 //! API call reached the service), but it asserts no speed; the report compares with the targets.
 #![deny(unsafe_code)]
 
+mod api;
 mod cases;
 mod echo;
 mod pin;
@@ -21,7 +22,9 @@ mod setup;
 mod stats;
 mod unit_costs;
 
+use std::cell::RefCell;
 use std::process::ExitCode;
+use std::rc::Rc;
 
 use anyhow::{bail, Context, Result};
 use plughost::PluginConfig;
@@ -34,9 +37,11 @@ use pin::Pin;
 use setup::Env;
 use stats::{Samples, Unit};
 
-/// Every case, in report order.
-const CASES: [&str; 12] = [
+/// Every case but the `api_*` ones ([`api::api_cases`]), in report order.
+const CASES: [&str; 14] = [
     "raw_rtt",
+    "raw_fd_rtt",
+    "fd_pass",
     "hook_rtt",
     "nested_rtt",
     "callback_rtt",
@@ -50,10 +55,18 @@ const CASES: [&str; 12] = [
     "crash_detect",
 ];
 
+/// Every case, in report order.
+fn all_cases() -> Vec<&'static str> {
+    let mut cases = CASES.to_vec();
+    cases.extend(api::api_cases().iter().map(|c| c.name));
+    cases
+}
+
 /// Iterations of one case in one round (callbacks_per_s: calls per sample).
 fn iterations(case: &str) -> usize {
     match case {
-        "raw_rtt" | "hook_rtt" => 1000,
+        "raw_rtt" | "raw_fd_rtt" | "fd_pass" | "hook_rtt" => 1000,
+        api if api.starts_with("api_") => 300,
         "nested_rtt" | "callback_rtt" => 500,
         "in_process_hook" => 5000,
         fanout if fanout.contains("fanout_") => 10,
@@ -109,8 +122,9 @@ fn parse_args(args: &[String]) -> Result<Args> {
             "--only" => {
                 let list = value("--only")?;
                 let names: Vec<String> = list.split(',').map(str::to_owned).collect();
-                if let Some(bad) = names.iter().find(|n| !CASES.contains(&n.as_str())) {
-                    bail!("unknown case {bad:?}; cases: {}", CASES.join(", "));
+                let all = all_cases();
+                if let Some(bad) = names.iter().find(|n| !all.contains(&n.as_str())) {
+                    bail!("unknown case {bad:?}; cases: {}", all.join(", "));
                 }
                 parsed.only = Some(names);
             }
@@ -129,7 +143,7 @@ fn parse_args(args: &[String]) -> Result<Args> {
                     "usage: plughost-bench [--json] [--rounds N] [--quick] [--no-build] \
                      [--only CASE,... [--count N]] [--fanout-plugins N] \
                      [--pin none|same|split] [--no-unit-costs]\ncases: {}",
-                    CASES.join(", ")
+                    all_cases().join(", ")
                 );
                 std::process::exit(0);
             }
@@ -142,7 +156,9 @@ fn parse_args(args: &[String]) -> Result<Args> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = if args.first().map(String::as_str) == Some("--echo-peer") {
-        echo::run_peer()
+        echo::run_peer(false)
+    } else if args.first().map(String::as_str) == Some("--fd-echo-peer") {
+        echo::run_peer(true)
     } else {
         parse_args(&args).and_then(run)
     };
@@ -160,10 +176,25 @@ fn build_case<'a>(
     env: &'a Env,
     frame_len: usize,
     fanout: usize,
+    api_plugin: &mut Option<Rc<RefCell<api::ApiPlugin<'a>>>>,
 ) -> Result<Box<dyn Case + 'a>> {
     let noop = || vec![PluginConfig::new("noop", &env.noop)];
+    if let Some(case) = api::api_cases().iter().find(|c| c.name == name) {
+        let plugin = match api_plugin {
+            Some(plugin) => plugin.clone(),
+            None => api_plugin
+                .insert(Rc::new(RefCell::new(api::ApiPlugin::start(env)?)))
+                .clone(),
+        };
+        return Ok(Box::new(api::ApiCase {
+            case: *case,
+            plugin,
+        }));
+    }
     Ok(match name {
         "raw_rtt" => Box::new(RawRtt(echo::Echo::start(frame_len)?)),
+        "raw_fd_rtt" => Box::new(api::RawFdRtt(echo::Echo::start_fd(frame_len)?)),
+        "fd_pass" => Box::new(api::FdPass::new()?),
         "raw_fanout_100" => Box::new(RawFanout(
             (0..100)
                 .map(|_| echo::Echo::start(frame_len))
@@ -228,11 +259,12 @@ fn run(args: Args) -> Result<()> {
     let frame_len = setup::hook_frame_len()?;
     let names: Vec<String> = match &args.only {
         Some(names) => names.clone(),
-        None => CASES.iter().map(|s| s.to_string()).collect(),
+        None => all_cases().iter().map(|s| s.to_string()).collect(),
     };
     let mut cases = Vec::new();
+    let mut api_plugin = None;
     for name in &names {
-        let case = build_case(name, &env, frame_len, args.fanout)
+        let case = build_case(name, &env, frame_len, args.fanout, &mut api_plugin)
             .with_context(|| format!("setting up {name}"))?;
         if args.pin == Pin::Split {
             for pid in case.peers() {
