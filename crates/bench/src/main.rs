@@ -15,6 +15,7 @@
 
 mod api;
 mod cases;
+mod daemon;
 mod echo;
 mod pin;
 mod report;
@@ -38,7 +39,7 @@ use setup::Env;
 use stats::{Samples, Unit};
 
 /// Every case but the `api_*` ones ([`api::api_cases`]), in report order.
-const CASES: [&str; 14] = [
+const CASES: [&str; 16] = [
     "raw_rtt",
     "raw_fd_rtt",
     "fd_pass",
@@ -53,11 +54,17 @@ const CASES: [&str; 14] = [
     "manager_setup",
     "start_100",
     "crash_detect",
+    "vm_start",
+    "distro_start",
 ];
+
+/// The daemon cases measured against `--plughostd-baseline` too.
+const BASELINE_CASES: [&str; 2] = ["vm_start_baseline", "distro_start_baseline"];
 
 /// Every case, in report order.
 fn all_cases() -> Vec<&'static str> {
     let mut cases = CASES.to_vec();
+    cases.extend(BASELINE_CASES);
     cases.extend(api::api_cases().iter().map(|c| c.name));
     cases
 }
@@ -72,6 +79,7 @@ fn iterations(case: &str) -> usize {
         fanout if fanout.contains("fanout_") => 10,
         "callbacks_per_s" => 20_000,
         "cold_start" | "manager_setup" | "crash_detect" => 4,
+        daemon if daemon.starts_with("vm_start") || daemon.starts_with("distro_start") => 3,
         _ => 1,
     }
 }
@@ -89,6 +97,9 @@ struct Args {
     pin: Pin,
     /// Also measure the building blocks (syscalls, hops): see `unit_costs`.
     unit_costs: bool,
+    /// The daemon measured by vm_start and distro_start, and the one they are compared with.
+    daemon: daemon::Binaries,
+    baseline: Option<daemon::Binaries>,
 }
 
 fn parse_args(args: &[String]) -> Result<Args> {
@@ -102,7 +113,10 @@ fn parse_args(args: &[String]) -> Result<Args> {
         fanout: 100,
         pin: Pin::None,
         unit_costs: true,
+        daemon: daemon::Binaries::beside_self()?,
+        baseline: None,
     };
+    let (mut baseline_d, mut baseline_ctl) = (None, None);
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         let mut value = |name: &str| {
@@ -129,6 +143,10 @@ fn parse_args(args: &[String]) -> Result<Args> {
                 parsed.only = Some(names);
             }
             "--count" => parsed.count = Some(value("--count")?.parse().context("--count")?),
+            "--plughostd" => parsed.daemon.plughostd = value("--plughostd")?.into(),
+            "--plughostctl" => parsed.daemon.plughostctl = value("--plughostctl")?.into(),
+            "--plughostd-baseline" => baseline_d = Some(value("--plughostd-baseline")?),
+            "--plughostctl-baseline" => baseline_ctl = Some(value("--plughostctl-baseline")?),
             "--pin" => parsed.pin = Pin::parse(&value("--pin")?)?,
             "--fanout-plugins" => {
                 parsed.fanout = value("--fanout-plugins")?
@@ -142,7 +160,9 @@ fn parse_args(args: &[String]) -> Result<Args> {
                 println!(
                     "usage: plughost-bench [--json] [--rounds N] [--quick] [--no-build] \
                      [--only CASE,... [--count N]] [--fanout-plugins N] \
-                     [--pin none|same|split] [--no-unit-costs]\ncases: {}",
+                     [--pin none|same|split] [--no-unit-costs] [--plughostd PATH] \
+                     [--plughostctl PATH] [--plughostd-baseline PATH \
+                     [--plughostctl-baseline PATH]]\ncases: {}",
                     all_cases().join(", ")
                 );
                 std::process::exit(0);
@@ -150,6 +170,14 @@ fn parse_args(args: &[String]) -> Result<Args> {
             other => bail!("unknown argument {other:?} (try --help)"),
         }
     }
+    parsed.baseline = match (baseline_d, baseline_ctl) {
+        (Some(d), ctl) => Some(daemon::Binaries {
+            plughostd: d.into(),
+            plughostctl: ctl.map_or_else(|| parsed.daemon.plughostctl.clone(), Into::into),
+        }),
+        (None, Some(_)) => bail!("--plughostctl-baseline needs --plughostd-baseline"),
+        (None, None) => None,
+    };
     Ok(parsed)
 }
 
@@ -257,13 +285,52 @@ fn run(args: Args) -> Result<()> {
     let load_before = report::load_average();
     let env = Env::prepare(args.build_host, args.fanout.max(100))?;
     let frame_len = setup::hook_frame_len()?;
-    let names: Vec<String> = match &args.only {
+    let mut names: Vec<String> = match &args.only {
         Some(names) => names.clone(),
-        None => all_cases().iter().map(|s| s.to_string()).collect(),
+        None => all_cases()
+            .iter()
+            .filter(|n| !BASELINE_CASES.contains(n))
+            .map(|s| s.to_string())
+            .collect(),
     };
+    // Each daemon case is measured against the baseline daemon too, when there is one.
+    if args.baseline.is_some() {
+        for (case, twin) in [
+            ("vm_start", BASELINE_CASES[0]),
+            ("distro_start", BASELINE_CASES[1]),
+        ] {
+            if names.iter().any(|n| n == case) && !names.iter().any(|n| n == twin) {
+                names.push(twin.to_owned());
+            }
+        }
+    }
     let mut cases = Vec::new();
     let mut api_plugin = None;
     for name in &names {
+        if let Some(binaries) = daemon_binaries(name, &args) {
+            if let Some(why) = binaries.unavailable() {
+                eprintln!("plughost-bench: skipping {name}: {why}");
+                continue;
+            }
+            let operation = if name.starts_with("vm_start") {
+                daemon::Operation::Vm
+            } else {
+                daemon::Operation::Distro
+            };
+            let static_name = all_cases()
+                .into_iter()
+                .find(|n| n == name)
+                .context("a daemon case")?;
+            let case = daemon::DaemonCase::new(
+                static_name,
+                operation,
+                &binaries,
+                &env.scratch.join(static_name),
+            )
+            .with_context(|| format!("setting up {name}"))?;
+            cases.push(Box::new(case) as Box<dyn Case>);
+            continue;
+        }
         let case = build_case(name, &env, frame_len, args.fanout, &mut api_plugin)
             .with_context(|| format!("setting up {name}"))?;
         if args.pin == Pin::Split {
@@ -357,6 +424,16 @@ fn run(args: Args) -> Result<()> {
         print!("{}", report::table(&meta, &samples, &units));
     }
     Ok(())
+}
+
+/// The daemon a daemon case measures (`None`: not a daemon case, or a baseline case without
+/// `--plughostd-baseline`).
+fn daemon_binaries(name: &str, args: &Args) -> Option<daemon::Binaries> {
+    match name {
+        "vm_start" | "distro_start" => Some(args.daemon.clone()),
+        "vm_start_baseline" | "distro_start_baseline" => args.baseline.clone(),
+        _ => None,
+    }
 }
 
 fn args_line() -> String {

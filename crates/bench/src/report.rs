@@ -169,6 +169,14 @@ fn ratios(samples: &[Samples]) -> Vec<(&'static str, Option<f64>)> {
             ratio(samples, "raw_fd_rtt", "raw_rtt", 1.0),
         ),
         ("fd_pass/raw_rtt", ratio(samples, "fd_pass", "raw_rtt", 1.0)),
+        (
+            "vm_start_vs_baseline",
+            ratio(samples, "vm_start", "vm_start_baseline", 1.0),
+        ),
+        (
+            "distro_start_vs_baseline",
+            ratio(samples, "distro_start", "distro_start_baseline", 1.0),
+        ),
     ];
     // The stricter reading of the fd target: against a raw round trip whose answer carries an fd.
     for case in crate::api::api_cases().iter().filter(|c| c.fd) {
