@@ -173,13 +173,25 @@ impl<'a> ApiPlugin<'a> {
     }
 
     /// `count` calls of `kind` from a plugin thread outside any hook.
-    fn from_worker(&mut self, what: &str, kind: u32, count: u32, out: &mut Vec<f64>) -> Result<()> {
+    fn calls_from_worker(
+        &mut self,
+        what: &str,
+        kind: u32,
+        count: u32,
+        out: &mut Vec<f64>,
+    ) -> Result<()> {
         let head = self.command(MODE_WORKER, kind, count)?;
         self.samples(what, head, count, out)
     }
 
     /// `count` calls of `kind` from the hook's thread, inside one `on_vm_started`.
-    fn from_hook(&mut self, what: &str, kind: u32, count: u32, out: &mut Vec<f64>) -> Result<()> {
+    fn calls_from_hook(
+        &mut self,
+        what: &str,
+        kind: u32,
+        count: u32,
+        out: &mut Vec<f64>,
+    ) -> Result<()> {
         self.command(MODE_ARM, kind, count)?;
         self.manager
             .on_vm_started(&session(), &VmSettings::default(), &*self.env.service)
@@ -209,9 +221,9 @@ impl Case for ApiCase<'_> {
             let n = left.min(MAX_CALLS);
             let (name, kind) = (self.case.name, self.case.kind);
             if self.case.from_hook {
-                plugin.from_hook(name, kind, n as u32, &mut out.values)?;
+                plugin.calls_from_hook(name, kind, n as u32, &mut out.values)?;
             } else {
-                plugin.from_worker(name, kind, n as u32, &mut out.values)?;
+                plugin.calls_from_worker(name, kind, n as u32, &mut out.values)?;
             }
             left -= n;
         }

@@ -478,8 +478,39 @@ mod tests {
     fn a_rate_target_is_a_floor() {
         let mut s = Samples::new("callbacks_per_s", Unit::PerSecond);
         s.values = vec![50_000.0];
-        let t = targets(&[s]);
+        let t = targets(&[s], Pin::Same);
         let rate = t.iter().find(|t| t.what == "callbacks_per_s").unwrap();
         assert_eq!(rate.verdict(), "MISSED");
+    }
+
+    fn sample(name: &'static str, value: f64) -> Samples {
+        let mut s = Samples::new(name, Unit::Micros);
+        s.values = vec![value];
+        s
+    }
+
+    /// A call answering without an fd is held to raw_rtt, one answering with an fd to raw_rtt plus
+    /// fd_pass; 1.0 of that on one CPU, 2.0 unpinned.
+    #[test]
+    fn api_ratios_take_the_baseline_of_their_answer() {
+        let samples = [
+            sample("raw_rtt", 4.0),
+            sample("fd_pass", 1.0),
+            sample("api_mount_folder_hook", 4.4),
+            sample("api_execute_binary_worker", 5.5),
+        ];
+        let ratios: std::collections::HashMap<_, _> = ratios(&samples).into_iter().collect();
+        for case in ["api_mount_folder_hook", "api_execute_binary_worker"] {
+            let r = ratios[case].unwrap();
+            assert!((r - 1.1).abs() < 1e-9, "{case}: {r}");
+        }
+        for (pin, verdict) in [(Pin::Same, "MISSED"), (Pin::None, "ok")] {
+            let t = targets(&samples, pin);
+            let worst = t
+                .iter()
+                .find(|t| t.what == "worst api_* (fd)/(raw_rtt+fd_pass)")
+                .unwrap();
+            assert_eq!(worst.verdict(), verdict);
+        }
     }
 }

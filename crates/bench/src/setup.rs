@@ -46,7 +46,7 @@ pub fn hook_frame_len() -> Result<usize> {
 /// process made from `/bin/false` fails every call; an fd answer is a dup of one open `/dev/null`.
 pub struct BenchService {
     pub mounts: AtomicU64,
-    file: OwnedFd,
+    file: Arc<OwnedFd>,
 }
 
 impl BenchService {
@@ -59,7 +59,7 @@ impl BenchService {
         .context("opening /dev/null")?;
         Ok(BenchService {
             mounts: AtomicU64::new(0),
-            file,
+            file: Arc::new(file),
         })
     }
 
@@ -72,9 +72,10 @@ impl BenchService {
     }
 }
 
-/// A container process of the bench service: answers at once.
+/// A container process of the bench service: answers at once (its fds are dups of the service's
+/// one open file).
 struct BenchProcess {
-    fd: Result<OwnedFd, Status>,
+    file: Arc<OwnedFd>,
     fails: bool,
 }
 
@@ -83,11 +84,10 @@ impl ContainerProcess for BenchProcess {
         self.exit_fd()
     }
     fn exit_fd(&mut self) -> Result<OwnedFd, Status> {
-        match (&self.fd, self.fails) {
-            (Ok(fd), false) => fd.try_clone().map_err(|e| Status::from_io(&e)),
-            (Err(status), false) => Err(*status),
-            (_, true) => Err(Status::NOT_FOUND),
+        if self.fails {
+            return Err(Status::NOT_FOUND);
         }
+        self.file.try_clone().map_err(|e| Status::from_io(&e))
     }
     fn exit_code(&mut self) -> Result<i32, Status> {
         if self.fails {
@@ -183,7 +183,7 @@ impl ServiceCallbacks for BenchService {
             });
         }
         Ok(Box::new(BenchProcess {
-            fd: self.fd(),
+            file: self.file.clone(),
             fails: path == "/bin/false",
         }))
     }
