@@ -19,9 +19,10 @@
 //! the waiter is unparked. When a reader leaves with its answer it unparks one remaining waiter, which
 //! takes the reader role. Sends need no lock: a `SOCK_SEQPACKET` send is one atomic message.
 //!
-//! # Lock
-//! `Demux::state` (the only lock): guards the pending-call table, the hook queue and the reader flag.
-//! Never held across `recv`, `send` or plugin code.
+//! # Locks
+//! `Demux::state`: guards the pending-call table, the hook queue and the reader flag. Never held
+//! across `recv`, `send` or plugin code. The ring's fd stash (`Ring::take_fd`): a leaf, held across
+//! non-blocking receives on the fd lane only, never with `state`.
 //!
 //! # Shutdown
 //! When the channel closes or the service sends `Shutdown`, every waiter (on the socket or on a ring
