@@ -456,7 +456,7 @@ impl Host {
         // The fd goes first, on the fd lane, so that it is queued when the caller sees the reply
         // (which names it by request id). Never blocking: a host that leaves its fds untaken until
         // the lane is full is killed, and the fd it did not take is closed here.
-        if let Some(fd) = fd {
+        if let Some(fd) = &fd {
             match self.ring.send_fd(id.0, fd.as_fd()) {
                 Ok(()) => {}
                 Err(e @ plughost_sys::RingError::FdsNotTaken) => {
@@ -473,6 +473,8 @@ impl Host {
                 Err(_) => self.ring.reply(index, &[]),
             }
         });
+        // Our copy of the fd is closed once the caller is on its way, not before.
+        drop(fd);
         Ok(())
     }
 
