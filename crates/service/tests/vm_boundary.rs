@@ -493,3 +493,65 @@ fn csession_run_racing_csession_stop_gets_the_programs_status_or_a_clear_error()
     }
     daemon.shutdown();
 }
+
+/// A program in a VM cannot reach the terminal of whoever started the daemon (TIOCSTI into root's
+/// shell, reading its keystrokes): every sandbox helper starts a session of its own.
+#[test]
+fn vm_programs_have_no_controlling_terminal_of_the_daemons() {
+    if !need_root("vm_programs_have_no_controlling_terminal_of_the_daemons") {
+        return;
+    }
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("skipped: needs script(1) from util-linux");
+        return;
+    }
+    let world = World::new(vec![]);
+    // script(1) runs the daemon on a pseudo-terminal of its own, as a root shell would.
+    let daemon = world.start_under_terminal();
+    let out = daemon
+        .ctl(&[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "(exec 3</dev/tty) 2>/dev/null && echo tty=yes || echo tty=no",
+        ])
+        .ok();
+    assert_eq!(out.stdout, "tty=no\n");
+    daemon.shutdown();
+}
+
+/// `exec` whose client goes away takes its program with it (it would otherwise run on, past the
+/// user's process limit).
+#[test]
+fn an_exec_whose_client_is_killed_leaves_no_program_behind() {
+    if !need_root("an_exec_whose_client_is_killed_leaves_no_program_behind") {
+        return;
+    }
+    let world = World::new(vec![]);
+    let daemon = world.start();
+    daemon.ctl(&["vm", "start"]).ok();
+    let marker = format!("{}", 700_000 + std::process::id() % 100_000);
+    let mut client = std::process::Command::new(plughostctl())
+        .env("PLUGHOST_SOCKET", world.socket())
+        .args(["exec", "--", "sleep", &marker])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("plughostctl");
+    let running = || {
+        std::fs::read_dir("/proc")
+            .expect("proc")
+            .filter_map(Result::ok)
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .any(|c| c == format!("sleep\0{marker}\0").as_bytes())
+    };
+    wait_until("the program runs", running);
+    client.kill().expect("kill the client");
+    let _ = client.wait();
+    wait_until("the program is gone", || !running());
+    daemon.shutdown();
+}
