@@ -41,6 +41,7 @@ fn a_plugins_program_cannot_write_the_host_mount_a_device_or_read_shadow() {
     let world = World::new(vec![c("vm_attacker")]);
     let marker = format!("/var/tmp/plughost-vm-marker-{}", std::process::id());
     let _ = std::fs::remove_file(&marker);
+    let newdir = format!("/opt/plughost-vm-mkdir-{}", std::process::id());
     // Open to all when the daemon scans the host's directories, private by the time the VM starts.
     let closed = tempfile::Builder::new()
         .prefix("plughost-closing-")
@@ -60,12 +61,13 @@ fn a_plugins_program_cannot_write_the_host_mount_a_device_or_read_shadow() {
             "touch {marker} && echo created=yes || echo created=no; {}\
              cat /etc/shadow >/dev/null 2>&1 && echo shadow=yes || echo shadow=no; \
              ls /dev | grep -q vd && echo disks=yes || echo disks=no; \
-             mkdir -p /opt/plughost-new/deep && echo mkdir=yes || echo mkdir=no; \
+             mkdir -p {newdir}/deep && echo mkdir=yes || echo mkdir=no; \
              ls /root >/dev/null 2>&1 && echo rootdir=yes || echo rootdir=no; \
              cat {closed}/secret >/dev/null 2>&1 && echo closed=yes || echo closed=no; \
              echo uid=$(id -u); read inside outside count < /proc/self/uid_map; echo hostroot=$outside",
             device_attack(),
-            closed = closed.path().display()
+            closed = closed.path().display(),
+            newdir = newdir,
         ),
     );
     let daemon = world.start();
@@ -84,6 +86,10 @@ fn a_plugins_program_cannot_write_the_host_mount_a_device_or_read_shadow() {
     assert!(
         !Path::new(&marker).exists(),
         "a VM program wrote {marker} on the host"
+    );
+    assert!(
+        !Path::new(&newdir).exists(),
+        "a VM program made {newdir} on the host"
     );
     // ...and gives no power over the host.
     assert_eq!(said(&out, "mknod"), "no", "{out}");
