@@ -489,8 +489,10 @@ fn build_vm_root(init: &VmInit) -> Result<(), String> {
     Ok(())
 }
 
-/// How deep [`scan_open_directories`] goes: `/usr/local/bin`, `/var/lib/x`, `/etc/x/y`.
-const OWNED_DEPTH: usize = 3;
+/// How deep [`scan_open_directories`] goes: `/usr/local` (so `/usr/local/x`), `/var/lib`, `/etc`.
+/// A third level (`/usr/local/bin/x`) made `vm start` 1.7x slower than before user namespaces
+/// (release, same run: 8.9 against 5.2 ms), two levels 1.3x.
+const OWNED_DEPTH: usize = 2;
 /// At most this many directories (a start-up cost bound on hosts with huge trees).
 const OWNED_MAX: usize = 4096;
 /// Top-level directories the VM covers with mounts of its own.
@@ -552,7 +554,7 @@ pub fn scan_open_directories() -> Vec<u8> {
 /// Pre-creates, in the upper layer, a directory owned by the VM's root for every directory of
 /// [`scan_open_directories`] that is still what the scan saw (same file system, same mode):
 /// overlayfs shows a merged directory with its upper's owner, so the VM's root can create, rename
-/// and remove entries there (`mkdir /opt/x`, `/usr/local/bin/tool`) while every *file* keeps its
+/// and remove entries there (`mkdir /opt/x`, `/usr/local/tool`) while every *file* keeps its
 /// host owner and mode (the host's root files are nobody's in the VM: `/etc/shadow` stays
 /// unreadable). A directory others may not enter (`/root`) keeps its host owner and stays closed.
 fn give_directories_to_vm_root(upper: &Path, init: &VmInit) -> Result<(), String> {
