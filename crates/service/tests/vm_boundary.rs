@@ -45,7 +45,7 @@ fn a_plugins_program_cannot_write_the_host_mount_a_device_or_read_shadow() {
     // Open to all when the daemon scans the host's directories, private by the time the VM starts.
     let closed = tempfile::Builder::new()
         .prefix("plughost-closing-")
-        .tempdir_in("/var/tmp")
+        .tempdir_in("/opt")
         .expect("tempdir");
     std::fs::set_permissions(closed.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     std::fs::write(closed.path().join("secret"), "secret").expect("write");
