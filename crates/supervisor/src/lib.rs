@@ -44,6 +44,7 @@ mod monitor;
 mod plugin;
 mod pool;
 mod stats;
+mod symbolize;
 
 pub use callbacks::{
     CallContext, ContainerProcess, ContainerSession, CreateProcessError, Distribution,
@@ -54,6 +55,7 @@ pub use config::{
     ManagerConfig, OutputSink, PluginConfig, RestartPolicy,
 };
 pub use error::{CrashCause, PluginError};
+pub use symbolize::{CrashReport, Frame};
 pub use integrity::{parse_public_key, parse_signature, sha256_hex, Trust};
 pub use manager::{
     service_version, ControlError, HookLatency, ManagerError, PluginInfo, PluginManager,

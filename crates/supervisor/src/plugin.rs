@@ -47,6 +47,8 @@ pub(crate) struct State {
     pub recent_crashes: Vec<Instant>,
     /// The cgroup of the current (or last) host, if it has one: its counters classify its death.
     pub cgroup: Option<Arc<HostCgroup>>,
+    /// The stack of the last crash that left a report (`plugins()`, `last_crash`).
+    pub last_crash: Option<String>,
 }
 
 pub(crate) struct Plugin {
@@ -117,7 +119,15 @@ impl Plugin {
                     signal: SIGABRT | SIGBUS | SIGSEGV,
                     ..
                 },
-            ) => match (limits.address_space, limits.processes) {
+            )
+            | CrashCause::Faulted {
+                exit:
+                    exit @ ProcessExit::Signal {
+                        signal: SIGABRT | SIGBUS | SIGSEGV,
+                        ..
+                    },
+                ..
+            } => match (limits.address_space, limits.processes) {
                 (Some(bytes), _) => CrashCause::ProbableMemoryLimit { exit: *exit, bytes },
                 (None, Some(limit)) => CrashCause::ProbableProcessLimit { exit: *exit, limit },
                 (None, None) => cause,
@@ -168,6 +178,12 @@ impl Plugin {
 
     /// Records a crash and applies the restart policy. Returns the error the operation reports.
     pub fn crashed(&self, hook: Option<HookKind>, cause: CrashCause) -> PluginError {
+        // The stack goes to the log and `plugins()` even where `explain` names a limit instead.
+        let stack = cause.report().map(|report| report.stack());
+        if let Some(stack) = &stack {
+            tracing::error!(plugin = %self.name(), "crash report ({cause}):\n{stack}");
+            self.state().last_crash = Some(stack.clone());
+        }
         let cause = self.explain(cause);
         self.stats.crashed(&cause);
         let error = PluginError::Crashed {

@@ -102,6 +102,17 @@ pub(crate) struct Host {
     pub(crate) processes: Mutex<ProcessTable>,
     stats: Arc<crate::stats::Stats>,
     pub started_at: Instant,
+    /// Where the host's fault handler leaves its report, and the library to name its frames with.
+    pub(crate) crash: Option<CrashMemo>,
+}
+
+/// A host's crash report: read once, after it died of a fault signal.
+pub(crate) struct CrashMemo {
+    pub memfd: OwnedFd,
+    pub library: crate::symbolize::LibrarySource,
+    /// The library's file name, for frames (`x.so+0x1234`).
+    pub library_name: String,
+    pub report: OnceLock<Option<Arc<crate::symbolize::CrashReport>>>,
 }
 
 thread_local! {
@@ -271,12 +282,34 @@ impl Host {
             return CrashCause::ChannelClosed;
         }
         match self.reap() {
-            Some(exit) => CrashCause::Exited(exit),
+            Some(exit) => self.located(exit),
             None => self
                 .killed_for
                 .get()
                 .cloned()
                 .unwrap_or(CrashCause::ChannelClosed),
+        }
+    }
+
+    /// `Faulted` with the report when the host died of a fault signal and left one, else `Exited`.
+    fn located(&self, exit: ProcessExit) -> CrashCause {
+        let (ProcessExit::Signal { signal, .. }, Some(crash)) = (exit, &self.crash) else {
+            return CrashCause::Exited(exit);
+        };
+        if !plughost_host::crash::SIGNALS.contains(&signal) {
+            return CrashCause::Exited(exit);
+        }
+        let report = crash.report.get_or_init(|| {
+            crate::symbolize::read_report(&crash.memfd, &crash.library, &crash.library_name)
+                .filter(|report| report.signal == signal)
+                .map(Arc::new)
+        });
+        match report {
+            Some(report) => CrashCause::Faulted {
+                exit,
+                report: report.clone(),
+            },
+            None => CrashCause::Exited(exit),
         }
     }
 
