@@ -346,7 +346,7 @@ impl<'a> Raw<'a> {
             };
             match stepped {
                 Some(next) if next[RSP].is_some_and(|next_sp| next_sp > sp) => regs = next,
-                _ => match self.scan(sp, &in_plugin) {
+                _ => match self.scan(sp, regs[RBP], plugin, image) {
                     Some((at, ra)) => {
                         let rbp = regs[RBP].filter(|&rbp| rbp > at && rbp < self.stack_end());
                         regs = [None; layout::REG_COUNT];
@@ -361,19 +361,45 @@ impl<'a> Raw<'a> {
         pcs
     }
 
-    /// The first word at or above `sp` that points into the plugin's code, taken as a return
-    /// address (frames outside the plugin have no CFI here, and a plugin frame without CFI none
-    /// either): where it is and its value.
-    fn scan(&self, sp: u64, in_plugin: &dyn Fn(u64) -> bool) -> Option<(u64, u64)> {
+    /// The first word at or above `sp` that looks like a return address into the plugin's code
+    /// (frames outside the plugin have no CFI here, and a plugin frame without CFI none either):
+    /// where it is and its value. A stack holds stale return addresses too, so a candidate must
+    /// follow a call instruction and, where the library has CFI, unwind one step further to code.
+    fn scan(
+        &self,
+        sp: u64,
+        rbp: Option<u64>,
+        plugin: Option<&Module>,
+        image: Option<&Image<'_>>,
+    ) -> Option<(u64, u64)> {
+        let plugin = plugin?;
         let mut at = sp;
         while at < self.stack_end() {
             let word = self.stack_word(at)?;
-            if in_plugin(word) {
+            if (plugin.start..plugin.end).contains(&word)
+                && image.is_none_or(|image| self.plausible(image, plugin, at, word, rbp))
+            {
                 return Some((at, word));
             }
             at += 8;
         }
         None
+    }
+
+    fn plausible(&self, image: &Image<'_>, plugin: &Module, at: u64, ra: u64, rbp: Option<u64>) -> bool {
+        let offset = ra.wrapping_sub(plugin.bias);
+        if !image.follows_call(offset) {
+            return false;
+        }
+        let mut regs = [None; layout::REG_COUNT];
+        regs[RIP] = Some(ra);
+        regs[RSP] = Some(at + 8);
+        regs[RBP] = rbp.filter(|&rbp| rbp > at);
+        match image.step(&regs, offset - 1, |address| self.stack_word(address)) {
+            Some(next) => next[RIP].is_some_and(|pc| self.module_of(pc).is_some()),
+            // No CFI for it, or it needs a register the scan cannot know: the call must do.
+            None => true,
+        }
     }
 }
 
@@ -382,6 +408,8 @@ struct Image<'a> {
     eh_frame: Option<(EhFrame<EndianSlice<'a, LittleEndian>>, BaseAddresses)>,
     dwarf: Option<addr2line::Context<EndianSlice<'a, LittleEndian>>>,
     symbols: Vec<(u64, String)>,
+    /// Executable segments: file address, bytes.
+    code: Vec<(u64, &'a [u8])>,
 }
 
 impl<'a> Image<'a> {
@@ -418,10 +446,47 @@ impl<'a> Image<'a> {
             .collect();
         symbols.sort();
         symbols.dedup_by_key(|s| s.0);
+        let code = file
+            .sections()
+            .filter(|s| s.kind() == object::SectionKind::Text)
+            .filter_map(|s| Some((s.address(), s.data().ok()?)))
+            .collect();
         Some(Image {
             eh_frame,
             dwarf,
             symbols,
+            code,
+        })
+    }
+
+    /// Whether the bytes before file address `offset` are an x86_64 call instruction (`call rel32`,
+    /// or `call r/m64` in its register, indirect, disp8, disp32 and SIB forms).
+    fn follows_call(&self, offset: u64) -> bool {
+        let Some((start, bytes)) = self
+            .code
+            .iter()
+            .find(|(start, bytes)| (*start..*start + bytes.len() as u64).contains(&offset))
+        else {
+            return false;
+        };
+        let Ok(end) = usize::try_from(offset - start) else {
+            return false;
+        };
+        let before = |n: usize| end.checked_sub(n).map(|i| &bytes[i..end]);
+        let modrm_is_call = |modrm: u8| (modrm >> 3) & 7 == 2;
+        if before(5).is_some_and(|b| b[0] == 0xe8) {
+            return true;
+        }
+        // FF /2 with ModRM length: 2 (register or [reg]), 3 (disp8 or SIB), 4 (SIB+disp8),
+        // 6 (disp32 or rip-relative), 7 (SIB+disp32); an optional REX prefix before it.
+        [2usize, 3, 4, 6, 7].iter().any(|&n| {
+            [n, n + 1].iter().any(|&len| {
+                before(len).is_some_and(|b| {
+                    let b = if len > n { &b[1..] } else { b };
+                    let rex_ok = len == n || (0x40..=0x4f).contains(&before(len).map_or(0, |x| x[0]));
+                    rex_ok && b[0] == 0xff && modrm_is_call(b[1])
+                })
+            })
         })
     }
 

@@ -807,6 +807,7 @@ impl Daemon {
                         })
                         .collect(),
                     last_error: p.last_error,
+                    last_crash: p.last_crash,
                 })
                 .collect()
         })
