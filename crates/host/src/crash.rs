@@ -71,12 +71,13 @@ pub mod layout {
     pub const MODULE_COUNT_AT: usize = 256;
     pub const MODULES_AT: usize = 264;
     pub const MAX_MODULES: usize = 16;
-    /// `start, end` (executable range), `base` (load bias), `flags`, then a NUL-padded name.
-    pub const MODULE_LEN: usize = 64;
+    /// `start, end` (executable range), `base` (load bias), `flags`, then a NUL-padded path (the
+    /// dynamic linker's name; `plugin` for the plugin, `plughost-host` for the executable).
+    pub const MODULE_LEN: usize = 128;
     pub const MODULE_NAME_LEN: usize = MODULE_LEN - 32;
     /// `flags` bit: this module is the plugin library.
     pub const MODULE_IS_PLUGIN: u64 = 1;
-    pub const STACK_AT: usize = 2048;
+    pub const STACK_AT: usize = 4096;
     pub const STACK_MAX: usize = SIZE - STACK_AT;
 }
 
@@ -232,7 +233,7 @@ unsafe extern "C" fn one_module(
     } else if name.is_empty() {
         b"plughost-host"
     } else {
-        name.rsplit(|&b| b == b'/').next().unwrap_or(name)
+        name
     };
     let entry = &mut found.table[found.count * layout::MODULE_LEN..][..layout::MODULE_LEN];
     entry[0..8].copy_from_slice(&(start as u64).to_le_bytes());
@@ -285,9 +286,29 @@ unsafe fn write_report(
         put(REGS_AT + i * 8, *value);
     }
     let rsp = regs[7];
+    // A stack overflow leaves `rsp` in the guard page: the copy starts at the first readable page
+    // among the next few.
+    let mut start = rsp;
+    for _ in 0..4 {
+        // SAFETY: as below: the kernel reads one byte at `start` (EFAULT where unreadable) into the
+        // first byte of the stack copy, which the copy below overwrites.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_pwrite64,
+                fd,
+                start as usize as *const libc::c_void,
+                1usize,
+                STACK_AT as libc::off_t,
+            )
+        };
+        if n == 1 {
+            break;
+        }
+        start = (start | 4095).wrapping_add(1);
+    }
     let mut copied = 0usize;
-    while rsp != 0 && copied < STACK_MAX {
-        let at = rsp.wrapping_add(copied as u64);
+    while start != 0 && copied < STACK_MAX {
+        let at = start.wrapping_add(copied as u64);
         let to_page_end = 4096 - (at % 4096) as usize;
         let chunk = to_page_end.min(STACK_MAX - copied);
         // SAFETY: pwrite64 reads `chunk` bytes at `at` in the kernel, which fails with EFAULT (or
@@ -309,7 +330,7 @@ unsafe fn write_report(
             break;
         }
     }
-    put(STACK_START_AT, rsp);
+    put(STACK_START_AT, start);
     put(STACK_LEN_AT, copied as u64);
     put(STATE_AT, COMPLETE);
     header[MAGIC_AT..MAGIC_AT + 8].copy_from_slice(&MAGIC);

@@ -7,8 +7,13 @@
 //! is bounded ([`MAX_FRAMES`], strictly increasing stack pointer), names are cleaned of control
 //! characters and truncated, and the whole text stays under [`MAX_TEXT`] bytes. The library bytes
 //! are the verified ones (the service's sealed copy). A forged report can only lie about the
-//! plugin's own crash. What this does not do: unwind through code outside the plugin (libc, the
-//! host): from there it scans the stack copy for the next return address into the plugin.
+//! plugin's own crash.
+//!
+//! Frames in other libraries (libc's `abort`, a `strlen` given NULL) are unwound with that
+//! library's CFI when it is a root-owned regular file under the system library directories whose
+//! code size matches what the host mapped ([`system_library`]); otherwise the walk scans the stack
+//! copy for the next plausible return address into the plugin. It stops when it leaves the plugin
+//! for the host's code that called it.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -19,7 +24,7 @@ use addr2line::gimli::{
     self, BaseAddresses, CfaRule, EhFrame, EndianSlice, LittleEndian, Register, RegisterRule,
     UnwindContext, UnwindSection,
 };
-use object::{Object, ObjectSection, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 use plughost_host::crash::layout;
 
 /// Most frames a report lists.
@@ -183,7 +188,36 @@ struct Module {
     end: u64,
     bias: u64,
     plugin: bool,
-    name: String,
+    /// The path the host's dynamic linker gave (untrusted), cleaned.
+    path: String,
+}
+
+impl Module {
+    fn name(&self) -> &str {
+        base(&self.path)
+    }
+}
+
+/// Most bytes of a system library read to unwind through it.
+const MAX_SYSTEM_LIBRARY: u64 = 64 << 20;
+
+/// The bytes of the system library at `path` as the host named it, if it is one: an absolute path
+/// under the system library directories, without `..`, resolving to a root-owned regular file
+/// there, no larger than [`MAX_SYSTEM_LIBRARY`]. (The path comes from the plugin's process: it must
+/// not make the service read anything else, or block on a FIFO.)
+fn system_library(path: &str) -> Option<Vec<u8>> {
+    use std::os::unix::fs::MetadataExt;
+    const DIRS: [&str; 5] = ["/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/", "/usr/local/lib/"];
+    let under = |p: &str| DIRS.iter().any(|dir| p.starts_with(dir));
+    if !under(path) || path.split('/').any(|c| c == "..") {
+        return None;
+    }
+    let real = std::fs::canonicalize(path).ok()?;
+    let meta = std::fs::metadata(&real).ok()?;
+    if !under(real.to_str()?) || !meta.is_file() || meta.uid() != 0 || meta.len() > MAX_SYSTEM_LIBRARY {
+        return None;
+    }
+    std::fs::read(real).ok()
 }
 
 /// The report as the handler wrote it, bounds-checked.
@@ -228,7 +262,7 @@ impl<'a> Raw<'a> {
                     end: u64_at(entry, 8)?,
                     bias: u64_at(entry, 16)?,
                     plugin: u64_at(entry, 24)? & layout::MODULE_IS_PLUGIN != 0,
-                    name: clean(&String::from_utf8_lossy(name)),
+                    path: clean_path(&String::from_utf8_lossy(name)),
                 })
             })
             .filter(|m| m.start < m.end)
@@ -254,17 +288,36 @@ impl<'a> Raw<'a> {
         self.stack_start.saturating_add(self.stack.len() as u64)
     }
 
-    fn module_of(&self, pc: u64) -> Option<&Module> {
-        self.modules.iter().find(|m| (m.start..m.end).contains(&pc))
+    fn module_of(&self, pc: u64) -> Option<usize> {
+        self.modules.iter().position(|m| (m.start..m.end).contains(&pc))
     }
 
-    fn symbolize(&self, image: Option<&[u8]>, library_name: &str) -> CrashReport {
-        let plugin = self.modules.iter().find(|m| m.plugin);
-        let image = image.and_then(|bytes| Image::new(bytes));
-        let pcs = self.unwind(plugin, image.as_ref());
+    fn symbolize(&self, plugin_bytes: Option<&[u8]>, library_name: &str) -> CrashReport {
+        // Other libraries' bytes, read only where a frame may be in one.
+        let system: Vec<Option<Vec<u8>>> = self
+            .modules
+            .iter()
+            .map(|m| {
+                let used = self.regs[RIP] != 0 && !m.plugin;
+                used.then(|| system_library(&m.path)).flatten()
+            })
+            .collect();
+        let images: Vec<Option<Image<'_>>> = self
+            .modules
+            .iter()
+            .zip(&system)
+            .map(|(m, bytes)| {
+                let bytes = if m.plugin { plugin_bytes } else { bytes.as_deref() };
+                // The file must be what the host mapped: the same span of code.
+                bytes
+                    .and_then(Image::new)
+                    .filter(|image| m.plugin || image.code_span() == Some(m.end - m.start))
+            })
+            .collect();
+        let pcs = self.unwind(&images);
         let frames = pcs
             .into_iter()
-            .flat_map(|(pc, caller)| self.frames_at(pc, caller, plugin, image.as_ref(), library_name))
+            .flat_map(|(pc, caller)| self.frames_at(pc, caller, &images, library_name))
             .take(MAX_FRAMES)
             .collect();
         // The kernel's si_code is positive for a fault it raised; then si_addr is the address.
@@ -282,11 +335,10 @@ impl<'a> Raw<'a> {
         &self,
         pc: u64,
         caller: bool,
-        plugin: Option<&Module>,
-        image: Option<&Image<'_>>,
+        images: &[Option<Image<'_>>],
         library_name: &str,
     ) -> Vec<Frame> {
-        let Some(module) = self.module_of(pc) else {
+        let Some(index) = self.module_of(pc) else {
             return vec![Frame {
                 pc,
                 module: "?".into(),
@@ -296,34 +348,32 @@ impl<'a> Raw<'a> {
                 location: None,
             }];
         };
+        let module = &self.modules[index];
         let offset = pc.wrapping_sub(module.bias);
-        let in_plugin = plugin.is_some_and(|p| std::ptr::eq(p, module));
-        let name = if in_plugin {
-            clean(library_name)
-        } else {
-            module.name.clone()
-        };
         let frame = Frame {
             pc,
-            module: name,
+            module: if module.plugin {
+                clean(library_name)
+            } else {
+                module.name().to_owned()
+            },
             offset,
-            in_plugin,
+            in_plugin: module.plugin,
             function: None,
             location: None,
         };
-        match image.filter(|_| in_plugin) {
+        match &images[index] {
             // A return address is after its call: look up the call itself.
-            Some(image) => image.describe(frame, if caller { offset - 1 } else { offset }),
+            Some(image) => image.describe(frame, offset.wrapping_sub(u64::from(caller))),
             None => vec![frame],
         }
     }
 
     /// Program counters innermost first, each with whether it is a return address.
-    fn unwind(&self, plugin: Option<&Module>, image: Option<&Image<'_>>) -> Vec<(u64, bool)> {
+    fn unwind(&self, images: &[Option<Image<'_>>]) -> Vec<(u64, bool)> {
         let mut regs: [Option<u64>; layout::REG_COUNT] = self.regs.map(Some);
         let mut pcs = Vec::new();
         let mut seen_plugin = false;
-        let in_plugin = |pc: u64| plugin.is_some_and(|p| (p.start..p.end).contains(&pc));
         while pcs.len() < MAX_FRAMES {
             let (Some(pc), Some(sp)) = (regs[RIP], regs[RSP]) else {
                 break;
@@ -331,22 +381,22 @@ impl<'a> Raw<'a> {
             if pc == 0 {
                 break;
             }
-            if seen_plugin && !in_plugin(pc) {
+            let module = self.module_of(pc);
+            let in_plugin = module.is_some_and(|i| self.modules[i].plugin);
+            if seen_plugin && !in_plugin {
                 break; // back in the host's code that called the plugin
             }
             let caller = !pcs.is_empty();
             pcs.push((pc, caller));
-            seen_plugin |= in_plugin(pc);
-            let stepped = match (in_plugin(pc), plugin, image) {
-                (true, Some(p), Some(image)) => {
-                    let probe = pc.wrapping_sub(p.bias) - u64::from(caller);
-                    image.step(&regs, probe, |address| self.stack_word(address))
-                }
-                _ => None,
-            };
+            seen_plugin |= in_plugin;
+            let stepped = module.and_then(|i| {
+                let image = images[i].as_ref()?;
+                let probe = pc.wrapping_sub(self.modules[i].bias) - u64::from(caller);
+                image.step(&regs, probe, |address| self.stack_word(address))
+            });
             match stepped {
                 Some(next) if next[RSP].is_some_and(|next_sp| next_sp > sp) => regs = next,
-                _ => match self.scan(sp, regs[RBP], plugin, image) {
+                _ => match self.scan(sp, regs[RBP], images) {
                     Some((at, ra)) => {
                         let rbp = regs[RBP].filter(|&rbp| rbp > at && rbp < self.stack_end());
                         regs = [None; layout::REG_COUNT];
@@ -362,17 +412,18 @@ impl<'a> Raw<'a> {
     }
 
     /// The first word at or above `sp` that looks like a return address into the plugin's code
-    /// (frames outside the plugin have no CFI here, and a plugin frame without CFI none either):
-    /// where it is and its value. A stack holds stale return addresses too, so a candidate must
-    /// follow a call instruction and, where the library has CFI, unwind one step further to code.
+    /// (for a frame without usable CFI): where it is and its value. A stack holds stale return
+    /// addresses too, so a candidate must follow a call instruction and, where the library has CFI,
+    /// unwind one step further to code.
     fn scan(
         &self,
         sp: u64,
         rbp: Option<u64>,
-        plugin: Option<&Module>,
-        image: Option<&Image<'_>>,
+        images: &[Option<Image<'_>>],
     ) -> Option<(u64, u64)> {
-        let plugin = plugin?;
+        let index = self.modules.iter().position(|m| m.plugin)?;
+        let plugin = &self.modules[index];
+        let image = images[index].as_ref();
         let mut at = sp;
         while at < self.stack_end() {
             let word = self.stack_word(at)?;
@@ -386,7 +437,14 @@ impl<'a> Raw<'a> {
         None
     }
 
-    fn plausible(&self, image: &Image<'_>, plugin: &Module, at: u64, ra: u64, rbp: Option<u64>) -> bool {
+    fn plausible(
+        &self,
+        image: &Image<'_>,
+        plugin: &Module,
+        at: u64,
+        ra: u64,
+        rbp: Option<u64>,
+    ) -> bool {
         let offset = ra.wrapping_sub(plugin.bias);
         if !image.follows_call(offset) {
             return false;
@@ -408,8 +466,10 @@ struct Image<'a> {
     eh_frame: Option<(EhFrame<EndianSlice<'a, LittleEndian>>, BaseAddresses)>,
     dwarf: Option<addr2line::Context<EndianSlice<'a, LittleEndian>>>,
     symbols: Vec<(u64, String)>,
-    /// Executable segments: file address, bytes.
+    /// Code sections: file address, bytes.
     code: Vec<(u64, &'a [u8])>,
+    /// Lowest and highest file address of the executable `PT_LOAD` segments.
+    executable: Option<(u64, u64)>,
 }
 
 impl<'a> Image<'a> {
@@ -451,12 +511,26 @@ impl<'a> Image<'a> {
             .filter(|s| s.kind() == object::SectionKind::Text)
             .filter_map(|s| Some((s.address(), s.data().ok()?)))
             .collect();
+        let executable = file
+            .segments()
+            .filter(|segment| match segment.flags() {
+                object::SegmentFlags::Elf { p_flags } => p_flags & object::elf::PF_X != 0,
+                _ => false,
+            })
+            .map(|segment| (segment.address(), segment.address() + segment.size()))
+            .reduce(|(a, b), (c, d)| (a.min(c), b.max(d)));
         Some(Image {
             eh_frame,
             dwarf,
             symbols,
             code,
+            executable,
         })
+    }
+
+    /// The span of the executable segments, as the host computed it from the program headers.
+    fn code_span(&self) -> Option<u64> {
+        self.executable.map(|(start, end)| end - start)
     }
 
     /// Whether the bytes before file address `offset` are an x86_64 call instruction (`call rel32`,
