@@ -96,6 +96,20 @@ pub fn c_plugin_with(name: &str, suffix: &str, flags: &[&str]) -> PathBuf {
     out
 }
 
+/// Asserts that `err` is the error of C test plugin `plugin` (built without `-g`) dying of a write
+/// through NULL in `function`: `plugin 'P' crashed: killed by signal SIGSEGV (address 0x0) in
+/// FUNCTION (P.so+0x1234)` (the offset depends on the compiler).
+pub fn assert_null_write_in(err: &str, plugin: &str, function: &str) {
+    let prefix = format!(
+        "plugin '{plugin}' crashed: killed by signal SIGSEGV (address 0x0) in {function} ({plugin}.so+0x"
+    );
+    let offset = err
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{err:?} is not a crash in {function} of {plugin}"));
+    assert!(u64::from_str_radix(offset, 16).is_ok(), "{err}");
+}
+
 /// A Rust test plugin built by `cargo build --workspace` (`target/<profile>/lib<name>.so`).
 pub fn rust_plugin(name: &str) -> PathBuf {
     let path = target_dir().join(format!("lib{name}.so"));
