@@ -26,7 +26,8 @@ fn crash_error(config: plughost::PluginConfig) -> (String, Option<String>) {
 fn a_crash_with_debug_info_names_function_file_and_line_of_each_frame() {
     let fx = Fixture::new();
     let path = c_plugin_with("crash_nested", "_g", &["-g"]);
-    let (err, stack) = crash_error(fx.with_env(plughost::PluginConfig::new("crash_nested_g", path)));
+    let (err, stack) =
+        crash_error(fx.with_env(plughost::PluginConfig::new("crash_nested_g", path)));
     let crash = line_of("crash_nested.c", "/* CRASH_HERE */");
     let call = line_of("crash_nested.c", "/* CALLED_HERE */");
     assert_eq!(
@@ -40,12 +41,12 @@ fn a_crash_with_debug_info_names_function_file_and_line_of_each_frame() {
     let lines: Vec<&str> = stack.lines().collect();
     assert!(lines[0].starts_with("#0 0x"), "{stack}");
     assert!(
-        lines[0].contains(&format!("parse_config at "))
+        lines[0].contains("parse_config at ")
             && lines[0].contains(&format!("crash_nested.c:{crash} [crash_nested_g.so+0x")),
         "{stack}"
     );
     assert!(
-        lines[1].contains(&format!("on_vm_started at "))
+        lines[1].contains("on_vm_started at ")
             && lines[1].contains(&format!("crash_nested.c:{call}")),
         "{stack}"
     );
@@ -85,7 +86,10 @@ fn an_abort_from_libc_is_traced_back_into_the_plugin() {
         err.contains("), called from on_vm_started (abort_in_vm_started.so+0x"),
         "{err}"
     );
-    assert!(!err.contains("address"), "an abort has no fault address: {err}");
+    assert!(
+        !err.contains("address"),
+        "an abort has no fault address: {err}"
+    );
     let stack = stack.expect("plugins() shows the last crash");
     assert!(
         stack.lines().next().is_some_and(|l| l.contains("libc")),
@@ -163,7 +167,10 @@ fn a_stack_overflow_is_reported_from_the_alternate_stack() {
         ),
         "{err}"
     );
-    assert!(err.contains(" in recurse (hostile_stack_overflow.so+0x"), "{err}");
+    assert!(
+        err.contains(" in recurse (hostile_stack_overflow.so+0x"),
+        "{err}"
+    );
     assert!(err.contains("called from recurse"), "{err}");
     let stack = stack.expect("plugins() shows the last crash");
     assert!(stack.len() <= 4096, "{}", stack.len());

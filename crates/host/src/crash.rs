@@ -155,10 +155,7 @@ fn alternate_stack() -> Result<(), String> {
     };
     // SAFETY: `stack` describes memory this function mapped and never unmaps.
     if unsafe { libc::sigaltstack(&stack, std::ptr::null_mut()) } != 0 {
-        return Err(format!(
-            "sigaltstack: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(format!("sigaltstack: {}", std::io::Error::last_os_error()));
     }
     Ok(())
 }
@@ -186,7 +183,12 @@ pub fn note_modules(plugin_code: usize) {
     let len = found.count * layout::MODULE_LEN;
     // SAFETY: `fd` is the memfd `arm` took for the process's lifetime; both buffers are locals.
     unsafe {
-        libc::pwrite(fd, found.table.as_ptr().cast(), len, layout::MODULES_AT as i64);
+        libc::pwrite(
+            fd,
+            found.table.as_ptr().cast(),
+            len,
+            layout::MODULES_AT as i64,
+        );
         libc::pwrite(fd, count.as_ptr().cast(), 8, layout::MODULE_COUNT_AT as i64);
     }
 }
@@ -208,7 +210,8 @@ unsafe extern "C" fn one_module(
         return 0;
     }
     // SAFETY: glibc gives `dlpi_phnum` program headers at `dlpi_phdr`.
-    let headers = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) };
+    let headers =
+        unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) };
     let base = info.dlpi_addr as usize;
     let (mut start, mut end) = (usize::MAX, 0);
     for h in headers
@@ -247,7 +250,11 @@ unsafe extern "C" fn one_module(
 }
 
 /// The fault handler (see the module docs for what it may do).
-extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+extern "C" fn on_fault(
+    signal: libc::c_int,
+    info: *mut libc::siginfo_t,
+    context: *mut libc::c_void,
+) {
     let fd = REPORT_FD.load(Ordering::Acquire);
     if fd >= 0 {
         // SAFETY: the kernel passes a valid siginfo_t and ucontext_t to an SA_SIGINFO handler.
@@ -259,7 +266,12 @@ extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, context:
     // SAFETY: raw gettid/getpid/tgkill syscalls, async-signal-safe, no memory passed.
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid);
-        libc::syscall(libc::SYS_tgkill, libc::syscall(libc::SYS_getpid), tid, signal);
+        libc::syscall(
+            libc::SYS_tgkill,
+            libc::syscall(libc::SYS_getpid),
+            tid,
+            signal,
+        );
     }
 }
 

@@ -55,7 +55,6 @@ pub use config::{
     ManagerConfig, OutputSink, PluginConfig, RestartPolicy,
 };
 pub use error::{CrashCause, PluginError};
-pub use symbolize::{CrashReport, Frame};
 pub use integrity::{parse_public_key, parse_signature, sha256_hex, Trust};
 pub use manager::{
     service_version, ControlError, HookLatency, ManagerError, PluginInfo, PluginManager,
@@ -63,3 +62,4 @@ pub use manager::{
 };
 pub use plughost_sys::ProcessExit;
 pub use plughost_wire::{HookKind, Version};
+pub use symbolize::{CrashReport, Frame};

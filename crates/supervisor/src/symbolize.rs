@@ -138,9 +138,16 @@ impl CrashReport {
 /// Frames of the Rust runtime (the abort and panic machinery), skipped by the summary.
 fn runtime(frame: &Frame) -> bool {
     frame.function.as_deref().is_some_and(|f| {
-        ["std::", "core::", "alloc::", "__rust", "rust_panic", "panic_abort::"]
-            .iter()
-            .any(|prefix| f.starts_with(prefix))
+        [
+            "std::",
+            "core::",
+            "alloc::",
+            "__rust",
+            "rust_panic",
+            "panic_abort::",
+        ]
+        .iter()
+        .any(|prefix| f.starts_with(prefix))
     })
 }
 
@@ -207,14 +214,24 @@ const MAX_SYSTEM_LIBRARY: u64 = 64 << 20;
 /// not make the service read anything else, or block on a FIFO.)
 fn system_library(path: &str) -> Option<Vec<u8>> {
     use std::os::unix::fs::MetadataExt;
-    const DIRS: [&str; 5] = ["/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/", "/usr/local/lib/"];
+    const DIRS: [&str; 5] = [
+        "/lib/",
+        "/lib64/",
+        "/usr/lib/",
+        "/usr/lib64/",
+        "/usr/local/lib/",
+    ];
     let under = |p: &str| DIRS.iter().any(|dir| p.starts_with(dir));
     if !under(path) || path.split('/').any(|c| c == "..") {
         return None;
     }
     let real = std::fs::canonicalize(path).ok()?;
     let meta = std::fs::metadata(&real).ok()?;
-    if !under(real.to_str()?) || !meta.is_file() || meta.uid() != 0 || meta.len() > MAX_SYSTEM_LIBRARY {
+    if !under(real.to_str()?)
+        || !meta.is_file()
+        || meta.uid() != 0
+        || meta.len() > MAX_SYSTEM_LIBRARY
+    {
         return None;
     }
     std::fs::read(real).ok()
@@ -238,7 +255,8 @@ fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
 
 impl<'a> Raw<'a> {
     fn parse(bytes: &'a [u8]) -> Option<Raw<'a>> {
-        if bytes.get(..8)? != layout::MAGIC || u64_at(bytes, layout::STATE_AT)? != layout::COMPLETE {
+        if bytes.get(..8)? != layout::MAGIC || u64_at(bytes, layout::STATE_AT)? != layout::COMPLETE
+        {
             return None;
         }
         let mut regs = [0u64; layout::REG_COUNT];
@@ -289,7 +307,9 @@ impl<'a> Raw<'a> {
     }
 
     fn module_of(&self, pc: u64) -> Option<usize> {
-        self.modules.iter().position(|m| (m.start..m.end).contains(&pc))
+        self.modules
+            .iter()
+            .position(|m| (m.start..m.end).contains(&pc))
     }
 
     fn symbolize(&self, plugin_bytes: Option<&[u8]>, library_name: &str) -> CrashReport {
@@ -307,7 +327,11 @@ impl<'a> Raw<'a> {
             .iter()
             .zip(&system)
             .map(|(m, bytes)| {
-                let bytes = if m.plugin { plugin_bytes } else { bytes.as_deref() };
+                let bytes = if m.plugin {
+                    plugin_bytes
+                } else {
+                    bytes.as_deref()
+                };
                 // The file must be what the host mapped: the same span of code.
                 bytes
                     .and_then(Image::new)
@@ -415,12 +439,7 @@ impl<'a> Raw<'a> {
     /// (for a frame without usable CFI): where it is and its value. A stack holds stale return
     /// addresses too, so a candidate must follow a call instruction and, where the library has CFI,
     /// unwind one step further to code.
-    fn scan(
-        &self,
-        sp: u64,
-        rbp: Option<u64>,
-        images: &[Option<Image<'_>>],
-    ) -> Option<(u64, u64)> {
+    fn scan(&self, sp: u64, rbp: Option<u64>, images: &[Option<Image<'_>>]) -> Option<(u64, u64)> {
         let index = self.modules.iter().position(|m| m.plugin)?;
         let plugin = &self.modules[index];
         let image = images[index].as_ref();
@@ -557,7 +576,8 @@ impl<'a> Image<'a> {
             [n, n + 1].iter().any(|&len| {
                 before(len).is_some_and(|b| {
                     let b = if len > n { &b[1..] } else { b };
-                    let rex_ok = len == n || (0x40..=0x4f).contains(&before(len).map_or(0, |x| x[0]));
+                    let rex_ok =
+                        len == n || (0x40..=0x4f).contains(&before(len).map_or(0, |x| x[0]));
                     rex_ok && b[0] == 0xff && modrm_is_call(b[1])
                 })
             })
@@ -596,9 +616,7 @@ impl<'a> Image<'a> {
                 RegisterRule::SameValue => regs[i],
                 RegisterRule::Offset(offset) => read(cfa.checked_add_signed(offset)?),
                 RegisterRule::ValOffset(offset) => cfa.checked_add_signed(offset),
-                RegisterRule::Register(other) => {
-                    regs.get(usize::from(other.0)).copied().flatten()
-                }
+                RegisterRule::Register(other) => regs.get(usize::from(other.0)).copied().flatten(),
                 _ => None,
             };
         }
@@ -618,9 +636,10 @@ impl<'a> Image<'a> {
                         .as_ref()
                         .and_then(|f| f.demangle().ok())
                         .map(|name| clean(&name));
-                    let location = found.location.as_ref().and_then(|l| {
-                        Some((clean_path(l.file?), l.line?))
-                    });
+                    let location = found
+                        .location
+                        .as_ref()
+                        .and_then(|l| Some((clean_path(l.file?), l.line?)));
                     if function.is_some() || location.is_some() {
                         frames.push(Frame {
                             function,
@@ -632,7 +651,9 @@ impl<'a> Image<'a> {
             }
         }
         if frames.is_empty() {
-            let index = self.symbols.partition_point(|(address, _)| *address <= probe);
+            let index = self
+                .symbols
+                .partition_point(|(address, _)| *address <= probe);
             let function = index
                 .checked_sub(1)
                 .and_then(|i| self.symbols.get(i))
@@ -700,13 +721,16 @@ mod tests {
         let raw = Raw::parse(&bytes).expect("complete");
         assert_eq!(raw.stack.len(), layout::STACK_MAX);
         assert_eq!(raw.modules.len(), 1);
-        assert_eq!(raw.modules[0].name, "a?b?c");
+        assert_eq!(raw.modules[0].name(), "a?b?c");
         let report = raw.symbolize(None, "x\n.so");
         assert_eq!(report.frames.len(), MAX_FRAMES);
         assert!(report.stack().len() <= MAX_TEXT);
         assert!(!report.stack().contains("x\n"));
         assert_eq!(report.frames[0].place(), "x?.so+0x1500");
         assert_eq!(report.frames[1].place(), "x?.so+0x1800");
-        assert_eq!(report.summary(), " in x?.so+0x1500, called from x?.so+0x1800");
+        assert_eq!(
+            report.summary(),
+            " in x?.so+0x1500, called from x?.so+0x1800"
+        );
     }
 }

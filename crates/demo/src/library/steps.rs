@@ -234,7 +234,8 @@ pub fn crash(demo: &Demo) -> Result<Snapshot> {
         ],
     )?;
     let (mut auditor, mut buggy) = (logs.log("auditor"), logs.log("buggy"));
-    let prefix = "plugin 'buggy' crashed: killed by signal SIGSEGV (address 0x0) in on_vm_started (";
+    let prefix =
+        "plugin 'buggy' crashed: killed by signal SIGSEGV (address 0x0) in on_vm_started (";
 
     let alice = alice();
     action("start the VM of user alice (session 1): on_vm_started; 'buggy' writes through NULL");

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 pub use plughost_tests::{c_plugin, eventually, field, host_binary, Fixture};
 
 /// How `crash_in_vm_started`'s crash reads (then the library offset, which varies by compiler).
-pub const CRASH: &str = "plugin 'crash_in_vm_started' crashed: killed by signal SIGSEGV (address 0x0) \
+pub const CRASH: &str =
+    "plugin 'crash_in_vm_started' crashed: killed by signal SIGSEGV (address 0x0) \
                          in on_vm_started (crash_in_vm_started.so+0x";
 
 /// Prints why and returns false unless we are root (CI runs as root: nothing skips there).

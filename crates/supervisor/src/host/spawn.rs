@@ -117,8 +117,7 @@ pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<O
         Seqpacket::pair().map_err(|e| (StartError::Load(format!("socketpair: {e}")), None))?;
     let (ring, ring_ends) =
         Ring::create(name).map_err(|e| (StartError::Load(e.to_string()), None))?;
-    let crash = crash_memo(name, p.config, &library)
-        .map_err(|e| (StartError::Load(e), None))?;
+    let crash = crash_memo(name, p.config, &library).map_err(|e| (StartError::Load(e), None))?;
     let (out_read, out_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| (StartError::Load(format!("pipe: {e}")), None))?;
     let out_write2 = out_write
@@ -371,8 +370,11 @@ fn crash_memo(
     .map_err(|e| format!("crash report memfd: {e}"))?;
     rustix::fs::ftruncate(&memfd, plughost_host::crash::layout::SIZE as u64)
         .map_err(|e| format!("crash report memfd: {e}"))?;
-    rustix::fs::fcntl_add_seals(&memfd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
-        .map_err(|e| format!("sealing the crash report memfd: {e}"))?;
+    rustix::fs::fcntl_add_seals(
+        &memfd,
+        SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+    )
+    .map_err(|e| format!("sealing the crash report memfd: {e}"))?;
     let library = match library {
         crate::integrity::Library::Sealed(fd) => crate::symbolize::LibrarySource::Sealed(
             fd.try_clone()
