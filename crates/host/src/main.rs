@@ -104,6 +104,7 @@ fn main() {
     }
     drop(bond);
     install_backend(demux);
+    hook::report_refused_plugin_errors();
     let api = api_table(welcome.service_version);
     let path = match (&welcome.plugin, &library) {
         (PluginSource::SealedFd, Some(fd)) => {
