@@ -155,7 +155,12 @@ impl Driver {
                 .first()
                 .and_then(|p| p.last_error.clone())
                 .unwrap_or_else(|| "crashed".into());
-            fails.push(last.replacen(&format!("plugin '{}' ", self.name), "", 1));
+            let text = last.replacen(&format!("plugin '{}' ", self.name), "", 1);
+            fails.push(if text.starts_with("did not answer") {
+                format!("exceeded its deadline: {text}")
+            } else {
+                text
+            });
         }
         for message in self.capture.ignored_since(events, kind) {
             if let Some((_, rest)) = message.split_once("returned a fatal error: ") {

@@ -167,7 +167,7 @@ fn check(options: &Options) -> Result<Report> {
     }
     let mut config = ManagerConfig::new(vec![plugin]);
     config.output = output.clone();
-    config.deadlines = deadlines.clone();
+    config.deadlines = deadlines;
     let service = Arc::new(CheckService::default());
     let manager = PluginManager::new(config, Arc::new(Outside(service.clone())))
         .context("cannot start the plugin manager")?;

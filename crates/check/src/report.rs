@@ -88,8 +88,8 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{:<30} {:>5} {:>6} {:>10} {:>10}  {}",
-            "hook", "calls", "api", "median", "p99", "result"
+            "{:<30} {:>5} {:>6} {:>10} {:>10}  result",
+            "hook", "calls", "api", "median", "p99"
         );
         let time = |us: Option<u64>| match us {
             Some(us) if us >= 10_000 => format!("{} ms", us / 1000),
