@@ -9,24 +9,40 @@ use plughost::{HookKind, OutputSink};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::Context;
 
-/// The manager's `ignored: ...` events (a non-veto hook that failed), with their hook.
+/// The manager's `ignored: ...` events (a non-veto hook that failed), with their hook, and its
+/// crash events (`plugin 'x' crashed: ...; latched ...`) with the thread that dispatched the hook.
 #[derive(Default)]
 pub struct Capture {
     events: Mutex<Vec<(String, String)>>,
+    crashes: Mutex<Vec<(std::thread::ThreadId, String)>>,
 }
 
 impl Capture {
     /// A position to read events from later.
-    pub fn mark(&self) -> usize {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).len()
+    pub fn mark(&self) -> (usize, usize) {
+        (
+            self.events.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            self.crashes.lock().unwrap_or_else(|e| e.into_inner()).len(),
+        )
+    }
+
+    /// The first crash this thread's dispatch recorded since `mark` (the error's text).
+    pub fn crash_since(&self, mark: (usize, usize)) -> Option<String> {
+        let me = std::thread::current().id();
+        let crashes = self.crashes.lock().unwrap_or_else(|e| e.into_inner());
+        crashes
+            .iter()
+            .skip(mark.1)
+            .find(|(thread, _)| *thread == me)
+            .map(|(_, text)| text.clone())
     }
 
     /// The messages (after `ignored: `) recorded for `hook` since `mark`.
-    pub fn ignored_since(&self, mark: usize, hook: HookKind) -> Vec<String> {
+    pub fn ignored_since(&self, mark: (usize, usize), hook: HookKind) -> Vec<String> {
         let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         events
             .iter()
-            .skip(mark)
+            .skip(mark.0)
             .filter(|(h, _)| h == hook.name())
             .map(|(_, m)| m.clone())
             .collect()
@@ -73,6 +89,18 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CaptureLayer {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push((fields.hook, message.to_owned()));
+        } else if event.metadata().target() == "plughost::plugin" {
+            // `Plugin::crashed`: "<error>; latched ..." or "<error>; restart ...", logged on the
+            // thread whose dispatch saw the crash.
+            if let Some((error, _)) = fields.message.split_once("; ") {
+                if error.contains(" crashed: ") || error.contains(" did not answer ") {
+                    self.0
+                        .crashes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((std::thread::current().id(), error.to_owned()));
+                }
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use plughost::{
     ContainerSession, CrashCause, Deadlines, Distribution, HookKind, OfflineDistribution,
-    PluginError, PluginManager, Session, VmSettings,
+    PluginError, PluginManager, PluginState, Session, VmSettings,
 };
 
 use crate::capture::{Capture, Output};
@@ -38,6 +38,8 @@ pub struct Driver {
     pub deadlines: Deadlines,
     hooks: Mutex<[HookState; 10]>,
     general: Mutex<Vec<Finding>>,
+    /// Held while a crashed plugin is restarted.
+    restarting: Mutex<()>,
 }
 
 /// Processes, fds, threads and resident memory of a host (every process of it).
@@ -109,6 +111,7 @@ impl Driver {
             deadlines,
             hooks: Mutex::new(Default::default()),
             general: Mutex::new(Vec::new()),
+            restarting: Mutex::new(()),
         }
     }
 
@@ -147,14 +150,14 @@ impl Driver {
             Err(PluginError::Crashed { cause, .. }) => fails.push(crash_text(cause)),
             Err(other) => fails.push(other.to_string()),
         }
-        let crashed_quietly = result.is_ok() && self.crashes() > crashes;
-        if crashed_quietly {
-            let last = self
-                .manager
-                .plugins()
-                .first()
-                .and_then(|p| p.last_error.clone())
-                .unwrap_or_else(|| "crashed".into());
+        // A hook that may not veto returns nothing: its crash shows in the manager's log, on this
+        // thread.
+        let quiet_crash = result
+            .is_ok()
+            .then(|| self.capture.crash_since(events))
+            .flatten();
+        let crashed_quietly = quiet_crash.is_some();
+        if let Some(last) = quiet_crash {
             let text = last.replacen(&format!("plugin '{}' ", self.name), "", 1);
             fails.push(if text.starts_with("did not answer") {
                 format!("exceeded its deadline: {text}")
@@ -180,18 +183,48 @@ impl Driver {
                 deadline.as_millis()
             ));
         }
+        // A hook that passed its deadline is the one named in the text: with two sessions at
+        // once, another hook waiting for the same host fails with it.
+        let mut own = Vec::new();
+        for fail in fails {
+            let hung = HookKind::ALL.iter().copied().find(|k| {
+                fail.starts_with(&format!(
+                    "exceeded its deadline: did not answer {} ",
+                    k.name()
+                ))
+            });
+            match hung {
+                Some(hook) if hook != kind => self.with_hook(hook, |state| {
+                    state.fails.insert(fail);
+                }),
+                _ => own.push(fail),
+            }
+        }
         self.with_hook(kind, |state| {
             state.samples.push(took);
-            state.fails.extend(fails.iter().cloned());
+            state.fails.extend(own);
             state.warns.extend(warns);
             state.notes.extend(notes);
         });
-        let failed = !fails.is_empty();
-        if failed && (result.is_err() || crashed_quietly) && self.crashes() > crashes {
-            // Start it again so the remaining hooks are checked too.
-            let _ = self.manager.restart_plugin(&self.name);
+        if (result.is_err() || crashed_quietly) && self.crashes() > crashes {
+            self.restart_if_crashed();
         }
         result.is_ok()
+    }
+
+    /// Starts a crashed plugin again, so the remaining hooks are checked too (once, when two
+    /// threads saw the crash).
+    fn restart_if_crashed(&self) {
+        let _one = self.restarting.lock().unwrap_or_else(|e| e.into_inner());
+        let crashed = self.manager.plugins().first().is_some_and(|p| {
+            matches!(
+                p.state,
+                PluginState::Crashed { .. } | PluginState::BackingOff { .. }
+            )
+        });
+        if crashed {
+            let _ = self.manager.restart_plugin(&self.name);
+        }
     }
 
     /// One lifecycle for `id`: every hook in order, stopping early (as a service would) where a
