@@ -175,3 +175,20 @@ fn a_stack_overflow_is_reported_from_the_alternate_stack() {
     let stack = stack.expect("plugins() shows the last crash");
     assert!(stack.len() <= 4096, "{}", stack.len());
 }
+
+#[test]
+fn a_crash_on_a_plugin_thread_names_the_thread_functions() {
+    for _ in 0..3 {
+        let fx = Fixture::new();
+        let (err, stack) = crash_error(fx.c("crash_in_thread"));
+        let prefix = "plugin 'crash_in_thread' crashed: killed by signal SIGSEGV (address 0x0) in \
+                      parse_in_worker (crash_in_thread.so+0x";
+        assert!(err.starts_with(prefix), "{err}");
+        assert!(
+            err.contains("), called from worker (crash_in_thread.so+0x"),
+            "{err}"
+        );
+        assert!(stack.is_some());
+        fx.wait_for("thread_started");
+    }
+}
