@@ -34,7 +34,8 @@ use report::{Finding, Report, Verdict};
 use service::{CheckService, Outside};
 
 const USAGE: &str = "usage: plughost check PLUGIN.so [--json] [--name NAME] [--cycles N] \
-                     [--deadline SECONDS] [--env KEY=VALUE]... [--allow-write PATH]...";
+                     [--deadline SECONDS] [--env KEY=VALUE]... [--allow-write PATH]... \
+                     [--exec-output TEXT]";
 
 struct Options {
     path: PathBuf,
@@ -44,6 +45,7 @@ struct Options {
     deadline: Option<Duration>,
     env: Vec<(String, String)>,
     allow_write: Vec<PathBuf>,
+    exec_output: String,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
@@ -60,6 +62,7 @@ fn parse(args: &[String]) -> Result<Options> {
     let mut deadline = None;
     let mut env = Vec::new();
     let mut allow_write = Vec::new();
+    let mut exec_output = String::new();
     while let Some(arg) = args.next() {
         let mut value = |what: &str| {
             args.next()
@@ -85,6 +88,7 @@ fn parse(args: &[String]) -> Result<Options> {
                 env.push((key.to_owned(), val.to_owned()));
             }
             "--allow-write" => allow_write.push(PathBuf::from(value("--allow-write")?)),
+            "--exec-output" => exec_output = value("--exec-output")?,
             "-h" | "--help" => bail!("{USAGE}"),
             other if other.starts_with('-') => bail!("unknown option {other:?}\n{USAGE}"),
             other if path.is_none() => path = Some(PathBuf::from(other)),
@@ -108,6 +112,7 @@ fn parse(args: &[String]) -> Result<Options> {
         deadline,
         env,
         allow_write,
+        exec_output,
     })
 }
 
@@ -168,7 +173,7 @@ fn check(options: &Options) -> Result<Report> {
     let mut config = ManagerConfig::new(vec![plugin]);
     config.output = output.clone();
     config.deadlines = deadlines;
-    let service = Arc::new(CheckService::default());
+    let service = Arc::new(CheckService::new(&options.exec_output));
     let manager = PluginManager::new(config, Arc::new(Outside(service.clone())))
         .context("cannot start the plugin manager")?;
     let path = options.path.display().to_string();

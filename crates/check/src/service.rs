@@ -34,20 +34,23 @@ pub enum Answer {
 /// Shared by the scope of every hook and the manager's default callbacks.
 pub struct CheckService {
     answer: Mutex<Answer>,
+    /// What every program the plugin runs prints on stdout (`--exec-output`; at most 4 KiB).
+    exec_output: Vec<u8>,
     /// Calls served per hook kind (with that hook's scope), then outside hooks (the last entry).
     calls: [AtomicUsize; 11],
 }
 
-impl Default for CheckService {
-    fn default() -> Self {
+impl CheckService {
+    pub fn new(exec_output: &str) -> CheckService {
+        let mut exec_output = exec_output.as_bytes().to_vec();
+        exec_output.truncate(4096);
         CheckService {
             answer: Mutex::new(Answer::Success),
+            exec_output,
             calls: Default::default(),
         }
     }
-}
 
-impl CheckService {
     pub fn set_answer(&self, answer: Answer) {
         *self.answer.lock().unwrap_or_else(|e| e.into_inner()) = answer;
     }
@@ -80,21 +83,28 @@ pub struct Scope<'a> {
     pub hook: Option<HookKind>,
 }
 
-/// A process whose output is empty and that exited with 0.
-fn finished_output() -> Result<OwnedFd, Status> {
-    let (read, write) = std::io::pipe().map_err(|e| Status::from_io(&e))?;
+/// The output of a process that printed `output` and exited with 0 (at most 4 KiB: it fits in the
+/// pipe, so writing never blocks).
+fn finished_output(output: &[u8]) -> Result<OwnedFd, Status> {
+    use std::io::Write as _;
+    let (read, mut write) = std::io::pipe().map_err(|e| Status::from_io(&e))?;
+    write.write_all(output).map_err(|e| Status::from_io(&e))?;
     drop(write);
     Ok(read.into())
 }
 
-struct FinishedProcess;
+struct FinishedProcess(Vec<u8>);
 
 impl ContainerProcess for FinishedProcess {
-    fn fd(&mut self, _stream: ProcessStream) -> Result<OwnedFd, Status> {
-        finished_output()
+    fn fd(&mut self, stream: ProcessStream) -> Result<OwnedFd, Status> {
+        finished_output(if stream == ProcessStream::Stdout {
+            &self.0
+        } else {
+            &[]
+        })
     }
     fn exit_fd(&mut self) -> Result<OwnedFd, Status> {
-        finished_output()
+        finished_output(&[])
     }
     fn exit_code(&mut self) -> Result<i32, Status> {
         Ok(0)
@@ -122,7 +132,7 @@ impl ServiceCallbacks for Scope<'_> {
         _argv: &[String],
     ) -> Result<OwnedFd, Status> {
         self.service.answer(self.hook)?;
-        finished_output()
+        finished_output(&self.service.exec_output)
     }
 
     fn execute_binary_in_distribution(
@@ -134,7 +144,7 @@ impl ServiceCallbacks for Scope<'_> {
         _argv: &[String],
     ) -> Result<OwnedFd, Status> {
         self.service.answer(self.hook)?;
-        finished_output()
+        finished_output(&self.service.exec_output)
     }
 
     fn container_mount_folder(
@@ -166,7 +176,7 @@ impl ServiceCallbacks for Scope<'_> {
         _envp: Option<&[String]>,
     ) -> Result<Box<dyn ContainerProcess>, CreateProcessError> {
         self.service.answer(self.hook)?;
-        Ok(Box::new(FinishedProcess))
+        Ok(Box::new(FinishedProcess(self.service.exec_output.clone())))
     }
 }
 

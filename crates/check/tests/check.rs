@@ -76,12 +76,29 @@ fn well_behaved_plugins_pass() {
 }
 
 #[test]
-fn a_plugin_that_calls_back_is_served_in_its_hooks() {
-    let (code, report) = check(&c_plugin("ok_mount_exec"), &["--cycles", "5"]);
+fn a_plugin_that_calls_back_is_served_in_its_hooks_and_after_them() {
+    // ok_mount_exec vetoes unless `cat` prints OK: with that output it goes through the whole
+    // lifecycle, and its distribution hook leaves a thread that calls back 200 ms later.
+    let (code, report) = check(
+        &c_plugin("ok_mount_exec"),
+        &["--cycles", "5", "--exec-output", "OK"],
+    );
     assert_eq!(code, 0, "{report:#}");
     // mount_folder and execute_binary in every on_vm_started.
     let started = hook(&report, "on_vm_started");
     assert!(started["api_calls"].as_u64() >= started["calls"].as_u64().map(|c| 2 * c));
+    for row in report["hooks"].as_array().into_iter().flatten() {
+        assert!(row["calls"].as_u64() > Some(5), "{row:#}");
+    }
+    assert!(
+        report["calls_outside_hooks"].as_u64() > Some(0),
+        "{report:#}"
+    );
+    // Four plugin threads calling back while the hook waits for them.
+    let (code, report) = check(&c_plugin("threads_in_vm_started"), &["--cycles", "5"]);
+    assert_eq!(code, 0, "{report:#}");
+    let started = hook(&report, "on_vm_started");
+    assert!(started["api_calls"].as_u64() >= started["calls"].as_u64().map(|c| 4 * c));
 }
 
 #[test]
