@@ -733,4 +733,51 @@ mod tests {
             " in x?.so+0x1500, called from x?.so+0x1800"
         );
     }
+
+    #[test]
+    fn only_root_owned_system_libraries_are_read() {
+        for path in [
+            "/etc/passwd",
+            "/lib/../etc/passwd",
+            "lib/libc.so.6",
+            "/tmp/libc.so.6",
+            "/usr/lib/",
+            "/proc/self/mem",
+        ] {
+            assert!(system_library(path).is_none(), "{path}");
+        }
+        // A link out of the library directories is refused after resolving it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let link = dir.path().join("libfake.so");
+        std::os::unix::fs::symlink("/etc/passwd", &link).expect("symlink");
+        assert!(system_library(&link.to_string_lossy()).is_none());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any bytes in the memfd (a complete header, then anything): bounded, no panic.
+        #[test]
+        fn any_report_bytes_are_bounded(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..layout::SIZE),
+            rip_in_module in proptest::prelude::any::<bool>(),
+        ) {
+            let mut bytes = report(|_| {});
+            let n = body.len().min(bytes.len() - 16);
+            bytes[16..16 + n].copy_from_slice(&body[..n]);
+            if rip_in_module {
+                bytes[layout::MODULE_COUNT_AT..][..8].copy_from_slice(&1u64.to_le_bytes());
+                let m = layout::MODULES_AT;
+                bytes[m..m + 8].copy_from_slice(&0u64.to_le_bytes());
+                bytes[m + 8..m + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+                bytes[m + 24] = 1;
+            }
+            if let Some(raw) = Raw::parse(&bytes) {
+                let report = raw.symbolize(None, "x.so");
+                proptest::prop_assert!(report.frames.len() <= MAX_FRAMES);
+                proptest::prop_assert!(report.stack().len() <= MAX_TEXT + 4);
+                proptest::prop_assert!(report.summary().len() < 2 * MAX_TEXT);
+            }
+        }
+    }
 }
