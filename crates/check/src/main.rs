@@ -16,6 +16,7 @@
 mod capture;
 mod drive;
 mod report;
+mod rounds;
 mod service;
 
 use std::path::PathBuf;
