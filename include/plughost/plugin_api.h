@@ -160,8 +160,14 @@
  * crash at any other time (in a hook that may not veto, in a plugin thread, between hooks) is logged
  * and latches the plugin the same way, as soon as the service sees the host die: the next operation
  * fails before any plugin gets its hook. The service keeps one latch: when several plugins crashed,
- * every operation reports the first crash in time. In in-process mode a crash takes the service down: the reason why that mode is
- * for trusted plugins only.
+ * every operation reports the first crash in time. In in-process mode a crash takes the service
+ * down: the reason why that mode is for trusted plugins only. A fault (SIGSEGV, SIGBUS, SIGILL,
+ * SIGFPE, SIGABRT) is located: the host's handler for those signals records the crashing thread's
+ * stack, and the service names where, e.g. "killed by signal SIGSEGV (address 0x0) in parse_config
+ * (x.c:42), called from on_vm_started (x.c:88)": file and line when the library has debug info
+ * (-g), else the nearest symbol and the library offset. A plugin that installs its own handler for
+ * those signals, or replaces the main thread's alternate signal stack, loses that report (the crash
+ * is still reported by its signal).
  *
  * Shutdown. Calls made while the host or the service shuts down return PLUGHOST_E_SHUTTING_DOWN (the
  * call did not run); calls that need something the service has begun tearing down return
@@ -174,7 +180,7 @@
  *   plugin '<name>' returned a fatal error: <message> (status <code>)    a message was set
  *   plugin '<name>' returned a fatal error (status <code>)              no message
  *     (<code>: the status and its name, when it has one: "-30 (EROFS)", "-10005 (PLUGHOST_E_NOT_FOUND)")
- *   plugin '<name>' crashed: <signal name / exit status / protocol violation / hung>
+ *   plugin '<name>' crashed: <signal name [(address A) in where] / exit status / protocol violation / hung>
  *   plugin '<name>' failed to load: <reason>                           the entry point failed
  *   plugin '<name>' requires a newer version of plughost than <running version>
  *                                            the entry point returned PLUGHOST_E_REQUIRES_UPDATE

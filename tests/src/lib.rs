@@ -49,19 +49,26 @@ pub fn host_binary() -> PathBuf {
 
 /// Compiles `plugins/c/<name>.c` once per test process into `target/test-plugins/<name>.so`.
 pub fn c_plugin(name: &str) -> PathBuf {
+    c_plugin_with(name, "", &[])
+}
+
+/// Compiles `plugins/c/<name>.c` with extra compiler `flags` (e.g. `-g`) into
+/// `target/test-plugins/<name><suffix>.so`, once per test process.
+pub fn c_plugin_with(name: &str, suffix: &str, flags: &[&str]) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
     let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(path) = built.get(name) {
+    let built_name = format!("{name}{suffix}");
+    if let Some(path) = built.get(&built_name) {
         return path.clone();
     }
     let root = workspace();
     let out_dir = target_dir().join("test-plugins");
     std::fs::create_dir_all(&out_dir).expect("create target/test-plugins");
-    let out = out_dir.join(format!("{name}.so"));
+    let out = out_dir.join(format!("{built_name}.so"));
     // Each test binary compiles into its own temporary name, then renames: concurrent test binaries
     // never see a half-written library.
-    let tmp = out_dir.join(format!("{name}.{}.tmp.so", std::process::id()));
+    let tmp = out_dir.join(format!("{built_name}.{}.tmp.so", std::process::id()));
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let status = Command::new(&cc)
         .args([
@@ -73,6 +80,7 @@ pub fn c_plugin(name: &str) -> PathBuf {
             "-Werror",
             "-pthread",
         ])
+        .args(flags)
         .arg("-I")
         .arg(root.join("include"))
         .arg("-I")
@@ -84,8 +92,22 @@ pub fn c_plugin(name: &str) -> PathBuf {
         .unwrap_or_else(|e| panic!("cannot run {cc}: {e}"));
     assert!(status.success(), "compiling plugins/c/{name}.c failed");
     std::fs::rename(&tmp, &out).expect("rename compiled plugin");
-    built.insert(name.to_owned(), out.clone());
+    built.insert(built_name, out.clone());
     out
+}
+
+/// Asserts that `err` is the error of C test plugin `plugin` (built without `-g`) dying of a write
+/// through NULL in `function`: `plugin 'P' crashed: killed by signal SIGSEGV (address 0x0) in
+/// FUNCTION (P.so+0x1234)` (the offset depends on the compiler).
+pub fn assert_null_write_in(err: &str, plugin: &str, function: &str) {
+    let prefix = format!(
+        "plugin '{plugin}' crashed: killed by signal SIGSEGV (address 0x0) in {function} ({plugin}.so+0x"
+    );
+    let offset = err
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{err:?} is not a crash in {function} of {plugin}"));
+    assert!(u64::from_str_radix(offset, 16).is_ok(), "{err}");
 }
 
 /// A Rust test plugin built by `cargo build --workspace` (`target/<profile>/lib<name>.so`).

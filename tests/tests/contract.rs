@@ -173,18 +173,18 @@ fn host_crash_during_the_load_is_latched_and_fails_every_start() {
     let service = TestService::new();
     let manager = service.manager(vec![fx.c("printer"), fx.c("crash_in_entry")]);
     fx.wait_for("loading");
-    let expected = "plugin 'crash_in_entry' crashed: killed by signal SIGSEGV";
+    // The crash report locates the fault: the text goes on with where (issue 17).
+    let expected = "plugin 'crash_in_entry' crashed: killed by signal SIGSEGV (address 0x0) in ";
     let errors: Vec<String> = manager
         .load_errors()
         .iter()
         .map(|e| e.to_string())
         .collect();
-    assert_eq!(errors, [expected]);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].starts_with(expected), "{errors:?}");
     for _ in 0..3 {
-        assert_eq!(
-            service.start_vm(&manager, &session(1)).unwrap_err(),
-            expected
-        );
+        let err = service.start_vm(&manager, &session(1)).unwrap_err();
+        assert_eq!(err, errors[0], "one latch, the same error");
     }
     assert!(fx.events("vm_started").is_empty());
     assert!(fx.events("did_not_crash").is_empty());
@@ -204,9 +204,11 @@ fn crash_in_a_teardown_hook_fails_the_next_operation_fast() {
         fx.wait_for("about_to_crash");
         // ...but it is latched: the next start fails before any plugin gets on_vm_started.
         let err = service.start_vm(&manager, &s).unwrap_err();
-        assert_eq!(
-            err,
-            "plugin 'crash_in_vm_stopping' crashed: killed by signal SIGSEGV"
+        assert!(
+            err.starts_with(
+                "plugin 'crash_in_vm_stopping' crashed: killed by signal SIGSEGV (address 0x0) in on_vm_stopping"
+            ),
+            "{err}"
         );
         assert_eq!(fx.events("vm_started").len(), 2, "{:?}", fx.lines());
         assert!(fx.events("did_not_crash").is_empty());

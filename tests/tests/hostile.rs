@@ -430,10 +430,7 @@ fn output_flood_does_not_delay_the_detection_of_another_crash() {
         .start_vm(&manager, &session(2))
         .expect_err("fork_then_crash crashes");
     let took = started.elapsed();
-    assert_eq!(
-        err,
-        "plugin 'fork_then_crash' crashed: killed by signal SIGSEGV"
-    );
+    assert_null_write_in(&err, "fork_then_crash", "on_vm_started");
     assert!(took < PATIENCE, "the crash was reported after {took:?}");
     assert!(
         eventually(PATIENCE, || pids_named(&child).is_empty()),

@@ -83,10 +83,7 @@ fn plugin_that_crashes_on_every_start_is_restarted_up_to_its_limit_with_growing_
     let mut delays = Vec::new();
     for attempt in 1..=3 {
         let err = service.start_vm(&manager, &s).unwrap_err();
-        assert_eq!(
-            err,
-            "plugin 'crash_in_vm_started' crashed: killed by signal SIGSEGV"
-        );
+        assert_null_write_in(&err, "crash_in_vm_started", "on_vm_started");
         match manager.plugins()[0].state.clone() {
             PluginState::BackingOff { delay, .. } => {
                 // While it backs off, a start fails fast naming the next attempt.
@@ -98,7 +95,10 @@ fn plugin_that_crashes_on_every_start_is_restarted_up_to_its_limit_with_growing_
             }
             PluginState::Crashed { cause } => {
                 assert_eq!(attempt, 3, "latched too early");
-                assert_eq!(cause, "killed by signal SIGSEGV");
+                assert!(
+                    cause.starts_with("killed by signal SIGSEGV (address 0x0) in on_vm_started"),
+                    "{cause}"
+                );
             }
             other => panic!("unexpected state {other}"),
         }
@@ -112,10 +112,7 @@ fn plugin_that_crashes_on_every_start_is_restarted_up_to_its_limit_with_growing_
     assert_eq!(info.crashes, 3);
     // Latched now: the next start fails fast with the crash, without a new host.
     let err = service.start_vm(&manager, &s).unwrap_err();
-    assert_eq!(
-        err,
-        "plugin 'crash_in_vm_started' crashed: killed by signal SIGSEGV"
-    );
+    assert_null_write_in(&err, "crash_in_vm_started", "on_vm_started");
     assert_eq!(fx.events("about_to_crash").len(), 3);
 }
 
@@ -126,7 +123,7 @@ fn manual_restart_clears_a_latch() {
     let manager = service.manager(vec![fx.c("fail_once")]);
     let s = session(1);
     let err = service.start_vm(&manager, &s).unwrap_err();
-    assert_eq!(err, "plugin 'fail_once' crashed: killed by signal SIGSEGV");
+    assert_null_write_in(&err, "fail_once", "on_vm_started");
     assert_eq!(service.start_vm(&manager, &s).unwrap_err(), err, "latched");
     manager.restart_plugin("fail_once").expect("restart");
     service

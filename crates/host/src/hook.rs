@@ -24,8 +24,31 @@ pub struct HookOutcome {
 }
 
 struct HookContext {
+    hook: &'static str,
     may_veto: bool,
     message: Option<String>,
+}
+
+/// Whether a refused `plugin_error` is reported on stderr (the host binary: the service logs it,
+/// and `plughost check` fails the hook for it).
+static REPORT_REFUSALS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Reports every refused `plugin_error` from now on, one line on stderr:
+/// `plughost-host: plugin_error refused (-10002) in on_vm_stopping, which may not veto: <message>`.
+pub fn report_refused_plugin_errors() {
+    REPORT_REFUSALS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn refused(status: i32, why: &str, message: &str) -> i32 {
+    if REPORT_REFUSALS.load(std::sync::atomic::Ordering::Relaxed) {
+        let message: String = message
+            .chars()
+            .take(200)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        eprintln!("plughost-host: plugin_error refused ({status}) {why}: {message}");
+    }
+    status
 }
 
 thread_local! {
@@ -47,9 +70,21 @@ pub fn plugin_error(mut message: String) -> i32 {
         message.truncate(end);
     }
     CURRENT.with(|current| match current.borrow_mut().as_mut() {
-        None => PLUGHOST_E_ILLEGAL_CALL,
-        Some(ctx) if !ctx.may_veto => PLUGHOST_E_ILLEGAL_CALL,
-        Some(ctx) if ctx.message.is_some() => PLUGHOST_E_ILLEGAL_STATE,
+        None => refused(
+            PLUGHOST_E_ILLEGAL_CALL,
+            "outside a hook (or off the hook's thread)",
+            &message,
+        ),
+        Some(ctx) if !ctx.may_veto => refused(
+            PLUGHOST_E_ILLEGAL_CALL,
+            &format!("in {}, which may not veto", ctx.hook),
+            &message,
+        ),
+        Some(ctx) if ctx.message.is_some() => refused(
+            PLUGHOST_E_ILLEGAL_STATE,
+            &format!("in {}: a second message", ctx.hook),
+            &message,
+        ),
         Some(ctx) => {
             ctx.message = Some(message);
             PLUGHOST_OK
@@ -160,6 +195,7 @@ impl CContainerSession {
 pub fn call(hooks: &plughost_hooks_v1, hook: &Hook) -> Option<HookOutcome> {
     let previous = CURRENT.with(|current| {
         current.replace(Some(HookContext {
+            hook: hook.kind().name(),
             may_veto: hook.kind().may_veto(),
             message: None,
         }))

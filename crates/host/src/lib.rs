@@ -13,6 +13,7 @@
 //! and calling plugin function pointers); each module documents its invariants.
 
 pub mod api;
+pub mod crash;
 pub mod fs_sandbox;
 pub mod hook;
 pub mod plugin;

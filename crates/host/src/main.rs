@@ -104,6 +104,7 @@ fn main() {
     }
     drop(bond);
     install_backend(demux);
+    hook::report_refused_plugin_errors();
     let api = api_table(welcome.service_version);
     let path = match (&welcome.plugin, &library) {
         (PluginSource::SealedFd, Some(fd)) => {
@@ -261,6 +262,15 @@ fn handshake(demux: &Demux, name: &str) -> (plughost_wire::Welcome, Option<Owned
                 }
                 _ => None,
             };
+            // The crash report's memfd comes last. Armed before any plugin code runs; without it
+            // a crash is classified as before, only without a stack.
+            if welcome.crash_report {
+                if let Some(memfd) = fds.next() {
+                    if let Err(e) = plughost_host::crash::arm(memfd) {
+                        host_log(&format!("no crash reports: {e}"));
+                    }
+                }
+            }
             (welcome, library, ring)
         }
         Ok((ServiceMsg::Welcome(welcome), _)) => fail(&format!(

@@ -40,6 +40,8 @@ impl LoadedPlugin {
         }
         .map_err(|_| PluginLoadError(LoadFailure::NoEntryPoint))?;
         let entry: plughost_plugin_entry_v1_fn = *entry;
+        // Before the plugin's first code runs: a crash in the entry point is located too.
+        crate::crash::note_modules(entry as usize);
         // Never unload: hooks and threads of the plugin may outlive any handle we hold.
         std::mem::forget(library);
         let mut hooks = plughost_hooks_v1::default();

@@ -249,6 +249,9 @@ pub struct PluginRow {
     #[serde(default)]
     pub latency: Vec<HookLatencyRow>,
     pub last_error: Option<String>,
+    /// The stack of the plugin's last crash that left a report (innermost frame first, one a line).
+    #[serde(default)]
+    pub last_crash: Option<String>,
 }
 
 /// One hook kind's latency, as `plugins --json` shows it.

@@ -367,7 +367,15 @@ impl HostCgroup {
                     signal: SIGABRT | SIGBUS | SIGSEGV,
                     ..
                 },
-            ) if counters.forks_refused > 0 => self
+            )
+            | CrashCause::Faulted {
+                exit:
+                    exit @ ProcessExit::Signal {
+                        signal: SIGABRT | SIGBUS | SIGSEGV,
+                        ..
+                    },
+                ..
+            } if counters.forks_refused > 0 => self
                 .pids_max
                 .map(|limit| CrashCause::ProbableProcessLimit { exit: *exit, limit }),
             _ => None,

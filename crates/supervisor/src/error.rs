@@ -11,6 +11,11 @@ use plughost_wire::{HookKind, Version};
 pub enum CrashCause {
     /// The host process ended on its own (a signal from a fault, `exit`, ...).
     Exited(ProcessExit),
+    /// The host died of a fault signal and its handler left a report: where (`symbolize.rs`).
+    Faulted {
+        exit: ProcessExit,
+        report: std::sync::Arc<crate::symbolize::CrashReport>,
+    },
     /// The host broke the protocol (malformed, oversized or unexpected message); the service killed it.
     ProtocolViolation(String),
     /// The host closed its channel but kept running; the service killed it.
@@ -33,6 +38,7 @@ impl fmt::Display for CrashCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CrashCause::Exited(exit) => exit.fmt(f),
+            CrashCause::Faulted { exit, report } => write!(f, "{exit}{}", report.summary()),
             CrashCause::ProtocolViolation(what) => write!(f, "protocol violation: {what}"),
             CrashCause::ChannelClosed => f.write_str("closed its channel to the service"),
             CrashCause::LimitExceeded(what) => write!(f, "exceeded {what}"),
@@ -155,6 +161,16 @@ pub(crate) fn status_text(status: i32) -> String {
     match plughost_abi::status_name(status) {
         Some(name) => format!("{status} ({name})"),
         None => status.to_string(),
+    }
+}
+
+impl CrashCause {
+    /// The crash report, when the host left one.
+    pub fn report(&self) -> Option<&crate::symbolize::CrashReport> {
+        match self {
+            CrashCause::Faulted { report, .. } => Some(report),
+            _ => None,
+        }
     }
 }
 

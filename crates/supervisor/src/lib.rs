@@ -44,6 +44,7 @@ mod monitor;
 mod plugin;
 mod pool;
 mod stats;
+mod symbolize;
 
 pub use callbacks::{
     CallContext, ContainerProcess, ContainerSession, CreateProcessError, Distribution,
@@ -61,3 +62,4 @@ pub use manager::{
 };
 pub use plughost_sys::ProcessExit;
 pub use plughost_wire::{HookKind, Version};
+pub use symbolize::{CrashReport, Frame};

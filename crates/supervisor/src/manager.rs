@@ -160,6 +160,8 @@ pub struct PluginInfo {
     /// Per hook kind that was called at least once.
     pub latency: Vec<HookLatency>,
     pub last_error: Option<String>,
+    /// The stack of the last crash that left a report, one frame a line (at most a few KB).
+    pub last_crash: Option<String>,
 }
 
 /// The plugins of one service. See the crate docs for the threads and the re-entrancy rules.
@@ -900,6 +902,7 @@ impl PluginManager {
             .as_ref()
             .or(state.backoff.as_ref().map(|b| &b.error))
             .map(ToString::to_string);
+        let last_crash = state.last_crash.clone();
         drop(state);
         let latency: Vec<HookLatency> = HookKind::ALL
             .iter()
@@ -931,6 +934,7 @@ impl PluginManager {
             api_calls: p.stats.api_calls.load(Ordering::Relaxed),
             latency,
             last_error,
+            last_crash,
         }
     }
 

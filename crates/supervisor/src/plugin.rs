@@ -59,6 +59,8 @@ pub(crate) struct State {
     pub cgroup: Option<Arc<HostCgroup>>,
     /// sha256 of the library bytes the current host loaded (a reload re-verifies against it).
     pub loaded_sha256: Option<String>,
+    /// The stack of the last crash that left a report (`plugins()`, `last_crash`).
+    pub last_crash: Option<String>,
 }
 
 impl State {
@@ -156,7 +158,15 @@ impl Plugin {
                     signal: SIGABRT | SIGBUS | SIGSEGV,
                     ..
                 },
-            ) => match (limits.address_space, limits.processes) {
+            )
+            | CrashCause::Faulted {
+                exit:
+                    exit @ ProcessExit::Signal {
+                        signal: SIGABRT | SIGBUS | SIGSEGV,
+                        ..
+                    },
+                ..
+            } => match (limits.address_space, limits.processes) {
                 (Some(bytes), _) => CrashCause::ProbableMemoryLimit { exit: *exit, bytes },
                 (None, Some(limit)) => CrashCause::ProbableProcessLimit { exit: *exit, limit },
                 (None, None) => cause,
@@ -218,6 +228,7 @@ impl Plugin {
         hook: Option<HookKind>,
         cause: CrashCause,
     ) -> PluginError {
+        let report = self.report_of(&cause);
         let cause = self.explain(cause);
         let mut state = self.state();
         if !state.runs(host) {
@@ -231,15 +242,34 @@ impl Plugin {
                 cause,
             });
         }
+        self.keep_report(&mut state, report);
         self.apply_crash(&mut state, hook, cause)
     }
 
     /// Records a crash (of a start-up: no current host) and applies the restart policy. Returns the
     /// error the operation reports.
     pub fn crashed(&self, hook: Option<HookKind>, cause: CrashCause) -> PluginError {
+        let report = self.report_of(&cause);
         let cause = self.explain(cause);
         let mut state = self.state();
+        self.keep_report(&mut state, report);
         self.apply_crash(&mut state, hook, cause)
+    }
+
+    /// The crash report's stack, logged; it goes to `plugins()` too, even where `explain` names a
+    /// limit instead.
+    fn report_of(&self, cause: &CrashCause) -> Option<(String, String)> {
+        let stack = cause.report().map(|report| report.stack())?;
+        Some((cause.to_string(), stack))
+    }
+
+    /// Logs a crash report and keeps its stack for `plugins()` (once per death: the caller holds
+    /// the state and knows the death is not yet recorded).
+    fn keep_report(&self, state: &mut State, report: Option<(String, String)>) {
+        if let Some((cause, stack)) = report {
+            tracing::error!(plugin = %self.name(), "crash report ({cause}):\n{stack}");
+            state.last_crash = Some(stack);
+        }
     }
 
     /// The restart policy, with the state locked (so a death is recorded once).

@@ -102,7 +102,8 @@ impl CrashKind {
 
     pub fn of(cause: &CrashCause) -> CrashKind {
         match cause {
-            CrashCause::Exited(plughost_sys::ProcessExit::Signal { .. }) => CrashKind::Signal,
+            CrashCause::Exited(plughost_sys::ProcessExit::Signal { .. })
+            | CrashCause::Faulted { .. } => CrashKind::Signal,
             CrashCause::Exited(plughost_sys::ProcessExit::Code(_)) => CrashKind::Exit,
             CrashCause::ProtocolViolation(_) => CrashKind::ProtocolViolation,
             CrashCause::Hung { .. } => CrashKind::Hung,

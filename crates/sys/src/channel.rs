@@ -17,7 +17,7 @@ use rustix::net::{
 };
 
 /// Most fds accepted in one message; more is [`ChannelError::TooManyFds`] (and the fds are closed).
-pub const MAX_FDS_PER_MSG: usize = 4;
+pub const MAX_FDS_PER_MSG: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {

@@ -204,6 +204,7 @@ fn service_msg(case: &str) -> ServiceMsg {
             plugin: PluginSource::Path("/usr/lib/myservice/plugins/audit.so".into()),
             confinement: Confinement::default(),
             call_ring: true,
+            crash_report: true,
         }),
         "hook_vm_started" => hook(Hook::VmStarted {
             session: session(),

@@ -387,6 +387,9 @@ pub struct Welcome {
     /// socket), after the library's fd (see `plughost_sys::ring`). Calls and hook answers then
     /// travel through the ring.
     pub call_ring: bool,
+    /// The frame's last fd is a sealed memfd of `plughost_host::crash::layout::SIZE` bytes where the
+    /// host's fault handler leaves its crash report (read by the service after a fatal signal).
+    pub crash_report: bool,
 }
 
 /// Host to service. Untrusted: the service validates every field and every transition.
@@ -440,6 +443,7 @@ impl ServiceMsg {
             ServiceMsg::Welcome(welcome) => {
                 usize::from(welcome.plugin == PluginSource::SealedFd)
                     + if welcome.call_ring { 3 } else { 0 }
+                    + usize::from(welcome.crash_report)
             }
             _ => 0,
         }

@@ -281,6 +281,19 @@ impl Ctl {
         Ok(outcome)
     }
 
+    /// Like [`Self::show_error`], for an error that starts with `prefix`.
+    pub fn show_error_starting(&self, who: Who, args: &[&str], prefix: &str) -> Result<Outcome> {
+        let outcome = self.show(who, args)?;
+        ensure!(
+            outcome.code != 0 && outcome.output.starts_with(prefix),
+            "`plughostctl {}`: expected an error starting {prefix:?}, got {:?} (exit {})",
+            shell_words(args),
+            outcome.output.trim_end(),
+            outcome.code
+        );
+        Ok(outcome)
+    }
+
     /// Runs `plughostctl --json ARGS` as `who` without showing it, for the demo's own checks.
     pub fn query(&self, who: Who, args: &[&str]) -> Result<Reply> {
         let mut all = vec!["--json"];

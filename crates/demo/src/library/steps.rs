@@ -234,7 +234,8 @@ pub fn crash(demo: &Demo) -> Result<Snapshot> {
         ],
     )?;
     let (mut auditor, mut buggy) = (logs.log("auditor"), logs.log("buggy"));
-    let expected = "plugin 'buggy' crashed: killed by signal SIGSEGV";
+    let prefix =
+        "plugin 'buggy' crashed: killed by signal SIGSEGV (address 0x0) in on_vm_started (";
 
     let alice = alice();
     action("start the VM of user alice (session 1): on_vm_started; 'buggy' writes through NULL");
@@ -243,7 +244,12 @@ pub fn crash(demo: &Demo) -> Result<Snapshot> {
     };
     note("the VM start failed; the user sees:");
     note(&format!("  {error}"));
-    expect_text("the crash", &error, expected)?;
+    ensure!(
+        error.starts_with(prefix),
+        "the crash: expected an error starting {prefix:?}, got {error:?}"
+    );
+    // The rest names the library offset of the crash, which varies by compiler.
+    let expected = error.as_str();
     log_lines("auditor", &auditor.new_lines());
     log_lines("buggy", &buggy.new_lines());
     ensure!(

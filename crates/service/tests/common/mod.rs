@@ -12,6 +12,11 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)] // each test binary uses a different subset
 pub use plughost_tests::{c_plugin, eventually, field, host_binary, Fixture};
 
+/// How `crash_in_vm_started`'s crash reads (then the library offset, which varies by compiler).
+pub const CRASH: &str =
+    "plugin 'crash_in_vm_started' crashed: killed by signal SIGSEGV (address 0x0) \
+                         in on_vm_started (crash_in_vm_started.so+0x";
+
 /// Prints why and returns false unless we are root (CI runs as root: nothing skips there).
 pub fn need_root(test: &str) -> bool {
     if rustix::process::geteuid().is_root() {
@@ -279,6 +284,13 @@ impl Ctl {
     pub fn fails_with(self, message: &str) -> Ctl {
         assert_ne!(self.code, 0, "unexpected success: {}", self.stdout);
         assert_eq!(self.stderr.trim_end(), message);
+        self
+    }
+
+    /// Fails with a message that starts with `prefix` (a crash report's offsets vary by compiler).
+    pub fn fails_starting_with(self, prefix: &str) -> Ctl {
+        assert_ne!(self.code, 0, "unexpected success: {}", self.stdout);
+        assert!(self.stderr.starts_with(prefix), "{}", self.stderr);
         self
     }
 

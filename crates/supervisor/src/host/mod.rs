@@ -112,6 +112,17 @@ pub(crate) struct Host {
     pub(crate) processes: Mutex<ProcessTable>,
     stats: Arc<crate::stats::Stats>,
     pub started_at: Instant,
+    /// Where the host's fault handler leaves its report, and the library to name its frames with.
+    pub(crate) crash: Option<CrashMemo>,
+}
+
+/// A host's crash report: read once, after it died of a fault signal.
+pub(crate) struct CrashMemo {
+    pub memfd: OwnedFd,
+    pub library: crate::symbolize::LibrarySource,
+    /// The library's file name, for frames (`x.so+0x1234`).
+    pub library_name: String,
+    pub report: OnceLock<Option<Arc<crate::symbolize::CrashReport>>>,
 }
 
 thread_local! {
@@ -182,6 +193,9 @@ impl Backlog {
 /// A dispatcher's mark in the backlog (`hooks`), from its entry into `call_hook`. Dropped on a
 /// path that did not hand the backlog over (an error, a panicking `scope` callback): the mark goes
 /// and the pool gets a turn for whatever is left.
+/// How often the monitor tries for a dead host's read token a pool thread holds (500 µs apart).
+const DEATH_TOKEN_TRIES: u32 = 200;
+
 struct InFlight<'a> {
     host: &'a Host,
     finished: bool,
@@ -341,12 +355,34 @@ impl Host {
             return CrashCause::ChannelClosed;
         }
         match self.reap() {
-            Some(exit) => CrashCause::Exited(exit),
+            Some(exit) => self.located(exit),
             None => self
                 .killed_for
                 .get()
                 .cloned()
                 .unwrap_or(CrashCause::ChannelClosed),
+        }
+    }
+
+    /// `Faulted` with the report when the host died of a fault signal and left one, else `Exited`.
+    fn located(&self, exit: ProcessExit) -> CrashCause {
+        let (ProcessExit::Signal { signal, .. }, Some(crash)) = (exit, &self.crash) else {
+            return CrashCause::Exited(exit);
+        };
+        if !plughost_host::crash::SIGNALS.contains(&signal) {
+            return CrashCause::Exited(exit);
+        }
+        let report = crash.report.get_or_init(|| {
+            crate::symbolize::read_report(&crash.memfd, &crash.library, &crash.library_name)
+                .filter(|report| report.signal == signal)
+                .map(Arc::new)
+        });
+        match report {
+            Some(report) => CrashCause::Faulted {
+                exit,
+                report: report.clone(),
+            },
+            None => CrashCause::Exited(exit),
         }
     }
 
@@ -580,10 +616,23 @@ impl Host {
         let mut reader = if wait {
             lock(&self.reader)
         } else {
-            match self.reader.try_lock() {
-                Ok(reader) => reader,
-                Err(TryLockError::Poisoned(e)) => e.into_inner(),
-                Err(TryLockError::WouldBlock) => return None,
+            let mut tries = 0;
+            loop {
+                match self.reader.try_lock() {
+                    Ok(reader) => break reader,
+                    Err(TryLockError::Poisoned(e)) => break e.into_inner(),
+                    Err(TryLockError::WouldBlock) => {
+                        // A dispatcher in a hook of this host records the death itself. Otherwise
+                        // a pool thread holds the token, only while it claims work (it saw the
+                        // same death on the socket, say): wait for it, briefly, rather than leave
+                        // the death to the next operation.
+                        if lock(&self.backlog).hooks > 0 || tries >= DEATH_TOKEN_TRIES {
+                            return None;
+                        }
+                        tries += 1;
+                        std::thread::sleep(Duration::from_micros(500));
+                    }
+                }
             }
         };
         Some(self.classify_dead(&mut reader))

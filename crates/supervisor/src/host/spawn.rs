@@ -119,6 +119,7 @@ pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<O
         Seqpacket::pair().map_err(|e| (StartError::Load(format!("socketpair: {e}")), None))?;
     let (ring, ring_ends) =
         Ring::create(name).map_err(|e| (StartError::Load(e.to_string()), None))?;
+    let crash = crash_memo(name, p.config, &library).map_err(|e| (StartError::Load(e), None))?;
     let (out_read, out_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| (StartError::Load(format!("pipe: {e}")), None))?;
     let out_write2 = out_write
@@ -173,6 +174,7 @@ pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<O
         processes: Mutex::new(Default::default()),
         stats: p.stats.clone(),
         started_at: Instant::now(),
+        crash: Some(crash),
     });
     match handshake(&host, &p, library, user, ring_ends) {
         Ok(hooks) => {
@@ -304,11 +306,13 @@ fn handshake(
             }),
         },
         call_ring: true,
+        crash_report: host.crash.is_some(),
     };
     // The library's fd (if any), then the ring's memory, doorbell and fd lane
-    // (`Welcome::call_ring`).
+    // (`Welcome::call_ring`), then the crash report's memfd (`Welcome::crash_report`).
     let mut fds: Vec<BorrowedFd<'_>> = fd.iter().map(|fd| fd.as_fd()).collect();
     fds.extend([ring.memory.as_fd(), ring.doorbell.as_fd(), ring.fds.as_fd()]);
+    fds.extend(host.crash.as_ref().map(|crash| crash.memfd.as_fd()));
     if host.send(&ServiceMsg::Welcome(welcome), &fds).is_err() {
         return Err(StartError::Crashed(host.crash_cause()));
     }
@@ -354,4 +358,44 @@ fn handshake(
             }
         }
     }
+}
+
+/// The crash report's memfd (`plughost_host::crash::layout::SIZE` bytes, sealed against resizing so
+/// the host cannot make the service read more) and a handle on the verified library bytes.
+fn crash_memo(
+    name: &str,
+    config: &PluginConfig,
+    library: &crate::integrity::Library,
+) -> Result<super::CrashMemo, String> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let memfd = rustix::fs::memfd_create(
+        format!("plughost-crash:{name}"),
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )
+    .map_err(|e| format!("crash report memfd: {e}"))?;
+    rustix::fs::ftruncate(&memfd, plughost_host::crash::layout::SIZE as u64)
+        .map_err(|e| format!("crash report memfd: {e}"))?;
+    rustix::fs::fcntl_add_seals(
+        &memfd,
+        SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+    )
+    .map_err(|e| format!("sealing the crash report memfd: {e}"))?;
+    let library = match library {
+        crate::integrity::Library::Sealed(fd) => crate::symbolize::LibrarySource::Sealed(
+            fd.try_clone()
+                .map_err(|e| format!("duplicating the library's memfd: {e}"))?,
+        ),
+        crate::integrity::Library::Path(path) => {
+            crate::symbolize::LibrarySource::Path(path.clone())
+        }
+    };
+    Ok(super::CrashMemo {
+        memfd,
+        library,
+        library_name: config
+            .path
+            .file_name()
+            .map_or_else(|| name.to_owned(), |n| n.to_string_lossy().into_owned()),
+        report: OnceLock::new(),
+    })
 }

@@ -256,6 +256,7 @@ pub fn service_messages() -> Vec<(&'static str, ServiceMsg)> {
                 plugin: PluginSource::Path("/usr/lib/plughost/audit.so".into()),
                 confinement: Confinement::default(),
                 call_ring: false,
+                crash_report: false,
             }),
         ),
         (
@@ -283,6 +284,7 @@ pub fn service_messages() -> Vec<(&'static str, ServiceMsg)> {
                     }),
                 },
                 call_ring: true,
+                crash_report: true,
             }),
         ),
         hook(

@@ -1104,6 +1104,7 @@ impl Daemon {
                         })
                         .collect(),
                     last_error: p.last_error,
+                    last_crash: p.last_crash,
                 })
                 .collect()
         })
@@ -1621,10 +1622,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let fake_host = dir.path().join("plughost-host");
         std::fs::copy("/bin/sh", &fake_host).expect("copy sh");
-        let mut shell = std::process::Command::new(&fake_host)
-            .args(["-c", "sleep 30; true"])
-            .spawn()
-            .expect("spawn");
+        // ETXTBSY while another test thread's fork still holds the copy's write fd: retry.
+        let mut tries = 0;
+        let mut shell = loop {
+            match std::process::Command::new(&fake_host)
+                .args(["-c", "sleep 30; true"])
+                .spawn()
+            {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other.expect("spawn"),
+            }
+        };
         let children = format!("/proc/{0}/task/{0}/children", shell.id());
         let mut child = None;
         for _ in 0..500 {
