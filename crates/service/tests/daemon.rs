@@ -74,14 +74,16 @@ fn success_flow_with_real_mounts_and_processes() {
         .ok()
         .json();
     let id = reg["id"].as_str().expect("id").to_owned();
+    // The JSON's id is the dashed uuid the table shows; plugins log its 32 hex digits.
+    let id_hex = id.replace('-', "");
     let line = fx.wait_for("distribution_registered");
     assert_eq!(field(&line, "name"), "td");
-    assert_eq!(field(&line, "id"), id);
+    assert_eq!(field(&line, "id"), id_hex);
 
     let d = daemon.ctl(&["--json", "distro", "start", "td"]).ok().json();
     let init_pid = d["init_pid"].as_u64().expect("init pid") as u32;
     let line = fx.wait_for("distribution_started");
-    assert_eq!(field(&line, "id"), id);
+    assert_eq!(field(&line, "id"), id_hex);
     assert_eq!(field(&line, "init_pid"), init_pid.to_string());
     assert_eq!(field(&line, "package"), "pkg");
     assert_eq!(field(&line, "flavor"), "testos");
@@ -125,7 +127,10 @@ fn success_flow_with_real_mounts_and_processes() {
         .ctl(&["exec", "--distro", "td", "--", "true"])
         .fails_with("distribution 'td' is not running");
     daemon.ctl(&["distro", "unregister", "td"]).ok();
-    assert_eq!(field(&fx.wait_for("distribution_unregistered"), "id"), id);
+    assert_eq!(
+        field(&fx.wait_for("distribution_unregistered"), "id"),
+        id_hex
+    );
     daemon
         .ctl(&["distro", "start", "td"])
         .fails_with("no distribution named 'td'");
@@ -463,7 +468,9 @@ fn distribution_ids_survive_a_daemon_restart() {
         .ok()
         .json();
     let id = reg["id"].as_str().expect("id").to_owned();
-    assert_eq!(id.len(), 32);
+    // The canonical dashed form, the same as the table's ID column.
+    let groups: Vec<usize> = id.split('-').map(str::len).collect();
+    assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
     daemon
         .ctl(&[
             "distro",
@@ -482,6 +489,7 @@ fn distribution_ids_survive_a_daemon_restart() {
     let table = daemon.ctl(&["distro", "list"]).ok().stdout;
     assert!(table.starts_with("NAME"), "{table}");
     assert!(table.contains("testos 1.0"), "{table}");
+    assert!(table.contains(&id), "{table}");
 }
 
 #[test]
