@@ -224,6 +224,26 @@ fn plugin_writable_by_others_is_refused() {
     let manager = service.manager(vec![PluginConfig::new("loose", &path)]);
     let err = service.start_vm(&manager, &session(1)).unwrap_err();
     assert!(err.contains("is writable by others (mode 777)"), "{err}");
+    // Sticky (like /tmp) or not: the library's own directory is refused...
+    std::fs::set_permissions(lib.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let manager = service.manager(vec![PluginConfig::new("loose", &path)]);
+    let err = service.start_vm(&manager, &session(1)).unwrap_err();
+    assert_eq!(
+        err,
+        format!(
+            "plugin 'loose' failed to load: {} is writable by others (mode 1777)",
+            lib.path().display()
+        )
+    );
+    // ...while a sticky world-writable ancestor (a checkout under /tmp) is not.
+    let inner = lib.path().join("inner");
+    std::fs::create_dir(&inner).unwrap();
+    std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let inner_path = copy_into(&inner, "noop");
+    let manager = service.manager(vec![PluginConfig::new("inner", &inner_path)]);
+    service
+        .start_vm(&manager, &session(2))
+        .expect("a plugin beneath a sticky directory loads");
 }
 
 #[test]

@@ -50,6 +50,29 @@ pub fn generate(command: clap::Command, section: &str, dir: &Path) -> Result<(),
     Ok(())
 }
 
+/// The visible subcommands and arguments of `command` that have no description (for a test of
+/// each binary: `--help` and the man pages must say what everything is).
+pub fn undocumented(mut command: clap::Command) -> Vec<String> {
+    fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            if !arg.is_hide_set() && arg.get_help().is_none() {
+                missing.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let name = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() {
+                missing.push(name.clone());
+            }
+            walk(sub, &name, missing);
+        }
+    }
+    command.build();
+    let mut missing = Vec::new();
+    walk(&command, command.get_name(), &mut missing);
+    missing
+}
+
 /// `command` must be built: its display name (`plughostctl-vm-start`) names the page.
 fn man_pages(command: &clap::Command, section: &str, dir: &Path) -> Result<(), DocsError> {
     let page = command
@@ -88,6 +111,23 @@ mod tests {
         Shown,
         #[command(hide = true)]
         Hidden,
+    }
+
+    #[test]
+    fn an_argument_or_subcommand_without_description_is_found() {
+        #[derive(clap::Parser)]
+        #[command(name = "bare")]
+        struct Bare {
+            #[arg(long)]
+            flag: bool,
+            #[command(subcommand)]
+            command: Sub,
+        }
+        use clap::CommandFactory;
+        let missing = undocumented(Bare::command());
+        assert!(missing.contains(&"bare flag".to_owned()), "{missing:?}");
+        assert!(!missing.iter().any(|m| m.contains("shown")), "{missing:?}");
+        assert!(!missing.iter().any(|m| m.contains("hidden")), "{missing:?}");
     }
 
     #[test]

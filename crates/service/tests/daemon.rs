@@ -439,9 +439,15 @@ fn non_root_user_is_refused_root_only_commands() {
     }
     let world = World::new(vec![c("noop")]);
     let mut daemon = world.start();
-    let denied = "permission denied: plugin management and shutdown are root-only";
-    daemon.ctl_as(65534, &["shutdown"]).fails_with(denied);
-    daemon.ctl_as(65534, &["plugins"]).fails_with(denied);
+    daemon
+        .ctl_as(65534, &["shutdown"])
+        .fails_with("permission denied: `plughostctl shutdown` is root-only");
+    daemon
+        .ctl_as(65534, &["plugins"])
+        .fails_with("permission denied: `plughostctl plugins` is root-only");
+    daemon
+        .ctl_as(65534, &["metrics"])
+        .fails_with("permission denied: `plughostctl metrics` is root-only");
     assert!(daemon.is_running());
     let out = daemon.ctl(&["plugins"]).ok();
     assert!(out.stdout.starts_with("NAME"), "{}", out.stdout);

@@ -424,15 +424,18 @@ fn print_distros(distros: &[DistroInfo]) {
     );
 }
 
-fn print_plugins(plugins: &[PluginRow]) {
-    let rows = plugins
+/// One row per plugin. A crashed or failed plugin's STATE is just that word: its error is in
+/// LAST ERROR, once (the detail would repeat it).
+fn plugin_rows(plugins: &[PluginRow]) -> Vec<Vec<String>> {
+    plugins
         .iter()
         .map(|p| {
+            let says_error = matches!(p.state.as_str(), "crashed" | "failed");
             vec![
                 p.name.clone(),
                 p.isolation.clone(),
                 dash(p.host_pid),
-                if p.detail.is_empty() {
+                if p.detail.is_empty() || says_error {
                     p.state.clone()
                 } else {
                     p.detail.clone()
@@ -443,7 +446,11 @@ fn print_plugins(plugins: &[PluginRow]) {
                 p.last_error.clone().unwrap_or_else(|| "-".into()),
             ]
         })
-        .collect();
+        .collect()
+}
+
+fn print_plugins(plugins: &[PluginRow]) {
+    let rows = plugin_rows(plugins);
     table(
         &[
             "NAME",
@@ -457,4 +464,52 @@ fn print_plugins(plugins: &[PluginRow]) {
         ],
         rows,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every subcommand and argument a user can see says what it is (`--help`, the man pages).
+    #[test]
+    fn every_subcommand_and_argument_has_a_description() {
+        let missing = plughost_service::docs::undocumented(Cli::command());
+        assert!(missing.is_empty(), "no description: {missing:?}");
+    }
+
+    #[test]
+    fn a_failed_plugin_row_shows_its_error_once() {
+        let error = "plugin 'f' failed to load: /usr/lib/plughost/f.so: cannot open shared object file: No such file or directory";
+        let row = PluginRow {
+            name: "f".into(),
+            path: "/usr/lib/plughost/f.so".into(),
+            isolation: "process".into(),
+            host_pid: None,
+            state: "failed".into(),
+            detail: format!("failed: {error}"),
+            crashes: 0,
+            restarts: 0,
+            uptime_secs: None,
+            hooks_served: 0,
+            api_calls: 0,
+            latency: Vec::new(),
+            last_error: Some(error.into()),
+        };
+        let busy = PluginRow {
+            name: "b".into(),
+            state: "busy".into(),
+            detail: "busy in on_vm_started for 120 ms".into(),
+            last_error: None,
+            ..row.clone()
+        };
+        let rows = plugin_rows(&[row, busy]);
+        let failed = rows[0].join("  ");
+        assert_eq!(
+            failed.matches("cannot open shared object").count(),
+            1,
+            "{failed}"
+        );
+        assert_eq!(rows[0][3], "failed");
+        assert_eq!(rows[1][3], "busy in on_vm_started for 120 ms");
+    }
 }

@@ -394,3 +394,13 @@ mod signals {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_argument_has_a_description() {
+        use clap::CommandFactory;
+        let missing = plughost_service::docs::undocumented(super::Cli::command());
+        assert!(missing.is_empty(), "no description: {missing:?}");
+    }
+}
