@@ -117,6 +117,12 @@ impl World {
     /// Starts a daemon and waits until it answers.
     pub fn start(&self) -> Daemon {
         self.write_config();
+        self.start_with(self.daemon_command())
+    }
+
+    /// Starts `command` (from [`World::daemon_command`], adjusted) on the config as it is, and
+    /// waits until it answers on [`World::socket`].
+    pub fn start_with(&self, mut command: Command) -> Daemon {
         let log = self.dir.path().join(format!(
             "plughostd.{}.log",
             std::time::SystemTime::now()
@@ -124,8 +130,7 @@ impl World {
                 .map(|d| d.as_nanos())
                 .unwrap_or(0)
         ));
-        let child = self
-            .daemon_command()
+        let child = command
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("daemon log"))
             .spawn()
@@ -134,6 +139,7 @@ impl World {
             child,
             log,
             socket: self.socket(),
+            public_ctl: std::sync::OnceLock::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -180,6 +186,8 @@ pub struct Daemon {
     pub child: Child,
     pub log: PathBuf,
     pub socket: PathBuf,
+    /// A copy of plughostctl that any uid can run ([`Daemon::ctl_as`]).
+    public_ctl: std::sync::OnceLock<PathBuf>,
 }
 
 /// What `plughostctl` did.
@@ -258,11 +266,31 @@ impl Daemon {
         Ctl::from(child.wait_with_output().expect("wait plughostctl"))
     }
 
-    /// Runs `plughostctl ARGS` as `uid` (gid the same): no passwd entry needed.
+    /// Runs `plughostctl ARGS` as `uid` (gid the same): no passwd entry needed. It runs a copy
+    /// of plughostctl in the test's world-readable directory: `uid` may not be able to enter the
+    /// checkout (a clone under /root is mode 700).
     pub fn ctl_as(&self, uid: u32, args: &[&str]) -> Ctl {
-        let mut command = self.command(args);
-        command.uid(uid).gid(uid);
+        let mut command = Command::new(self.public_ctl());
+        command
+            .env("PLUGHOST_SOCKET", &self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .current_dir("/")
+            .uid(uid)
+            .gid(uid);
         Ctl::from(command.output().expect("run plughostctl"))
+    }
+
+    /// `plughostctl`, copied once beside the socket (the test's directory, mode 755).
+    fn public_ctl(&self) -> &Path {
+        self.public_ctl.get_or_init(|| {
+            let dir = self.socket.parent().expect("the socket's directory");
+            let copy = dir.join(format!("plughostctl.{}", self.child.id()));
+            std::fs::copy(plughostctl(), &copy).expect("copy plughostctl");
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod plughostctl");
+            copy
+        })
     }
 
     pub fn pid(&self) -> u32 {
