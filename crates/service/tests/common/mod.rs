@@ -278,7 +278,17 @@ impl Daemon {
             .current_dir("/")
             .uid(uid)
             .gid(uid);
-        Ctl::from(command.output().expect("run plughostctl"))
+        // The copy was just written: a process another test thread forked meanwhile may still
+        // hold its write fd until it execs (ETXTBSY). That passes within moments.
+        for _ in 0..100 {
+            match command.output() {
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::TXTBSY.raw_os_error()) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                output => return Ctl::from(output.expect("run plughostctl")),
+            }
+        }
+        panic!("plughostctl copy stayed busy (ETXTBSY)");
     }
 
     /// `plughostctl`, copied once beside the socket (the test's directory, mode 755).
