@@ -66,6 +66,15 @@ fn plughostd_names_its_host_binary_and_refuses_to_start_without_one() {
         "{}",
         daemon.log_text()
     );
+    // The host says what Landlock lets the plugin open, and which keys allow more.
+    let rules = format!(
+        "write_paths ({}); any other open fails with EACCES (Permission denied): add the path to read_paths or write_paths in the plugin's configuration",
+        world.fx.dir.path().display()
+    );
+    wait_until("the host's Landlock line", || {
+        let log = daemon.log_text();
+        log.contains(&rules) || log.contains("Landlock not enforced")
+    });
     daemon.shutdown();
 
     // A config without host_binary: $PLUGHOST_HOST names a missing file.

@@ -310,7 +310,11 @@ fn choose_host_binary(config: &mut Config, config_path: &std::path::Path) -> any
         .any(|p| p.config.isolation == plughost::Isolation::Process);
     match found {
         Ok(host) => {
-            tracing::info!(host = %host.path.display(), "plugin host binary: {} ({})", host.path.display(), host.source);
+            tracing::info!(
+                "plugin host binary: {} ({})",
+                host.path.display(),
+                host.source
+            );
             config.host_binary = Some(host.path);
             Ok(())
         }
