@@ -1,9 +1,10 @@
 //! `plughostd.toml`: the plugins in order, and the VM settings. A bad file is refused with its
-//! path, line and reason.
+//! path, line and reason. Users' documentation of every key: `crates/service/README.md`,
+//! "Configuration" (keep it in step).
 //!
 //! ```toml
 //! idle_timeout_secs = 300          # stop a user's VM after this long unused (0 = never)
-//! host_binary = "/usr/libexec/plughost/plughost-host"   # default: $PLUGHOST_HOST, else beside plughostd
+//! host_binary = "/usr/libexec/plughost/plughost-host"   # default: searched (host_binary.rs)
 //!
 //! [[plugin]]
 //! name = "audit"
