@@ -171,6 +171,7 @@ fn run_internal(internal: Internal) -> ! {
         } => sandbox::vm_init(&stage, &hostname, parent_pid),
         Internal::DistroInit { root, parent_pid } => sandbox::distro_init(&root, parent_pid),
         Internal::Probe => sandbox::probe(),
+        // Answered in main(), before tracing starts.
         Internal::GenerateDocs { .. } => std::process::exit(2),
         Internal::VmEnter {
             pid,
