@@ -17,7 +17,7 @@ fn explicit_socket_wins_over_the_environment_in_both_programs() {
     let decoy = world.dir.path().join("decoy.sock");
     let mut command = world.daemon_command();
     command.env("PLUGHOST_SOCKET", &decoy);
-    let daemon = world.start_with(command);
+    let daemon = world.start_command(command);
     assert!(!decoy.exists(), "plughostd listened on $PLUGHOST_SOCKET");
 
     let socket = world.socket();
@@ -105,7 +105,7 @@ fn plughostd_names_its_host_binary_and_refuses_to_start_without_one() {
     // No hint at all: plughostd finds the host beside itself (cargo puts both in target/debug).
     let mut command = world.daemon_command();
     command.env_remove("PLUGHOST_HOST");
-    let daemon = world.start_with(command);
+    let daemon = world.start_command(command);
     let beside = std::path::Path::new(plughostd()).with_file_name("plughost-host");
     assert!(
         daemon.log_text().contains(&format!(

@@ -117,12 +117,12 @@ impl World {
     /// Starts a daemon and waits until it answers.
     pub fn start(&self) -> Daemon {
         self.write_config();
-        self.start_with(self.daemon_command())
+        self.start_command(self.daemon_command())
     }
 
     /// Starts `command` (from [`World::daemon_command`], adjusted) on the config as it is, and
     /// waits until it answers on [`World::socket`].
-    pub fn start_with(&self, mut command: Command) -> Daemon {
+    pub fn start_command(&self, mut command: Command) -> Daemon {
         let log = self.dir.path().join(format!(
             "plughostd.{}.log",
             std::time::SystemTime::now()
@@ -157,6 +157,25 @@ impl World {
             std::thread::sleep(Duration::from_millis(10));
         }
         daemon
+    }
+
+    /// Starts a daemon through `sh -c "<prefix>; exec plughostd ..."` (a launcher that leaves it,
+    /// say, an inherited fd), and waits until it answers.
+    pub fn start_via_shell(&self, prefix: &str) -> Daemon {
+        self.write_config();
+        let direct = self.daemon_command();
+        let mut command = Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg(format!("{prefix}; exec \"$@\""))
+            .arg("sh")
+            .arg(direct.get_program())
+            .args(direct.get_args())
+            .env_remove("PLUGHOST_SOCKET")
+            .env("PLUGHOST_HOST", host_binary())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
+        self.start_command(command)
     }
 
     /// The daemon's command line (for tests that expect it to refuse to start).
@@ -334,11 +353,16 @@ impl Drop for Daemon {
 /// A small distribution rootfs built from this machine: a few binaries with their libraries,
 /// `/etc/os-release` (`ID=testos`, `VERSION_ID=1.0`), and `/etc/marker` = `distro`.
 pub fn make_rootfs(parent: &Path) -> PathBuf {
-    let root = parent.join("rootfs");
+    make_rootfs_with(parent, "rootfs", &["sh", "cat", "sleep", "echo", "ls"])
+}
+
+/// [`make_rootfs`] named `name`, with the host's `/bin/<bin>` for each of `bins`.
+pub fn make_rootfs_with(parent: &Path, name: &str, bins: &[&str]) -> PathBuf {
+    let root = parent.join(name);
     for dir in ["bin", "etc", "proc", "dev", "mnt", "tmp"] {
         std::fs::create_dir_all(root.join(dir)).expect("mkdir rootfs");
     }
-    for bin in ["sh", "cat", "sleep", "echo", "ls"] {
+    for bin in bins {
         let host = Path::new("/bin").join(bin);
         let real = std::fs::canonicalize(&host).expect("host binary");
         std::fs::copy(&real, root.join("bin").join(bin)).expect("copy binary");

@@ -36,7 +36,11 @@
 //! per host beneath `<plughostd's cgroup>/plughost` where it enforces a limit), `"off"`, or the
 //! absolute path of a cgroup2 directory beneath which every host gets one (`memory_mib` becomes
 //! `memory.max` and `processes` `pids.max` where those controllers are delegated). It takes effect
-//! when plughostd starts, not on a reload.
+//! when plughostd starts, not on a reload. `vm_id_base` and `vm_id_ranges`: the host ids the VMs'
+//! user namespaces map into, one range of 65536 per user (default: the `plughost` user's
+//! /etc/subuid and /etc/subgid entry, else from 2^31); no login user may be inside.
+//! `vm_scratch_mib = 1024`: the size of each VM's private writable layer, `/tmp` and `/dev/shm`
+//! (memory-backed tmpfs; what a VM writes outside shared folders lives there and dies with it).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -58,12 +62,20 @@ struct RawConfig {
     start_timeout_secs: Option<u64>,
     teardown_timeout_secs: Option<u64>,
     cgroup_parent: Option<Spanned<String>>,
+    vm_id_base: Option<u32>,
+    vm_id_ranges: Option<u32>,
+    #[serde(default = "default_scratch")]
+    vm_scratch_mib: u32,
     #[serde(default)]
     plugin: Vec<RawPlugin>,
 }
 
 fn default_idle() -> u64 {
     300
+}
+
+fn default_scratch() -> u32 {
+    1024
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +127,12 @@ pub struct Config {
     pub deadlines: plughost::Deadlines,
     /// cgroup v2 per host (`cgroup_parent`).
     pub cgroups: plughost::CgroupPolicy,
+    /// The host ids VMs' user namespaces map into (`ids.rs`): first id and number of 65536-id
+    /// ranges; unset: the `plughost` user's /etc/subuid entry, else 2^31.
+    pub vm_id_base: Option<u32>,
+    pub vm_id_ranges: Option<u32>,
+    /// Size in MiB of each VM's writable layer, `/tmp` and `/dev/shm` (tmpfs, memory-backed).
+    pub vm_scratch_mib: u32,
 }
 
 impl Default for Config {
@@ -126,6 +144,9 @@ impl Default for Config {
             trust: plughost::Trust::default(),
             deadlines: plughost::Deadlines::default(),
             cgroups: plughost::CgroupPolicy::Auto,
+            vm_id_base: None,
+            vm_id_ranges: None,
+            vm_scratch_mib: default_scratch(),
         }
     }
 }
@@ -378,6 +399,9 @@ impl Config {
                 raw.teardown_timeout_secs,
             ),
             cgroups,
+            vm_id_base: raw.vm_id_base,
+            vm_id_ranges: raw.vm_id_ranges,
+            vm_scratch_mib: raw.vm_scratch_mib.max(1),
         })
     }
 }

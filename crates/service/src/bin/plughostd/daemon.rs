@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
@@ -35,8 +35,10 @@ use plughost::{
 use plughost_service::{uuid_hex, DistroInfo, ErrorKind, PluginRow, VmInfo};
 
 use crate::config::Config;
+use crate::ids::IdRanges;
 use crate::store::{new_uuid, os_release, Registered, Store};
-use crate::vm::{exit_code, wait_or_hangup, DistroProcess, ExecSpec, Sandbox, Vm};
+use crate::userfs::{open_dir_as, UserCred};
+use crate::vm::{exit_code, wait_or_hangup, DistroProcess, ExecError, ExecSpec, Sandbox, Vm};
 
 const ENOENT: i32 = 2;
 const EBADF: i32 = 9;
@@ -152,6 +154,8 @@ pub struct Shared {
     sessions: Mutex<Sessions>,
     csessions: Mutex<CSessions>,
     store: Mutex<Store>,
+    /// Leaf: the host id ranges of the VMs' user namespaces, by user.
+    id_ranges: Mutex<IdRanges>,
     shutting_down: AtomicBool,
 }
 
@@ -179,6 +183,7 @@ impl Daemon {
     pub fn new(
         config: Config,
         store: Store,
+        id_ranges: IdRanges,
         sandbox: Option<Arc<Sandbox>>,
         missing: Option<String>,
     ) -> anyhow::Result<Arc<Daemon>> {
@@ -192,6 +197,7 @@ impl Daemon {
                 next: 1,
             }),
             store: Mutex::new(store),
+            id_ranges: Mutex::new(id_ranges),
             shutting_down: AtomicBool::new(false),
         });
         let plugins = config.plugins.iter().map(|p| p.config.clone()).collect();
@@ -297,7 +303,8 @@ impl Daemon {
         self.check_running()?;
         let sandbox = self.sandbox()?;
         let label = format!("vm:{}", s.info.user_name);
-        let vm = Vm::start(sandbox, &label, "plughost-vm")
+        let ids = self.shared.vm_ids(s.info.uid, s.info.gid)?;
+        let vm = Vm::start(sandbox, &label, "plughost-vm", ids)
             .map(Arc::new)
             .map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))?;
         *lock(&s.vm) = Some(vm.clone());
@@ -471,9 +478,21 @@ impl Daemon {
                 format!("distribution '{name}' is already running"),
             ));
         }
+        // Opened with the owner's rights, never root's (a rootfs the owner cannot reach is refused).
+        let rootfs =
+            open_dir_as(&UserCred::of(s.info.uid, s.info.gid), &entry.rootfs).map_err(|e| {
+                OpError::new(
+                    ErrorKind::Invalid,
+                    format!(
+                        "distribution '{name}': cannot open its rootfs {} as {}: {e}",
+                        entry.rootfs.display(),
+                        s.info.user_name
+                    ),
+                )
+            })?;
         let vm = self.ensure_vm(&s)?;
         let process = vm
-            .start_distribution(name, &entry.id, &entry.rootfs)
+            .start_distribution(name, &entry.id, &rootfs)
             .map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))?;
         let (flavor, version) = os_release(&entry.rootfs);
         let info = Distribution {
@@ -562,7 +581,7 @@ impl Daemon {
                     let entry = self.find_registered(caller.uid, name)?;
                     let running = lock(&s.distros).get(&entry.id_bytes()).cloned();
                     match running {
-                        Some(d) => Some(d.info.init_pid),
+                        Some(d) => Some(d),
                         None => {
                             return Err(OpError::new(
                                 ErrorKind::NotRunning,
@@ -582,7 +601,18 @@ impl Daemon {
             gid: Some(s.info.gid),
             env: None,
         };
-        run_client_program(&vm, inside, &spec, stdio, client)
+        let what = match (distro, &inside) {
+            (Some(name), Some(_)) => format!("distribution '{name}'"),
+            _ => format!("the VM of {}", s.info.user_name),
+        };
+        run_client_program(
+            &vm,
+            inside.as_ref().map(|d| &d.process),
+            &spec,
+            stdio,
+            client,
+            &what,
+        )
     }
 
     // ---- container sessions ----
@@ -665,11 +695,16 @@ impl Daemon {
         self.check_running()?;
         let sandbox = self.sandbox()?;
         let label = format!("session-vm:{}#{}", cs.info.display_name, cs.info.id);
-        let vm = Vm::start(sandbox, &label, "plughost-session-vm")
+        let ids = self.shared.vm_ids(cs.info.uid, cs.info.gid)?;
+        let vm = Vm::start(sandbox, &label, "plughost-session-vm", ids)
             .map(Arc::new)
             .map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))?;
+        let user = UserCred::of(cs.info.uid, cs.info.gid);
         for m in lock(&cs.mounts).clone() {
-            if let Err(errno) = vm.mount(&m.host, &m.mountpoint, m.read_only) {
+            let mounted = open_dir_as(&user, &m.host)
+                .map_err(|e| e.raw_os_error().unwrap_or(EIO))
+                .and_then(|folder| vm.mount(&folder, &m.mountpoint, m.read_only));
+            if let Err(errno) = mounted {
                 tracing::warn!(csession = cs.info.id, mountpoint = %m.mountpoint,
                     "cannot re-apply a mount: errno {errno}");
             }
@@ -715,7 +750,8 @@ impl Daemon {
             gid: Some(cs.info.gid),
             env: None,
         };
-        run_client_program(&vm, None, &spec, stdio, client)
+        let what = format!("the session VM of container session '{name}'");
+        run_client_program(&vm, None, &spec, stdio, client, &what)
     }
 
     fn stop_csession_locked(&self, cs: &CSession) {
@@ -900,27 +936,33 @@ impl Daemon {
 }
 
 /// Runs a client's program with the client's own stdio and waits for it (or for the client to go).
+/// A program that cannot start is an error naming why, never an exit code it could have returned.
 fn run_client_program(
     vm: &Vm,
-    inside: Option<u32>,
+    inside: Option<&DistroProcess>,
     spec: &ExecSpec<'_>,
     stdio: [OwnedFd; 3],
     client: &UnixStream,
+    what: &str,
 ) -> OpResult<Option<i32>> {
-    let [stdin, stdout, stderr] = stdio;
     let mut child = vm
-        .spawn_program(
-            inside,
-            spec,
-            Stdio::from(stdin),
-            Stdio::from(stdout),
-            Stdio::from(stderr),
-        )
-        .map_err(|e| {
-            OpError::new(
+        .spawn_program(inside, spec, stdio, false)
+        .map_err(|e| match e {
+            ExecError::Stopping => {
+                OpError::new(ErrorKind::NotRunning, format!("{what} is stopping"))
+            }
+            ExecError::Refused { errno, message } => OpError::new(
+                if errno == ENOENT {
+                    ErrorKind::NotFound
+                } else {
+                    ErrorKind::Invalid
+                },
+                format!("cannot run {} in {what}: {message}", spec.path),
+            ),
+            ExecError::Internal(why) => OpError::new(
                 ErrorKind::Internal,
-                format!("cannot start the program: {e}"),
-            )
+                format!("cannot start the program in {what}: {why}"),
+            ),
         })?;
     let status = wait_or_hangup(&mut child, client)
         .map_err(|e| OpError::new(ErrorKind::Internal, format!("lost the program: {e}")))?;
@@ -990,6 +1032,13 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), Status> {
 }
 
 impl Shared {
+    /// The ids of a VM of user `uid` (its range recorded on first use).
+    fn vm_ids(&self, uid: u32, gid: u32) -> OpResult<crate::ids::VmIds> {
+        lock(&self.id_ranges)
+            .for_user(uid, gid)
+            .map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))
+    }
+
     fn check_not_shutting_down(&self) -> Result<(), Status> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(Status::SHUTTING_DOWN);
@@ -1022,20 +1071,19 @@ impl Shared {
         Ok(cs)
     }
 
-    /// Runs a plugin's program with stdin/stdout on a socket (the caller's end is returned) and
-    /// stderr into the log.
+    /// Runs a plugin's program as the VM's root with stdin/stdout on a socket (the caller's end is
+    /// returned) and stderr into the log; answers once the program runs, or why it could not.
     fn run_for_plugin(
         ctx: CallContext<'_>,
         vm: &Vm,
-        inside: Option<u32>,
+        inside: Option<&DistroProcess>,
         path: &str,
         argv: &[String],
     ) -> Result<OwnedFd, Status> {
-        if !Vm::has_program(inside.unwrap_or(vm.init_pid()), path) {
-            return Err(Status::errno(ENOENT));
-        }
+        check_absolute(path)?;
         let (ours, theirs) = UnixStream::pair().map_err(|e| Status::from_io(&e))?;
         let theirs_in = theirs.try_clone().map_err(|e| Status::from_io(&e))?;
+        let (log_r, log_w) = pipe()?;
         let spec = ExecSpec {
             path,
             argv,
@@ -1043,23 +1091,43 @@ impl Shared {
             gid: None,
             env: None,
         };
-        let mut child = vm
+        let child = vm
             .spawn_program(
                 inside,
                 &spec,
-                Stdio::from(OwnedFd::from(theirs_in)),
-                Stdio::from(OwnedFd::from(theirs)),
-                Stdio::piped(),
+                [OwnedFd::from(theirs_in), OwnedFd::from(theirs), log_w],
+                true,
             )
-            .map_err(|e| Status::from_io(&e))?;
-        if let Some(stderr) = child.stderr.take() {
-            vm.log_stderr(&format!("{} {path}", ctx.plugin), stderr);
-        }
+            .map_err(|e| exec_status(&e))?;
+        vm.log_stderr(
+            &format!("{} {path}", ctx.plugin),
+            std::fs::File::from(log_r),
+        );
+        let mut child = child;
         let _ = std::thread::Builder::new()
             .name("plughostd-reap".into())
             .spawn(move || child.wait());
         Ok(ours.into())
     }
+}
+
+/// What a plugin sees when its program could not start: NOT_RUNNING when the VM is stopping,
+/// else the errno (ENOENT, EACCES, ...).
+fn exec_status(e: &ExecError) -> Status {
+    match e {
+        ExecError::Stopping => Status::NOT_RUNNING,
+        other => Status::errno(other.errno()),
+    }
+}
+
+/// Opens the folder a plugin shares with the session user's rights: the share can never give the
+/// VM more than the user has (SECURITY.md, "The VM boundary").
+fn open_share(host_path: &str, uid: u32, gid: u32) -> Result<OwnedFd, Status> {
+    let path = Path::new(host_path);
+    if !path.is_absolute() || host_path.contains('\0') {
+        return Err(Status::errno(EINVAL));
+    }
+    open_dir_as(&UserCred::of(uid, gid), path).map_err(|e| Status::from_io(&e))
 }
 
 fn check_absolute(path: &str) -> Result<(), Status> {
@@ -1068,17 +1136,6 @@ fn check_absolute(path: &str) -> Result<(), Status> {
     } else {
         Err(Status::errno(EINVAL))
     }
-}
-
-fn check_host_path(path: &str) -> Result<PathBuf, Status> {
-    let path = PathBuf::from(path);
-    if !path.is_absolute() {
-        return Err(Status::errno(EINVAL));
-    }
-    if !path.exists() {
-        return Err(Status::errno(ENOENT));
-    }
-    Ok(path)
 }
 
 impl ServiceCallbacks for Shared {
@@ -1091,10 +1148,11 @@ impl ServiceCallbacks for Shared {
         read_only: bool,
         name: &str,
     ) -> Result<(), Status> {
-        let (_s, vm) = self.user_vm(session)?;
+        let (s, vm) = self.user_vm(session)?;
         check_absolute(vm_path)?;
-        let host = check_host_path(host_path)?;
-        vm.mount(&host, vm_path, read_only).map_err(Status::errno)?;
+        let folder = open_share(host_path, s.info.uid, s.info.gid)?;
+        vm.mount(&folder, vm_path, read_only)
+            .map_err(Status::errno)?;
         tracing::info!(plugin = ctx.plugin, vm = %vm.label, name, host = host_path, target = vm_path,
             read_only, "mounted");
         Ok(())
@@ -1131,7 +1189,7 @@ impl ServiceCallbacks for Shared {
                 Status::NOT_FOUND
             });
         };
-        Self::run_for_plugin(ctx, &vm, Some(d.info.init_pid), path, argv)
+        Self::run_for_plugin(ctx, &vm, Some(&d.process), path, argv)
     }
 
     fn container_mount_folder(
@@ -1144,10 +1202,11 @@ impl ServiceCallbacks for Shared {
     ) -> Result<(), Status> {
         check_absolute(mountpoint)?;
         let cs = self.csession(container_session)?;
-        let host = check_host_path(host_path)?;
+        let folder = open_share(host_path, cs.info.uid, cs.info.gid)?;
+        let host = PathBuf::from(host_path);
         let vm = lock(&cs.vm).clone();
         if let Some(vm) = vm {
-            vm.mount(&host, mountpoint, read_only)
+            vm.mount(&folder, mountpoint, read_only)
                 .map_err(Status::errno)?;
         }
         let mut mounts = lock(&cs.mounts);
@@ -1202,9 +1261,10 @@ impl ServiceCallbacks for Shared {
         let cs = self.csession(container_session)?;
         // Never starts a session VM (PLUGIN_ABI.md, "API").
         let vm = lock(&cs.vm).clone().ok_or(Status::NOT_RUNNING)?;
-        if !Vm::has_program(vm.init_pid(), path) {
+        if !path.starts_with('/') || path.contains('\0') {
+            // VM paths are absolute (PLUGIN_ABI.md, "Types"); the modelled system says ENOENT.
             return Err(CreateProcessError {
-                status: Status::errno(ENOENT),
+                status: Status::errno(EINVAL),
                 errno: ENOENT,
             });
         }
@@ -1219,16 +1279,10 @@ impl ServiceCallbacks for Shared {
             env: envp,
         };
         let child = vm
-            .spawn_program(
-                None,
-                &spec,
-                Stdio::from(stdin_r),
-                Stdio::from(stdout_w),
-                Stdio::from(stderr_w),
-            )
+            .spawn_program(None, &spec, [stdin_r, stdout_w, stderr_w], false)
             .map_err(|e| CreateProcessError {
-                status: Status::from_io(&e),
-                errno: e.raw_os_error().unwrap_or(EIO),
+                status: exec_status(&e),
+                errno: e.errno(),
             })?;
         let pidfd = crate::vm::exit_fd(child.id()).map_err(|e| Status::from_io(&e))?;
         tracing::info!(

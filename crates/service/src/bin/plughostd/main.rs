@@ -17,9 +17,11 @@
 mod config;
 mod daemon;
 mod host_binary;
+mod ids;
 mod sandbox;
 mod server;
 mod store;
+mod userfs;
 mod vm;
 
 use std::path::PathBuf;
@@ -76,11 +78,22 @@ enum Internal {
         hostname: String,
         #[arg(long)]
         parent_pid: u32,
+        #[arg(long)]
+        uid_map: String,
+        #[arg(long)]
+        gid_map: String,
+        #[arg(long)]
+        root_uid: u32,
+        #[arg(long)]
+        root_gid: u32,
+        #[arg(long)]
+        scratch_mib: u32,
     },
     #[command(name = "__vm-enter", hide = true)]
     VmEnter {
+        /// Only to find the init's user namespace; checked against the pidfd on the control socket.
         #[arg(long)]
-        pid: u32,
+        init_pid: u32,
         #[arg(long)]
         parent_pid: u32,
         #[command(subcommand)]
@@ -104,11 +117,15 @@ enum Internal {
 enum EnterCommand {
     Mount {
         #[arg(long)]
-        source: PathBuf,
-        #[arg(long)]
         target: PathBuf,
         #[arg(long)]
         read_only: bool,
+        #[arg(long)]
+        idmap: bool,
+        #[arg(long)]
+        owner_uid: u32,
+        #[arg(long)]
+        owner_gid: u32,
     },
     Unmount {
         #[arg(long)]
@@ -116,9 +133,9 @@ enum EnterCommand {
     },
     Exec {
         #[arg(long)]
-        uid: Option<u32>,
+        uid: u32,
         #[arg(long)]
-        gid: Option<u32>,
+        gid: u32,
         #[arg(long)]
         clear_env: bool,
         #[arg(long = "env", allow_hyphen_values = true)]
@@ -129,11 +146,13 @@ enum EnterCommand {
     },
     Distro {
         #[arg(long)]
-        rootfs: PathBuf,
-        #[arg(long)]
         stage: PathBuf,
         #[arg(long)]
-        exe: PathBuf,
+        idmap: bool,
+        #[arg(long)]
+        owner_uid: u32,
+        #[arg(long)]
+        owner_gid: u32,
     },
 }
 
@@ -152,6 +171,12 @@ fn main() -> ExitCode {
     if let Some(internal) = cli.internal {
         run_internal(internal);
     }
+    // Like firecracker's jailer: nothing the launcher left open (without CLOEXEC) may reach the
+    // programs users and plugins run.
+    if let Err(e) = plughost_sys::confine::close_inherited_fds(2) {
+        eprintln!("plughostd: cannot close inherited fds: {e}");
+        return ExitCode::FAILURE;
+    }
     init_tracing();
     match run_daemon(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -168,25 +193,42 @@ fn run_internal(internal: Internal) -> ! {
             stage,
             hostname,
             parent_pid,
-        } => sandbox::vm_init(&stage, &hostname, parent_pid),
+            uid_map,
+            gid_map,
+            root_uid,
+            root_gid,
+            scratch_mib,
+        } => sandbox::vm_init(&sandbox::VmInit {
+            stage,
+            hostname,
+            parent: parent_pid,
+            uid_map,
+            gid_map,
+            root_uid,
+            root_gid,
+            scratch_mib,
+        }),
         Internal::DistroInit { root, parent_pid } => sandbox::distro_init(&root, parent_pid),
         Internal::Probe => sandbox::probe(),
         // Answered in main(), before tracing starts.
         Internal::GenerateDocs { .. } => std::process::exit(2),
         Internal::VmEnter {
-            pid,
+            init_pid,
             parent_pid,
             op,
         } => {
             let op = match op {
                 EnterCommand::Mount {
-                    source,
                     target,
                     read_only,
+                    idmap,
+                    owner_uid,
+                    owner_gid,
                 } => EnterOp::Mount {
-                    source,
                     target,
                     read_only,
+                    idmap,
+                    owner: (owner_uid, owner_gid),
                 },
                 EnterCommand::Unmount { target } => EnterOp::Unmount { target },
                 EnterCommand::Exec {
@@ -205,11 +247,18 @@ fn run_internal(internal: Internal) -> ! {
                         argv: command,
                     }
                 }
-                EnterCommand::Distro { rootfs, stage, exe } => {
-                    EnterOp::Distro { rootfs, stage, exe }
-                }
+                EnterCommand::Distro {
+                    stage,
+                    idmap,
+                    owner_uid,
+                    owner_gid,
+                } => EnterOp::Distro {
+                    stage,
+                    idmap,
+                    owner: (owner_uid, owner_gid),
+                },
             };
-            sandbox::vm_enter(pid, parent_pid, op)
+            sandbox::vm_enter(parent_pid, init_pid, op)
         }
     }
 }
@@ -225,16 +274,19 @@ fn init_tracing() {
 }
 
 /// Why VMs cannot work here, if they cannot: not root, or the kernel refused the namespaces.
-fn missing_privilege(exe: &std::path::Path) -> Option<String> {
+fn missing_privilege(exe: &std::os::fd::OwnedFd) -> Option<String> {
     let uid = rustix::process::geteuid();
     if !uid.is_root() {
         return Some(format!("running as uid {}, not root", uid.as_raw()));
     }
-    let output = std::process::Command::new(exe)
-        .arg("__probe")
-        .env_clear()
-        .stdin(std::process::Stdio::null())
-        .output();
+    let output = std::process::Command::new(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(exe)
+    ))
+    .arg("__probe")
+    .env_clear()
+    .stdin(std::process::Stdio::null())
+    .output();
     match output {
         Ok(out) if out.status.success() => None,
         Ok(out) => Some(format!(
@@ -255,7 +307,7 @@ fn run_daemon(cli: Cli) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cli.state_dir)
         .with_context(|| format!("create the state directory {}", cli.state_dir.display()))?;
     let store = Store::open(&cli.state_dir)?;
-    let exe = std::env::current_exe().context("find plughostd's own executable")?;
+    let exe = Sandbox::open_exe().context("open plughostd's own executable")?;
 
     let missing = missing_privilege(&exe);
     let sandbox = match &missing {
@@ -271,9 +323,10 @@ fn run_daemon(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("create {}", stage.display()))?;
             let spawner = Spawner::start().context("start the spawner thread")?;
             Some(Arc::new(Sandbox {
-                exe: exe.clone(),
+                exe,
                 stage,
                 spawner,
+                scratch_mib: config.vm_scratch_mib,
             }))
         }
     };
@@ -287,7 +340,16 @@ fn run_daemon(cli: Cli) -> anyhow::Result<()> {
         plugins = config.plugins.len(),
         "starting"
     );
-    let daemon = Daemon::new(config, store, sandbox, missing)?;
+    let pool = ids::Pool::resolve(config.vm_id_base, config.vm_id_ranges);
+    let id_ranges = ids::IdRanges::open(&cli.state_dir, pool)?;
+    tracing::info!(
+        base = pool.base,
+        ranges = pool.ranges,
+        "VM user namespaces map into host ids {}..{}",
+        pool.base,
+        u64::from(pool.base) + u64::from(pool.ranges) * u64::from(ids::RANGE)
+    );
+    let daemon = Daemon::new(config, store, id_ranges, sandbox, missing)?;
     start_idle_reaper(&daemon)?;
     signals::install(daemon.clone(), socket.clone(), config_path.clone())?;
     tracing::info!(socket = %socket.display(), "listening");

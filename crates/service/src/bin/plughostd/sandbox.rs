@@ -1,17 +1,24 @@
 //! The child side of the namespace sandbox: hidden subcommands that `plughostd` re-executes itself
-//! with, so that every step that needs a single-threaded process (unshare, setns into a mount
-//! namespace, fork) runs in a fresh one, never in the threaded daemon (and no `pre_exec`: see
-//! LINUX_NOTES, "Spawning").
+//! with (through a handle on its own executable, never its path), so that every step that needs a
+//! single-threaded process (unshare, setns, fork) runs in a fresh one, never in the threaded daemon
+//! (and no `pre_exec`: see LINUX_NOTES, "Spawning").
 //!
 //! - `__vm-init`: unshare(mount, uts, ipc, pid), fork pid 1 of the VM; pid 1 builds the VM's root
-//!   (the host's root, read-only, with tmpfs scratch on `/tmp`, `/mnt`, `/run`, and its own `/proc`),
-//!   pivots into it, says `ready`, and reaps children forever. The outer mirrors pid 1's end.
-//! - `__vm-enter --pid P <op>`: setns into P's ipc, uts, pid and mount namespaces, then one of:
-//!   `mount` (bind a host folder, cloned with `open_tree` *before* entering, so a host path hidden
-//!   in the VM still works), `unmount`, `exec` (run a program, stdio inherited, exit mirrored),
-//!   `distro` (attach a distribution's rootfs in the VM and start its init, below).
-//! - `__distro-init --root R`: inside the VM, unshare(mount, pid), fork pid 1 of the distribution,
-//!   which mounts `/proc` and `/dev` in R, pivots into R, says `ready`, and reaps.
+//!   (an overlay: the host's root file system read-only below, a tmpfs owned by the VM's root
+//!   above; tmpfs on `/tmp`, `/run`, `/mnt`; a minimal `/dev`; its own `/proc`), pivots into it,
+//!   then unshares a **user namespace** that the outer maps (`ids.rs`: the VM's root and every id
+//!   but the session user's own to an unprivileged host range) and becomes its root, says `ready`
+//!   and reaps children forever. The mount namespace stays owned by the host's user namespace, so
+//!   nothing in the VM can mount, remount or unmount; the outer mirrors pid 1's end.
+//! - `__vm-enter --init-pid P <op>`: gets the target's pidfd (and whatever fds the op needs) on
+//!   its stdin, a seqpacket control socket, and enters by `setns(pidfd, ...)`, never by pid
+//!   number: `mount` (attach a copy of a folder the daemon opened with the session user's rights),
+//!   `unmount`, `exec` (enter every namespace, the user namespace included, run a program as the
+//!   VM's uid/gid, answer `ok` or `err <errno>` on the control socket, then mirror its exit),
+//!   `distro` (attach a distribution's rootfs in the VM and start its init as the VM's root).
+//! - `__distro-init --root R`: inside the VM's user namespace, unshare(mount, pid), fork pid 1 of
+//!   the distribution, which mounts `/proc` and binds `/dev` and `/mnt` in R, pivots into R, says
+//!   `ready`, and reaps.
 //!
 //! Every process here arms `PR_SET_PDEATHSIG(SIGKILL)` first and checks that its parent is still
 //! the expected one, so the whole chain dies with the daemon (and a pid namespace dies with its
@@ -19,20 +26,21 @@
 //! non-zero exit (the errno, for `mount`/`unmount`).
 #![allow(unsafe_code)]
 
-use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rustix::fs::{Mode, CWD};
+use rustix::fs::Mode;
 use rustix::io::Errno;
 use rustix::mount::{
     MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags,
 };
 use rustix::process::Signal;
-use rustix::thread::{LinkNameSpaceType, UnshareFlags};
+use rustix::thread::{ThreadNameSpaceType, UnshareFlags};
+
+use plughost_sys::Seqpacket;
 
 /// Exit status of a helper whose own setup failed (not the program's).
 pub const EXIT_SETUP: i32 = 125;
@@ -193,12 +201,8 @@ fn reap_forever() -> ! {
     }
 }
 
-fn mkdir_all(path: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(path)
-}
-
 /// Makes `root` (a mount point) this mount namespace's root and drops the old one
-/// (`pivot_root(".", ".")`: no put-old directory needed, which matters on a read-only root).
+/// (`pivot_root(".", ".")`: no put-old directory needed).
 fn pivot_into(root: &Path) -> Result<(), String> {
     std::env::set_current_dir(root).map_err(|e| format!("chdir {}: {e}", root.display()))?;
     rustix::process::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
@@ -208,63 +212,225 @@ fn pivot_into(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// What `__vm-init` needs: where to build, and the user namespace's maps (see `ids.rs`).
+pub struct VmInit {
+    pub stage: PathBuf,
+    pub hostname: String,
+    pub parent: u32,
+    pub uid_map: String,
+    pub gid_map: String,
+    /// Host ids of the VM's root (the owner of its writable layer).
+    pub root_uid: u32,
+    pub root_gid: u32,
+    /// Size of the writable layer and of `/tmp` and `/dev/shm` each (tmpfs, in MiB).
+    pub scratch_mib: u32,
+}
+
 /// `__vm-init`: see the module docs.
-pub fn vm_init(stage: &Path, hostname: &str, parent: u32) -> ! {
-    bind_to_parent(parent);
+pub fn vm_init(init: &VmInit) -> ! {
+    bind_to_parent(init.parent);
     let flags =
         UnshareFlags::NEWNS | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC | UnshareFlags::NEWPID;
     if let Err(e) = unshare(flags) {
         die("unshare(mount, uts, ipc, pid)", e);
     }
-    if let Some(init) = fork_bound() {
-        say(&format!("init {init}"));
-        let exit = wait_child(init).unwrap_or_else(|e| die("wait for the VM init", e));
+    // Two pipes: the init says "in my user namespace"; the outer says "go" (once it holds the
+    // init's /proc directory: the init's pivot_root moves the outer's root too, and the /proc there
+    // is the VM's) and later "mapped".
+    let (unshared_r, unshared_w) = cloexec_pipe();
+    let (mapped_r, mapped_w) = cloexec_pipe();
+    if let Some(pid) = fork_bound() {
+        drop((unshared_w, mapped_r));
+        let proc_dir = rustix::fs::open(
+            format!("/proc/{pid}"),
+            rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC
+                | rustix::fs::OFlags::RDONLY,
+            Mode::empty(),
+        )
+        .unwrap_or_else(|e| die("open the init's /proc directory", e));
+        let _ = rustix::io::write(&mapped_w, b"g");
+        say(&format!("init {pid}"));
+        if read_byte(&unshared_r).is_some() {
+            if let Err(e) = write_maps(&proc_dir, &init.uid_map, &init.gid_map) {
+                let _ = rustix::process::kill_process(
+                    rustix::process::Pid::from_raw(pid as i32)
+                        .unwrap_or(rustix::process::Pid::INIT),
+                    Signal::KILL,
+                );
+                die("user namespace maps", e);
+            }
+            let _ = rustix::io::write(&mapped_w, b"m");
+        }
+        // `mapped_w` stays open for our life: the init watches it to learn that we died.
+        let exit = wait_child(pid).unwrap_or_else(|e| die("wait for the VM init", e));
         mirror_exit(exit);
     }
-    if let Err(e) = build_vm_root(stage, hostname) {
+    drop((unshared_r, mapped_w));
+    if read_byte(&mapped_r).is_none() {
+        die("parent", "died during start-up");
+    }
+    if let Err(e) = build_vm_root(init) {
         die("VM root", e);
+    }
+    // Last: the user namespace. The mount, uts, ipc and pid namespaces above stay owned by the
+    // host's, so nothing in the VM (root included) can mount, remount or unmount anything.
+    if let Err(e) = unshare(UnshareFlags::NEWUSER) {
+        die("unshare(user)", e);
+    }
+    let _ = rustix::io::write(&unshared_w, b"u");
+    if read_byte(&mapped_r).is_none() {
+        die("user namespace", "the outer process did not map it");
+    }
+    if let Err(e) = become_root_of_namespace() {
+        die("become the VM's root", e);
+    }
+    // A change of credentials clears the parent-death signal: arm it again, then check that the
+    // outer still lives (its end of `mapped` closes when it dies).
+    if let Err(e) = rustix::process::set_parent_process_death_signal(Some(Signal::KILL)) {
+        die("PR_SET_PDEATHSIG", e);
+    }
+    if parent_is_gone(&mapped_r) {
+        die("parent", "died during start-up");
     }
     say("ready");
     reap_forever()
 }
 
-fn build_vm_root(stage: &Path, hostname: &str) -> Result<(), String> {
+fn cloexec_pipe() -> (OwnedFd, OwnedFd) {
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap_or_else(|e| die("pipe", e))
+}
+
+fn read_byte(fd: &OwnedFd) -> Option<u8> {
+    let mut byte = [0u8; 1];
+    loop {
+        match rustix::io::read(fd, &mut byte) {
+            Ok(1) => return Some(byte[0]),
+            Err(Errno::INTR) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Whether the write end of the pipe `fd` reads from was closed (the writer died).
+fn parent_is_gone(fd: &OwnedFd) -> bool {
+    let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut fds, Some(&zero)).is_ok_and(|n| n > 0)
+        && fds[0].revents().contains(rustix::event::PollFlags::HUP)
+}
+
+fn write_maps(proc_dir: &OwnedFd, uid_map: &str, gid_map: &str) -> Result<(), String> {
+    for (file, map) in [("uid_map", uid_map), ("gid_map", gid_map)] {
+        let fd = rustix::fs::openat(
+            proc_dir,
+            file,
+            rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| format!("open {file}: {e}"))?;
+        // One write: the kernel takes a map whole or not at all.
+        rustix::io::write(&fd, format!("{map}\n").as_bytes())
+            .map_err(|e| format!("write {file} ({map:?}): {e}"))?;
+    }
+    Ok(())
+}
+
+/// In a fresh user namespace whose maps are written: uid and gid 0 there, no supplementary groups.
+fn become_root_of_namespace() -> Result<(), String> {
+    use rustix::process::{Gid, Uid};
+    rustix::thread::set_thread_groups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+    rustix::thread::set_thread_res_gid(Gid::ROOT, Gid::ROOT, Gid::ROOT)
+        .map_err(|e| format!("setresgid: {e}"))?;
+    rustix::thread::set_thread_res_uid(Uid::ROOT, Uid::ROOT, Uid::ROOT)
+        .map_err(|e| format!("setresuid: {e}"))?;
+    Ok(())
+}
+
+fn mount_tmpfs(target: &Path, flags: MountFlags, data: &str) -> Result<(), String> {
+    rustix::mount::mount(
+        "tmpfs",
+        target,
+        "tmpfs",
+        flags,
+        Some(c_string(data).as_c_str()),
+    )
+    .map_err(|e| format!("tmpfs on {}: {e}", target.display()))
+}
+
+/// The VM's root: an overlay whose lower layer is the host's root file system (read-only, its own
+/// ownership: the host's files are nobody's in the VM) and whose upper layer is a tmpfs owned by
+/// the VM's root; private scratch on `/tmp`, `/run`, `/mnt`; a minimal `/dev`; its own `/proc`.
+fn build_vm_root(init: &VmInit) -> Result<(), String> {
     // Nothing we mount here may propagate back to the host.
     rustix::mount::mount_change(
         "/",
         MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
     )
     .map_err(|e| format!("make mounts private: {e}"))?;
-    rustix::mount::mount_bind_recursive("/", stage)
-        .map_err(|e| format!("bind / at {}: {e}", stage.display()))?;
-    rustix::mount::mount_remount(stage, MountFlags::BIND | MountFlags::RDONLY, "")
-        .map_err(|e| format!("make the VM root read-only: {e}"))?;
-    for (dir, mode) in [
-        ("tmp", "mode=1777"),
-        ("mnt", "mode=755"),
-        ("run", "mode=755"),
+    let stage = &init.stage;
+    let owner = format!("uid={},gid={}", init.root_uid, init.root_gid);
+    let size = format!("size={}m", init.scratch_mib);
+    mount_tmpfs(
+        stage,
+        MountFlags::NOSUID | MountFlags::NODEV,
+        &format!("mode=700,{size}"),
+    )?;
+    for dir in ["upper", "work", "root"] {
+        rustix::fs::mkdir(stage.join(dir), Mode::from_raw_mode(0o755))
+            .map_err(|e| format!("create {dir}: {e}"))?;
+    }
+    rustix::fs::chown(
+        stage.join("upper"),
+        Some(rustix::fs::Uid::from_raw(init.root_uid)),
+        Some(rustix::fs::Gid::from_raw(init.root_gid)),
+    )
+    .map_err(|e| format!("chown the upper layer: {e}"))?;
+    // Relative layer paths (from the stage): no escaping of ',' or ':' in the state directory.
+    std::env::set_current_dir(stage).map_err(|e| format!("chdir {}: {e}", stage.display()))?;
+    rustix::mount::mount(
+        "overlay",
+        "root",
+        "overlay",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        Some(c"lowerdir=/,upperdir=upper,workdir=work"),
+    )
+    .map_err(|e| format!("overlay on the host's root: {e}"))?;
+    give_directories_to_vm_root(Path::new("/"), &stage.join("upper"), init, 0)?;
+    let root = stage.join("root");
+    for (dir, flags, data) in [
+        (
+            "tmp",
+            MountFlags::NOSUID | MountFlags::NODEV,
+            format!("mode=1777,{size}"),
+        ),
+        (
+            "run",
+            MountFlags::NOSUID | MountFlags::NODEV,
+            format!("mode=755,size=64m,{owner}"),
+        ),
+        (
+            "mnt",
+            MountFlags::NOSUID | MountFlags::NODEV,
+            format!("mode=755,size=16m,{owner}"),
+        ),
     ] {
-        let target = stage.join(dir);
-        if target.is_dir() {
-            rustix::mount::mount(
-                "tmpfs",
-                &target,
-                "tmpfs",
-                MountFlags::NOSUID | MountFlags::NODEV,
-                Some(c_string(mode).as_c_str()),
-            )
-            .map_err(|e| format!("tmpfs on /{dir}: {e}"))?;
+        let target = root.join(dir);
+        if !target.is_dir() {
+            rustix::fs::mkdir(&target, Mode::from_raw_mode(0o755))
+                .map_err(|e| format!("create /{dir}: {e}"))?;
         }
+        mount_tmpfs(&target, flags, &data)?;
     }
     // Plugins mount folders under /mnt; distributions get the VM's /mnt as a slave of this one,
     // so mounts made after a distribution started reach it too.
-    let mnt = stage.join("mnt");
-    if mnt.is_dir() {
-        rustix::mount::mount_change(&mnt, MountPropagationFlags::SHARED)
-            .map_err(|e| format!("share /mnt: {e}"))?;
-    }
-    let proc_dir = stage.join("proc");
-    let _ = rustix::mount::unmount(&proc_dir, UnmountFlags::DETACH);
+    rustix::mount::mount_change(root.join("mnt"), MountPropagationFlags::SHARED)
+        .map_err(|e| format!("share /mnt: {e}"))?;
+    build_dev(&root.join("dev"), &size)?;
+    let proc_dir = root.join("proc");
     rustix::mount::mount(
         "proc",
         &proc_dir,
@@ -273,8 +439,129 @@ fn build_vm_root(stage: &Path, hostname: &str) -> Result<(), String> {
         None,
     )
     .map_err(|e| format!("mount /proc: {e}"))?;
-    pivot_into(stage)?;
-    rustix::system::sethostname(hostname.as_bytes()).map_err(|e| format!("sethostname: {e}"))?;
+    // /sys read-only, without the file systems mounted beneath it (cgroups, debugfs...).
+    let sys = root.join("sys");
+    if sys.is_dir() && rustix::mount::mount_bind("/sys", &sys).is_ok() {
+        let _ = rustix::mount::mount_remount(
+            &sys,
+            MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+            "",
+        );
+    }
+    pivot_into(&root)?;
+    rustix::system::sethostname(init.hostname.as_bytes())
+        .map_err(|e| format!("sethostname: {e}"))?;
+    Ok(())
+}
+
+/// How deep [`give_directories_to_vm_root`] goes: `/usr/local/bin`, `/var/lib/x`, `/etc/x/y`.
+const OWNED_DEPTH: usize = 3;
+/// At most this many directories (a start-up cost bound on hosts with huge trees).
+const OWNED_MAX: usize = 4096;
+
+/// Pre-creates, in the upper layer, a directory owned by the VM's root for every directory of the
+/// host's root file system down to [`OWNED_DEPTH`] that anyone may list and enter: overlayfs shows
+/// a merged directory with its upper's owner, so the VM's root can create, rename and remove
+/// entries there (`mkdir /opt/x`, `/usr/local/bin/tool`) while every *file* keeps its host owner
+/// and mode (the host's root files are nobody's in the VM: `/etc/shadow` stays unreadable). A
+/// directory others may not enter (`/root`) keeps its host owner and stays closed.
+fn give_directories_to_vm_root(
+    lower: &Path,
+    upper: &Path,
+    init: &VmInit,
+    depth: usize,
+) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root_dev = std::fs::metadata("/")
+        .map_err(|e| format!("stat /: {e}"))?
+        .dev();
+    let mut queue =
+        std::collections::VecDeque::from([(lower.to_path_buf(), upper.to_path_buf(), depth)]);
+    let mut made = 0;
+    while let Some((from, to, depth)) = queue.pop_front() {
+        if depth >= OWNED_DEPTH {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(&from) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            let mode = meta.permissions().mode();
+            // Only directories of the root file system itself (not mount points), open to all.
+            if !meta.is_dir() || meta.dev() != root_dev || mode & 0o005 != 0o005 {
+                continue;
+            }
+            if made >= OWNED_MAX {
+                return Ok(());
+            }
+            let target = to.join(entry.file_name());
+            rustix::fs::mkdir(&target, Mode::from_raw_mode(mode & 0o7777))
+                .map_err(|e| format!("create {}: {e}", target.display()))?;
+            rustix::fs::chown(
+                &target,
+                Some(rustix::fs::Uid::from_raw(init.root_uid)),
+                Some(rustix::fs::Gid::from_raw(init.root_gid)),
+            )
+            .map_err(|e| format!("chown {}: {e}", target.display()))?;
+            // mkdir applies the umask and chown clears set-id bits: the host's mode, exactly.
+            let _ = rustix::fs::chmod(&target, Mode::from_raw_mode(mode & 0o7777));
+            made += 1;
+            queue.push_back((entry.path(), target, depth + 1));
+        }
+    }
+    Ok(())
+}
+
+/// A `/dev` of its own: the harmless character devices bound from the host's, a private devpts
+/// and `/dev/shm`. No block device, no `/dev/mem`, nothing a VM program could reach the host by.
+fn build_dev(dev: &Path, shm_size: &str) -> Result<(), String> {
+    if !dev.is_dir() {
+        rustix::fs::mkdir(dev, Mode::from_raw_mode(0o755))
+            .map_err(|e| format!("create /dev: {e}"))?;
+    }
+    mount_tmpfs(
+        dev,
+        MountFlags::NOSUID | MountFlags::NOEXEC,
+        "mode=755,size=64k",
+    )?;
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let node = dev.join(name);
+        std::fs::File::create(&node).map_err(|e| format!("create /dev/{name}: {e}"))?;
+        rustix::mount::mount_bind(Path::new("/dev").join(name), &node)
+            .map_err(|e| format!("bind /dev/{name}: {e}"))?;
+    }
+    let pts = dev.join("pts");
+    rustix::fs::mkdir(&pts, Mode::from_raw_mode(0o755))
+        .map_err(|e| format!("create /dev/pts: {e}"))?;
+    rustix::mount::mount(
+        "devpts",
+        &pts,
+        "devpts",
+        MountFlags::NOSUID | MountFlags::NOEXEC,
+        Some(c"newinstance,ptmxmode=0666,mode=0620"),
+    )
+    .map_err(|e| format!("devpts: {e}"))?;
+    let shm = dev.join("shm");
+    rustix::fs::mkdir(&shm, Mode::from_raw_mode(0o1777))
+        .map_err(|e| format!("create /dev/shm: {e}"))?;
+    mount_tmpfs(
+        &shm,
+        MountFlags::NOSUID | MountFlags::NODEV,
+        &format!("mode=1777,{shm_size}"),
+    )?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(link))
+            .map_err(|e| format!("link /dev/{link}: {e}"))?;
+    }
     Ok(())
 }
 
@@ -282,106 +569,322 @@ fn c_string(s: &str) -> std::ffi::CString {
     std::ffi::CString::new(s).unwrap_or_default()
 }
 
-/// What `__vm-enter` does once inside.
+/// What `__vm-enter` does once inside. The fds each operation needs come on the control socket
+/// (its stdin), the target's pidfd first: no pid number is ever trusted to still name the VM.
 pub enum EnterOp {
+    /// fds: [pidfd of the VM init, the folder (opened by the daemon with the session user's
+    /// rights)]. Attaches a copy of the folder at `target`, idmapped to the VM when `idmap`.
     Mount {
-        source: PathBuf,
         target: PathBuf,
         read_only: bool,
+        idmap: bool,
+        /// Host ids of the VM's root, who creates missing directories on the way.
+        owner: (u32, u32),
     },
-    Unmount {
-        target: PathBuf,
-    },
+    /// fds: [pidfd of the VM init].
+    Unmount { target: PathBuf },
+    /// fds: [pidfd of the VM or distribution init, stdin, stdout, stderr]. Answers `ok` or
+    /// `err <errno> <why>` on the control socket once the program runs (or could not), then ends
+    /// as the program ends.
     Exec {
-        uid: Option<u32>,
-        gid: Option<u32>,
+        /// In the VM's terms (0: the VM's root).
+        uid: u32,
+        gid: u32,
         /// `None`: a minimal default environment.
         env: Option<Vec<String>>,
         path: String,
         argv: Vec<String>,
     },
+    /// fds: [pidfd of the VM init, the rootfs (opened with the owner's rights)].
     Distro {
-        rootfs: PathBuf,
         stage: PathBuf,
-        exe: PathBuf,
+        idmap: bool,
+        /// Host ids of the VM's root (the owner of the directories made for the stage).
+        owner: (u32, u32),
     },
 }
 
-fn open_ns(pid: u32, name: &str) -> File {
-    File::open(format!("/proc/{pid}/ns/{name}"))
-        .unwrap_or_else(|e| die(&format!("open /proc/{pid}/ns/{name}"), e))
-}
-
-fn enter(fd: &File, kind: LinkNameSpaceType, name: &str) {
-    if let Err(e) = rustix::thread::move_into_link_name_space(fd.as_fd(), Some(kind)) {
-        die(&format!("setns({name})"), e);
+impl EnterOp {
+    fn fd_count(&self) -> usize {
+        match self {
+            EnterOp::Mount { .. } | EnterOp::Distro { .. } => 2,
+            EnterOp::Unmount { .. } => 1,
+            EnterOp::Exec { .. } => 4,
+        }
     }
 }
 
-/// A detached copy of the host folder `source`, made in the daemon's mount namespace.
-fn clone_tree(source: &Path) -> OwnedFd {
-    rustix::mount::open_tree(
-        CWD,
-        source,
-        OpenTreeFlags::OPEN_TREE_CLONE
-            | OpenTreeFlags::OPEN_TREE_CLOEXEC
-            | OpenTreeFlags::AT_RECURSIVE,
-    )
-    .unwrap_or_else(|e| die_errno(&format!("clone {}", source.display()), e.into()))
+/// The control socket on stdin and the fds the daemon sent on it.
+fn receive_fds(count: usize) -> (Seqpacket, Vec<OwnedFd>) {
+    let fd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .unwrap_or_else(|e| die("control socket", e));
+    let control = Seqpacket::from_fd(fd);
+    let mut buf = [0u8; 16];
+    let mut fds = Vec::new();
+    if let Err(e) = control.recv(&mut buf, &mut fds) {
+        die("receive the daemon's fds", e);
+    }
+    if fds.len() != count {
+        die(
+            "receive the daemon's fds",
+            format!("got {}, want {count}", fds.len()),
+        );
+    }
+    (control, fds)
 }
 
-fn attach_tree(tree: &OwnedFd, target: &Path) -> std::io::Result<()> {
+/// A detached copy of the tree at `dir` (an fd the daemon opened with the user's rights).
+fn clone_tree(dir: &OwnedFd) -> Result<OwnedFd, std::io::Error> {
+    Ok(rustix::mount::open_tree(
+        dir,
+        "",
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_RECURSIVE
+            | OpenTreeFlags::AT_EMPTY_PATH,
+    )?)
+}
+
+/// Mounts the detached `tree` on the directory `place` holds (not on a path: nothing can be
+/// swapped between the check and the mount).
+fn attach_tree(tree: &OwnedFd, place: &OwnedFd) -> std::io::Result<()> {
     rustix::mount::move_mount(
         tree.as_fd(),
         "",
-        CWD,
-        target,
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        place,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     )?;
     Ok(())
 }
 
-/// `__vm-enter`: see the module docs.
-pub fn vm_enter(pid: u32, parent: u32, op: EnterOp) -> ! {
-    bind_to_parent(parent);
-    // Open everything in the daemon's view first: after setns(mnt), /proc is the VM's.
-    let ipc = open_ns(pid, "ipc");
-    let uts = open_ns(pid, "uts");
-    let pidns = open_ns(pid, "pid");
-    let mnt = open_ns(pid, "mnt");
-    let tree = match &op {
-        EnterOp::Mount { source, .. } => Some(clone_tree(source)),
-        EnterOp::Distro { rootfs, .. } => Some(clone_tree(rootfs)),
-        _ => None,
+/// The user namespace of the process `pidfd` names, opened through `/proc/<pid>` and checked to
+/// still be that process's (a pid may be reused; the pidfd may not).
+fn user_namespace_of(pidfd: &OwnedFd, pid: u32) -> std::io::Result<OwnedFd> {
+    let ns = rustix::fs::open(
+        format!("/proc/{pid}/ns/user"),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    if has_exited(pidfd) {
+        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(ns)
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
+const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// `mount_setattr` on a whole detached tree (rustix has no wrapper): set `attrs`, and with
+/// `userns` idmap it (ids on disk read as that user namespace maps them). Done before the tree is
+/// attached, so nothing in the VM ever sees it without them.
+fn set_tree_attrs(tree: &OwnedFd, attrs: u64, userns: Option<&OwnedFd>) -> std::io::Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set: attrs | userns.map_or(0, |_| MOUNT_ATTR_IDMAP),
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.map_or(0, |ns| ns.as_raw_fd() as u64),
     };
-    enter(&ipc, LinkNameSpaceType::InterProcessCommunication, "ipc");
-    enter(&uts, LinkNameSpaceType::HostNameAndNISDomainName, "uts");
-    enter(&pidns, LinkNameSpaceType::ProcessID, "pid");
-    // setns(mnt) needs a single-threaded caller; it also moves our root and cwd to the VM's.
-    enter(&mnt, LinkNameSpaceType::Mount, "mnt");
-    drop((ipc, uts, pidns, mnt));
+    // SAFETY: `attr` is a properly laid out `struct mount_attr` that outlives the call, its size is
+    // passed with it, the path is a valid empty C string, and both fds are open for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            std::ptr::from_ref(&attr),
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Idmaps `tree` to the VM of `pidfd`, or says why it could not. Not every file system can be
+/// idmapped (SECURITY.md): without it the VM's root has only other users' rights on the tree,
+/// which is less, never more.
+fn idmap_or_warn(tree: &OwnedFd, pidfd: &OwnedFd, init_pid: u32, what: &str) {
+    let mapped =
+        user_namespace_of(pidfd, init_pid).and_then(|ns| set_tree_attrs(tree, 0, Some(&ns)));
+    if let Err(e) = mapped {
+        eprintln!(
+            "plughostd sandbox: cannot idmap {what} ({e}): the VM's root gets other users' rights on it"
+        );
+    }
+}
+
+/// The mount a directory fd lies on.
+fn mount_id(dir: &OwnedFd) -> std::io::Result<u64> {
+    let stat = rustix::fs::statx(
+        dir,
+        "",
+        rustix::fs::AtFlags::EMPTY_PATH,
+        rustix::fs::StatxFlags::MNT_ID,
+    )?;
+    Ok(stat.stx_mnt_id)
+}
+
+/// Opens `target` in the VM (we are in its mount namespace), creating what is missing, one
+/// component at a time beneath the fd of the one before (no magic links, so no jump out through
+/// `/proc/<pid>/fd`). A directory is created with root's rights only where it lands in the VM's
+/// own private trees (its overlay root and the tmpfs on `/tmp`, `/run`, `/mnt`), then given to
+/// the VM's root; anywhere else (a shared folder, a distribution's rootfs) it is created with the
+/// VM's root's host ids and no capability, so never where the VM's root itself could not.
+fn open_or_make_target(owner: (u32, u32), target: &Path) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{OFlags, ResolveFlags};
+    use std::path::Component;
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let open_root = |path: &str| rustix::fs::open(path, flags, Mode::empty());
+    let mut private = Vec::new();
+    for path in ["/", "/tmp", "/run", "/mnt"] {
+        if let Ok(id) = open_root(path)
+            .map_err(std::io::Error::from)
+            .and_then(|fd| mount_id(&fd))
+        {
+            private.push(id);
+        }
+    }
+    let mut dir = open_root("/")?;
+    for component in target.components() {
+        let name = match component {
+            Component::RootDir | Component::CurDir => continue,
+            Component::Normal(name) => name,
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(std::io::Error::from_raw_os_error(libc::EINVAL))
+            }
+        };
+        let open = |dir: &OwnedFd| {
+            rustix::fs::openat2(dir, name, flags, Mode::empty(), ResolveFlags::NO_MAGICLINKS)
+        };
+        dir = match open(&dir) {
+            Ok(next) => next,
+            Err(Errno::NOENT) => {
+                if private.contains(&mount_id(&dir)?) {
+                    rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755))?;
+                    rustix::fs::chownat(
+                        &dir,
+                        name,
+                        Some(rustix::fs::Uid::from_raw(owner.0)),
+                        Some(rustix::fs::Gid::from_raw(owner.1)),
+                        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                    )?;
+                } else {
+                    mkdirat_as(owner, &dir, name)?;
+                }
+                open(&dir)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+    }
+    Ok(dir)
+}
+
+/// `mkdirat` with the host ids `owner` and no file capability.
+fn mkdirat_as(owner: (u32, u32), dir: &OwnedFd, name: &std::ffi::OsStr) -> std::io::Result<()> {
+    // SAFETY: this helper is single-threaded; setfsuid/setfsgid take plain integers, change only
+    // the ids used for file access (dropping the file capabilities while not 0), and are restored
+    // below before anything else runs.
+    unsafe {
+        libc::setfsgid(owner.1);
+        libc::setfsuid(owner.0);
+    }
+    let result = rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755));
+    // SAFETY: as above: back to root's file identity.
+    unsafe {
+        libc::setfsuid(0);
+        libc::setfsgid(0);
+    }
+    Ok(result?)
+}
+
+/// Whether the process `pidfd` names has exited (a pidfd polls readable then).
+fn has_exited(pidfd: &OwnedFd) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        pidfd,
+        rustix::event::PollFlags::IN,
+    )];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut fds, Some(&zero)).is_ok_and(|n| n > 0)
+}
+
+fn enter_namespaces(
+    pidfd: &OwnedFd,
+    types: ThreadNameSpaceType,
+    what: &str,
+) -> Result<(), std::io::Error> {
+    rustix::thread::move_into_thread_name_spaces(pidfd.as_fd(), types).map_err(|e| {
+        // ESRCH: the VM's init is gone (the VM is stopping).
+        if has_exited(pidfd) {
+            std::io::Error::from_raw_os_error(libc::ESRCH)
+        } else {
+            std::io::Error::other(format!("enter the {what} namespaces: {e}"))
+        }
+    })
+}
+
+/// `__vm-enter`: see the module docs.
+pub fn vm_enter(parent: u32, init_pid: u32, op: EnterOp) -> ! {
+    bind_to_parent(parent);
+    // Nothing in the VM may ptrace us while we still hold root's identity on the host.
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        die("PR_SET_DUMPABLE", e);
+    }
+    let (control, mut fds) = receive_fds(op.fd_count());
+    let pidfd = fds.remove(0);
     match op {
         EnterOp::Mount {
-            target, read_only, ..
+            target,
+            read_only,
+            idmap,
+            owner,
         } => {
-            let tree = tree.unwrap_or_else(|| die("mount", "no tree"));
-            if let Err(e) = mkdir_all(&target) {
-                die_errno(&format!("create {}", target.display()), e);
-            }
-            if let Err(e) = attach_tree(&tree, &target) {
-                die_errno(&format!("mount at {}", target.display()), e);
-            }
+            let source = fds.remove(0);
+            let tree = clone_tree(&source).unwrap_or_else(|e| die_errno("clone the folder", e));
+            // No device node or set-id program of the host's works through a share.
+            let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
             if read_only {
-                if let Err(e) =
-                    rustix::mount::mount_remount(&target, MountFlags::BIND | MountFlags::RDONLY, "")
-                {
-                    let _ = rustix::mount::unmount(&target, UnmountFlags::DETACH);
-                    die_errno(&format!("make {} read-only", target.display()), e.into());
-                }
+                attrs |= MOUNT_ATTR_RDONLY;
+            }
+            if let Err(e) = set_tree_attrs(&tree, attrs, None) {
+                die_errno("set the folder's mount attributes", e);
+            }
+            if idmap {
+                idmap_or_warn(&tree, &pidfd, init_pid, "the folder");
+            }
+            if let Err(e) = enter_namespaces(&pidfd, ThreadNameSpaceType::MOUNT, "VM's mount") {
+                die_errno("enter the VM", e);
+            }
+            let place = open_or_make_target(owner, &target)
+                .unwrap_or_else(|e| die_errno(&format!("create {}", target.display()), e));
+            if let Err(e) = attach_tree(&tree, &place) {
+                die_errno(&format!("mount at {}", target.display()), e);
             }
             std::process::exit(0)
         }
         EnterOp::Unmount { target } => {
+            if let Err(e) = enter_namespaces(&pidfd, ThreadNameSpaceType::MOUNT, "VM's mount") {
+                die_errno("enter the VM", e);
+            }
             if let Err(e) = rustix::mount::unmount(&target, UnmountFlags::DETACH) {
                 die_errno(&format!("unmount {}", target.display()), e.into());
             }
@@ -393,46 +896,119 @@ pub fn vm_enter(pid: u32, parent: u32, op: EnterOp) -> ! {
             env,
             path,
             argv,
-        } => run_program(uid, gid, env, &path, &argv),
-        EnterOp::Distro { stage, exe, .. } => {
-            let tree = tree.unwrap_or_else(|| die("distro", "no tree"));
-            if let Err(e) = mkdir_all(&stage) {
-                die(&format!("create {}", stage.display()), e);
-            }
-            if let Err(e) = attach_tree(&tree, &stage) {
-                die(&format!("attach the rootfs at {}", stage.display()), e);
-            }
-            // The distribution's init must be in the VM's pid namespace *before* it unshares its
-            // own (the kernel refuses unshare(NEWPID) after setns(pid)): run it as our child.
-            let mut command = Command::new(&exe);
-            command
-                .arg("__distro-init")
-                .arg("--root")
-                .arg(&stage)
-                // We are outside its pid namespace: it sees its parent as pid 0 (and as 1, the
-                // VM's init, if we died before its death signal was armed).
-                .arg("--parent-pid")
-                .arg("0")
-                .env_clear();
-            let mut child = command
-                .spawn()
-                .unwrap_or_else(|e| die(&format!("start {}", exe.display()), e));
-            let exit = child_end(child.wait().unwrap_or_else(|e| die("wait", e)));
-            mirror_exit(exit)
+        } => {
+            let stdio = std::mem::take(&mut fds);
+            run_program(&control, &pidfd, stdio, uid, gid, env, &path, &argv)
+        }
+        EnterOp::Distro {
+            stage,
+            idmap,
+            owner,
+        } => {
+            let rootfs = fds.remove(0);
+            start_distribution(&pidfd, init_pid, &rootfs, &stage, idmap, owner)
         }
     }
 }
 
+/// Attaches the rootfs in the VM and starts the distribution's init as the VM's root.
+fn start_distribution(
+    pidfd: &OwnedFd,
+    init_pid: u32,
+    rootfs: &OwnedFd,
+    stage: &Path,
+    idmap: bool,
+    owner: (u32, u32),
+) -> ! {
+    let tree = clone_tree(rootfs).unwrap_or_else(|e| die("clone the rootfs", e));
+    // A device node in a user's rootfs opens nothing of the host's.
+    if let Err(e) = set_tree_attrs(&tree, MOUNT_ATTR_NODEV, None) {
+        die("set the rootfs's mount attributes", e);
+    }
+    if idmap {
+        idmap_or_warn(&tree, pidfd, init_pid, "the rootfs");
+    }
+    // This very program, by a handle: its path may be hidden in the VM (a checkout under /tmp).
+    let exe = rustix::fs::open(
+        "/proc/self/exe",
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap_or_else(|e| die("open /proc/self/exe", e));
+    if let Err(e) = enter_namespaces(pidfd, ThreadNameSpaceType::MOUNT, "VM's mount") {
+        die("enter the VM", e);
+    }
+    // /run belongs to the VM's root: made component-wise, like a mount target.
+    let place = open_or_make_target(owner, stage)
+        .unwrap_or_else(|e| die(&format!("create {}", stage.display()), e));
+    if let Err(e) = attach_tree(&tree, &place) {
+        die(&format!("attach the rootfs at {}", stage.display()), e);
+    }
+    let rest = ThreadNameSpaceType::USER
+        | ThreadNameSpaceType::PROCESS_ID
+        | ThreadNameSpaceType::INTER_PROCESS_COMMUNICATION
+        | ThreadNameSpaceType::HOST_NAME_AND_NIS_DOMAIN_NAME;
+    if let Err(e) = enter_namespaces(pidfd, rest, "VM's") {
+        die("enter the VM", e);
+    }
+    // The distribution's init must be in the VM's pid namespace *before* it unshares its own
+    // (the kernel refuses unshare(NEWPID) after setns(pid)): run it as our child, as the VM's root.
+    let mut command = Command::new(format!("/proc/self/fd/{}", exe.as_raw_fd()));
+    command
+        .arg0("plughostd")
+        .arg("__distro-init")
+        .arg("--root")
+        .arg(stage)
+        // We are outside its pid namespace: it sees its parent as pid 0 (and as 1, the
+        // VM's init, if we died before its death signal was armed).
+        .arg("--parent-pid")
+        .arg("0")
+        .uid(0)
+        .gid(0)
+        .env_clear();
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| die("start the distribution's init", e));
+    let exit = child_end(child.wait().unwrap_or_else(|e| die("wait", e)));
+    mirror_exit(exit)
+}
+
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Runs the program as our child (in the entered pid namespace) and ends as it ended.
+/// Tells the daemon why the program could not start, then exits.
+fn refuse(control: &Seqpacket, errno: i32, why: &str) -> ! {
+    let _ = control.send(format!("err {errno} {why}").as_bytes(), &[]);
+    eprintln!("plughostd sandbox: {why}");
+    std::process::exit(EXIT_SETUP)
+}
+
+/// Enters the VM (or distribution) of `pidfd`, runs the program as our child there as `uid`/`gid`
+/// (the VM's ids), says `ok` on the control socket, and ends as the program ends.
+#[allow(clippy::too_many_arguments)]
 fn run_program(
-    uid: Option<u32>,
-    gid: Option<u32>,
+    control: &Seqpacket,
+    pidfd: &OwnedFd,
+    stdio: Vec<OwnedFd>,
+    uid: u32,
+    gid: u32,
     env: Option<Vec<String>>,
     path: &str,
     argv: &[String],
 ) -> ! {
+    let all = ThreadNameSpaceType::USER
+        | ThreadNameSpaceType::MOUNT
+        | ThreadNameSpaceType::PROCESS_ID
+        | ThreadNameSpaceType::INTER_PROCESS_COMMUNICATION
+        | ThreadNameSpaceType::HOST_NAME_AND_NIS_DOMAIN_NAME;
+    if let Err(e) = enter_namespaces(pidfd, all, "VM's") {
+        let errno = e.raw_os_error().unwrap_or(libc::EIO);
+        refuse(control, errno, &e.to_string());
+    }
+    let mut stdio = stdio.into_iter();
+    let (Some(stdin), Some(stdout), Some(stderr)) = (stdio.next(), stdio.next(), stdio.next())
+    else {
+        refuse(control, libc::EINVAL, "missing stdio");
+    };
     let mut command = Command::new(path);
     if let Some(arg0) = argv.first() {
         command.arg0(arg0);
@@ -449,26 +1025,22 @@ fn run_program(
             command.env("PATH", DEFAULT_PATH).env("HOME", "/");
         }
     }
-    if let Some(gid) = gid {
-        // std clears the supplementary groups when root sets a uid (setgroups(0)).
-        command.gid(gid);
-    }
-    if let Some(uid) = uid {
-        command.uid(uid);
-    }
-    let _ = std::env::set_current_dir("/");
+    // std clears the supplementary groups when it sets ids (setgroups(0)).
+    command
+        .gid(gid)
+        .uid(uid)
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr)
+        .current_dir("/");
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
-            eprintln!("plughostd: cannot run {path}: {e}");
-            let code = if e.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            };
-            std::process::exit(code)
+            let errno = e.raw_os_error().unwrap_or(libc::EIO);
+            refuse(control, errno, &format!("cannot run {path}: {e}"))
         }
     };
+    let _ = control.send(b"ok", &[]);
     let exit = child_end(child.wait().unwrap_or_else(|e| die("wait", e)));
     mirror_exit(exit)
 }
@@ -498,10 +1070,14 @@ fn build_distro_root(root: &Path) -> Result<(), String> {
         MountPropagationFlags::REC | MountPropagationFlags::DOWNSTREAM,
     )
     .map_err(|e| format!("make mounts slaves: {e}"))?;
+    // The rootfs came from the VM's mount namespace, which the host's user namespace owns, so here
+    // it is a locked mount and pivot_root refuses it: bind it onto itself, a mount of our own.
+    rustix::mount::mount_bind_recursive(root, root)
+        .map_err(|e| format!("bind the rootfs onto itself: {e}"))?;
+    // Nothing is created in a user's rootfs: a missing mount point is an error or a warning.
     let proc_dir = root.join("proc");
     if !proc_dir.is_dir() {
-        rustix::fs::mkdir(&proc_dir, Mode::from_raw_mode(0o555))
-            .map_err(|e| format!("create {}: {e}", proc_dir.display()))?;
+        return Err("the rootfs has no /proc directory".into());
     }
     rustix::mount::mount(
         "proc",
@@ -514,23 +1090,30 @@ fn build_distro_root(root: &Path) -> Result<(), String> {
     let dev = root.join("dev");
     if dev.is_dir() {
         rustix::mount::mount_bind_recursive("/dev", &dev).map_err(|e| format!("bind /dev: {e}"))?;
+    } else {
+        eprintln!("plughostd sandbox: the rootfs has no /dev directory: the distribution runs without devices");
     }
     let mnt = root.join("mnt");
-    if mnt.is_dir() && Path::new("/mnt").is_dir() {
+    if mnt.is_dir() {
         rustix::mount::mount_bind_recursive("/mnt", &mnt)
             .map_err(|e| format!("bind the VM's /mnt: {e}"))?;
+    } else {
+        eprintln!("plughostd sandbox: the rootfs has no /mnt directory: plugin mounts do not reach this distribution");
     }
     pivot_into(root)
 }
 
 /// `__probe`: can this daemon make the namespaces a VM needs? Exit 0, or the reason on stderr.
 pub fn probe() -> ! {
-    let flags =
-        UnshareFlags::NEWNS | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC | UnshareFlags::NEWPID;
+    let flags = UnshareFlags::NEWNS
+        | UnshareFlags::NEWUTS
+        | UnshareFlags::NEWIPC
+        | UnshareFlags::NEWPID
+        | UnshareFlags::NEWUSER;
     match unshare(flags) {
         Ok(()) => std::process::exit(0),
         Err(e) => {
-            eprintln!("unshare(mount, uts, ipc, pid): {e}");
+            eprintln!("unshare(mount, uts, ipc, pid, user): {e}");
             std::process::exit(1)
         }
     }

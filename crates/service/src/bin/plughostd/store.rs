@@ -63,7 +63,14 @@ impl Store {
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
         let path = state_dir.join("distributions.json");
         let distributions = match std::fs::read(&path) {
-            Ok(bytes) => parse(&path, &bytes)?,
+            Ok(bytes) => {
+                // A file an older version wrote world-readable becomes private now.
+                let _ = std::fs::set_permissions(
+                    &path,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                );
+                parse(&path, &bytes)?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(source) => return Err(StoreError::Read { path, source }),
         };
@@ -135,7 +142,16 @@ impl Store {
         let dir = self.path.parent().unwrap_or(Path::new("/"));
         let tmp = dir.join(format!(".distributions.json.{}.tmp", std::process::id()));
         let result = (|| {
-            let mut f = File::create(&tmp)?;
+            // 0600: other users must not read everyone's distribution names, rootfs paths and
+            // packages (the rename replaces a 0644 file an older version left).
+            let mut f = std::os::unix::fs::OpenOptionsExt::mode(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true),
+                0o600,
+            )
+            .open(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &self.path)?;

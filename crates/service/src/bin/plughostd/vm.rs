@@ -6,16 +6,18 @@
 //! from a connection thread would die with that connection.
 
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use plughost_sys::Pidfd;
+use plughost_sys::{Pidfd, Seqpacket};
 
+use crate::ids::VmIds;
 use crate::sandbox::EXIT_SETUP;
 
 /// How long a VM or distribution init may take to say `ready`.
@@ -74,11 +76,34 @@ impl Spawner {
 
 /// What every sandbox operation needs.
 pub struct Sandbox {
-    /// This very program (re-executed with hidden subcommands).
-    pub exe: PathBuf,
-    /// An empty directory the VM init binds the host root onto (in its own mount namespace).
+    /// This very program (re-executed with hidden subcommands), opened once at start: run through
+    /// `/proc/self/fd/N`, so a path hidden or replaced later (a checkout under /tmp, an upgrade)
+    /// changes nothing.
+    pub exe: OwnedFd,
+    /// An empty directory the VM init mounts its scratch tmpfs on (in its own mount namespace).
     pub stage: PathBuf,
     pub spawner: Spawner,
+    /// Size of a VM's writable layer, `/tmp` and `/dev/shm` (`vm_scratch_mib`).
+    pub scratch_mib: u32,
+}
+
+impl Sandbox {
+    /// Opens this program's own executable.
+    pub fn open_exe() -> std::io::Result<OwnedFd> {
+        Ok(rustix::fs::open(
+            "/proc/self/exe",
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?)
+    }
+
+    /// A command running this program (in the child, `/proc/self/fd/N` is the inherited handle
+    /// until the exec consumes it).
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(format!("/proc/self/fd/{}", self.exe.as_raw_fd()));
+        command.arg0("plughostd").env_clear().stdin(Stdio::null());
+        command
+    }
 }
 
 /// A program to run inside a VM or distribution.
@@ -228,13 +253,23 @@ fn start_tree(
     want_init: bool,
     find_init: impl FnOnce(&Child, &[String]) -> Option<u32>,
 ) -> Result<InitTree, SandboxError> {
-    let mut child = sandbox
+    let child = sandbox
         .spawner
         .spawn(command)
         .map_err(|source| SandboxError::Spawn {
             what: what.to_owned(),
             source,
         })?;
+    adopt_tree(what, child, want_init, find_init)
+}
+
+/// Waits for the helper `child` to report its init ready and takes a pidfd of that init.
+fn adopt_tree(
+    what: &str,
+    mut child: Child,
+    want_init: bool,
+    find_init: impl FnOnce(&Child, &[String]) -> Option<u32>,
+) -> Result<InitTree, SandboxError> {
     let last = Arc::new(Mutex::new(String::new()));
     if let Some(stderr) = child.stderr.take() {
         log_lines(what.to_owned(), stderr, Some(last.clone()));
@@ -292,22 +327,48 @@ fn start_tree(
     })
 }
 
-fn sandbox_command(sandbox: &Sandbox) -> Command {
-    let mut command = Command::new(&sandbox.exe);
-    command.env_clear().stdin(Stdio::null());
-    command
-}
-
 /// A running VM (the session VM of a container session is one too).
 pub struct Vm {
     pub label: String,
+    /// The ids of its user namespace.
+    pub ids: VmIds,
     tree: InitTree,
     sandbox: Arc<Sandbox>,
 }
 
+/// Why a program could not start in a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The VM (or distribution) is gone or going: its init has exited.
+    #[error("it is stopping")]
+    Stopping,
+    /// The program could not be started there (`errno`: ENOENT, EACCES, ...).
+    #[error("{message}")]
+    Refused { errno: i32, message: String },
+    /// The sandbox machinery failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ExecError {
+    /// The errno a plugin sees.
+    pub fn errno(&self) -> i32 {
+        match self {
+            ExecError::Stopping => libc::ESRCH,
+            ExecError::Refused { errno, .. } => *errno,
+            ExecError::Internal(_) => libc::EIO,
+        }
+    }
+}
+
 impl Vm {
-    pub fn start(sandbox: &Arc<Sandbox>, label: &str, hostname: &str) -> Result<Vm, SandboxError> {
-        let mut command = sandbox_command(sandbox);
+    pub fn start(
+        sandbox: &Arc<Sandbox>,
+        label: &str,
+        hostname: &str,
+        ids: VmIds,
+    ) -> Result<Vm, SandboxError> {
+        let mut command = sandbox.command();
         command
             .arg("__vm-init")
             .arg("--stage")
@@ -316,6 +377,16 @@ impl Vm {
             .arg(hostname)
             .arg("--parent-pid")
             .arg(std::process::id().to_string())
+            .arg("--uid-map")
+            .arg(&ids.uid_map)
+            .arg("--gid-map")
+            .arg(&ids.gid_map)
+            .arg("--root-uid")
+            .arg(ids.root_uid.to_string())
+            .arg("--root-gid")
+            .arg(ids.root_gid.to_string())
+            .arg("--scratch-mib")
+            .arg(sandbox.scratch_mib.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let tree = start_tree(sandbox, label, command, true, |_, lines| {
@@ -323,9 +394,15 @@ impl Vm {
                 .iter()
                 .find_map(|l| l.strip_prefix("init ")?.parse().ok())
         })?;
-        tracing::info!(vm = label, init_pid = tree.init_pid, "VM up");
+        tracing::info!(
+            vm = label,
+            init_pid = tree.init_pid,
+            root_uid = ids.root_uid,
+            "VM up"
+        );
         Ok(Vm {
             label: label.to_owned(),
+            ids,
             tree,
             sandbox: sandbox.clone(),
         })
@@ -345,25 +422,58 @@ impl Vm {
         tracing::info!(vm = %self.label, "VM destroyed");
     }
 
-    fn enter(&self, target_pid: u32) -> Command {
-        let mut command = sandbox_command(&self.sandbox);
+    /// Spawns `__vm-enter` for the process tree `target` and hands it the target's pidfd and
+    /// `fds` on its control socket (its stdin), which is returned.
+    fn enter(
+        &self,
+        target: &InitTree,
+        op: &[&std::ffi::OsStr],
+        fds: &[BorrowedFd<'_>],
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> std::io::Result<(Child, Seqpacket)> {
+        let (ours, theirs) = Seqpacket::pair()?;
+        let mut command = self.sandbox.command();
         command
             .arg("__vm-enter")
-            .arg("--pid")
-            .arg(target_pid.to_string())
             .arg("--parent-pid")
-            .arg(std::process::id().to_string());
-        command
+            .arg(std::process::id().to_string())
+            .arg("--init-pid")
+            .arg(target.init_pid.to_string())
+            .args(op)
+            .stdin(Stdio::from(theirs.into_fd()))
+            .stdout(stdout)
+            .stderr(stderr);
+        let mut child = self.sandbox.spawner.spawn(command)?;
+        let mut all = vec![target.init.as_fd()];
+        all.extend_from_slice(fds);
+        if let Err(e) = ours.send(b"go", &all) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::other(format!(
+                "hand the helper its fds: {e}"
+            )));
+        }
+        Ok((child, ours))
     }
 
     /// Runs a short `__vm-enter` operation and maps its exit to an errno.
-    fn run_op(&self, mut command: Command, what: &str) -> Result<(), i32> {
-        command.stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = self.sandbox.spawner.spawn(command).map_err(|e| {
-            tracing::warn!(vm = %self.label, "cannot spawn {what}: {e}");
-            e.raw_os_error().unwrap_or(5)
-        })?;
-        // Bounded: a mount or exec that never finishes (a hung filesystem, say) must not wedge the
+    fn run_op(
+        &self,
+        op: &[&std::ffi::OsStr],
+        fds: &[BorrowedFd<'_>],
+        what: &str,
+    ) -> Result<(), i32> {
+        if !self.is_alive() {
+            return Err(libc::ESRCH);
+        }
+        let (mut child, _control) = self
+            .enter(&self.tree, op, fds, Stdio::null(), Stdio::piped())
+            .map_err(|e| {
+                tracing::warn!(vm = %self.label, "cannot spawn {what}: {e}");
+                e.raw_os_error().unwrap_or(libc::EIO)
+            })?;
+        // Bounded: a mount that never finishes (a hung filesystem, say) must not wedge the
         // plugin call, and with it the session, forever.
         let finished = plughost_sys::Pidfd::open(child.id())
             .map(|p| p.wait_exit_timeout(Some(OP_TIMEOUT)))
@@ -372,81 +482,151 @@ impl Vm {
             let _ = child.kill();
             let _ = child.wait();
             tracing::warn!(vm = %self.label, "{what} did not finish within {} s: killed", OP_TIMEOUT.as_secs());
-            return Err(110); // ETIMEDOUT
+            return Err(libc::ETIMEDOUT);
         }
         let mut stderr = String::new();
         if let Some(mut pipe) = child.stderr.take() {
             let _ = pipe.read_to_string(&mut stderr);
         }
-        let status = child.wait().map_err(|e| e.raw_os_error().unwrap_or(5))?;
+        let status = child
+            .wait()
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
         for line in stderr.lines() {
             tracing::info!(vm = %self.label, "{what}: {line}");
         }
         match status.code() {
             Some(0) => Ok(()),
             Some(code) if (1..EXIT_SETUP).contains(&code) => Err(code),
-            _ => Err(5),
+            _ => Err(libc::EIO),
         }
     }
 
-    /// Bind-mounts the host folder `source` at `target` in the VM (directories created).
-    pub fn mount(&self, source: &Path, target: &str, read_only: bool) -> Result<(), i32> {
-        let mut command = self.enter(self.tree.init_pid);
-        command
-            .arg("mount")
-            .arg("--source")
-            .arg(source)
-            .arg("--target")
-            .arg(target);
+    /// Attaches `folder` (opened by the caller with the session user's rights) at `target` in the
+    /// VM, creating missing directories as the VM's root. Root's own session idmaps it, so that the
+    /// VM's root has root's rights there (see SECURITY.md, "The VM boundary").
+    pub fn mount(&self, folder: &OwnedFd, target: &str, read_only: bool) -> Result<(), i32> {
+        let owner_uid = self.ids.root_uid.to_string();
+        let owner_gid = self.ids.root_gid.to_string();
+        let mut op: Vec<&std::ffi::OsStr> = vec![
+            "mount".as_ref(),
+            "--target".as_ref(),
+            target.as_ref(),
+            "--owner-uid".as_ref(),
+            owner_uid.as_ref(),
+            "--owner-gid".as_ref(),
+            owner_gid.as_ref(),
+        ];
         if read_only {
-            command.arg("--read-only");
+            op.push("--read-only".as_ref());
         }
-        self.run_op(command, "mount")
+        if !self.ids.user_is_mapped {
+            op.push("--idmap".as_ref());
+        }
+        self.run_op(&op, &[folder.as_fd()], "mount")
     }
 
     pub fn unmount(&self, target: &str) -> Result<(), i32> {
-        let mut command = self.enter(self.tree.init_pid);
-        command.arg("unmount").arg("--target").arg(target);
-        self.run_op(command, "unmount")
+        self.run_op(
+            &["unmount".as_ref(), "--target".as_ref(), target.as_ref()],
+            &[],
+            "unmount",
+        )
     }
 
-    /// Whether `path` names a file in the VM (or in the distribution whose init is `pid`), seen
-    /// through `/proc/PID/root`. Relative paths are looked up in `PATH` by the program's runner.
-    pub fn has_program(pid: u32, path: &str) -> bool {
-        if !path.starts_with('/') {
-            return true;
-        }
-        std::fs::metadata(format!("/proc/{pid}/root{path}"))
-            .map(|m| m.is_file())
-            .unwrap_or(false)
-    }
-
-    /// Starts `spec` in the VM, or in the namespaces of `inside` (a distribution's init).
+    /// Starts `spec` in the VM, or in the distribution `inside`, and waits until it runs (or
+    /// could not start: the error says why, never a number the program could have returned).
     pub fn spawn_program(
         &self,
-        inside: Option<u32>,
+        inside: Option<&DistroProcess>,
         spec: &ExecSpec<'_>,
-        stdin: Stdio,
-        stdout: Stdio,
-        stderr: Stdio,
-    ) -> std::io::Result<Child> {
-        let mut command = self.enter(inside.unwrap_or(self.tree.init_pid));
-        command.arg("exec");
-        if let Some(uid) = spec.uid {
-            command.arg("--uid").arg(uid.to_string());
+        stdio: [OwnedFd; 3],
+        stderr_to_log: bool,
+    ) -> Result<Child, ExecError> {
+        let target = inside.map_or(&self.tree, |d| &d.tree);
+        if !target.is_alive() {
+            return Err(ExecError::Stopping);
         }
-        if let Some(gid) = spec.gid {
-            command.arg("--gid").arg(gid.to_string());
-        }
+        let uid = spec.uid.unwrap_or(0).to_string();
+        let gid = spec.gid.unwrap_or(0).to_string();
+        let mut op: Vec<&std::ffi::OsStr> = vec![
+            "exec".as_ref(),
+            "--uid".as_ref(),
+            uid.as_ref(),
+            "--gid".as_ref(),
+            gid.as_ref(),
+        ];
         if let Some(env) = spec.env {
-            command.arg("--clear-env");
+            op.push("--clear-env".as_ref());
             for entry in env {
-                command.arg("--env").arg(entry);
+                op.push("--env".as_ref());
+                op.push(entry.as_ref());
             }
         }
-        command.arg("--").arg(spec.path).args(spec.argv);
-        command.stdin(stdin).stdout(stdout).stderr(stderr);
-        self.sandbox.spawner.spawn(command)
+        op.push("--".as_ref());
+        op.push(spec.path.as_ref());
+        for arg in spec.argv {
+            op.push(arg.as_ref());
+        }
+        let [stdin, stdout, stderr] = &stdio;
+        let helper_stderr = if stderr_to_log {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
+        let (mut child, control) = self
+            .enter(
+                target,
+                &op,
+                &[stdin.as_fd(), stdout.as_fd(), stderr.as_fd()],
+                Stdio::null(),
+                helper_stderr,
+            )
+            .map_err(|e| ExecError::Internal(format!("cannot start the helper: {e}")))?;
+        drop(stdio);
+        if let Some(pipe) = child.stderr.take() {
+            log_lines(format!("{} exec", self.label), pipe, None);
+        }
+        let _ = control.set_timeouts(START_TIMEOUT, OP_TIMEOUT);
+        let mut buf = [0u8; 512];
+        let answer = control.recv(&mut buf, &mut Vec::new());
+        let fail = |child: &mut Child, e: ExecError| {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        };
+        match answer {
+            Ok(n) if &buf[..n] == b"ok" => Ok(child),
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let mut parts = text.splitn(3, ' ');
+                let errno = match (parts.next(), parts.next().and_then(|e| e.parse().ok())) {
+                    (Some("err"), Some(errno)) => errno,
+                    _ => {
+                        return fail(
+                            &mut child,
+                            ExecError::Internal(format!("unexpected answer {text:?}")),
+                        )
+                    }
+                };
+                let message = parts.next().unwrap_or("").to_owned();
+                let _ = child.wait();
+                if errno == libc::ESRCH || !target.is_alive() {
+                    return Err(ExecError::Stopping);
+                }
+                Err(ExecError::Refused { errno, message })
+            }
+            Err(e) => {
+                let stopping = !target.is_alive();
+                let _ = fail(&mut child, ExecError::Stopping);
+                if stopping {
+                    Err(ExecError::Stopping)
+                } else {
+                    Err(ExecError::Internal(format!(
+                        "the helper did not answer: {e}"
+                    )))
+                }
+            }
+        }
     }
 
     /// Logs the lines of a program's stderr under this VM's label.
@@ -454,27 +634,45 @@ impl Vm {
         log_lines(format!("{} {what}", self.label), pipe, None);
     }
 
-    /// Starts a distribution: its rootfs attached under `/run/plughost/distros/<id>` in the VM, its
-    /// init in a pid namespace of its own inside the VM's.
+    /// Starts a distribution: its rootfs (opened by the caller with the owner's rights) attached
+    /// under `/run/plughost/distros/<id>` in the VM, its init in a pid and mount namespace of its
+    /// own inside the VM's, in the VM's user namespace, as the VM's root.
     pub fn start_distribution(
         &self,
         name: &str,
         id_hex: &str,
-        rootfs: &Path,
+        rootfs: &OwnedFd,
     ) -> Result<DistroProcess, SandboxError> {
-        let mut command = self.enter(self.tree.init_pid);
-        command
-            .arg("distro")
-            .arg("--rootfs")
-            .arg(rootfs)
-            .arg("--stage")
-            .arg(format!("/run/plughost/distros/{id_hex}"))
-            .arg("--exe")
-            .arg(&self.sandbox.exe)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let stage = format!("/run/plughost/distros/{id_hex}");
+        let owner_uid = self.ids.root_uid.to_string();
+        let owner_gid = self.ids.root_gid.to_string();
+        let mut op: Vec<&std::ffi::OsStr> = vec![
+            "distro".as_ref(),
+            "--stage".as_ref(),
+            stage.as_ref(),
+            "--owner-uid".as_ref(),
+            owner_uid.as_ref(),
+            "--owner-gid".as_ref(),
+            owner_gid.as_ref(),
+        ];
+        if !self.ids.user_is_mapped {
+            op.push("--idmap".as_ref());
+        }
         let label = format!("distribution {name}");
-        let tree = start_tree(&self.sandbox, &label, command, false, |helper, _| {
+        let (child, control) = self
+            .enter(
+                &self.tree,
+                &op,
+                &[rootfs.as_fd()],
+                Stdio::piped(),
+                Stdio::piped(),
+            )
+            .map_err(|source| SandboxError::Spawn {
+                what: label.clone(),
+                source,
+            })?;
+        drop(control);
+        let tree = adopt_tree(&label, child, false, |helper, _| {
             // helper (daemon's child) -> __distro-init (in the VM) -> the distribution's pid 1.
             let outer = *children_of(helper.id()).first()?;
             children_of(outer).first().copied()

@@ -1,0 +1,356 @@
+//! The VM is a security boundary (SECURITY.md, "The VM boundary"): what a plugin's program, or a
+//! user's distribution binary a plugin runs, can do to the host. Each test drives the
+//! `vm_attacker` C plugin (its attack comes from files in the fixture directory) through a real
+//! plughostd, as root, and checks the host afterwards.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use common::*;
+
+/// `key=yes|no` tokens a script printed (the plugin turns whitespace into `_`).
+fn said(out: &str, key: &str) -> String {
+    out.split('_')
+        .find_map(|t| t.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {out:?}"))
+        .to_owned()
+}
+
+fn setting(world: &World, name: &str, text: &str) {
+    std::fs::write(world.fx.dir.path().join(name), text).expect("write the attack");
+}
+
+/// `mknod` of the host's root block device, then mounting it, then a remount of `/`.
+fn device_attack() -> String {
+    let dev = std::fs::metadata("/").expect("stat /").dev();
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    format!(
+        "mknod /tmp/blk b {major} {minor} 2>/dev/null && echo mknod=yes || echo mknod=no; \
+         mount -t ext4 /tmp/blk /mnt 2>/dev/null && echo blockdev=yes || echo blockdev=no; \
+         mount -o remount,rw / 2>/dev/null && echo remount=yes || echo remount=no; "
+    )
+}
+
+#[test]
+fn a_plugins_program_cannot_write_the_host_mount_a_device_or_read_shadow() {
+    if !need_root("a_plugins_program_cannot_write_the_host_mount_a_device_or_read_shadow") {
+        return;
+    }
+    let world = World::new(vec![c("vm_attacker")]);
+    let marker = format!("/var/tmp/plughost-vm-marker-{}", std::process::id());
+    let _ = std::fs::remove_file(&marker);
+    setting(
+        &world,
+        "vm_script",
+        &format!(
+            "touch {marker} && echo created=yes || echo created=no; {}\
+             cat /etc/shadow >/dev/null 2>&1 && echo shadow=yes || echo shadow=no; \
+             ls /dev | grep -q vd && echo disks=yes || echo disks=no; \
+             mkdir -p /opt/plughost-new/deep && echo mkdir=yes || echo mkdir=no; \
+             echo uid=$(id -u); read inside outside count < /proc/self/uid_map; echo hostroot=$outside",
+            device_attack()
+        ),
+    );
+    let daemon = world.start();
+    daemon.ctl(&["vm", "start"]).ok();
+    let out = field(&world.fx.wait_for("vm_exec"), "out").to_owned();
+    assert_eq!(said(&out, "uid"), "0", "{out}");
+    assert_ne!(
+        said(&out, "hostroot"),
+        "0",
+        "root in the VM is root on the host: {out}"
+    );
+    // The VM's root is writable and private...
+    assert_eq!(said(&out, "created"), "yes", "{out}");
+    assert_eq!(said(&out, "mkdir"), "yes", "{out}");
+    assert!(
+        !Path::new(&marker).exists(),
+        "a VM program wrote {marker} on the host"
+    );
+    // ...and gives no power over the host.
+    assert_eq!(said(&out, "mknod"), "no", "{out}");
+    assert_eq!(said(&out, "blockdev"), "no", "{out}");
+    assert_eq!(said(&out, "remount"), "no", "{out}");
+    assert_eq!(said(&out, "shadow"), "no", "{out}");
+    assert_eq!(said(&out, "disks"), "no", "{out}");
+    // The user's own programs: the same VM, the same walls.
+    let out = daemon.ctl(&["exec", "--", "sh", "-c", &format!("touch {marker}; true")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!Path::new(&marker).exists());
+    daemon.shutdown();
+}
+
+#[test]
+fn a_users_distribution_binary_run_by_a_plugin_has_no_power_over_the_host() {
+    if !need_root("a_users_distribution_binary_run_by_a_plugin_has_no_power_over_the_host") {
+        return;
+    }
+    let world = World::new(vec![c("vm_attacker")]);
+    // The user's own rootfs, with their own binaries (mount and mknod among them).
+    let rootfs = make_rootfs_with(
+        world.dir.path(),
+        "user-rootfs",
+        &["sh", "cat", "echo", "id", "mount", "mknod"],
+    );
+    chown_tree(&rootfs, 65534);
+    setting(
+        &world,
+        "distro_script",
+        &format!(
+            "{}echo uid=$(id -u); read inside outside count < /proc/self/uid_map; echo hostroot=$outside",
+            device_attack()
+        ),
+    );
+    let daemon = world.start();
+    daemon
+        .ctl_as(
+            65534,
+            &[
+                "distro",
+                "register",
+                "mine",
+                "--rootfs",
+                rootfs.to_str().expect("utf-8"),
+            ],
+        )
+        .ok();
+    daemon.ctl_as(65534, &["distro", "start", "mine"]).ok();
+    let line = world.fx.wait_for("distro_exec");
+    assert_eq!(field(&line, "status"), "0", "{line}");
+    let out = field(&line, "out").to_owned();
+    assert_eq!(said(&out, "uid"), "0", "{out}");
+    assert_ne!(said(&out, "hostroot"), "0", "{out}");
+    assert_eq!(said(&out, "mknod"), "no", "{out}");
+    assert_eq!(said(&out, "blockdev"), "no", "{out}");
+    assert_eq!(said(&out, "remount"), "no", "{out}");
+    daemon.shutdown();
+}
+
+#[test]
+fn mount_folder_works_at_any_absolute_path() {
+    if !need_root("mount_folder_works_at_any_absolute_path") {
+        return;
+    }
+    let world = World::new(vec![c("vm_attacker")]);
+    let dir = world.fx.dir.path().display().to_string();
+    setting(&world, "share", &format!("{dir} /test-plugin/deep/folder"));
+    setting(
+        &world,
+        "vm_script",
+        "cat /test-plugin/deep/folder/file; echo",
+    );
+    let daemon = world.start();
+    daemon.ctl(&["vm", "start"]).ok();
+    assert_eq!(field(&world.fx.wait_for("share"), "status"), "0");
+    let line = world.fx.wait_for("vm_exec");
+    assert_eq!(field(&line, "out"), "OK_", "{line}");
+    let out = daemon
+        .ctl(&["exec", "--", "cat", "/test-plugin/deep/folder/file"])
+        .ok();
+    assert_eq!(out.stdout, "OK");
+    // Nothing of it reached the host.
+    assert!(!Path::new("/test-plugin").exists());
+    daemon.shutdown();
+}
+
+#[test]
+fn a_share_gives_the_vm_exactly_the_session_users_rights() {
+    if !need_root("a_share_gives_the_vm_exactly_the_session_users_rights") {
+        return;
+    }
+    let world = World::new(vec![c("vm_attacker")]);
+    // Only root may write the top; `allowed` is the user's.
+    let share = world.dir.path().join("share");
+    std::fs::create_dir_all(share.join("allowed")).expect("mkdir");
+    std::fs::set_permissions(&share, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::os::unix::fs::chown(share.join("allowed"), Some(65534), Some(65534)).expect("chown");
+    setting(&world, "share", &format!("{} /mnt/share", share.display()));
+    setting(
+        &world,
+        "vm_script",
+        "echo x > /mnt/share/top 2>/dev/null && echo top=yes || echo top=no; \
+         echo x > /mnt/share/allowed/by-root 2>/dev/null && echo allowed=yes || echo allowed=no",
+    );
+    let daemon = world.start();
+    daemon.ctl_as(65534, &["vm", "start"]).ok();
+    assert_eq!(field(&world.fx.wait_for("share"), "status"), "0");
+    let out = field(&world.fx.wait_for("vm_exec"), "out").to_owned();
+    assert_eq!(
+        said(&out, "top"),
+        "no",
+        "the VM's root wrote where the user may not"
+    );
+    assert_eq!(said(&out, "allowed"), "yes", "{out}");
+    assert!(!share.join("top").exists());
+    assert!(share.join("allowed/by-root").exists());
+    // The user's own programs: their rights, and their files.
+    daemon
+        .ctl_as(
+            65534,
+            &["exec", "--", "sh", "-c", "echo y > /mnt/share/top"],
+        )
+        .code
+        .ne(&0)
+        .then_some(())
+        .expect("the user wrote where they may not");
+    daemon
+        .ctl_as(
+            65534,
+            &["exec", "--", "sh", "-c", "echo y > /mnt/share/allowed/mine"],
+        )
+        .ok();
+    let meta = std::fs::metadata(share.join("allowed/mine")).expect("the user's file");
+    assert_eq!(meta.uid(), 65534);
+    daemon.shutdown();
+}
+
+#[test]
+fn roots_session_shares_act_with_roots_rights_through_an_idmapped_mount() {
+    if !need_root("roots_session_shares_act_with_roots_rights_through_an_idmapped_mount") {
+        return;
+    }
+    let world = World::new(vec![c("vm_attacker")]);
+    let share = world.dir.path().join("root-share");
+    std::fs::create_dir_all(&share).expect("mkdir");
+    std::fs::set_permissions(&share, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    setting(&world, "share", &format!("{} /mnt/share", share.display()));
+    setting(
+        &world,
+        "vm_script",
+        "echo x > /mnt/share/by-vm-root 2>/dev/null && echo w=yes || echo w=no; \
+         stat -c owner=%u /mnt/share/by-vm-root",
+    );
+    let daemon = world.start();
+    daemon.ctl(&["vm", "start"]).ok();
+    let out = field(&world.fx.wait_for("vm_exec"), "out").to_owned();
+    assert_eq!(said(&out, "w"), "yes", "{out}");
+    assert_eq!(said(&out, "owner"), "0", "{out}");
+    // On the host the file is root's, not the VM range's.
+    let meta = std::fs::metadata(share.join("by-vm-root")).expect("written");
+    assert_eq!(meta.uid(), 0);
+    daemon.shutdown();
+}
+
+#[test]
+fn absolute_symlinks_resolve_inside_the_distribution() {
+    if !need_root("absolute_symlinks_resolve_inside_the_distribution") {
+        return;
+    }
+    let world = World::new(vec![c("vm_attacker")]);
+    // Alpine-style: /bin/sh -> /opt/x/busybox, a path the host does not have.
+    let rootfs = make_rootfs_with(world.dir.path(), "alpine", &["sh", "cat", "echo"]);
+    std::fs::create_dir_all(rootfs.join("opt/x")).expect("mkdir");
+    std::fs::rename(rootfs.join("bin/sh"), rootfs.join("opt/x/busybox")).expect("move sh");
+    std::os::unix::fs::symlink("/opt/x/busybox", rootfs.join("bin/sh")).expect("symlink");
+    assert!(!Path::new("/opt/x/busybox").exists());
+    setting(&world, "distro_script", "echo alpine=yes");
+    let daemon = world.start();
+    daemon
+        .ctl(&[
+            "distro",
+            "register",
+            "alp",
+            "--rootfs",
+            rootfs.to_str().expect("utf-8"),
+        ])
+        .ok();
+    daemon.ctl(&["distro", "start", "alp"]).ok();
+    let line = world.fx.wait_for("distro_exec");
+    assert_eq!(field(&line, "status"), "0", "{line}");
+    assert_eq!(said(field(&line, "out"), "alpine"), "yes");
+    let out = daemon
+        .ctl(&["exec", "--distro", "alp", "--", "/bin/sh", "-c", "echo in"])
+        .ok();
+    assert_eq!(out.stdout, "in\n");
+    daemon.shutdown();
+}
+
+#[test]
+fn the_state_file_is_private() {
+    if !need_root("the_state_file_is_private") {
+        return;
+    }
+    let world = World::new(vec![]);
+    let rootfs = make_rootfs(world.dir.path());
+    let daemon = world.start();
+    daemon
+        .ctl(&[
+            "distro",
+            "register",
+            "td",
+            "--rootfs",
+            rootfs.to_str().expect("utf-8"),
+        ])
+        .ok();
+    daemon.ctl(&["vm", "start"]).ok();
+    for file in ["distributions.json", "id-ranges"] {
+        let mode = std::fs::metadata(world.state_dir().join(file))
+            .expect("state file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+    daemon.shutdown();
+}
+
+#[test]
+fn an_fd_the_daemon_inherited_does_not_reach_programs() {
+    if !need_root("an_fd_the_daemon_inherited_does_not_reach_programs") {
+        return;
+    }
+    let world = World::new(vec![]);
+    let secret = world.dir.path().join("inherited-secret");
+    std::fs::write(&secret, "secret").expect("write");
+    let daemon = world.start_via_shell(&format!("exec 7<{}", secret.display()));
+    let out = daemon
+        .ctl(&["exec", "--", "sh", "-c", "ls -l /proc/$$/fd; cat <&7"])
+        .stdout;
+    assert!(!out.contains("inherited-secret"), "{out}");
+    assert!(!out.contains("secret\n"), "{out}");
+    daemon.shutdown();
+}
+
+/// 200 rounds of `exec` racing `vm stop`: every answer is the program's own exit (0), or a clear
+/// error saying the VM is stopping or not running; never the helper's 125/126/127.
+#[test]
+fn exec_racing_vm_stop_gets_the_programs_status_or_a_clear_error() {
+    if !need_root("exec_racing_vm_stop_gets_the_programs_status_or_a_clear_error") {
+        return;
+    }
+    let world = World::new(vec![]);
+    let daemon = world.start();
+    let mut clear_errors = 0;
+    for round in 0..200 {
+        daemon.ctl(&["vm", "start"]).ok();
+        let exec = std::thread::scope(|scope| {
+            let exec = scope.spawn(|| daemon.ctl(&["exec", "--", "/bin/true"]));
+            if round % 2 == 0 {
+                std::thread::yield_now();
+            }
+            let _ = daemon.ctl(&["vm", "stop"]);
+            exec.join().expect("exec thread")
+        });
+        match exec.code {
+            0 => {}
+            _ if exec.stderr.contains("is stopping") || exec.stderr.contains("not running") => {
+                clear_errors += 1;
+            }
+            // Killed with the VM after it started: the program's own end.
+            137 => {}
+            code => panic!("round {round}: exit {code}, stderr {:?}", exec.stderr),
+        }
+    }
+    println!("{clear_errors} of 200 execs met a stopping VM");
+    daemon.shutdown();
+}
+
+fn chown_tree(path: &Path, uid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid)).expect("chown");
+    if path.is_dir() && !path.is_symlink() {
+        for entry in std::fs::read_dir(path).expect("read_dir") {
+            chown_tree(&entry.expect("entry").path(), uid);
+        }
+    }
+}
