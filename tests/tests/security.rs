@@ -22,7 +22,6 @@ fn host_runs_unprivileged_in_its_own_session_with_nothing_inherited() {
     assert_eq!(field(&line, "nnp"), "1", "{line}");
     assert_eq!(field(&line, "seccomp"), "2", "{line}");
     assert_eq!(field(&line, "umask"), "0077", "{line}");
-    assert_eq!(field(&line, "session_leader"), "1", "{line}");
     assert_eq!(field(&line, "cwd"), "/", "{line}");
     // PH_DIR and PH_LOG, nothing of the service's environment.
     assert_eq!(field(&line, "env"), "2", "{line}");
@@ -40,8 +39,11 @@ fn host_runs_unprivileged_in_its_own_session_with_nothing_inherited() {
         assert_eq!(field(&line, "gid"), gid.to_string(), "{line}");
         assert_eq!(field(&line, "groups"), "0", "{line}");
         assert_eq!(field(&line, "capeff"), "0000000000000000", "{line}");
+        // The plugin process leads its own session in its pid namespace; without root the host
+        // keeps the process group the service gave it (README, "Requirements").
+        assert_eq!(field(&line, "session_leader"), "1", "{line}");
     } else {
-        println!("skipped the user-switch assertions: needs root");
+        println!("skipped the user-switch and session assertions: needs root");
     }
 }
 

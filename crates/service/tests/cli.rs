@@ -47,7 +47,7 @@ fn explicit_socket_wins_over_the_environment_in_both_programs() {
         stderr.contains(&format!("cannot reach plughostd at {}", decoy.display())),
         "{stderr}"
     );
-    daemon.shutdown();
+    daemon.terminate();
 }
 
 /// plughostd names the host binary it uses; with plugins configured and no host binary, it
@@ -75,7 +75,7 @@ fn plughostd_names_its_host_binary_and_refuses_to_start_without_one() {
         let log = daemon.log_text();
         log.contains(&rules) || log.contains("Landlock not enforced")
     });
-    daemon.shutdown();
+    daemon.terminate();
 
     // A config without host_binary: $PLUGHOST_HOST names a missing file.
     let config = std::fs::read_to_string(world.config_path()).expect("config");
@@ -115,7 +115,7 @@ fn plughostd_names_its_host_binary_and_refuses_to_start_without_one() {
         "{}",
         daemon.log_text()
     );
-    daemon.shutdown();
+    daemon.terminate();
 }
 
 /// `plughostctl exec id` (and `csession run NAME id`) fail as clap says, with a hint at `--`.

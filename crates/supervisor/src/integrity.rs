@@ -72,8 +72,11 @@ fn check_ownership(path: &Path, meta: &std::fs::Metadata, sticky_ok: bool) -> Re
             meta.uid()
         ));
     }
-    let sticky = mode & 0o1000 != 0;
-    if mode & 0o002 != 0 && !(sticky_ok && sticky) {
+    if sticky_ok && mode & 0o1000 != 0 {
+        // Like /tmp: whoever may write it cannot rename or remove the entry beneath it.
+        return Ok(());
+    }
+    if mode & 0o002 != 0 {
         return Err(format!(
             "{} is writable by others (mode {:o})",
             path.display(),

@@ -330,6 +330,16 @@ impl Daemon {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// SIGTERM (a graceful shutdown that works whoever runs the tests: `shutdown` is root-only),
+    /// then waits for the process to exit.
+    pub fn terminate(mut self) {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"))
+            .expect("pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        let status = self.child.wait().expect("wait plughostd");
+        assert!(status.success(), "plughostd exit: {status}");
+    }
+
     /// `shutdown`, then waits for the process to exit.
     pub fn shutdown(mut self) {
         self.ctl(&["shutdown"]).ok();
