@@ -426,11 +426,18 @@ struct plughost_api_v1 {
      * Bind-mounts host_path at vm_path in the session's VM, creating missing directories.
      *   session    a plughost_session.id
      *   host_path  the directory or file to share, a path on the host
-     *   vm_path    where it appears in the VM (absolute)
+     *   vm_path    where it appears in the VM: any absolute path (the VM's root is its own)
      *   read_only  true: the VM cannot write to it
      *   name       a short name for the mount, by which the service identifies it (e.g. in its log)
-     * Errors: -ENOENT host_path does not exist; -EFAULT a string is NULL; PLUGHOST_E_NOT_FOUND
-     * unknown session; PLUGHOST_E_NOT_RUNNING the session's VM is not running. */
+     * A share gives the VM's programs the session user's rights on host_path, never more: a write
+     * the user could not make on the host fails in the VM with EACCES, whoever makes it, the VM's
+     * root included (in plughostd the folder is opened as the user, so one the user cannot reach
+     * fails here with -EACCES). Root in the VM is root of the VM only: a service may (plughostd
+     * does) map it to an unprivileged host user, so a program a plugin starts cannot touch the
+     * host beyond what is shared with the VM.
+     * Errors: -ENOENT host_path does not exist; -EACCES the session user may not reach host_path;
+     * -EINVAL a path is not absolute; -EFAULT a string is NULL; PLUGHOST_E_NOT_FOUND unknown
+     * session; PLUGHOST_E_NOT_RUNNING the session's VM is not running. */
     plughost_mount_folder_fn mount_folder;
 
     /* execute_binary(session, path, argv, fd_out)
@@ -445,9 +452,11 @@ struct plughost_api_v1 {
      * the socket buffer is full. If it may exit before reading all its input, prefer
      * send(fd, buf, len, MSG_NOSIGNAL) to write(): whether SIGPIPE is ignored in the process the plugin
      * runs in is not part of the contract.
-     * Errors: -EFAULT path, argv or fd_out NULL; PLUGHOST_E_NOT_FOUND unknown session;
-     * PLUGHOST_E_NOT_RUNNING the session's VM is not running; -errno when the program cannot be
-     * started (e.g. -ENOENT). */
+     * The program runs as root of the VM (see mount_folder for what that is) and the call returns
+     * once it runs: PLUGHOST_OK means it started.
+     * Errors: -EFAULT path, argv or fd_out NULL; -EINVAL path is not absolute; PLUGHOST_E_NOT_FOUND
+     * unknown session; PLUGHOST_E_NOT_RUNNING the session's VM is not running or is stopping;
+     * -errno when the program cannot be started (e.g. -ENOENT, -EACCES). */
     plughost_execute_binary_fn execute_binary;
 
     /* plugin_error(message)
@@ -464,7 +473,7 @@ struct plughost_api_v1 {
 
     /* execute_binary_in_distribution(session, distribution, path, argv, fd_out)
      * As execute_binary, inside a running distribution of the session (its root filesystem and
-     * namespaces).
+     * namespaces): path and every symlink on the way resolve inside the distribution's root.
      *   distribution  the distribution's plughost_distribution.id
      * Errors: as execute_binary; PLUGHOST_E_NOT_FOUND also for an unknown distribution;
      * PLUGHOST_E_NOT_RUNNING also when the distribution is not running. */

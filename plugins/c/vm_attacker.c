@@ -2,8 +2,8 @@
  * vm_attacker.c: what a plugin can make a VM do, driven by files in $PH_DIR (read by the plugin, so each
  * test writes its own attack without a new plugin):
  *
- *   $PH_DIR/share         "HOST_PATH VM_PATH" : on_vm_started first calls mount_folder(HOST_PATH, VM_PATH,
- *                          read-write)
+ *   $PH_DIR/share         lines "HOST_PATH VM_PATH": on_vm_started first calls mount_folder(HOST_PATH,
+ *                          VM_PATH, read-write) for each, logging `share status=` each time
  *   $PH_DIR/vm_script     a shell script: on_vm_started then runs `/bin/sh -c SCRIPT` with execute_binary
  *   $PH_DIR/distro_prog   a program path (default /bin/sh) and
  *   $PH_DIR/distro_script a script: on_distribution_started runs `PROG -c SCRIPT` with
@@ -57,13 +57,16 @@ static plughost_status on_vm_started(const struct plughost_session *session,
     (void)settings;
     char share[8192];
     if (read_setting("share", share, sizeof share) != NULL) {
-        char *space = strchr(share, ' ');
-        plughost_status s = -EINVAL;
-        if (space != NULL) {
-            *space = '\0';
-            s = api->mount_folder(session->id, share, space + 1, false, "attack");
+        char *save = NULL;
+        for (char *line = strtok_r(share, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+            char *space = strchr(line, ' ');
+            plughost_status s = -EINVAL;
+            if (space != NULL) {
+                *space = '\0';
+                s = api->mount_folder(session->id, line, space + 1, false, "attack");
+            }
+            ph_log("share status=%d", s);
         }
-        ph_log("share status=%d", s);
     }
     static char script[16384];
     if (read_setting("vm_script", script, sizeof script) != NULL) {

@@ -41,6 +41,18 @@ fn a_plugins_program_cannot_write_the_host_mount_a_device_or_read_shadow() {
     let world = World::new(vec![c("vm_attacker")]);
     let marker = format!("/var/tmp/plughost-vm-marker-{}", std::process::id());
     let _ = std::fs::remove_file(&marker);
+    // Open to all when the daemon scans the host's directories, private by the time the VM starts.
+    let closed = tempfile::Builder::new()
+        .prefix("plughost-closing-")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    std::fs::set_permissions(closed.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::write(closed.path().join("secret"), "secret").expect("write");
+    std::fs::set_permissions(
+        closed.path().join("secret"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
     setting(
         &world,
         "vm_script",
@@ -49,11 +61,15 @@ fn a_plugins_program_cannot_write_the_host_mount_a_device_or_read_shadow() {
              cat /etc/shadow >/dev/null 2>&1 && echo shadow=yes || echo shadow=no; \
              ls /dev | grep -q vd && echo disks=yes || echo disks=no; \
              mkdir -p /opt/plughost-new/deep && echo mkdir=yes || echo mkdir=no; \
+             ls /root >/dev/null 2>&1 && echo rootdir=yes || echo rootdir=no; \
+             cat {closed}/secret >/dev/null 2>&1 && echo closed=yes || echo closed=no; \
              echo uid=$(id -u); read inside outside count < /proc/self/uid_map; echo hostroot=$outside",
-            device_attack()
+            device_attack(),
+            closed = closed.path().display()
         ),
     );
     let daemon = world.start();
+    std::fs::set_permissions(closed.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
     daemon.ctl(&["vm", "start"]).ok();
     let out = field(&world.fx.wait_for("vm_exec"), "out").to_owned();
     assert_eq!(said(&out, "uid"), "0", "{out}");
@@ -75,6 +91,12 @@ fn a_plugins_program_cannot_write_the_host_mount_a_device_or_read_shadow() {
     assert_eq!(said(&out, "remount"), "no", "{out}");
     assert_eq!(said(&out, "shadow"), "no", "{out}");
     assert_eq!(said(&out, "disks"), "no", "{out}");
+    assert_eq!(said(&out, "rootdir"), "no", "{out}");
+    assert_eq!(
+        said(&out, "closed"),
+        "no",
+        "a directory closed after the scan opened: {out}"
+    );
     // The user's own programs: the same VM, the same walls.
     let out = daemon.ctl(&["exec", "--", "sh", "-c", &format!("touch {marker}; true")]);
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -135,17 +157,24 @@ fn mount_folder_works_at_any_absolute_path() {
     }
     let world = World::new(vec![c("vm_attacker")]);
     let dir = world.fx.dir.path().display().to_string();
-    setting(&world, "share", &format!("{dir} /test-plugin/deep/folder"));
+    setting(
+        &world,
+        "share",
+        &format!("{dir} /test-plugin/deep/folder\n{dir}/file /srv/one/file-share"),
+    );
     setting(
         &world,
         "vm_script",
-        "cat /test-plugin/deep/folder/file; echo",
+        "cat /test-plugin/deep/folder/file; echo; cat /srv/one/file-share",
     );
     let daemon = world.start();
     daemon.ctl(&["vm", "start"]).ok();
-    assert_eq!(field(&world.fx.wait_for("share"), "status"), "0");
     let line = world.fx.wait_for("vm_exec");
-    assert_eq!(field(&line, "out"), "OK_", "{line}");
+    for share in world.fx.events("share") {
+        assert_eq!(field(&share, "status"), "0", "{share}");
+    }
+    // The folder, then the file shared on its own.
+    assert_eq!(field(&line, "out"), "OK_OK", "{line}");
     let out = daemon
         .ctl(&["exec", "--", "cat", "/test-plugin/deep/folder/file"])
         .ok();
@@ -334,7 +363,7 @@ fn exec_racing_vm_stop_gets_the_programs_status_or_a_clear_error() {
         });
         match exec.code {
             0 => {}
-            _ if exec.stderr.contains("is stopping") || exec.stderr.contains("not running") => {
+            1 if exec.stderr.contains("is stopping") || exec.stderr.contains("not running") => {
                 clear_errors += 1;
             }
             // Killed with the VM after it started: the program's own end.
@@ -353,4 +382,114 @@ fn chown_tree(path: &Path, uid: u32) {
             chown_tree(&entry.expect("entry").path(), uid);
         }
     }
+}
+
+/// A key in the launcher's session keyring: a keyring is inherited across fork and exec, and a
+/// process that possesses a keyring may read its keys.
+#[test]
+fn the_daemons_session_keyring_does_not_reach_programs() {
+    if !need_root("the_daemons_session_keyring_does_not_reach_programs") {
+        return;
+    }
+    let world = World::new(vec![]);
+    // Credentials (keyrings included) are per thread: a thread of our own joins a new session
+    // keyring, adds a key, and starts the daemon, which inherits that keyring.
+    let daemon = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+                const KEY_SPEC_SESSION_KEYRING: libc::c_long = -3;
+                // SAFETY: a NULL name asks for a new anonymous session keyring for this thread.
+                let ring = unsafe {
+                    libc::syscall(
+                        libc::SYS_keyctl,
+                        KEYCTL_JOIN_SESSION_KEYRING,
+                        std::ptr::null::<libc::c_char>(),
+                    )
+                };
+                assert!(ring >= 0, "{}", std::io::Error::last_os_error());
+                let payload = b"secret";
+                // SAFETY: type and description are NUL-terminated C strings, the payload pointer
+                // and length describe `payload`, all alive for the call.
+                let key = unsafe {
+                    libc::syscall(
+                        libc::SYS_add_key,
+                        c"user".as_ptr(),
+                        c"plughost-test-secret".as_ptr(),
+                        payload.as_ptr(),
+                        payload.len(),
+                        KEY_SPEC_SESSION_KEYRING,
+                    )
+                };
+                assert!(key >= 0, "{}", std::io::Error::last_os_error());
+                world.start()
+            })
+            .join()
+            .expect("keyring thread")
+    });
+    // /proc/keys hides keys whose owner the VM does not map: ask the kernel directly, with a
+    // program the VM can see (its /tmp is its own).
+    let bin = tempfile::Builder::new()
+        .prefix("plughost-keyring-")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let probe = bin.path().join("keyring-probe");
+    let source = bin.path().join("keyring-probe.c");
+    std::fs::write(
+        &source,
+        "#include <stdio.h>\n#include <unistd.h>\n#include <sys/syscall.h>\n\
+         int main(void) {\n\
+           long key = syscall(SYS_keyctl, 10 /* KEYCTL_SEARCH */, -3 /* @s */, \"user\",\n\
+                              \"plughost-test-secret\", 0);\n\
+           printf(key >= 0 ? \"found\\n\" : \"absent\\n\");\n\
+           return 0;\n\
+         }\n",
+    )
+    .expect("write the probe");
+    let built = std::process::Command::new("cc")
+        .arg("-o")
+        .arg(&probe)
+        .arg(&source)
+        .status()
+        .expect("run cc");
+    assert!(built.success());
+    let out = daemon
+        .ctl(&["exec", "--", probe.to_str().expect("utf-8")])
+        .ok()
+        .stdout;
+    assert_eq!(out, "absent\n");
+    daemon.shutdown();
+}
+
+/// The same race for container sessions: `csession run` against `csession stop`.
+#[test]
+fn csession_run_racing_csession_stop_gets_the_programs_status_or_a_clear_error() {
+    if !need_root("csession_run_racing_csession_stop_gets_the_programs_status_or_a_clear_error") {
+        return;
+    }
+    let world = World::new(vec![]);
+    let daemon = world.start();
+    for round in 0..100 {
+        let name = format!("race{round}");
+        daemon.ctl(&["csession", "create", &name]).ok();
+        daemon
+            .ctl(&["csession", "run", &name, "--", "/bin/true"])
+            .ok();
+        let run = std::thread::scope(|scope| {
+            let run = scope.spawn(|| daemon.ctl(&["csession", "run", &name, "--", "/bin/true"]));
+            let _ = daemon.ctl(&["csession", "stop", &name]);
+            run.join().expect("run thread")
+        });
+        let clear = run.code == 1
+            && (run.stderr.contains("is stopping")
+                || run.stderr.contains("no container session named"));
+        assert!(
+            run.code == 0 || run.code == 137 || clear,
+            "round {round}: exit {}, stderr {:?}",
+            run.code,
+            run.stderr
+        );
+    }
+    daemon.shutdown();
 }

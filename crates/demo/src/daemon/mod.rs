@@ -395,6 +395,44 @@ fn well_behaved(demo: &mut Demo) -> Result<()> {
         "a write through the read-only mount reached the host"
     );
 
+    action(
+        "root in the VM is not root on the host: a user namespace maps it to an unprivileged id \
+         range; the VM's root file system is private and writable, and nothing reaches the host",
+    );
+    let marker = format!("/var/tmp/plughost-demo-{}", std::process::id());
+    let who = demo.ctl.show_ok(
+        Who::Root,
+        &[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "id -u; cat /proc/self/uid_map; touch {marker} && echo wrote {marker}; \
+                 cat /etc/shadow 2>&1 | head -1"
+            ),
+        ],
+    )?;
+    let host_root = who
+        .output
+        .lines()
+        .nth(1)
+        .and_then(|map| map.split_whitespace().nth(1));
+    ensure!(
+        who.output.starts_with("0\n") && host_root.is_some_and(|id| id != "0"),
+        "root in the VM maps to host root: {:?}",
+        who.output
+    );
+    ensure!(
+        who.output.contains("Permission denied"),
+        "the VM's root read /etc/shadow: {:?}",
+        who.output
+    );
+    ensure!(
+        !std::path::Path::new(&marker).exists(),
+        "a write in the VM reached the host's {marker}"
+    );
+
     let rootfs = demo.rootfs.display().to_string();
     action(
         "a distribution: register the rootfs, start it in root's VM (on_distribution_started); \

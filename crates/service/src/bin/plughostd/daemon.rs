@@ -37,7 +37,7 @@ use plughost_service::{uuid_hex, DistroInfo, ErrorKind, PluginRow, VmInfo};
 use crate::config::Config;
 use crate::ids::IdRanges;
 use crate::store::{new_uuid, os_release, Registered, Store};
-use crate::userfs::{open_dir_as, UserCred};
+use crate::userfs::{open_dir_as, open_path_as, UserCred};
 use crate::vm::{exit_code, wait_or_hangup, DistroProcess, ExecError, ExecSpec, Sandbox, Vm};
 
 const ENOENT: i32 = 2;
@@ -701,7 +701,7 @@ impl Daemon {
             .map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))?;
         let user = UserCred::of(cs.info.uid, cs.info.gid);
         for m in lock(&cs.mounts).clone() {
-            let mounted = open_dir_as(&user, &m.host)
+            let mounted = open_path_as(&user, &m.host)
                 .map_err(|e| e.raw_os_error().unwrap_or(EIO))
                 .and_then(|folder| vm.mount(&folder, &m.mountpoint, m.read_only));
             if let Err(errno) = mounted {
@@ -1127,7 +1127,7 @@ fn open_share(host_path: &str, uid: u32, gid: u32) -> Result<OwnedFd, Status> {
     if !path.is_absolute() || host_path.contains('\0') {
         return Err(Status::errno(EINVAL));
     }
-    open_dir_as(&UserCred::of(uid, gid), path).map_err(|e| Status::from_io(&e))
+    open_path_as(&UserCred::of(uid, gid), path).map_err(|e| Status::from_io(&e))
 }
 
 fn check_absolute(path: &str) -> Result<(), Status> {

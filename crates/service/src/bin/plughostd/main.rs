@@ -88,6 +88,8 @@ enum Internal {
         root_gid: u32,
         #[arg(long)]
         scratch_mib: u32,
+        #[arg(long)]
+        dirs_file: Option<PathBuf>,
     },
     #[command(name = "__vm-enter", hide = true)]
     VmEnter {
@@ -198,6 +200,7 @@ fn run_internal(internal: Internal) -> ! {
             root_uid,
             root_gid,
             scratch_mib,
+            dirs_file,
         } => sandbox::vm_init(&sandbox::VmInit {
             stage,
             hostname,
@@ -207,6 +210,7 @@ fn run_internal(internal: Internal) -> ! {
             root_uid,
             root_gid,
             scratch_mib,
+            dirs_file,
         }),
         Internal::DistroInit { root, parent_pid } => sandbox::distro_init(&root, parent_pid),
         Internal::Probe => sandbox::probe(),
@@ -322,11 +326,23 @@ fn run_daemon(cli: Cli) -> anyhow::Result<()> {
             std::fs::create_dir_all(&stage)
                 .with_context(|| format!("create {}", stage.display()))?;
             let spawner = Spawner::start().context("start the spawner thread")?;
+            let dirs_file = cli.state_dir.join("vm-dirs");
+            let dirs_file = match write_private(&dirs_file, &sandbox::scan_open_directories()) {
+                Ok(()) => Some(dirs_file),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot write {}: {e}; VMs' roots own only / and what they create",
+                        dirs_file.display()
+                    );
+                    None
+                }
+            };
             Some(Arc::new(Sandbox {
                 exe,
                 stage,
                 spawner,
                 scratch_mib: config.vm_scratch_mib,
+                dirs_file,
             }))
         }
     };
@@ -387,6 +403,19 @@ fn choose_host_binary(config: &mut Config, config_path: &std::path::Path) -> any
             Ok(())
         }
     }
+}
+
+/// Writes `bytes` to `path`, readable by root only.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)
 }
 
 fn start_idle_reaper(daemon: &Arc<Daemon>) -> anyhow::Result<()> {

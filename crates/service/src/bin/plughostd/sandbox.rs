@@ -118,6 +118,28 @@ fn die_errno(what: &str, error: std::io::Error) -> ! {
     std::process::exit(errno.clamp(1, 124))
 }
 
+/// Leaves the daemon's session keyring for a new, empty one: a keyring is inherited across fork
+/// and exec, and whoever possesses root's session keyring may read the keys in it.
+fn fresh_session_keyring() {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL) takes no memory from us (a NULL name asks
+    // for a new anonymous keyring) and only changes this process's keyrings.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        // No keyring support in this kernel: nothing to leak either.
+        if e.raw_os_error() != Some(libc::ENOSYS) {
+            die("join a new session keyring", e);
+        }
+    }
+}
+
 /// `PDEATHSIG(SIGKILL)`, then checks that the parent is still `expected` (it may have died before
 /// the signal was armed).
 fn bind_to_parent(expected: u32) {
@@ -224,11 +246,14 @@ pub struct VmInit {
     pub root_gid: u32,
     /// Size of the writable layer and of `/tmp` and `/dev/shm` each (tmpfs, in MiB).
     pub scratch_mib: u32,
+    /// The daemon's [`scan_open_directories`], if it made one.
+    pub dirs_file: Option<PathBuf>,
 }
 
 /// `__vm-init`: see the module docs.
 pub fn vm_init(init: &VmInit) -> ! {
     bind_to_parent(init.parent);
+    fresh_session_keyring();
     let flags =
         UnshareFlags::NEWNS | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC | UnshareFlags::NEWPID;
     if let Err(e) = unshare(flags) {
@@ -399,7 +424,7 @@ fn build_vm_root(init: &VmInit) -> Result<(), String> {
         Some(c"lowerdir=/,upperdir=upper,workdir=work"),
     )
     .map_err(|e| format!("overlay on the host's root: {e}"))?;
-    give_directories_to_vm_root(Path::new("/"), &stage.join("upper"), init, 0)?;
+    give_directories_to_vm_root(&stage.join("upper"), init)?;
     let root = stage.join("root");
     for (dir, flags, data) in [
         (
@@ -454,65 +479,129 @@ fn build_vm_root(init: &VmInit) -> Result<(), String> {
     Ok(())
 }
 
-/// How deep [`give_directories_to_vm_root`] goes: `/usr/local/bin`, `/var/lib/x`, `/etc/x/y`.
+/// How deep [`scan_open_directories`] goes: `/usr/local/bin`, `/var/lib/x`, `/etc/x/y`.
 const OWNED_DEPTH: usize = 3;
 /// At most this many directories (a start-up cost bound on hosts with huge trees).
 const OWNED_MAX: usize = 4096;
+/// Top-level directories the VM covers with mounts of its own.
+const COVERED: [&str; 6] = ["tmp", "run", "mnt", "proc", "sys", "dev"];
 
-/// Pre-creates, in the upper layer, a directory owned by the VM's root for every directory of the
-/// host's root file system down to [`OWNED_DEPTH`] that anyone may list and enter: overlayfs shows
-/// a merged directory with its upper's owner, so the VM's root can create, rename and remove
-/// entries there (`mkdir /opt/x`, `/usr/local/bin/tool`) while every *file* keeps its host owner
-/// and mode (the host's root files are nobody's in the VM: `/etc/shadow` stays unreadable). A
-/// directory others may not enter (`/root`) keeps its host owner and stays closed.
-fn give_directories_to_vm_root(
-    lower: &Path,
-    upper: &Path,
-    init: &VmInit,
-    depth: usize,
-) -> Result<(), String> {
+/// The directories of the host's root file system, down to [`OWNED_DEPTH`], that anyone may list
+/// and enter, parents first, as `mode\0path\0` records (paths relative to `/`). The daemon scans
+/// once at start (a walk costs more than a VM start) and each VM init re-checks every entry.
+pub fn scan_open_directories() -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let root_dev = std::fs::metadata("/")
-        .map_err(|e| format!("stat /: {e}"))?
-        .dev();
-    let mut queue =
-        std::collections::VecDeque::from([(lower.to_path_buf(), upper.to_path_buf(), depth)]);
-    let mut made = 0;
-    while let Some((from, to, depth)) = queue.pop_front() {
+    let Ok(root_dev) = std::fs::metadata("/").map(|m| m.dev()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut queue = std::collections::VecDeque::from([(PathBuf::from("/"), 0)]);
+    let mut count = 0;
+    while let Some((dir, depth)) = queue.pop_front() {
         if depth >= OWNED_DEPTH {
             continue;
         }
-        let Ok(entries) = std::fs::read_dir(&from) else {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
         for entry in entries.flatten() {
-            let Ok(meta) = entry.path().symlink_metadata() else {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = entry.path();
+            // The VM mounts its own over these.
+            if depth == 0 && COVERED.iter().any(|c| entry.file_name() == *c) {
+                continue;
+            }
+            let Ok(meta) = path.symlink_metadata() else {
                 continue;
             };
-            let mode = meta.permissions().mode();
-            // Only directories of the root file system itself (not mount points), open to all.
-            if !meta.is_dir() || meta.dev() != root_dev || mode & 0o005 != 0o005 {
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.dev() != root_dev || mode & 0o005 != 0o005 {
                 continue;
             }
-            if made >= OWNED_MAX {
-                return Ok(());
+            if count >= OWNED_MAX {
+                return out;
             }
-            let target = to.join(entry.file_name());
-            rustix::fs::mkdir(&target, Mode::from_raw_mode(mode & 0o7777))
-                .map_err(|e| format!("create {}: {e}", target.display()))?;
-            rustix::fs::chown(
-                &target,
-                Some(rustix::fs::Uid::from_raw(init.root_uid)),
-                Some(rustix::fs::Gid::from_raw(init.root_gid)),
-            )
-            .map_err(|e| format!("chown {}: {e}", target.display()))?;
-            // mkdir applies the umask and chown clears set-id bits: the host's mode, exactly.
-            let _ = rustix::fs::chmod(&target, Mode::from_raw_mode(mode & 0o7777));
-            made += 1;
-            queue.push_back((entry.path(), target, depth + 1));
+            count += 1;
+            out.extend_from_slice(format!("{mode:o}\0").as_bytes());
+            out.extend_from_slice(
+                path.strip_prefix("/")
+                    .unwrap_or(&path)
+                    .as_os_str()
+                    .as_bytes(),
+            );
+            out.push(0);
+            queue.push_back((path, depth + 1));
         }
     }
-    Ok(())
+    out
+}
+
+/// Pre-creates, in the upper layer, a directory owned by the VM's root for every directory of
+/// [`scan_open_directories`] that is still what the scan saw (same file system, same mode):
+/// overlayfs shows a merged directory with its upper's owner, so the VM's root can create, rename
+/// and remove entries there (`mkdir /opt/x`, `/usr/local/bin/tool`) while every *file* keeps its
+/// host owner and mode (the host's root files are nobody's in the VM: `/etc/shadow` stays
+/// unreadable). A directory others may not enter (`/root`) keeps its host owner and stays closed.
+fn give_directories_to_vm_root(upper: &Path, init: &VmInit) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Some(list) = &init.dirs_file else {
+        return Ok(());
+    };
+    let records = std::fs::read(list).map_err(|e| format!("read {}: {e}", list.display()))?;
+    let root_dev = std::fs::metadata("/")
+        .map_err(|e| format!("stat /: {e}"))?
+        .dev();
+    // The host's modes exactly: no umask (and chown keeps a directory's set-gid bit).
+    let umask = rustix::process::umask(Mode::empty());
+    let mut result = Ok(());
+    let mut fields = records.split(|&b| b == 0);
+    while let (Some(mode), Some(path)) = (fields.next(), fields.next()) {
+        let Some(mode) = std::str::from_utf8(mode)
+            .ok()
+            .and_then(|m| u32::from_str_radix(m, 8).ok())
+        else {
+            continue;
+        };
+        let rel = Path::new(std::ffi::OsStr::from_bytes(path));
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            continue;
+        }
+        // Still a directory of the root file system, still open to all, with that mode?
+        let still = Path::new("/").join(rel).symlink_metadata().is_ok_and(|m| {
+            m.is_dir() && m.dev() == root_dev && m.permissions().mode() & 0o7777 == mode
+        });
+        if !still {
+            continue;
+        }
+        let target = upper.join(rel);
+        match rustix::fs::mkdir(&target, Mode::from_raw_mode(mode)) {
+            Ok(()) => {}
+            // Its parent was skipped: so is it.
+            Err(Errno::NOENT) => continue,
+            Err(e) => {
+                result = Err(format!("create {}: {e}", target.display()));
+                break;
+            }
+        }
+        if let Err(e) = rustix::fs::chown(
+            &target,
+            Some(rustix::fs::Uid::from_raw(init.root_uid)),
+            Some(rustix::fs::Gid::from_raw(init.root_gid)),
+        ) {
+            result = Err(format!("give {} to the VM's root: {e}", target.display()));
+            break;
+        }
+    }
+    rustix::process::umask(umask);
+    result
 }
 
 /// A `/dev` of its own: the harmless character devices bound from the host's, a private devpts
@@ -745,10 +834,18 @@ fn mount_id(dir: &OwnedFd) -> std::io::Result<u64> {
 /// own private trees (its overlay root and the tmpfs on `/tmp`, `/run`, `/mnt`), then given to
 /// the VM's root; anywhere else (a shared folder, a distribution's rootfs) it is created with the
 /// VM's root's host ids and no capability, so never where the VM's root itself could not.
-fn open_or_make_target(owner: (u32, u32), target: &Path) -> std::io::Result<OwnedFd> {
+///
+/// With `file_leaf`, the last component is an (empty, new if missing) file: the target of a file
+/// share.
+fn open_or_make_target(
+    owner: (u32, u32),
+    target: &Path,
+    file_leaf: bool,
+) -> std::io::Result<OwnedFd> {
     use rustix::fs::{OFlags, ResolveFlags};
     use std::path::Component;
     let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let last = target.components().count().saturating_sub(1);
     let open_root = |path: &str| rustix::fs::open(path, flags, Mode::empty());
     let mut private = Vec::new();
     for path in ["/", "/tmp", "/run", "/mnt"] {
@@ -760,7 +857,8 @@ fn open_or_make_target(owner: (u32, u32), target: &Path) -> std::io::Result<Owne
         }
     }
     let mut dir = open_root("/")?;
-    for component in target.components() {
+    for (index, component) in target.components().enumerate() {
+        let leaf_file = file_leaf && index == last;
         let name = match component {
             Component::RootDir | Component::CurDir => continue,
             Component::Normal(name) => name,
@@ -769,13 +867,28 @@ fn open_or_make_target(owner: (u32, u32), target: &Path) -> std::io::Result<Owne
             }
         };
         let open = |dir: &OwnedFd| {
+            let flags = if leaf_file {
+                OFlags::PATH | OFlags::CLOEXEC
+            } else {
+                flags
+            };
             rustix::fs::openat2(dir, name, flags, Mode::empty(), ResolveFlags::NO_MAGICLINKS)
         };
         dir = match open(&dir) {
             Ok(next) => next,
             Err(Errno::NOENT) => {
                 if private.contains(&mount_id(&dir)?) {
-                    rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755))?;
+                    if leaf_file {
+                        rustix::fs::mknodat(
+                            &dir,
+                            name,
+                            rustix::fs::FileType::RegularFile,
+                            Mode::from_raw_mode(0o644),
+                            0,
+                        )?;
+                    } else {
+                        rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755))?;
+                    }
                     rustix::fs::chownat(
                         &dir,
                         name,
@@ -784,7 +897,7 @@ fn open_or_make_target(owner: (u32, u32), target: &Path) -> std::io::Result<Owne
                         rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
                     )?;
                 } else {
-                    mkdirat_as(owner, &dir, name)?;
+                    make_as(owner, &dir, name, leaf_file)?;
                 }
                 open(&dir)?
             }
@@ -794,8 +907,13 @@ fn open_or_make_target(owner: (u32, u32), target: &Path) -> std::io::Result<Owne
     Ok(dir)
 }
 
-/// `mkdirat` with the host ids `owner` and no file capability.
-fn mkdirat_as(owner: (u32, u32), dir: &OwnedFd, name: &std::ffi::OsStr) -> std::io::Result<()> {
+/// `mkdirat` (or a new empty file) with the host ids `owner` and no file capability.
+fn make_as(
+    owner: (u32, u32),
+    dir: &OwnedFd,
+    name: &std::ffi::OsStr,
+    file: bool,
+) -> std::io::Result<()> {
     // SAFETY: this helper is single-threaded; setfsuid/setfsgid take plain integers, change only
     // the ids used for file access (dropping the file capabilities while not 0), and are restored
     // below before anything else runs.
@@ -803,7 +921,17 @@ fn mkdirat_as(owner: (u32, u32), dir: &OwnedFd, name: &std::ffi::OsStr) -> std::
         libc::setfsgid(owner.1);
         libc::setfsuid(owner.0);
     }
-    let result = rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755));
+    let result = if file {
+        rustix::fs::mknodat(
+            dir,
+            name,
+            rustix::fs::FileType::RegularFile,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+    } else {
+        rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755))
+    };
     // SAFETY: as above: back to root's file identity.
     unsafe {
         libc::setfsuid(0);
@@ -843,6 +971,7 @@ fn enter_namespaces(
 /// `__vm-enter`: see the module docs.
 pub fn vm_enter(parent: u32, init_pid: u32, op: EnterOp) -> ! {
     bind_to_parent(parent);
+    fresh_session_keyring();
     // Nothing in the VM may ptrace us while we still hold root's identity on the host.
     if let Err(e) =
         rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
@@ -874,7 +1003,13 @@ pub fn vm_enter(parent: u32, init_pid: u32, op: EnterOp) -> ! {
             if let Err(e) = enter_namespaces(&pidfd, ThreadNameSpaceType::MOUNT, "VM's mount") {
                 die_errno("enter the VM", e);
             }
-            let place = open_or_make_target(owner, &target)
+            let is_file = rustix::fs::fstat(&source)
+                .map(|st| {
+                    rustix::fs::FileType::from_raw_mode(st.st_mode)
+                        != rustix::fs::FileType::Directory
+                })
+                .unwrap_or(false);
+            let place = open_or_make_target(owner, &target, is_file)
                 .unwrap_or_else(|e| die_errno(&format!("create {}", target.display()), e));
             if let Err(e) = attach_tree(&tree, &place) {
                 die_errno(&format!("mount at {}", target.display()), e);
@@ -939,7 +1074,7 @@ fn start_distribution(
         die("enter the VM", e);
     }
     // /run belongs to the VM's root: made component-wise, like a mount target.
-    let place = open_or_make_target(owner, stage)
+    let place = open_or_make_target(owner, stage, false)
         .unwrap_or_else(|e| die(&format!("create {}", stage.display()), e));
     if let Err(e) = attach_tree(&tree, &place) {
         die(&format!("attach the rootfs at {}", stage.display()), e);

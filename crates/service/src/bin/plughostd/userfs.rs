@@ -89,13 +89,22 @@ fn as_user<T: Send>(
 
 /// Opens directory `path` (absolute) with `user`'s rights: `O_PATH|O_DIRECTORY|O_CLOEXEC`.
 pub fn open_dir_as(user: &UserCred, path: &Path) -> std::io::Result<OwnedFd> {
+    open_as(user, path, OFlags::DIRECTORY)
+}
+
+/// Opens `path` (absolute; a directory or a file) with `user`'s rights: `O_PATH|O_CLOEXEC`.
+pub fn open_path_as(user: &UserCred, path: &Path) -> std::io::Result<OwnedFd> {
+    open_as(user, path, OFlags::empty())
+}
+
+fn open_as(user: &UserCred, path: &Path, extra: OFlags) -> std::io::Result<OwnedFd> {
     if !path.is_absolute() {
         return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
     }
     as_user(user, || {
         Ok(rustix::fs::open(
             path,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            OFlags::PATH | OFlags::CLOEXEC | extra,
             Mode::empty(),
         )?)
     })

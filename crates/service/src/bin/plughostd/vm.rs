@@ -85,6 +85,8 @@ pub struct Sandbox {
     pub spawner: Spawner,
     /// Size of a VM's writable layer, `/tmp` and `/dev/shm` (`vm_scratch_mib`).
     pub scratch_mib: u32,
+    /// The host directories a VM's root gets to own (`sandbox::scan_open_directories`).
+    pub dirs_file: Option<PathBuf>,
 }
 
 impl Sandbox {
@@ -389,6 +391,9 @@ impl Vm {
             .arg(sandbox.scratch_mib.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(dirs) = &sandbox.dirs_file {
+            command.arg("--dirs-file").arg(dirs);
+        }
         let tree = start_tree(sandbox, label, command, true, |_, lines| {
             lines
                 .iter()
