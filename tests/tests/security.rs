@@ -251,7 +251,10 @@ fn plugin_writable_by_others_is_refused() {
 #[test]
 fn landlock_keeps_the_plugin_to_its_paths() {
     let fx = Fixture::new();
-    let lib = safe_dir();
+    // Outside the checkout: the host's user (nobody, as root) must be able to reach it when
+    // Landlock is off, and a clone under /root is closed to it.
+    let lib = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(lib.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let secret = lib.path().join("secret.txt");
     std::fs::write(&secret, "secret").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();

@@ -333,6 +333,11 @@ impl Daemon {
     /// SIGTERM (a graceful shutdown that works whoever runs the tests: `shutdown` is root-only),
     /// then waits for the process to exit.
     pub fn terminate(mut self) {
+        // The socket answers a moment before the signal handlers are in place; "listening" is
+        // logged after them.
+        wait_until("plughostd logs listening", || {
+            self.log_text().contains(" listening ")
+        });
         let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"))
             .expect("pid");
         rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
