@@ -31,9 +31,12 @@ fn create(path: &Path) -> Result<std::fs::File, DocsError> {
 /// `fish/vendor_completions.d/<name>.fish`.
 pub fn generate(command: clap::Command, section: &str, dir: &Path) -> Result<(), DocsError> {
     let name = command.get_name().to_owned();
+    // The pages leave out the `help` subcommands (each page is the help), so no page lists one.
+    let mut pages = recursively(command.clone(), &|c| c.disable_help_subcommand(true));
+    pages.build();
+    man_pages(&pages, section, &dir.join(format!("man/man{section}")))?;
     let mut command = command;
     command.build();
-    man_pages(&command, section, &dir.join(format!("man/man{section}")))?;
     use clap_complete::Shell;
     for (shell, path) in [
         (Shell::Bash, format!("bash-completion/completions/{name}")),
@@ -73,6 +76,21 @@ pub fn undocumented(mut command: clap::Command) -> Vec<String> {
     missing
 }
 
+fn recursively(
+    command: clap::Command,
+    f: &dyn Fn(clap::Command) -> clap::Command,
+) -> clap::Command {
+    let names: Vec<String> = command
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    let mut command = f(command);
+    for name in names {
+        command = command.mut_subcommand(name, |s| recursively(s, f));
+    }
+    command
+}
+
 /// `command` must be built: its display name (`plughostctl-vm-start`) names the page.
 fn man_pages(command: &clap::Command, section: &str, dir: &Path) -> Result<(), DocsError> {
     let page = command
@@ -85,10 +103,7 @@ fn man_pages(command: &clap::Command, section: &str, dir: &Path) -> Result<(), D
         path: path.clone(),
         source,
     })?;
-    let visible = command
-        .get_subcommands()
-        .filter(|s| !s.is_hide_set() && s.get_name() != "help");
-    for sub in visible {
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
         man_pages(sub, section, dir)?;
     }
     Ok(())
@@ -137,6 +152,8 @@ mod tests {
         generate(Cli::command(), "1", dir.path()).expect("generate");
         let page = std::fs::read_to_string(dir.path().join("man/man1/tool.1")).expect("page");
         assert!(page.contains("A tool"), "{page}");
+        assert!(!page.contains("tool\\-help"), "{page}");
+        assert!(!dir.path().join("man/man1/tool-help.1").exists());
         assert!(dir.path().join("man/man1/tool-shown.1").exists());
         assert!(!dir.path().join("man/man1/tool-hidden.1").exists());
         for completion in [

@@ -49,7 +49,8 @@ the foreground and logs to stderr (RUST_LOG=debug for more); needs root for name
 SIGTERM or SIGINT shut it down gracefully; SIGHUP reloads the configuration's plugins.",
     after_help = "The plugin host binary is the config's host_binary, else $PLUGHOST_HOST, else \
 plughost-host beside plughostd, in ../libexec/plughost/ relative to it, or in the install prefix's \
-libexec/plughost/. The configuration keys are documented in crates/service/README.md."
+libexec/plughost/. Every configuration key is documented in crates/service/README.md (installed as \
+share/doc/plughost/plughostd.md)."
 )]
 struct Cli {
     /// The configuration file; a missing file given here is an error [default:
