@@ -1,7 +1,7 @@
 # Build and install plughostd, plughostctl, the plugin host, the C header and pkg-config file, the
 # systemd unit, man pages and shell completions.
 #
-#   make                                   # cargo build --release
+#   make                                   # cargo build --release (PROFILE=dev: a debug build)
 #   sudo make install                      # into /usr/local
 #   make install PREFIX=/usr DESTDIR=/tmp/pkg
 #   sudo make uninstall
@@ -20,7 +20,9 @@ PKGCONFIGDIR ?= $(DATADIR)/pkgconfig
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 CARGO      ?= cargo
 TARGET_DIR ?= target
-RELEASE    := $(TARGET_DIR)/release
+# PROFILE=dev installs a debug build (CI's install check reuses the test build that way).
+PROFILE    ?= release
+RELEASE    := $(TARGET_DIR)/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 
 INSTALL      ?= install
@@ -33,7 +35,7 @@ all: build
 
 # PLUGHOST_PREFIX is compiled into plughostd (the host's last-resort location).
 build:
-	PLUGHOST_PREFIX='$(PREFIX)' $(CARGO) build --release --target-dir '$(TARGET_DIR)' \
+	PLUGHOST_PREFIX='$(PREFIX)' $(CARGO) build --profile '$(PROFILE)' --target-dir '$(TARGET_DIR)' \
 		-p plughost-service -p plughost-host
 
 install: build
