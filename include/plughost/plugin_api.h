@@ -1,8 +1,9 @@
 /*
  * plughost plugin API, version 1: the plugin author's manual.
  *
- * This header implements the plugin contract PLUGIN_ABI.md (version 1). Names, struct field order and
- * types are normative: a plugin compiled against them keeps building and loading.
+ * This header states the plugin contract, version 1, in full; docs/PLUGIN_ABI.md in the plughost
+ * repository is its normative summary, and the two agree. Names, struct field order and types are
+ * normative: a plugin compiled against them keeps building and loading.
  *
  * ==================================================================================================
  * 1. What plughost is
@@ -102,7 +103,13 @@
  *     own threads and call the API from them at any time.
  *   - A call made from a plugin thread while a hook of the same session is running completes; it does
  *     not deadlock against the hook. (A hook may hand work to a thread of its own that calls the API,
- *     and wait for it.)
+ *     and wait for it; in process, see the one limit below.)
+ *   - In-process mode has one limit: a call made during a hook from another thread than the hook
+ *     thread is served as a call made outside any hook. With the reference service plughostd it
+ *     completes; with a service whose callbacks wait for what the running operation holds, it waits
+ *     until the hook has returned, so a hook that waits for such a call never returns (and is
+ *     classified as hung out of process, where the limit does not exist). A plugin meant for both
+ *     modes makes the calls a hook waits for on the hook thread itself.
  *   - The HOOK THREAD is the thread that called the hook, for the duration of that call. plugin_error
  *     is accepted only there.
  *   - Hooks of one plugin are delivered one at a time: the next hook (of any session) reaches the
@@ -153,8 +160,10 @@
  * hangs), the host and every process it spawned, even double-forked daemons, are killed. If that
  * happened during a veto hook, the operation fails with "plugin '<name>' crashed: <how>". The plugin is
  * then latched as crashed: later VM starts fail fast with that error instead of loading it again. A
- * crash at any other time (in a hook that may not veto, in a plugin thread) is logged and latches the
- * plugin the same way. In in-process mode a crash takes the service down: the reason why that mode is
+ * crash at any other time (in a hook that may not veto, in a plugin thread, between hooks) is logged
+ * and latches the plugin the same way, as soon as the service sees the host die: the next operation
+ * fails before any plugin gets its hook. The service keeps one latch: when several plugins crashed,
+ * every operation reports the first crash in time. In in-process mode a crash takes the service down: the reason why that mode is
  * for trusted plugins only.
  *
  * Shutdown. Calls made while the host or the service shuts down return PLUGHOST_E_SHUTTING_DOWN (the
@@ -167,6 +176,7 @@
  * wording may be refined; the plugin's name, the status code and the cause are always in it):
  *   plugin '<name>' returned a fatal error: <message> (status <code>)    a message was set
  *   plugin '<name>' returned a fatal error (status <code>)              no message
+ *     (<code>: the status and its name, when it has one: "-30 (EROFS)", "-10005 (PLUGHOST_E_NOT_FOUND)")
  *   plugin '<name>' crashed: <signal name / exit status / protocol violation / hung>
  *   plugin '<name>' failed to load: <reason>                           the entry point failed
  *   plugin '<name>' requires a newer version of plughost than <running version>
@@ -370,8 +380,8 @@ struct plughost_hooks_v1 {
     plughost_on_container_session_created_fn on_container_session_created;
 
     /* on_container_session_stopping(container_session)
-     * A container session is stopping (also after a vetoed creation). May not veto: errors are
-     * logged. */
+     * A container session is stopping: it was stopped, its application (application_pid) exited, or
+     * its creation was vetoed. May not veto: errors are logged. */
     plughost_on_container_session_stopping_fn on_container_session_stopping;
 
     /* on_session_vm_started(container_session)
@@ -549,7 +559,8 @@ struct plughost_api_v1 {
  *     { ... }
  *
  * The service calls it once, after loading the plugin (in its host process by default) and before any
- * hook, with *hooks zero-filled. Set the hooks you want, synchronously, keep api, and return
+ * hook (at the service's start, or just before the first hook when the service activates the plugin
+ * lazily), with *hooks zero-filled. Set the hooks you want, synchronously, keep api, and return
  * PLUGHOST_OK. Any other return value is a load failure ("plugin '<name>' failed to load: ..."; with
  * PLUGHOST_E_REQUIRES_UPDATE "requires a newer version of plughost than <running version>"). No
  * session exists yet, and plugin_error returns PLUGHOST_E_ILLEGAL_CALL here.

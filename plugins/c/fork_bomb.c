@@ -13,7 +13,7 @@
  *
  * Env: PH_LOG, PH_MARKER (process name of the children; default "ph_bomb").
  * Tests expect: `loaded`, `fork_refused forked= errno=11`; the VM start fails with "plugin 'fork_bomb'
- * returned a fatal error: fork refused at the process limit (status -11)"; the processes stay bounded
+ * returned a fatal error: fork refused at the process limit (status -11 (EAGAIN))"; the processes stay bounded
  * by the limit and none survives the host.
  */
 #include "ph_test.h"

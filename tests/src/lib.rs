@@ -200,6 +200,8 @@ pub struct State {
     pub vms: HashMap<u32, VmState>,
     /// Running distributions of each session.
     pub distributions: HashMap<[u8; 16], u32>,
+    /// Every distribution ever started (a stopped one is known, not running).
+    pub known_distributions: std::collections::HashSet<[u8; 16]>,
 }
 
 /// The test service: state behind one mutex that hooks are dispatched under.
@@ -271,6 +273,7 @@ impl TestService {
     ) -> Result<(), String> {
         let mut guard = self.lock();
         guard.distributions.insert(distribution.id, session.id);
+        guard.known_distributions.insert(distribution.id);
         let scope = Scope {
             state: Mutex::new(guard),
             service: self,
@@ -399,7 +402,12 @@ fn exec_in_distribution(
         Some(_) => return Err(Status::NOT_FOUND),
         None => {
             vm(state, session)?;
-            return Err(Status::NOT_RUNNING);
+            // Unknown id: NOT_FOUND; known but stopped: NOT_RUNNING (PLUGIN_ABI.md, "Status codes").
+            return Err(if state.known_distributions.contains(&distribution) {
+                Status::NOT_RUNNING
+            } else {
+                Status::NOT_FOUND
+            });
         }
     }
     let vm = vm(state, session)?;

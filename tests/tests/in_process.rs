@@ -26,7 +26,7 @@ fn in_process_plugins_get_the_same_hooks_api_and_error_texts() {
     let err = service.start_vm(&manager, &s).unwrap_err();
     assert_eq!(
         err,
-        "plugin 'veto' returned a fatal error: veto number 1 (status -22)"
+        "plugin 'veto' returned a fatal error: veto number 1 (status -22 (EINVAL))"
     );
     assert_eq!(fx.events("read content=OK").len(), 1, "{:?}", fx.lines());
     // The same statuses as out of process, including plugin_error from another thread.

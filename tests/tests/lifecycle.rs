@@ -57,7 +57,7 @@ fn vm_start_veto_names_plugin_and_status_and_still_delivers_vm_stopping() {
     let err = service.start_vm(&manager, &session(1)).unwrap_err();
     assert_eq!(
         err,
-        "plugin 'veto' returned a fatal error: veto number 1 (status -22)"
+        "plugin 'veto' returned a fatal error: veto number 1 (status -22 (EINVAL))"
     );
     // Every plugin gets on_vm_stopping after the failed start.
     assert_eq!(fx.events("vm_stopping").len(), 2, "{:?}", fx.lines());
@@ -74,12 +74,15 @@ fn plugin_error_message_is_shown_each_time_and_never_stale() {
     let third = service.start_vm(&manager, &s).unwrap_err();
     assert_eq!(
         first,
-        "plugin 'veto' returned a fatal error: veto number 1 (status -22)"
+        "plugin 'veto' returned a fatal error: veto number 1 (status -22 (EINVAL))"
     );
-    assert_eq!(second, "plugin 'veto' returned a fatal error (status -5)");
+    assert_eq!(
+        second,
+        "plugin 'veto' returned a fatal error (status -5 (EIO))"
+    );
     assert_eq!(
         third,
-        "plugin 'veto' returned a fatal error: veto number 3 (status -22)"
+        "plugin 'veto' returned a fatal error: veto number 3 (status -22 (EINVAL))"
     );
     assert_eq!(field(&fx.wait_for("veto n=1"), "error_status"), "0");
 }
@@ -93,7 +96,7 @@ fn message_with_success_is_an_illegal_state() {
     assert_eq!(
         err,
         "plugin 'message_then_success' returned a fatal error: message set but success returned \
-         (status -10003)"
+         (status -10003 (PLUGHOST_E_ILLEGAL_STATE))"
     );
     let line = fx.wait_for("message_then_success");
     assert_eq!(field(&line, "first"), "0");
@@ -112,7 +115,7 @@ fn distribution_start_veto_fails_the_start_without_distribution_stopping() {
         .unwrap_err();
     assert_eq!(
         err,
-        "plugin 'distro_veto' returned a fatal error: distribution refused by policy (status -1)"
+        "plugin 'distro_veto' returned a fatal error: distribution refused by policy (status -1 (EPERM))"
     );
     service.stop_vm(&manager, &s);
     fx.wait_for("vm_stopping");
@@ -166,7 +169,7 @@ fn entry_point_failure_blocks_vm_start() {
     let err = service.start_vm(&manager, &session(1)).unwrap_err();
     assert_eq!(
         err,
-        "plugin 'entry_fails' failed to load: entry point returned status -22"
+        "plugin 'entry_fails' failed to load: entry point returned status -22 (EINVAL)"
     );
     let again = service.start_vm(&manager, &session(1)).unwrap_err();
     assert_eq!(err, again);
@@ -246,7 +249,7 @@ fn api_errors_reach_the_plugin_as_statuses() {
         ("null_fd_out", "-14"),
         ("null_argv", "-14"),
         ("error_from_thread", "-10002"),
-        ("unknown_distribution", "-10004"),
+        ("unknown_distribution", "-10005"),
         ("container_unknown", "-38"),
         ("container_relative", "-22"),
     ];
@@ -272,7 +275,7 @@ fn rust_plugin_panic_is_a_veto_with_the_panic_message() {
         assert_eq!(
             err,
             "plugin 'rust_panic_in_hook' returned a fatal error: panicked: boom in on_vm_started \
-             (status -5)"
+             (status -5 (EIO))"
         );
     }
     assert_eq!(fx.events("vm_stopping").len(), 2);

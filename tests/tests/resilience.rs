@@ -156,7 +156,7 @@ fn disabled_plugin_gets_no_hooks_until_enabled() {
     let err = service.start_vm(&manager, &s).unwrap_err();
     assert_eq!(
         err,
-        "plugin 'veto' returned a fatal error: veto number 1 (status -22)"
+        "plugin 'veto' returned a fatal error: veto number 1 (status -22 (EINVAL))"
     );
 }
 

@@ -69,6 +69,85 @@ fn forbidden_syscall_kills_the_host_and_is_named() {
     );
 }
 
+/// Issue 12, point 9: `call` kills the host with SIGSYS and is named; it never runs.
+fn assert_blocked(call: &str, number: u32, name: &str) {
+    let fx = Fixture::new();
+    let service = TestService::new();
+    let manager = service.manager(vec![fx.c("hostile_syscall").env("PH_SYSCALL", call)]);
+    let err = service.start_vm(&manager, &session(1)).unwrap_err();
+    assert_eq!(
+        err,
+        format!("plugin 'hostile_syscall' crashed: blocked syscall {number} ({name})")
+    );
+    fx.wait_for(&format!("calling name={call}"));
+    assert!(fx.events("returned ").is_empty(), "{call} returned");
+}
+
+#[test]
+fn clone_with_clone_newuser_is_blocked() {
+    assert_blocked("clone_newuser", 56, "clone with CLONE_NEWUSER");
+}
+
+#[test]
+fn unshare_with_clone_newuser_is_blocked() {
+    assert_blocked("unshare_newuser", 272, "unshare");
+}
+
+#[test]
+fn io_uring_setup_is_blocked() {
+    assert_blocked("io_uring_setup", 425, "io_uring_setup");
+}
+
+#[test]
+fn io_uring_enter_is_blocked() {
+    assert_blocked("io_uring_enter", 426, "io_uring_enter");
+}
+
+#[test]
+fn io_uring_register_is_blocked() {
+    assert_blocked("io_uring_register", 427, "io_uring_register");
+}
+
+#[test]
+fn name_to_handle_at_is_blocked() {
+    assert_blocked("name_to_handle_at", 303, "name_to_handle_at");
+}
+
+#[test]
+fn open_by_handle_at_is_blocked() {
+    assert_blocked("open_by_handle_at", 304, "open_by_handle_at");
+}
+
+#[test]
+fn statmount_is_blocked() {
+    assert_blocked("statmount", 457, "statmount");
+}
+
+#[test]
+fn listmount_is_blocked() {
+    assert_blocked("listmount", 458, "listmount");
+}
+
+#[test]
+fn open_tree_attr_is_blocked() {
+    assert_blocked("open_tree_attr", 467, "open_tree_attr");
+}
+
+/// clone3 cannot be filtered by its flags (they are in memory): it fails with ENOSYS, and threads
+/// and fork still work through libc's fallback to clone.
+#[test]
+fn clone3_fails_with_enosys_and_threads_still_start() {
+    let fx = Fixture::new();
+    let service = TestService::new();
+    let manager = service.manager(vec![fx.c("hostile_syscall").env("PH_SYSCALL", "clone3")]);
+    service.start_vm(&manager, &session(1)).expect("vm starts");
+    let line = fx.wait_for("returned name=clone3");
+    assert_eq!(field(&line, "rc"), "-1", "{line}");
+    assert_eq!(field(&line, "errno"), "38", "{line}"); // ENOSYS
+    fx.wait_for("thread_ok");
+    fx.wait_for("fork_ok");
+}
+
 #[test]
 fn seccomp_can_be_turned_off_per_plugin() {
     let fx = Fixture::new();
@@ -145,7 +224,7 @@ fn sha256_pin_loads_the_verified_bytes_even_if_the_file_is_swapped() {
     let err = service.start_vm(&manager, &session(1)).unwrap_err();
     assert_eq!(
         err,
-        "plugin 'pinned' returned a fatal error: veto number 1 (status -22)"
+        "plugin 'pinned' returned a fatal error: veto number 1 (status -22 (EINVAL))"
     );
     // Loading again reads the swapped file, which no longer matches.
     let got = plughost::sha256_hex(&std::fs::read(&path).unwrap());
@@ -351,7 +430,7 @@ fn fork_bomb_is_bounded_by_the_process_limit_and_leaves_no_process() {
     let err = service.start_vm(&manager, &session(1)).unwrap_err();
     assert_eq!(
         err,
-        "plugin 'fork_bomb' returned a fatal error: fork refused at the process limit (status -11)"
+        "plugin 'fork_bomb' returned a fatal error: fork refused at the process limit (status -11 (EAGAIN))"
     );
     let refused = fx.wait_for("fork_refused");
     assert_eq!(field(&refused, "errno"), "11", "{refused}");
@@ -416,4 +495,120 @@ fn thread_bomb_is_bounded_by_the_process_limit_and_named() {
     service
         .start_vm(&manager, &session(2))
         .expect("the other plugin serves VM starts");
+}
+
+/// Issue 12, point 7: a reload that tightens the trust settings stops the running plugins that no
+/// longer verify (named, latched) and keeps those that do, with the same host.
+#[test]
+fn reload_with_stricter_trust_stops_plugins_that_no_longer_verify() {
+    let fx = Fixture::new();
+    let lib = safe_dir();
+    let signed_path = copy_into(lib.path(), "noop");
+    let pinned_path = copy_into(lib.path(), "veto");
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let sig_path = lib.path().join("noop.so.sig");
+    std::fs::write(
+        &sig_path,
+        base64::engine::general_purpose::STANDARD
+            .encode(key.sign(&std::fs::read(&signed_path).unwrap()).to_bytes()),
+    )
+    .unwrap();
+    let pin = plughost::sha256_hex(&std::fs::read(&pinned_path).unwrap());
+    let plugins = vec![
+        fx.with_env(PluginConfig::new("signed", &signed_path).signature(&sig_path)),
+        fx.with_env(PluginConfig::new("pinned", &pinned_path).sha256(&pin)),
+        fx.c("whoami"),
+    ];
+    let service = TestService::new();
+    let mut config = ManagerConfig::new(plugins.clone());
+    config.trust.trusted_keys = vec![key.verifying_key()];
+    let mut manager = service.manager_with(config);
+    let pids: Vec<u32> = manager
+        .plugins()
+        .iter()
+        .map(|p| p.host_pid.expect("running"))
+        .collect();
+
+    // Same plugins; the key is dropped and verification required.
+    let report = manager.reconfigure(
+        plugins,
+        Trust {
+            trusted_keys: Vec::new(),
+            require_verified: true,
+        },
+        Deadlines::default(),
+    );
+    assert_eq!(
+        report,
+        [
+            "trust settings changed: running plugins verified again",
+            "plugin 'signed' failed to load: no longer verifies under the new trust settings: signature does not verify with any trusted key: stopped",
+            "plugin 'whoami' failed to load: no longer verifies under the new trust settings: no sha256 pin or signature, and require_verified is set: stopped",
+        ]
+    );
+    let after = manager.plugins();
+    assert_eq!(after[0].state.name(), "failed");
+    assert_eq!(
+        after[1].host_pid,
+        Some(pids[1]),
+        "the pinned plugin keeps its host"
+    );
+    assert_eq!(after[2].state.name(), "failed");
+    assert!(eventually(Duration::from_secs(10), || {
+        plughost_sys::process::process_is_gone(pids[0])
+            && plughost_sys::process::process_is_gone(pids[2])
+    }));
+    // The stopped ones get no hooks: the VM starts with the pinned (vetoing) plugin's answer.
+    let err = service.start_vm(&manager, &session(1)).unwrap_err();
+    assert_eq!(
+        err,
+        "plugin 'signed' failed to load: no longer verifies under the new trust settings: signature does not verify with any trusted key"
+    );
+}
+
+/// A plugin whose file was swapped since its host loaded it, and that still verifies under new
+/// trust settings, is restarted from the verified file (the running bytes were never checked
+/// against the new settings).
+#[test]
+fn reload_with_new_trust_restarts_a_plugin_whose_file_changed() {
+    let lib = safe_dir();
+    let path = copy_into(lib.path(), "noop");
+    let plugins = vec![PluginConfig::new("swapped", &path)];
+    let service = TestService::new();
+    let mut manager = service.manager(plugins.clone());
+    let before = manager.plugins()[0].host_pid.expect("running");
+    std::fs::copy(c_plugin("whoami"), &path).unwrap();
+    let key = SigningKey::from_bytes(&[3; 32]);
+    let report = manager.reconfigure(
+        plugins,
+        Trust {
+            trusted_keys: vec![key.verifying_key()],
+            require_verified: false,
+        },
+        Deadlines::default(),
+    );
+    assert_eq!(
+        report,
+        [
+            "trust settings changed: running plugins verified again",
+            "plugin 'swapped' re-verified under the new trust settings, but its file changed since it was loaded: restarted"]
+    );
+    let after = manager.plugins()[0].host_pid.expect("running");
+    assert_ne!(after, before);
+}
+
+/// Issue 15, point 7: a reload that only reorders the plugins says so.
+#[test]
+fn reload_that_only_reorders_plugins_says_so() {
+    let fx = Fixture::new();
+    let service = TestService::new();
+    let mut manager = service.manager(vec![fx.c("noop"), fx.c("whoami")]);
+    let report = manager.reconfigure(
+        vec![fx.c("whoami"), fx.c("noop")],
+        Trust::default(),
+        Deadlines::default(),
+    );
+    assert_eq!(report, ["plugins reordered: hooks now go to whoami, noop"]);
+    let names: Vec<String> = manager.plugins().into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["whoami", "noop"]);
 }

@@ -1,5 +1,5 @@
 //! `#[repr(C)]` mirror of `include/plughost/plugin_api.h`, the plugin contract of
-//! `shared/spec/PLUGIN_ABI.md` (version 1).
+//! `docs/PLUGIN_ABI.md` (version 1).
 //!
 //! This crate is layout only: types, constants and function-pointer signatures, with the C names of the
 //! header so that the two can be compared line by line. `tests/layout.rs` compiles the header with the
@@ -205,6 +205,75 @@ pub struct plughost_api_v1 {
 pub type plughost_plugin_entry_v1_fn =
     unsafe extern "C" fn(*const plughost_api_v1, *mut plughost_hooks_v1) -> plughost_status;
 
+/// The `PLUGHOST_*` name of a plughost code (`PLUGHOST_E_NOT_FOUND`), `None` for anything else.
+pub fn plughost_name(status: plughost_status) -> Option<&'static str> {
+    Some(match status {
+        PLUGHOST_OK => "PLUGHOST_OK",
+        PLUGHOST_E_REQUIRES_UPDATE => "PLUGHOST_E_REQUIRES_UPDATE",
+        PLUGHOST_E_ILLEGAL_CALL => "PLUGHOST_E_ILLEGAL_CALL",
+        PLUGHOST_E_ILLEGAL_STATE => "PLUGHOST_E_ILLEGAL_STATE",
+        PLUGHOST_E_NOT_RUNNING => "PLUGHOST_E_NOT_RUNNING",
+        PLUGHOST_E_NOT_FOUND => "PLUGHOST_E_NOT_FOUND",
+        PLUGHOST_E_SHUTTING_DOWN => "PLUGHOST_E_SHUTTING_DOWN",
+        PLUGHOST_E_HOST_CRASHED => "PLUGHOST_E_HOST_CRASHED",
+        _ => return None,
+    })
+}
+
+/// The name of a status as users should see it: `PLUGHOST_E_NOT_FOUND`, `EROFS` for `-30`; `None`
+/// for a value with no name (a positive one, an unknown code).
+pub fn status_name(status: plughost_status) -> Option<&'static str> {
+    plughost_name(status).or_else(|| {
+        // The kernel's errno values are below 4096 (MAX_ERRNO); PLUGHOST_E_* codes start at -10001.
+        if status < 0 && status > -4096 {
+            errno_name(-status)
+        } else {
+            None
+        }
+    })
+}
+
+/// The asm-generic errno names (x86, arm, aarch64, riscv, powerpc, s390x, loongarch), index = errno.
+/// MIPS and SPARC number errno differently above 34; there only that range gets a name.
+#[rustfmt::skip]
+const ERRNO_NAMES: [&str; 134] = [
+    "", "EPERM", "ENOENT", "ESRCH", "EINTR", "EIO", "ENXIO", "E2BIG", "ENOEXEC", "EBADF", "ECHILD",
+    "EAGAIN", "ENOMEM", "EACCES", "EFAULT", "ENOTBLK", "EBUSY", "EEXIST", "EXDEV", "ENODEV",
+    "ENOTDIR", "EISDIR", "EINVAL", "ENFILE", "EMFILE", "ENOTTY", "ETXTBSY", "EFBIG", "ENOSPC",
+    "ESPIPE", "EROFS", "EMLINK", "EPIPE", "EDOM", "ERANGE", "EDEADLK", "ENAMETOOLONG", "ENOLCK",
+    "ENOSYS", "ENOTEMPTY", "ELOOP", "", "ENOMSG", "EIDRM", "ECHRNG", "EL2NSYNC", "EL3HLT", "EL3RST",
+    "ELNRNG", "EUNATCH", "ENOCSI", "EL2HLT", "EBADE", "EBADR", "EXFULL", "ENOANO", "EBADRQC",
+    "EBADSLT", "", "EBFONT", "ENOSTR", "ENODATA", "ETIME", "ENOSR", "ENONET", "ENOPKG", "EREMOTE",
+    "ENOLINK", "EADV", "ESRMNT", "ECOMM", "EPROTO", "EMULTIHOP", "EDOTDOT", "EBADMSG", "EOVERFLOW",
+    "ENOTUNIQ", "EBADFD", "EREMCHG", "ELIBACC", "ELIBBAD", "ELIBSCN", "ELIBMAX", "ELIBEXEC",
+    "EILSEQ", "ERESTART", "ESTRPIPE", "EUSERS", "ENOTSOCK", "EDESTADDRREQ", "EMSGSIZE",
+    "EPROTOTYPE", "ENOPROTOOPT", "EPROTONOSUPPORT", "ESOCKTNOSUPPORT", "EOPNOTSUPP", "EPFNOSUPPORT",
+    "EAFNOSUPPORT", "EADDRINUSE", "EADDRNOTAVAIL", "ENETDOWN", "ENETUNREACH", "ENETRESET",
+    "ECONNABORTED", "ECONNRESET", "ENOBUFS", "EISCONN", "ENOTCONN", "ESHUTDOWN", "ETOOMANYREFS",
+    "ETIMEDOUT", "ECONNREFUSED", "EHOSTDOWN", "EHOSTUNREACH", "EALREADY", "EINPROGRESS", "ESTALE",
+    "EUCLEAN", "ENOTNAM", "ENAVAIL", "EISNAM", "EREMOTEIO", "EDQUOT", "ENOMEDIUM", "EMEDIUMTYPE",
+    "ECANCELED", "ENOKEY", "EKEYEXPIRED", "EKEYREVOKED", "EKEYREJECTED", "EOWNERDEAD",
+    "ENOTRECOVERABLE", "ERFKILL", "EHWPOISON",
+];
+
+const GENERIC_ERRNO: bool = !cfg!(any(
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+));
+
+/// The name of an errno value (`EROFS` for 30), `None` for one this target does not name.
+pub fn errno_name(errno: i32) -> Option<&'static str> {
+    let max = if GENERIC_ERRNO {
+        ERRNO_NAMES.len() - 1
+    } else {
+        34
+    };
+    let index = usize::try_from(errno).ok().filter(|&i| i <= max)?;
+    Some(ERRNO_NAMES[index]).filter(|name| !name.is_empty())
+}
+
 /// Rust spelling of `PLUGHOST_REQUIRE_VERSION`'s comparison: is `running` at least `required`?
 pub fn version_at_least(running: plughost_version, required: plughost_version) -> bool {
     running >= required
@@ -225,5 +294,19 @@ mod tests {
         assert!(version_at_least(v(1, 3, 0), v(1, 2, 9)));
         assert!(!version_at_least(v(0, 9, 9), v(1, 0, 0)));
         assert!(!version_at_least(v(1, 2, 2), v(1, 2, 3)));
+    }
+
+    #[test]
+    fn statuses_have_their_names() {
+        assert_eq!(status_name(-30), Some("EROFS"));
+        assert_eq!(status_name(-2), Some("ENOENT"));
+        assert_eq!(
+            status_name(PLUGHOST_E_NOT_FOUND),
+            Some("PLUGHOST_E_NOT_FOUND")
+        );
+        assert_eq!(status_name(PLUGHOST_OK), Some("PLUGHOST_OK"));
+        assert_eq!(status_name(-41), None); // no errno 41
+        assert_eq!(status_name(-5000), None);
+        assert_eq!(status_name(7), None);
     }
 }

@@ -1,5 +1,5 @@
 //! The measurements. Each [`Case`] runs one batch of iterations per round; the driver interleaves the
-//! rounds of all cases so that drift (LINUX_NOTES: absolute times move between runs) falls on all alike.
+//! rounds of all cases so that drift (absolute times move between runs) falls on all alike.
 
 use std::fs::File;
 use std::io::{Read, Write};

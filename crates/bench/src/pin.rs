@@ -1,5 +1,5 @@
 //! `--pin`: controlled CPU placement, to tell the software cost of a round trip from the cost of
-//! waking the other vCPU (LINUX_NOTES: ~20 µs per cross-vCPU wake-up here, against a few µs on one
+//! waking the other vCPU (measured on the development VM: ~20 µs per cross-vCPU wake-up here, against a few µs on one
 //! core). Unpinned, the scheduler decides per process, and a process tends to stay where it first
 //! slept: one host may sit beside the service and another on the other vCPU, run after run.
 //!

@@ -1,5 +1,8 @@
 //! The host's default seccomp filter: syscalls a plugin never needs (kernel, mount, namespace,
-//! tracing and key management calls) trap with `SIGSYS`; everything else is allowed.
+//! tracing and key management calls, io_uring, file handles, mount listing) trap with `SIGSYS`;
+//! `clone` trap only with `CLONE_NEWUSER` (an argument filter: threads and `fork` stay allowed);
+//! `clone3` fails with `ENOSYS` (its flags are in memory, which seccomp cannot read; libc then
+//! falls back to `clone`, which the argument filter sees); everything else is allowed.
 //!
 //! A trapped call never runs. The host's `SIGSYS` handler reports it to the service as one
 //! `HostMsg::Blocked { syscall }` frame, hand-encoded (no allocation in a signal handler), and
@@ -63,7 +66,23 @@ pub const DENIED: &[(i64, &str)] = &[
     (libc::SYS_quotactl, "quotactl"),
     (libc::SYS_syslog, "syslog"),
     (libc::SYS_vhangup, "vhangup"),
+    (libc::SYS_io_uring_setup, "io_uring_setup"),
+    (libc::SYS_io_uring_enter, "io_uring_enter"),
+    (libc::SYS_io_uring_register, "io_uring_register"),
+    (libc::SYS_name_to_handle_at, "name_to_handle_at"),
+    (SYS_STATMOUNT, "statmount"),
+    (SYS_LISTMOUNT, "listmount"),
+    (SYS_OPEN_TREE_ATTR, "open_tree_attr"),
 ];
+
+// Not in the libc crate yet. Numbers from 424 on are the same on every architecture but alpha
+// (the unified syscall table); these are x86_64's (arch/x86/entry/syscalls/syscall_64.tbl).
+const SYS_STATMOUNT: i64 = 457;
+const SYS_LISTMOUNT: i64 = 458;
+const SYS_OPEN_TREE_ATTR: i64 = 467;
+
+/// Calls trapped only with some arguments, named for the service's error text.
+const DENIED_WITH_ARGS: &[(i64, &str)] = &[(libc::SYS_clone, "clone with CLONE_NEWUSER")];
 
 /// The channel fd the handler reports on (-1: none).
 static CHANNEL: AtomicI32 = AtomicI32::new(-1);
@@ -135,8 +154,39 @@ fn filter() -> Result<BpfProgram, String> {
         .and_then(|c| SeccompRule::new(vec![c]))
         .map_err(|e| format!("seccomp rule: {e}"))?;
     rules.insert(libc::SYS_rt_sigaction, vec![condition]);
+    // A new user namespace would give the plugin every capability inside it (and with them the
+    // mount, namespace and kernel surfaces this filter otherwise keeps shut).
+    let new_user = libc::CLONE_NEWUSER as u64;
+    let clone_new_user = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::MaskedEq(new_user),
+        new_user,
+    )
+    .and_then(|c| SeccompRule::new(vec![c]))
+    .map_err(|e| format!("seccomp rule: {e}"))?;
+    rules.insert(libc::SYS_clone, vec![clone_new_user]);
     let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Trap, arch)
         .map_err(|e| format!("seccomp filter: {e}"))?;
+    filter
+        .try_into()
+        .map_err(|e| format!("seccomp program: {e}"))
+}
+
+/// `clone3` fails with `ENOSYS`, as on a kernel without it: glibc and musl then use `clone`.
+fn clone3_filter() -> Result<BpfProgram, String> {
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| format!("seccomp: {e}"))?;
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = [(libc::SYS_clone3, Vec::new())].into();
+    let errno = u32::try_from(libc::ENOSYS).unwrap_or(38);
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(errno),
+        arch,
+    )
+    .map_err(|e| format!("seccomp filter: {e}"))?;
     filter
         .try_into()
         .map_err(|e| format!("seccomp program: {e}"))
@@ -146,6 +196,7 @@ fn filter() -> Result<BpfProgram, String> {
 /// created after; call it while single-threaded). Needs `no_new_privs` (or `CAP_SYS_ADMIN`).
 pub fn install(channel: std::os::fd::RawFd) -> Result<(), String> {
     let program = filter()?;
+    let clone3 = clone3_filter()?;
     CHANNEL.store(channel, Ordering::Relaxed);
     // SAFETY: installing a handler with SA_SIGINFO; `on_sigsys` has the matching signature and only
     // does async-signal-safe work (module invariants).
@@ -161,6 +212,7 @@ pub fn install(channel: std::os::fd::RawFd) -> Result<(), String> {
             ));
         }
     }
+    seccompiler::apply_filter(&clone3).map_err(|e| format!("seccomp (clone3): {e}"))?;
     seccompiler::apply_filter(&program).map_err(|e| format!("seccomp: {e}"))
 }
 
@@ -168,6 +220,7 @@ pub fn install(channel: std::os::fd::RawFd) -> Result<(), String> {
 pub fn name_of(syscall: u32) -> Option<&'static str> {
     DENIED
         .iter()
+        .chain(DENIED_WITH_ARGS)
         .find(|(nr, _)| *nr == i64::from(syscall))
         .map(|(_, name)| *name)
 }

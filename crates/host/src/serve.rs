@@ -388,3 +388,7 @@ impl AsFd for Demux {
 pub fn host_log(line: &str) {
     eprintln!("plughost-host: {line}");
 }
+
+#[cfg(test)]
+#[path = "serve_tests.rs"]
+mod tests;

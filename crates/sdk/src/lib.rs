@@ -1,6 +1,6 @@
 //! Safe Rust for plughost plugin authors.
 //!
-//! A plugin is a shared library with a C ABI (`shared/spec/PLUGIN_ABI.md`, mirrored by the
+//! A plugin is a shared library with a C ABI (`docs/PLUGIN_ABI.md`, mirrored by the
 //! `plughost-abi` crate). This crate lets you write one in safe Rust: implement [`Plugin`], then
 //! [`export_plugin!`] emits the `plughost_plugin_entry_v1` symbol. When the service loads the library,
 //! the entry point builds your plugin with [`Plugin::load`], keeps it for the life of the process, and

@@ -85,17 +85,7 @@ impl Status {
 
     /// The `PLUGHOST_*` name of a plughost code, `None` for anything else.
     fn plughost_name(self) -> Option<&'static str> {
-        Some(match self.0 {
-            abi::PLUGHOST_OK => "PLUGHOST_OK",
-            abi::PLUGHOST_E_REQUIRES_UPDATE => "PLUGHOST_E_REQUIRES_UPDATE",
-            abi::PLUGHOST_E_ILLEGAL_CALL => "PLUGHOST_E_ILLEGAL_CALL",
-            abi::PLUGHOST_E_ILLEGAL_STATE => "PLUGHOST_E_ILLEGAL_STATE",
-            abi::PLUGHOST_E_NOT_RUNNING => "PLUGHOST_E_NOT_RUNNING",
-            abi::PLUGHOST_E_NOT_FOUND => "PLUGHOST_E_NOT_FOUND",
-            abi::PLUGHOST_E_SHUTTING_DOWN => "PLUGHOST_E_SHUTTING_DOWN",
-            abi::PLUGHOST_E_HOST_CRASHED => "PLUGHOST_E_HOST_CRASHED",
-            _ => return None,
-        })
+        abi::plughost_name(self.0)
     }
 }
 
@@ -106,7 +96,7 @@ impl fmt::Display for Status {
         if let Some(name) = self.plughost_name() {
             return f.write_str(name);
         }
-        match self.errno().and_then(errno_name) {
+        match self.errno().and_then(abi::errno_name) {
             Some(name) => write!(f, "{name} ({})", self.0),
             None => write!(f, "{}", self.0),
         }
@@ -192,46 +182,6 @@ impl From<std::io::Error> for HookError {
     fn from(err: std::io::Error) -> Self {
         HookError::new(Status::from(err))
     }
-}
-
-/// The asm-generic errno names (x86, arm, aarch64, riscv, powerpc, s390x, loongarch), index = errno.
-/// MIPS and SPARC number errno differently above 34; there only that range gets a name.
-#[rustfmt::skip]
-const ERRNO_NAMES: [&str; 134] = [
-    "", "EPERM", "ENOENT", "ESRCH", "EINTR", "EIO", "ENXIO", "E2BIG", "ENOEXEC", "EBADF", "ECHILD",
-    "EAGAIN", "ENOMEM", "EACCES", "EFAULT", "ENOTBLK", "EBUSY", "EEXIST", "EXDEV", "ENODEV",
-    "ENOTDIR", "EISDIR", "EINVAL", "ENFILE", "EMFILE", "ENOTTY", "ETXTBSY", "EFBIG", "ENOSPC",
-    "ESPIPE", "EROFS", "EMLINK", "EPIPE", "EDOM", "ERANGE", "EDEADLK", "ENAMETOOLONG", "ENOLCK",
-    "ENOSYS", "ENOTEMPTY", "ELOOP", "", "ENOMSG", "EIDRM", "ECHRNG", "EL2NSYNC", "EL3HLT", "EL3RST",
-    "ELNRNG", "EUNATCH", "ENOCSI", "EL2HLT", "EBADE", "EBADR", "EXFULL", "ENOANO", "EBADRQC",
-    "EBADSLT", "", "EBFONT", "ENOSTR", "ENODATA", "ETIME", "ENOSR", "ENONET", "ENOPKG", "EREMOTE",
-    "ENOLINK", "EADV", "ESRMNT", "ECOMM", "EPROTO", "EMULTIHOP", "EDOTDOT", "EBADMSG", "EOVERFLOW",
-    "ENOTUNIQ", "EBADFD", "EREMCHG", "ELIBACC", "ELIBBAD", "ELIBSCN", "ELIBMAX", "ELIBEXEC",
-    "EILSEQ", "ERESTART", "ESTRPIPE", "EUSERS", "ENOTSOCK", "EDESTADDRREQ", "EMSGSIZE",
-    "EPROTOTYPE", "ENOPROTOOPT", "EPROTONOSUPPORT", "ESOCKTNOSUPPORT", "EOPNOTSUPP", "EPFNOSUPPORT",
-    "EAFNOSUPPORT", "EADDRINUSE", "EADDRNOTAVAIL", "ENETDOWN", "ENETUNREACH", "ENETRESET",
-    "ECONNABORTED", "ECONNRESET", "ENOBUFS", "EISCONN", "ENOTCONN", "ESHUTDOWN", "ETOOMANYREFS",
-    "ETIMEDOUT", "ECONNREFUSED", "EHOSTDOWN", "EHOSTUNREACH", "EALREADY", "EINPROGRESS", "ESTALE",
-    "EUCLEAN", "ENOTNAM", "ENAVAIL", "EISNAM", "EREMOTEIO", "EDQUOT", "ENOMEDIUM", "EMEDIUMTYPE",
-    "ECANCELED", "ENOKEY", "EKEYEXPIRED", "EKEYREVOKED", "EKEYREJECTED", "EOWNERDEAD",
-    "ENOTRECOVERABLE", "ERFKILL", "EHWPOISON",
-];
-
-const GENERIC_ERRNO: bool = !cfg!(any(
-    target_arch = "mips",
-    target_arch = "mips64",
-    target_arch = "sparc",
-    target_arch = "sparc64"
-));
-
-fn errno_name(errno: i32) -> Option<&'static str> {
-    let max = if GENERIC_ERRNO {
-        ERRNO_NAMES.len() - 1
-    } else {
-        34
-    };
-    let index = usize::try_from(errno).ok().filter(|&i| i <= max)?;
-    Some(ERRNO_NAMES[index]).filter(|name| !name.is_empty())
 }
 
 #[cfg(test)]

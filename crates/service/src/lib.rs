@@ -42,7 +42,10 @@ fn choose_socket(flag: Option<PathBuf>, env: Option<std::ffi::OsString>) -> Path
 
 /// One request from the client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "op")]
+///
+/// Unknown fields are an error: a misspelt option is refused, never silently ignored (decoded
+/// through [`StrictRequest`], since serde ignores extra fields of a tagged unit variant).
+#[serde(rename_all = "snake_case", tag = "op", from = "StrictRequest")]
 pub enum Request {
     VmStart,
     VmStop,
@@ -68,8 +71,13 @@ pub enum Request {
         distro: Option<String>,
         argv: Vec<String>,
     },
+    /// A container session for an application: it is stopped, with its hooks, when that process
+    /// exits. `application_pid` must be the caller's own (any process for root); absent, the
+    /// caller's pid (`SO_PEERCRED`).
     CsessionCreate {
         name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        application_pid: Option<u32>,
     },
     /// Runs `argv` in the container session's session VM (started on first use), with the fds.
     CsessionRun {
@@ -94,6 +102,98 @@ pub enum Request {
     /// The plugins' status in the OpenMetrics text format.
     Metrics,
     Shutdown,
+}
+
+/// [`Request`] as it is decoded: the same operations and fields, every variant a struct with
+/// `deny_unknown_fields` (a unit variant would accept any field).
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op", deny_unknown_fields)]
+enum StrictRequest {
+    VmStart {},
+    VmStop {},
+    VmStatus {},
+    DistroRegister {
+        name: String,
+        rootfs: PathBuf,
+        package: Option<String>,
+    },
+    DistroUnregister {
+        name: String,
+    },
+    DistroStart {
+        name: String,
+    },
+    DistroStop {
+        name: String,
+    },
+    DistroList {},
+    Exec {
+        distro: Option<String>,
+        argv: Vec<String>,
+    },
+    CsessionCreate {
+        name: String,
+        #[serde(default)]
+        application_pid: Option<u32>,
+    },
+    CsessionRun {
+        name: String,
+        argv: Vec<String>,
+    },
+    CsessionStop {
+        name: String,
+    },
+    Plugins {},
+    PluginRestart {
+        name: String,
+    },
+    PluginDisable {
+        name: String,
+    },
+    PluginEnable {
+        name: String,
+    },
+    Metrics {},
+    Shutdown {},
+}
+
+impl From<StrictRequest> for Request {
+    fn from(r: StrictRequest) -> Request {
+        match r {
+            StrictRequest::VmStart {} => Request::VmStart,
+            StrictRequest::VmStop {} => Request::VmStop,
+            StrictRequest::VmStatus {} => Request::VmStatus,
+            StrictRequest::DistroRegister {
+                name,
+                rootfs,
+                package,
+            } => Request::DistroRegister {
+                name,
+                rootfs,
+                package,
+            },
+            StrictRequest::DistroUnregister { name } => Request::DistroUnregister { name },
+            StrictRequest::DistroStart { name } => Request::DistroStart { name },
+            StrictRequest::DistroStop { name } => Request::DistroStop { name },
+            StrictRequest::DistroList {} => Request::DistroList,
+            StrictRequest::Exec { distro, argv } => Request::Exec { distro, argv },
+            StrictRequest::CsessionCreate {
+                name,
+                application_pid,
+            } => Request::CsessionCreate {
+                name,
+                application_pid,
+            },
+            StrictRequest::CsessionRun { name, argv } => Request::CsessionRun { name, argv },
+            StrictRequest::CsessionStop { name } => Request::CsessionStop { name },
+            StrictRequest::Plugins {} => Request::Plugins,
+            StrictRequest::PluginRestart { name } => Request::PluginRestart { name },
+            StrictRequest::PluginDisable { name } => Request::PluginDisable { name },
+            StrictRequest::PluginEnable { name } => Request::PluginEnable { name },
+            StrictRequest::Metrics {} => Request::Metrics,
+            StrictRequest::Shutdown {} => Request::Shutdown,
+        }
+    }
 }
 
 impl Request {
@@ -181,6 +281,10 @@ pub enum ErrorKind {
     Unsupported,
     Invalid,
     ShuttingDown,
+    /// A per-user limit of the configuration (`[limits]`) is reached.
+    LimitReached,
+    /// The control socket refuses the connection (too many from this uid, or a plugin host's).
+    Refused,
     Internal,
 }
 
@@ -273,6 +377,36 @@ pub fn read_line<R: BufRead>(reader: R, limit: usize) -> Result<Vec<u8>, Protoco
     Ok(line)
 }
 
+/// `line` with every control character shown escaped (`\r`, `\n`, `\t`, `\x1b`, `\u{9b}`...),
+/// so that text from a plugin or a user (output, names, paths) can neither end a log line, forge
+/// another one nor drive the terminal showing it. A backslash is doubled only when it would be
+/// read as one of those escapes. Invalid UTF-8 bytes are shown as `\xNN`.
+pub fn escape_control(line: &[u8]) -> String {
+    let mut out = String::with_capacity(line.len());
+    for chunk in line.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\r' => out.push_str("\\r"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                    out.push_str(&format!("\\x{:02x}", c as u32));
+                }
+                // C1 controls (U+0080..U+009F: CSI is U+009B) and the line and paragraph
+                // separators some terminals honour.
+                c if (0x80..=0x9f).contains(&(c as u32)) || c == '\u{2028}' || c == '\u{2029}' => {
+                    out.push_str(&format!("\\u{{{:x}}}", c as u32));
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
 /// A distribution id as 32 lowercase hex digits.
 pub fn uuid_hex(id: &[u8; 16]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
@@ -341,6 +475,21 @@ mod tests {
     }
 
     #[test]
+    fn unknown_fields_are_an_error() {
+        let err =
+            decode::<Request>(b"{\"op\":\"vm_start\",\"force\":true}\n", MAX_LINE).unwrap_err();
+        assert!(err.to_string().contains("unknown field `force`"), "{err}");
+        let err = decode::<Request>(
+            b"{\"op\":\"distro_stop\",\"name\":\"d\",\"user\":0}\n",
+            MAX_LINE,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `user`"), "{err}");
+        let ok = decode::<Request>(b"{\"op\":\"distro_stop\",\"name\":\"d\"}\n", MAX_LINE);
+        assert_eq!(ok.ok(), Some(Request::DistroStop { name: "d".into() }));
+    }
+
+    #[test]
     fn unknown_operation_is_an_error() {
         assert!(decode::<Request>(b"{\"op\":\"format_disk\"}\n", MAX_LINE).is_err());
     }
@@ -360,6 +509,15 @@ mod tests {
             choose_socket(None, Some("".into())),
             PathBuf::from(DEFAULT_SOCKET)
         );
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            escape_control(b"ok\rFAKE: root logged in\n\x1b[2Jx\x7f\xc2\x9b\xff"),
+            "ok\\rFAKE: root logged in\\n\\x1b[2Jx\\x7f\\u{9b}\\xff"
+        );
+        assert_eq!(escape_control("plain ütf-8".as_bytes()), "plain ütf-8");
     }
 
     #[test]

@@ -219,7 +219,7 @@ fn vm_veto_texts_are_the_specs() {
     let daemon = world.start();
     daemon
         .ctl(&["vm", "start"])
-        .fails_with("plugin 'veto' returned a fatal error: veto number 1 (status -22)");
+        .fails_with("plugin 'veto' returned a fatal error: veto number 1 (status -22 (EINVAL))");
     // Every plugin got on_vm_stopping, and the VM is gone.
     assert_eq!(
         world.fx.events("vm_stopping").len(),
@@ -233,7 +233,7 @@ fn vm_veto_texts_are_the_specs() {
     );
     daemon
         .ctl(&["exec", "--", "true"])
-        .fails_with("plugin 'veto' returned a fatal error (status -5)");
+        .fails_with("plugin 'veto' returned a fatal error (status -5 (EIO))");
 }
 
 #[test]
@@ -254,7 +254,7 @@ fn distribution_veto_and_message_with_success() {
         ])
         .ok();
     daemon.ctl(&["distro", "start", "td"]).fails_with(
-        "plugin 'distro_veto' returned a fatal error: distribution refused by policy (status -1)",
+        "plugin 'distro_veto' returned a fatal error: distribution refused by policy (status -1 (EPERM))",
     );
     let list = daemon.ctl(&["--json", "distro", "list"]).ok().json();
     assert_eq!(list["distros"][0]["running"], false);
@@ -266,7 +266,7 @@ fn distribution_veto_and_message_with_success() {
     let world = World::new(vec![c("message_then_success")]);
     let daemon = world.start();
     daemon.ctl(&["vm", "start"]).fails_with(
-        "plugin 'message_then_success' returned a fatal error: message set but success returned (status -10003)",
+        "plugin 'message_then_success' returned a fatal error: message set but success returned (status -10003 (PLUGHOST_E_ILLEGAL_STATE))",
     );
 }
 
@@ -277,9 +277,9 @@ fn load_failures_are_reported_on_vm_start() {
     }
     let world = World::new(vec![c("noop"), c("entry_fails")]);
     let daemon = world.start();
-    daemon
-        .ctl(&["vm", "start"])
-        .fails_with("plugin 'entry_fails' failed to load: entry point returned status -22");
+    daemon.ctl(&["vm", "start"]).fails_with(
+        "plugin 'entry_fails' failed to load: entry point returned status -22 (EINVAL)",
+    );
     let plugins = daemon.ctl(&["--json", "plugins"]).ok().json();
     assert_eq!(plugins["plugins"][1]["name"], "entry_fails");
     assert_eq!(plugins["plugins"][1]["state"], "failed");
@@ -331,8 +331,9 @@ fn host_crash_during_vm_start_leaves_the_daemon_serving() {
     }
     let world = World::new(vec![c("crash_in_vm_started")]);
     let daemon = world.start();
+    // Not 65534: the plugin hosts run as nobody, and their uid is refused (SECURITY.md).
     daemon
-        .ctl_as(65534, &["vm", "start"])
+        .ctl_as(65532, &["vm", "start"])
         .fails_with("plugin 'crash_in_vm_started' crashed: killed by signal SIGSEGV");
     world.fx.wait_for("about_to_crash");
     assert!(world.fx.events("did_not_crash").is_empty());
@@ -441,14 +442,15 @@ fn non_root_user_is_refused_root_only_commands() {
     }
     let world = World::new(vec![c("noop")]);
     let mut daemon = world.start();
+    // Not 65534: the plugin hosts run as nobody, and their uid is refused (SECURITY.md).
     daemon
-        .ctl_as(65534, &["shutdown"])
+        .ctl_as(65532, &["shutdown"])
         .fails_with("permission denied: `plughostctl shutdown` is root-only");
     daemon
-        .ctl_as(65534, &["plugins"])
+        .ctl_as(65532, &["plugins"])
         .fails_with("permission denied: `plughostctl plugins` is root-only");
     daemon
-        .ctl_as(65534, &["metrics"])
+        .ctl_as(65532, &["metrics"])
         .fails_with("permission denied: `plughostctl metrics` is root-only");
     assert!(daemon.is_running());
     let out = daemon.ctl(&["plugins"]).ok();

@@ -53,7 +53,7 @@ fn plugins_are_restarted_disabled_and_enabled_through_plughostctl() {
         .ctl(&["plugin", "restart", "nope"])
         .fails_with("no plugin named 'nope'");
     daemon
-        .ctl_as(65534, &["plugin", "disable", "ok_mount_exec"])
+        .ctl_as(65532, &["plugin", "disable", "ok_mount_exec"])
         .fails_with("permission denied: `plughostctl plugin disable` is root-only");
 }
 
@@ -121,7 +121,7 @@ fn sighup_applies_a_new_plugin_list_and_refuses_a_broken_one() {
     assert_eq!(after["plugins"][1]["name"], "veto");
     daemon
         .ctl(&["vm", "start"])
-        .fails_with("plugin 'veto' returned a fatal error: veto number 1 (status -22)");
+        .fails_with("plugin 'veto' returned a fatal error: veto number 1 (status -22 (EINVAL))");
 }
 
 #[test]

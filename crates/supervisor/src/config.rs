@@ -17,6 +17,18 @@ pub enum Isolation {
     InProcess,
 }
 
+/// When a plugin's host is started (or its library loaded, in process).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Activation {
+    /// By [`PluginManager::new`](crate::PluginManager::new) (the default): a load failure shows at
+    /// start-up.
+    #[default]
+    Eager,
+    /// By the first hook that reaches the plugin: start-up does not wait for it, and a plugin no
+    /// hook needs never runs. A load failure fails that first operation (if it may veto).
+    Lazy,
+}
+
 /// One plugin, in configuration order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PluginConfig {
@@ -25,6 +37,7 @@ pub struct PluginConfig {
     /// The shared library.
     pub path: PathBuf,
     pub isolation: Isolation,
+    pub activation: Activation,
     /// The host's whole environment (it starts empty).
     pub env: Vec<(String, String)>,
     /// What happens after a crash.
@@ -172,6 +185,7 @@ impl PluginConfig {
             name: name.into(),
             path: path.into(),
             isolation: Isolation::Process,
+            activation: Activation::Eager,
             env: Vec::new(),
             restart: RestartPolicy::Never,
             deadlines: None,
@@ -186,6 +200,12 @@ impl PluginConfig {
 
     pub fn in_process(mut self) -> PluginConfig {
         self.isolation = Isolation::InProcess;
+        self
+    }
+
+    /// Starts the plugin at the first hook that reaches it ([`Activation::Lazy`]).
+    pub fn lazy(mut self) -> PluginConfig {
+        self.activation = Activation::Lazy;
         self
     }
 

@@ -142,9 +142,19 @@ pub(crate) fn clock(t: SystemTime) -> String {
 }
 
 fn vetoed_suffix(message: &Option<String>, status: i32) -> String {
+    let status = status_text(status);
     match message {
         Some(message) => format!(": {message} (status {status})"),
         None => format!(" (status {status})"),
+    }
+}
+
+/// A status as users see it: `-30 (EROFS)`, `-10005 (PLUGHOST_E_NOT_FOUND)`, a bare number when it
+/// has no name.
+pub(crate) fn status_text(status: i32) -> String {
+    match plughost_abi::status_name(status) {
+        Some(name) => format!("{status} ({name})"),
+        None => status.to_string(),
     }
 }
 
@@ -175,7 +185,7 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            "plugin 'p' returned a fatal error: no (status -22)"
+            "plugin 'p' returned a fatal error: no (status -22 (EINVAL))"
         );
         let e = PluginError::Vetoed {
             plugin: "p".into(),
@@ -185,7 +195,7 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            "plugin 'p' returned a fatal error (status -5)"
+            "plugin 'p' returned a fatal error (status -5 (EIO))"
         );
         let e = PluginError::Crashed {
             plugin: "p".into(),

@@ -20,7 +20,7 @@ use crate::config::PluginConfig;
 const MAX_LIBRARY: u64 = 256 * 1024 * 1024;
 
 /// Trust settings of the manager.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Trust {
     /// ed25519 public keys that may sign plugins.
     pub trusted_keys: Vec<VerifyingKey>,
@@ -136,9 +136,29 @@ fn sealed_copy(name: &str, bytes: &[u8]) -> Result<OwnedFd, String> {
     Ok(fd)
 }
 
-/// Opens, checks, verifies and seals `config`'s library. The error is the reason for
-/// `plugin '<name>' failed to load: <reason>`.
-pub(crate) fn prepare(config: &PluginConfig, trust: &Trust) -> Result<Library, String> {
+/// Opens, checks, verifies and seals `config`'s library; also gives the sha256 of the bytes the
+/// host gets. The error is the reason for `plugin '<name>' failed to load: <reason>`.
+pub(crate) fn prepare(config: &PluginConfig, trust: &Trust) -> Result<(Library, String), String> {
+    let (bytes, canonical) = verified_bytes(config, trust)?;
+    let sha256 = sha256_hex(&bytes);
+    let library = if memfd_exec_allowed() {
+        sealed_copy(&config.name, &bytes).map(Library::Sealed)?
+    } else {
+        Library::Path(canonical)
+    };
+    Ok((library, sha256))
+}
+
+/// Checks `config`'s library as [`prepare`] does, under `trust`, and gives the sha256 of its
+/// bytes now (a reload compares it with what runs).
+pub(crate) fn verify(config: &PluginConfig, trust: &Trust) -> Result<String, String> {
+    verified_bytes(config, trust).map(|(bytes, _)| sha256_hex(&bytes))
+}
+
+fn verified_bytes(
+    config: &PluginConfig,
+    trust: &Trust,
+) -> Result<(Vec<u8>, std::path::PathBuf), String> {
     let path = &config.path;
     let mut file =
         std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
@@ -190,9 +210,5 @@ pub(crate) fn prepare(config: &PluginConfig, trust: &Trust) -> Result<Library, S
     if trust.require_verified && !verified {
         return Err("no sha256 pin or signature, and require_verified is set".into());
     }
-    if memfd_exec_allowed() {
-        sealed_copy(&config.name, &bytes).map(Library::Sealed)
-    } else {
-        Ok(Library::Path(canonical))
-    }
+    Ok((bytes, canonical))
 }

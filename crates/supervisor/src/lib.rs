@@ -50,8 +50,8 @@ pub use callbacks::{
     OfflineDistribution, ProcessStream, ServiceCallbacks, Session, Status, VmSettings,
 };
 pub use config::{
-    lookup_user, CgroupPolicy, Deadlines, FsAccess, HostUser, Isolation, Limits, LogOutput,
-    ManagerConfig, OutputSink, PluginConfig, RestartPolicy,
+    lookup_user, Activation, CgroupPolicy, Deadlines, FsAccess, HostUser, Isolation, Limits,
+    LogOutput, ManagerConfig, OutputSink, PluginConfig, RestartPolicy,
 };
 pub use error::{CrashCause, PluginError};
 pub use integrity::{parse_public_key, parse_signature, sha256_hex, Trust};

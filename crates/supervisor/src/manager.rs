@@ -10,7 +10,10 @@
 //!   crash classified `hung`.
 //! - A crash applies the plugin's [`RestartPolicy`](crate::RestartPolicy): latched for good
 //!   (`Never`), or restarted after a backoff (`OnCrash`). A veto operation fails fast, before any hook
-//!   is delivered, while a plugin is latched or backing off.
+//!   is delivered, while a plugin is latched or backing off, with the error of the plugin that failed
+//!   first in time (one latch: every operation reports the same crash). A host that dies between
+//!   hooks is recorded when the monitor sees it die, not when a dispatch next reaches it.
+//! - [`Activation::Lazy`](crate::Activation) plugins start at the first hook that reaches them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,11 +26,12 @@ use crate::callbacks::{
     ContainerSession, Distribution, OfflineDistribution, ServiceCallbacks, Session, VmSettings,
 };
 use crate::cgroups::Cgroups;
-use crate::config::{Deadlines, Isolation, ManagerConfig};
+use crate::config::{Activation, Deadlines, Isolation, ManagerConfig};
 use crate::error::PluginError;
 use crate::host::spawn::{self, Spawner, StartError, StartParams};
+use crate::host::Host;
 use crate::inprocess::InProcessPlugin;
-use crate::monitor::Monitor;
+use crate::monitor::{Monitor, OnDeath};
 use crate::plugin::{Plugin, Readiness, Runtime};
 use crate::pool::Pool;
 use crate::stats::CrashKind;
@@ -66,6 +70,8 @@ pub enum ControlError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PluginState {
     Ready,
+    /// Lazy activation: no hook has reached it yet.
+    NotStarted,
     /// A hook is in flight.
     Busy {
         hook: HookKind,
@@ -89,10 +95,11 @@ pub enum PluginState {
 }
 
 impl PluginState {
-    /// `ready`, `busy`, `backing-off`, `crashed`, `failed`, `disabled`.
+    /// `ready`, `not-started`, `busy`, `backing-off`, `crashed`, `failed`, `disabled`.
     pub fn name(&self) -> &'static str {
         match self {
             PluginState::Ready => "ready",
+            PluginState::NotStarted => "not-started",
             PluginState::Busy { .. } => "busy",
             PluginState::BackingOff { .. } => "backing-off",
             PluginState::Crashed { .. } => "crashed",
@@ -117,6 +124,7 @@ impl std::fmt::Display for PluginState {
             }
             PluginState::Crashed { cause } => write!(f, "crashed: {cause}"),
             PluginState::Failed { error } => write!(f, "failed: {error}"),
+            PluginState::NotStarted => f.write_str("not started"),
             other => f.write_str(other.name()),
         }
     }
@@ -156,7 +164,7 @@ pub struct PluginInfo {
 
 /// The plugins of one service. See the crate docs for the threads and the re-entrancy rules.
 pub struct PluginManager {
-    plugins: Vec<Plugin>,
+    plugins: Vec<Arc<Plugin>>,
     spawner: Spawner,
     monitor: Arc<Monitor>,
     pool: Arc<Pool>,
@@ -205,23 +213,56 @@ impl PluginManager {
                     "plugin listed twice (same file); loaded once");
                 continue;
             }
-            manager.plugins.push(Plugin::new(plugin, canonical));
+            manager
+                .plugins
+                .push(Arc::new(Plugin::new(plugin, canonical)));
         }
         for plugin in &manager.plugins {
-            let _lifecycle = plugin.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
-            match manager.start_runtime(plugin) {
-                Ok(runtime) => plugin.state().runtime = Some(runtime),
-                Err(error) => {
-                    tracing::error!(plugin = %plugin.name(), "{error}");
-                    plugin.state().latched = Some(error);
-                }
-            }
+            manager.start_or_defer(plugin);
         }
         Ok(manager)
     }
 
+    /// Starts a plugin now, or marks it for its first hook (lazy activation); a start failure is
+    /// latched.
+    fn start_or_defer(&self, plugin: &Arc<Plugin>) {
+        if plugin.config.activation == Activation::Lazy {
+            plugin.state().not_started = true;
+            return;
+        }
+        let _lifecycle = plugin.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
+        match self.start_runtime(plugin) {
+            Ok(runtime) => plugin.state().runtime = Some(runtime),
+            Err(error) => {
+                tracing::error!(plugin = %plugin.name(), "{error}");
+                plugin.state().latch(error);
+            }
+        }
+    }
+
+    /// What the monitor does when `host`, the runtime of `plugin`, dies: records the crash at once
+    /// (latch or backoff), unless a dispatcher in a hook of it is about to (it holds the read token
+    /// and may learn more of why), or the host was stopped on purpose (no longer the runtime).
+    fn on_death(&self, plugin: &Arc<Plugin>, host: &Arc<Host>) -> OnDeath {
+        let plugin = Arc::downgrade(plugin);
+        let host = Arc::downgrade(host);
+        let pool = Arc::downgrade(&self.pool);
+        Box::new(move || {
+            let (Some(plugin), Some(host)) = (plugin.upgrade(), host.upgrade()) else {
+                return;
+            };
+            let Some(cause) = host.death_cause(false) else {
+                return;
+            };
+            plugin.host_crashed(&host, None, cause);
+            if let Some(pool) = pool.upgrade() {
+                pool.unregister(&host);
+            }
+        })
+    }
+
     /// Starts a host (or loads the library in process) for `plugin`. Caller holds its lifecycle lock.
-    fn start_runtime(&self, plugin: &Plugin) -> Result<Runtime, PluginError> {
+    fn start_runtime(&self, plugin: &Arc<Plugin>) -> Result<Runtime, PluginError> {
         let config = &plugin.config;
         match config.isolation {
             Isolation::Process => {
@@ -247,9 +288,11 @@ impl PluginManager {
                 };
                 match spawn::start(params) {
                     Ok(started) => {
+                        plugin.state().loaded_sha256 = Some(started.sha256);
                         let name = started.host.name.clone();
                         self.monitor.watch_output(id, name, started.output);
-                        self.monitor.watch_host(&started.host, cgroup);
+                        let on_death = self.on_death(plugin, &started.host);
+                        self.monitor.watch_host(&started.host, cgroup, on_death);
                         self.pool.register(&started.host);
                         tracing::info!(plugin = %config.name, pid = started.host.pid(), "plugin loaded");
                         Ok(Runtime::Host(started.host))
@@ -312,27 +355,51 @@ impl PluginManager {
             }
             LoadFailure::EntryFailed(status) => PluginError::LoadFailed {
                 plugin,
-                reason: format!("entry point returned status {status}"),
+                reason: format!(
+                    "entry point returned status {}",
+                    crate::error::status_text(status)
+                ),
             },
             LoadFailure::Confine(reason) => PluginError::LoadFailed { plugin, reason },
         }
     }
 
-    /// Starts a new host for a plugin whose backoff elapsed (once, however many threads ask).
-    fn restart_due(&self, plugin: &Plugin, kind: HookKind) -> Readiness {
+    /// Starts a host for a plugin whose backoff elapsed, or a lazy plugin's first one (once,
+    /// however many threads ask).
+    fn start_due(&self, plugin: &Arc<Plugin>, kind: HookKind) -> Readiness {
         let _lifecycle = plugin.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
-        match plugin.readiness(kind) {
-            Readiness::Restart => {}
-            other => return other, // another thread restarted it meanwhile
-        }
+        let first = match plugin.readiness(kind) {
+            Readiness::Restart => false,
+            Readiness::Activate => true,
+            other => return other, // another thread started it meanwhile
+        };
+        let fail = |error: PluginError| {
+            if kind.may_veto() {
+                Readiness::Fail(error)
+            } else {
+                Readiness::Skip
+            }
+        };
         match self.start_runtime(plugin) {
             Ok(runtime) => {
-                plugin.stats.restarts.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(plugin = %plugin.name(), "restarted after a crash");
+                if first {
+                    tracing::info!(plugin = %plugin.name(), hook = %kind, "activated by its first hook");
+                } else {
+                    plugin.stats.restarts.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(plugin = %plugin.name(), "restarted after a crash");
+                }
                 let mut state = plugin.state();
                 state.backoff = None;
+                state.not_started = false;
                 state.runtime = Some(runtime.clone());
                 Readiness::Ready(runtime)
+            }
+            Err(error) if first => {
+                // As an eager plugin's start-up failure: latched.
+                tracing::error!(plugin = %plugin.name(), "{error}");
+                let mut state = plugin.state();
+                state.not_started = false;
+                fail(state.latch(error))
             }
             Err(error) => {
                 let cause = match &error {
@@ -342,33 +409,44 @@ impl PluginManager {
                         tracing::error!(plugin = %plugin.name(), "restart failed: {error}");
                         let mut state = plugin.state();
                         state.backoff = None;
-                        state.latched = Some(error.clone());
-                        return if kind.may_veto() {
-                            Readiness::Fail(error)
-                        } else {
-                            Readiness::Skip
-                        };
+                        return fail(state.latch(error));
                     }
                 };
-                let error = plugin.crashed(None, cause);
-                if kind.may_veto() {
-                    Readiness::Fail(error)
-                } else {
-                    Readiness::Skip
-                }
+                fail(plugin.crashed(None, cause))
             }
         }
     }
 
-    fn ready(&self, plugin: &Plugin, kind: HookKind) -> Readiness {
+    fn ready(&self, plugin: &Arc<Plugin>, kind: HookKind) -> Readiness {
         match plugin.readiness(kind) {
-            Readiness::Restart => self.restart_due(plugin, kind),
+            Readiness::Restart | Readiness::Activate => self.start_due(plugin, kind),
             other => other,
         }
     }
 
-    /// Fails fast, before any hook is delivered, if a plugin is latched or backing off.
+    /// Fails fast, before any hook is delivered, if a plugin is latched or backing off (one latch:
+    /// the error of the plugin that failed first in time), or its host died since its last hook;
+    /// then starts the hosts that are due (lazy activation, restart after a backoff).
     fn precheck(&self, kind: HookKind) -> Result<(), PluginError> {
+        let mut first: Option<(u64, PluginError)> = None;
+        for plugin in &self.plugins {
+            if let Readiness::Ready(Runtime::Host(host)) = plugin.readiness(kind) {
+                // Dead, and the monitor could not record it yet: record it now.
+                if let Some(cause) = host.death_cause(true) {
+                    plugin.host_crashed(&host, None, cause);
+                    self.pool.unregister(&host);
+                }
+            }
+            if let Readiness::Fail(error) = plugin.readiness(kind) {
+                let at = plugin.state().failed_at();
+                if first.as_ref().is_none_or(|(earliest, _)| at < *earliest) {
+                    first = Some((at, error));
+                }
+            }
+        }
+        if let Some((_, error)) = first {
+            return Err(error);
+        }
         for plugin in &self.plugins {
             if let Readiness::Fail(error) = self.ready(plugin, kind) {
                 return Err(error);
@@ -383,7 +461,7 @@ impl PluginManager {
         for plugin in &self.plugins {
             let runtime = match self.ready(plugin, kind) {
                 Readiness::Ready(runtime) => runtime,
-                Readiness::Skip | Readiness::Restart => continue,
+                Readiness::Skip | Readiness::Restart | Readiness::Activate => continue,
                 Readiness::Fail(error) => return Err(error),
             };
             let deadline = plugin.config.deadlines.unwrap_or(self.deadlines).of(kind);
@@ -434,7 +512,10 @@ impl PluginManager {
                     tracing::warn!(plugin = %plugin.name(), hook = %kind, "ignored: {error}");
                 }
                 Err(cause) => {
-                    let error = plugin.crashed(Some(kind), cause);
+                    let error = match &runtime {
+                        Runtime::Host(host) => plugin.host_crashed(host, Some(kind), cause),
+                        Runtime::InProcess(_) => plugin.crashed(Some(kind), cause),
+                    };
                     if kind.may_veto() {
                         return Err(error);
                     }
@@ -559,7 +640,7 @@ impl PluginManager {
         let _ = self.dispatch(&Hook::SessionVmStopping(session.clone()), scope);
     }
 
-    fn find(&self, name: &str) -> Result<&Plugin, ControlError> {
+    fn find(&self, name: &str) -> Result<&Arc<Plugin>, ControlError> {
         self.plugins
             .iter()
             .find(|p| p.name() == name)
@@ -581,6 +662,7 @@ impl PluginManager {
             let mut state = plugin.state();
             state.latched = None;
             state.backoff = None;
+            state.not_started = false;
             state.recent_crashes.clear();
             state.runtime.take()
         };
@@ -593,7 +675,7 @@ impl PluginManager {
                 Ok(())
             }
             Err(error) => {
-                plugin.state().latched = Some(error.clone());
+                plugin.state().latch(error.clone());
                 Err(ControlError::Start(error))
             }
         }
@@ -620,14 +702,18 @@ impl PluginManager {
         let needs_start = {
             let mut state = plugin.state();
             state.disabled = false;
-            state.runtime.is_none() && state.latched.is_none() && state.backoff.is_none()
+            // A lazy plugin no hook reached yet stays so.
+            state.runtime.is_none()
+                && state.latched.is_none()
+                && state.backoff.is_none()
+                && !state.not_started
         };
         tracing::info!(plugin = %name, "enabled");
         if needs_start {
             match self.start_runtime(plugin) {
                 Ok(runtime) => plugin.state().runtime = Some(runtime),
                 Err(error) => {
-                    plugin.state().latched = Some(error.clone());
+                    plugin.state().latch(error.clone());
                     return Err(ControlError::Start(error));
                 }
             }
@@ -638,16 +724,27 @@ impl PluginManager {
     /// Applies a new plugin list (SIGHUP): unchanged plugins keep their hosts, changed ones are
     /// restarted with their new settings, added ones started, removed ones stopped, in the new
     /// order. Returns one line per change (for the log). Trust and default deadlines are replaced.
+    ///
+    /// When the trust settings change (`require_verified`, the trusted keys), every running
+    /// out-of-process plugin kept as it was is verified again under the new ones: one whose file
+    /// no longer passes is stopped and latched (`failed to load: <reason>`), one whose file
+    /// passes but is not the bytes its host loaded is restarted from the verified file. A new
+    /// order alone is reported as such.
     pub fn reconfigure(
         &mut self,
         plugins: Vec<crate::config::PluginConfig>,
         trust: crate::integrity::Trust,
         deadlines: Deadlines,
     ) -> Vec<String> {
+        let trust_changed = self.trust != trust;
         self.trust = trust;
         self.deadlines = deadlines;
         let mut report = Vec::new();
+        if trust_changed {
+            report.push("trust settings changed: running plugins verified again".to_owned());
+        }
         let mut old = std::mem::take(&mut self.plugins);
+        let old_order: Vec<String> = old.iter().map(|p| p.config.name.clone()).collect();
         for config in plugins {
             let canonical = std::fs::canonicalize(&config.path).unwrap_or(config.path.clone());
             if self.plugins.iter().any(|p| p.canonical == canonical) {
@@ -660,6 +757,9 @@ impl PluginManager {
             if let Some(position) = old.iter().position(|p| p.config.name == config.name) {
                 let plugin = old.remove(position);
                 if plugin.config == config {
+                    if trust_changed {
+                        self.reverify(&plugin, &mut report);
+                    }
                     self.plugins.push(plugin);
                     continue;
                 }
@@ -669,13 +769,10 @@ impl PluginManager {
             } else {
                 report.push(format!("plugin '{}' added", config.name));
             }
-            let plugin = Plugin::new(config, canonical);
-            match self.start_runtime(&plugin) {
-                Ok(runtime) => plugin.state().runtime = Some(runtime),
-                Err(error) => {
-                    report.push(error.to_string());
-                    plugin.state().latched = Some(error);
-                }
+            let plugin = Arc::new(Plugin::new(config, canonical));
+            self.start_or_defer(&plugin);
+            if let Some(error) = plugin.state().latched.clone() {
+                report.push(error.to_string());
             }
             self.plugins.push(plugin);
         }
@@ -684,7 +781,68 @@ impl PluginManager {
             self.stop_runtime(runtime);
             report.push(format!("plugin '{}' removed", plugin.name()));
         }
+        let kept_before: Vec<&String> = old_order
+            .iter()
+            .filter(|name| self.plugins.iter().any(|p| &p.config.name == *name))
+            .collect();
+        let kept_now: Vec<&String> = self
+            .plugins
+            .iter()
+            .map(|p| &p.config.name)
+            .filter(|name| old_order.contains(name))
+            .collect();
+        if kept_before != kept_now {
+            let order: Vec<&str> = self.plugins.iter().map(|p| p.name()).collect();
+            report.push(format!(
+                "plugins reordered: hooks now go to {}",
+                order.join(", ")
+            ));
+        }
         report
+    }
+
+    /// A kept plugin under new trust settings (see [`PluginManager::reconfigure`]).
+    fn reverify(&self, plugin: &Arc<Plugin>, report: &mut Vec<String>) {
+        let _lifecycle = plugin.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
+        let loaded = {
+            let state = plugin.state();
+            match &state.runtime {
+                Some(Runtime::Host(_)) => state.loaded_sha256.clone(),
+                // In-process plugins are not verified at load (trusted by configuration); a
+                // stopped, latched or backing-off one is verified when it starts again.
+                _ => return,
+            }
+        };
+        let name = plugin.name().to_owned();
+        match crate::integrity::verify(&plugin.config, &self.trust) {
+            Ok(sha256) if Some(&sha256) == loaded.as_ref() => {}
+            Ok(_) => {
+                let runtime = plugin.state().runtime.take();
+                self.stop_runtime(runtime);
+                match self.start_runtime(plugin) {
+                    Ok(runtime) => {
+                        plugin.state().runtime = Some(runtime);
+                        report.push(format!(
+                            "plugin '{name}' re-verified under the new trust settings, but its file changed since it was loaded: restarted"
+                        ));
+                    }
+                    Err(error) => {
+                        report.push(error.to_string());
+                        plugin.state().latch(error);
+                    }
+                }
+            }
+            Err(reason) => {
+                let runtime = plugin.state().runtime.take();
+                self.stop_runtime(runtime);
+                let error = PluginError::LoadFailed {
+                    plugin: name.clone(),
+                    reason: format!("no longer verifies under the new trust settings: {reason}"),
+                };
+                report.push(format!("{error}: stopped"));
+                plugin.state().latch(error);
+            }
+        }
     }
 
     /// Every configured plugin (duplicates excluded), in order.
@@ -708,6 +866,8 @@ impl PluginManager {
         };
         let plugin_state = if state.disabled {
             PluginState::Disabled
+        } else if state.not_started {
+            PluginState::NotStarted
         } else if let Some(error) = &state.latched {
             match error {
                 PluginError::Crashed { cause, .. } => PluginState::Crashed {

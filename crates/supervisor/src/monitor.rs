@@ -2,7 +2,9 @@
 //! logs what plugins print.
 //!
 //! It never blocks on anything but `epoll_wait` and non-blocking reads, so a busy or stuck service
-//! callback cannot delay crash detection. A dead host's cgroup is killed at once; its directory is
+//! callback cannot delay crash detection. A host that died between hooks is recorded here (the
+//! manager's `OnDeath`: a `try_lock` of the host's read token, a classification of an exited process,
+//! leaf locks only), so the next operation fails before any hook. A dead host's cgroup is killed at once; its directory is
 //! removed when `cgroup.events` (watched in the same epoll set) says the last process is gone.
 
 use std::collections::HashMap;
@@ -26,10 +28,14 @@ const MAX_LINE: usize = 4096;
 /// Keys per host: its pidfd, its output pipe, its cgroup's `cgroup.events`.
 const KEYS_PER_HOST: u64 = 3;
 
+/// What the manager does when a host dies (latch or back off: the next operation fails fast).
+pub(crate) type OnDeath = Box<dyn FnOnce() + Send>;
+
 enum Watch {
     Death {
         host: Weak<Host>,
         cgroup: Option<Arc<HostCgroup>>,
+        on_death: Option<OnDeath>,
     },
     Output {
         plugin: Arc<str>,
@@ -78,14 +84,16 @@ impl Monitor {
         watches.insert(key, watch);
     }
 
-    /// Watches a host's pidfd; when it dies, its cgroup (if any) is killed and removed.
-    pub fn watch_host(&self, host: &Arc<Host>, cgroup: Option<Arc<HostCgroup>>) {
+    /// Watches a host's pidfd; when it dies, its cgroup (if any) is killed and removed, and
+    /// `on_death` runs on the monitor thread (no lock of the monitor held).
+    pub fn watch_host(&self, host: &Arc<Host>, cgroup: Option<Arc<HostCgroup>>, on_death: OnDeath) {
         self.add(
             host.id * KEYS_PER_HOST,
             host.pidfd().as_fd(),
             Watch::Death {
                 host: Arc::downgrade(host),
                 cgroup,
+                on_death: Some(on_death),
             },
         );
     }
@@ -142,12 +150,18 @@ impl Monitor {
     fn handle(&self, key: u64) {
         let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
         let mut draining = None;
+        let mut died = None;
         let done = match watches.get_mut(&key) {
             None => false,
-            Some(Watch::Death { host, cgroup }) => {
+            Some(Watch::Death {
+                host,
+                cgroup,
+                on_death,
+            }) => {
                 if let Some(host) = host.upgrade() {
                     host.on_exit();
                 }
+                died = on_death.take();
                 if let Some(cgroup) = cgroup.take() {
                     if let Teardown::Draining(events) = cgroup.begin_teardown() {
                         draining = Some(Watch::Drain { cgroup, events });
@@ -208,6 +222,10 @@ impl Monitor {
                     tracing::warn!("monitor cannot watch {}: {e}", cgroup.path().display());
                 }
             }
+        }
+        drop(watches);
+        if let Some(on_death) = died {
+            on_death();
         }
     }
 }

@@ -7,6 +7,7 @@
 //! 2. `Plugin::state`: a leaf, held for a few field updates, never across I/O or a hook.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -36,17 +37,53 @@ pub(crate) struct Backoff {
     pub delay: Duration,
 }
 
+/// Orders failures in time across every plugin of the process: the fail-fast reports the first
+/// (`PLUGIN_ABI.md`, "Crashes": one latch, the first crash in time).
+static FAILURES: AtomicU64 = AtomicU64::new(1);
+
 #[derive(Default)]
 pub(crate) struct State {
     pub runtime: Option<Runtime>,
-    /// The first fatal error, for good (until a manual restart).
+    /// The first fatal error, for good (until a manual restart). Set through [`State::latch`].
     pub latched: Option<PluginError>,
+    /// Set through [`State::back_off`].
     pub backoff: Option<Backoff>,
+    /// When `latched` or `backoff` was set, in [`FAILURES`] order.
+    failed_at: u64,
     pub disabled: bool,
+    /// Lazy activation: no hook has reached it yet (no runtime, no failure).
+    pub not_started: bool,
     /// Crash times within the policy's window.
     pub recent_crashes: Vec<Instant>,
     /// The cgroup of the current (or last) host, if it has one: its counters classify its death.
     pub cgroup: Option<Arc<HostCgroup>>,
+    /// sha256 of the library bytes the current host loaded (a reload re-verifies against it).
+    pub loaded_sha256: Option<String>,
+}
+
+impl State {
+    /// Latches `error` unless an earlier error is latched; returns the latched one.
+    pub fn latch(&mut self, error: PluginError) -> PluginError {
+        if self.latched.is_none() {
+            self.failed_at = FAILURES.fetch_add(1, Ordering::Relaxed);
+        }
+        self.latched.get_or_insert(error).clone()
+    }
+
+    fn back_off(&mut self, backoff: Backoff) {
+        self.failed_at = FAILURES.fetch_add(1, Ordering::Relaxed);
+        self.backoff = Some(backoff);
+    }
+
+    /// When the failure a fail-fast would report happened (smaller is earlier).
+    pub fn failed_at(&self) -> u64 {
+        self.failed_at
+    }
+
+    /// Is `host` this plugin's current host?
+    fn runs(&self, host: &Host) -> bool {
+        matches!(&self.runtime, Some(Runtime::Host(h)) if std::ptr::eq(&**h, host))
+    }
 }
 
 pub(crate) struct Plugin {
@@ -70,6 +107,8 @@ pub(crate) enum Readiness {
     Fail(PluginError),
     /// The backoff has elapsed: start a new host first.
     Restart,
+    /// Lazy activation: its first hook; start its host first.
+    Activate,
 }
 
 impl Plugin {
@@ -139,6 +178,9 @@ impl Plugin {
         if state.disabled {
             return Readiness::Skip;
         }
+        if state.not_started {
+            return Readiness::Activate;
+        }
         if let Some(error) = &state.latched {
             return if kind.may_veto() {
                 Readiness::Fail(error.clone())
@@ -166,21 +208,58 @@ impl Plugin {
         }
     }
 
-    /// Records a crash and applies the restart policy. Returns the error the operation reports.
+    /// The current host `host` died: records the crash and applies the restart policy, once per
+    /// host, whoever sees the death first (the dispatcher of a hook, or the monitor between hooks).
+    /// Returns the error the operation reports: when the death was already recorded, the error then
+    /// latched (or backed off on), so that every operation reports the same crash.
+    pub fn host_crashed(
+        &self,
+        host: &Host,
+        hook: Option<HookKind>,
+        cause: CrashCause,
+    ) -> PluginError {
+        let cause = self.explain(cause);
+        let mut state = self.state();
+        if !state.runs(host) {
+            let recorded = state
+                .latched
+                .clone()
+                .or_else(|| state.backoff.as_ref().map(|b| b.error.clone()));
+            return recorded.unwrap_or_else(|| PluginError::Crashed {
+                plugin: self.name().to_owned(),
+                hook,
+                cause,
+            });
+        }
+        self.apply_crash(&mut state, hook, cause)
+    }
+
+    /// Records a crash (of a start-up: no current host) and applies the restart policy. Returns the
+    /// error the operation reports.
     pub fn crashed(&self, hook: Option<HookKind>, cause: CrashCause) -> PluginError {
         let cause = self.explain(cause);
+        let mut state = self.state();
+        self.apply_crash(&mut state, hook, cause)
+    }
+
+    /// The restart policy, with the state locked (so a death is recorded once).
+    fn apply_crash(
+        &self,
+        state: &mut State,
+        hook: Option<HookKind>,
+        cause: CrashCause,
+    ) -> PluginError {
         self.stats.crashed(&cause);
         let error = PluginError::Crashed {
             plugin: self.name().to_owned(),
             hook,
             cause: cause.clone(),
         };
-        let mut state = self.state();
         state.runtime = None;
         match self.config.restart {
             RestartPolicy::Never => {
                 tracing::error!(plugin = %self.name(), "{error}; latched (restart = never)");
-                state.latched.get_or_insert(error.clone());
+                state.latch(error.clone());
             }
             RestartPolicy::OnCrash {
                 max_restarts,
@@ -198,7 +277,7 @@ impl Plugin {
                     tracing::error!(plugin = %self.name(),
                         "{error}; {crashes} crashes within {window:?}: restart limit {max_restarts} reached, latched");
                     state.backoff = None;
-                    state.latched.get_or_insert(error.clone());
+                    state.latch(error.clone());
                 } else {
                     let doublings = u32::try_from(crashes - 1).unwrap_or(u32::MAX).min(30);
                     let delay = backoff_initial
@@ -206,7 +285,7 @@ impl Plugin {
                         .min(backoff_max);
                     tracing::warn!(plugin = %self.name(),
                         "{error}; restart {crashes} of {max_restarts} in {delay:?}");
-                    state.backoff = Some(Backoff {
+                    state.back_off(Backoff {
                         error: error.clone(),
                         cause,
                         until: now + delay,

@@ -30,7 +30,7 @@ use process::{print_indented, Ctl, Daemon, Who, OTHER_UID};
 /// How long the demo waits for something the daemon or a plugin does on its own time.
 const PATIENCE: Duration = Duration::from_secs(10);
 
-const VETO: &str = "plugin 'policy' returned a fatal error: veto number 1 (status -22)";
+const VETO: &str = "plugin 'policy' returned a fatal error: veto number 1 (status -22 (EINVAL))";
 const CRASH: &str = "plugin 'buggy' crashed: killed by signal SIGSEGV";
 
 /// One `[[plugin]]` of the config.

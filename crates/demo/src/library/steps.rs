@@ -190,7 +190,7 @@ pub fn veto(demo: &Demo) -> Result<Snapshot> {
     expect_text(
         "the veto",
         &error,
-        "plugin 'policy' returned a fatal error: veto number 1 (status -22)",
+        "plugin 'policy' returned a fatal error: veto number 1 (status -22 (EINVAL))",
     )?;
     log_lines("auditor", &auditor.new_lines());
     log_lines("policy", &policy.new_lines());

@@ -156,6 +156,11 @@ enum CsessionAction {
     Create {
         /// The container session's name.
         name: String,
+        /// The application the session is for: the session stops when it exits (default: the
+        /// nearest ancestor of plughostctl that runs as you, usually your shell; none under
+        /// `sudo -u`, and the session then lives until `csession stop`).
+        #[arg(long, value_name = "PID")]
+        app_pid: Option<u32>,
     },
     /// Run a command in the container session's session VM, as you.
     ///
@@ -205,7 +210,11 @@ fn request(command: Command) -> anyhow::Result<Request> {
             argv: command,
         },
         Command::Csession { action } => match action {
-            CsessionAction::Create { name } => Request::CsessionCreate { name },
+            CsessionAction::Create { name, app_pid } => Request::CsessionCreate {
+                name,
+                // plughostctl itself exits at once: the session belongs to whoever ran it.
+                application_pid: app_pid.or_else(own_ancestor),
+            },
             CsessionAction::Run { name, command } => Request::CsessionRun {
                 name,
                 argv: command,
@@ -314,8 +323,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             socket.display()
         )
     })?;
-    send(&stream, &request)?;
-    let line = read_line(BufReader::new(&stream), MAX_REPLY).context("read the reply")?;
+    let sent = send(&stream, &request);
+    // A refused connection is answered before the request is read: that answer, when there is
+    // one, says more than the failed send ("Broken pipe").
+    let line = match (sent, read_line(BufReader::new(&stream), MAX_REPLY)) {
+        (_, Ok(line)) => line,
+        (Err(e), Err(_)) => return Err(e),
+        (Ok(()), Err(e)) => return Err(e).context("read the reply"),
+    };
     let reply: Reply = decode(&line, MAX_REPLY).context("read the reply")?;
     if json && !matches!(reply, Reply::Exited { .. } | Reply::Error { .. }) {
         println!("{}", String::from_utf8_lossy(&line).trim_end());
@@ -464,6 +479,29 @@ fn print_plugins(plugins: &[PluginRow]) {
         ],
         rows,
     );
+}
+
+/// The nearest ancestor that runs as our real uid (the shell or program that ran us, usually): a
+/// container session's application by default. None when no ancestor is ours (`sudo -u`): the
+/// session is then tied to no process.
+fn own_ancestor() -> Option<u32> {
+    let me = rustix::process::getuid().as_raw();
+    let field = |pid: u32, key: &str| -> Option<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix(key))?;
+        line.split_whitespace().next()?.parse().ok()
+    };
+    let mut pid = std::os::unix::process::parent_id();
+    for _ in 0..64 {
+        if pid <= 1 {
+            return None;
+        }
+        if field(pid, "Uid:") == Some(me) {
+            return Some(pid);
+        }
+        pid = field(pid, "PPid:")?;
+    }
+    None
 }
 
 #[cfg(test)]

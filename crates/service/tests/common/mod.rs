@@ -44,6 +44,8 @@ pub struct PluginSpec {
     pub name: String,
     pub path: PathBuf,
     pub in_process: bool,
+    /// `activation = "lazy"`.
+    pub lazy: bool,
 }
 
 pub fn c(name: &str) -> PluginSpec {
@@ -51,6 +53,7 @@ pub fn c(name: &str) -> PluginSpec {
         name: name.into(),
         path: c_plugin(name),
         in_process: false,
+        lazy: false,
     }
 }
 
@@ -62,6 +65,9 @@ pub struct World {
     pub idle_timeout_secs: u64,
     /// Top-level lines added to the config.
     pub extra_config: String,
+    /// Give plughostd itself the fixture's PH_LOG and PH_DIR (in-process plugins see its
+    /// environment, not their configured one).
+    pub daemon_has_plugin_env: bool,
 }
 
 impl World {
@@ -76,6 +82,7 @@ impl World {
             plugins,
             idle_timeout_secs: 0,
             extra_config: String::new(),
+            daemon_has_plugin_env: false,
         }
     }
 
@@ -102,10 +109,11 @@ impl World {
         text += &format!("host_binary = {:?}\n", host_binary().display().to_string());
         for p in &self.plugins {
             text += &format!(
-                "[[plugin]]\nname = {:?}\npath = {:?}\nisolation = {:?}\nenv = {{ PH_LOG = {:?}, PH_DIR = {:?} }}\nwrite_paths = [{:?}]\n",
+                "[[plugin]]\nname = {:?}\npath = {:?}\nisolation = {:?}\nactivation = {:?}\nenv = {{ PH_LOG = {:?}, PH_DIR = {:?} }}\nwrite_paths = [{:?}]\n",
                 p.name,
                 p.path.display().to_string(),
                 if p.in_process { "in-process" } else { "process" },
+                if p.lazy { "lazy" } else { "eager" },
                 self.fx.log.display().to_string(),
                 self.fx.dir.path().display().to_string(),
                 self.fx.dir.path().display().to_string(),
@@ -192,6 +200,11 @@ impl World {
             .env("PLUGHOST_HOST", host_binary())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null());
+        if self.daemon_has_plugin_env {
+            command
+                .env("PH_LOG", &self.fx.log)
+                .env("PH_DIR", self.fx.dir.path());
+        }
         command
     }
 
@@ -438,7 +451,13 @@ pub fn service_plugin(name: &str) -> PluginSpec {
     let out_dir = plughost_tests::target_dir().join("test-plugins");
     std::fs::create_dir_all(&out_dir).expect("mkdir test-plugins");
     let out = out_dir.join(format!("service-{name}.so"));
-    let tmp = out_dir.join(format!("service-{name}.{}.tmp.so", std::process::id()));
+    // Unique per call: the tests of one binary run in parallel threads and may build the same one.
+    static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let build = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = out_dir.join(format!(
+        "service-{name}.{}.{build}.tmp.so",
+        std::process::id()
+    ));
     let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
         .args([
             "-shared",
@@ -464,5 +483,6 @@ pub fn service_plugin(name: &str) -> PluginSpec {
         name: name.into(),
         path: out,
         in_process: false,
+        lazy: false,
     }
 }

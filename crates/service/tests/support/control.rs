@@ -67,6 +67,11 @@ pub fn control_seeds() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
         },
         Request::CsessionCreate {
             name: "build".into(),
+            application_pid: Some(4242),
+        },
+        Request::CsessionCreate {
+            name: "build".into(),
+            application_pid: None,
         },
         Request::CsessionRun {
             name: "build".into(),

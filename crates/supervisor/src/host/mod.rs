@@ -415,13 +415,7 @@ impl Host {
         };
         let mut reader = lock(&self.reader);
         if self.is_dead() {
-            // What it sent before it died may say why (`Blocked`).
-            while let Ok(Some(msg)) = self.recv(&mut reader) {
-                if let HostMsg::Blocked { syscall } = msg {
-                    self.kill_for(CrashCause::BlockedSyscall { syscall });
-                }
-            }
-            return Err(self.crash_cause());
+            return Err(self.classify_dead(&mut reader));
         }
         let dispatch = Dispatch {
             id: RequestId(self.next_hook.fetch_add(1, Ordering::Relaxed)),
@@ -454,6 +448,35 @@ impl Host {
             self.kicks.kick(self.id);
         }
         Ok(outcome)
+    }
+
+    /// Why a host the monitor saw die died (`None` while it lives). With `wait` false, also `None`
+    /// while someone holds the read token: a dispatcher in a hook classifies the death itself, and a
+    /// pool thread leaves it to the next dispatch.
+    pub fn death_cause(&self, wait: bool) -> Option<CrashCause> {
+        if !self.is_dead() {
+            return None;
+        }
+        let mut reader = if wait {
+            lock(&self.reader)
+        } else {
+            match self.reader.try_lock() {
+                Ok(reader) => reader,
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(TryLockError::WouldBlock) => return None,
+            }
+        };
+        Some(self.classify_dead(&mut reader))
+    }
+
+    /// With the read token of a dead host: what it sent before it died may say why (`Blocked`).
+    fn classify_dead(&self, reader: &mut Reader) -> CrashCause {
+        while let Ok(Some(msg)) = self.recv(reader) {
+            if let HostMsg::Blocked { syscall } = msg {
+                self.kill_for(CrashCause::BlockedSyscall { syscall });
+            }
+        }
+        self.crash_cause()
     }
 
     fn hung(&self, dispatch: &Dispatch<'_>) -> CrashCause {

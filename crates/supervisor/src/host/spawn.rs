@@ -87,6 +87,8 @@ pub(crate) enum StartError {
 pub(crate) struct Started {
     pub host: Arc<Host>,
     pub output: OwnedFd,
+    /// sha256 of the library bytes the host loaded.
+    pub sha256: String,
 }
 
 pub(crate) struct StartParams<'a> {
@@ -106,7 +108,7 @@ pub(crate) struct StartParams<'a> {
 pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<OwnedFd>)> {
     let name = &p.config.name;
     // Verified before anything runs; the host gets exactly these bytes.
-    let library =
+    let (library, sha256) =
         crate::integrity::prepare(p.config, p.trust).map_err(|e| (StartError::Load(e), None))?;
     let user = p
         .config
@@ -184,6 +186,7 @@ pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<O
             Ok(Started {
                 host,
                 output: out_read,
+                sha256,
             })
         }
         Err(e) => {
@@ -337,7 +340,8 @@ fn handshake(
             }
             HostMsg::LoadFailed(LoadFailure::EntryFailed(status)) => {
                 return Err(StartError::Load(format!(
-                    "entry point returned status {status}"
+                    "entry point returned status {}",
+                    crate::error::status_text(status)
                 )))
             }
             // The entry point may already call the API.

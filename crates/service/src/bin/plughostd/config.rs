@@ -10,6 +10,7 @@
 //! name = "audit"
 //! path = "/usr/lib/plughost/plugins/audit.so"
 //! isolation = "process"            # or "in-process" (trusted plugins only)
+//! activation = "eager"             # start at plughostd's start-up; "lazy": at the first hook
 //! env = { AUDIT_LOG = "/var/log/audit-plugin.log" }   # the host's environment (starts empty)
 //! # Integrity (either; see plughost-sign):
 //! sha256 = "<hex>"                 # load only these bytes
@@ -41,6 +42,18 @@
 //! /etc/subuid and /etc/subgid entry, else from 2^31); no login user may be inside.
 //! `vm_scratch_mib = 1024`: the size of each VM's private writable layer, `/tmp` and `/dev/shm`
 //! (memory-backed tmpfs; what a VM writes outside shared folders lives there and dies with it).
+//!
+//! Per-user bounds (every uid but root), defaults shown; reaching one is an error naming it:
+//! ```toml
+//! [limits]
+//! connections = 16                 # control connections open at once
+//! processes = 12                   # programs run at once by exec / csession run (fewer than
+//!                                  # connections: a user running many can still ask)
+//! container_sessions = 8           # container sessions (each may run a session VM)
+//! distributions = 32               # registered distributions
+//! running_distributions = 8        # distributions running at once
+//! state_bytes = 65536              # bytes of the state file the user's registrations take
+//! ```
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -67,7 +80,41 @@ struct RawConfig {
     #[serde(default = "default_scratch")]
     vm_scratch_mib: u32,
     #[serde(default)]
+    limits: UserLimits,
+    #[serde(default)]
     plugin: Vec<RawPlugin>,
+}
+
+/// Per-user bounds (`[limits]`): what one uid other than root may hold at once. Root is not
+/// bounded (its requests are always served: the control socket keeps a reserve for it).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserLimits {
+    /// Control connections open at once.
+    pub connections: usize,
+    /// Programs run at once through `exec` and `csession run`.
+    pub processes: usize,
+    /// Container sessions (each may run a session VM).
+    pub container_sessions: usize,
+    /// Registered distributions.
+    pub distributions: usize,
+    /// Distributions running at once (each an init in the user's VM).
+    pub running_distributions: usize,
+    /// Bytes of the state file the user's registrations may take.
+    pub state_bytes: usize,
+}
+
+impl Default for UserLimits {
+    fn default() -> Self {
+        UserLimits {
+            connections: 16,
+            processes: 12,
+            container_sessions: 8,
+            distributions: 32,
+            running_distributions: 8,
+            state_bytes: 64 * 1024,
+        }
+    }
 }
 
 fn default_idle() -> u64 {
@@ -85,6 +132,8 @@ struct RawPlugin {
     path: Spanned<PathBuf>,
     #[serde(default)]
     isolation: Option<Spanned<String>>,
+    #[serde(default)]
+    activation: Option<Spanned<String>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     sha256: Option<Spanned<String>>,
@@ -133,6 +182,8 @@ pub struct Config {
     pub vm_id_ranges: Option<u32>,
     /// Size in MiB of each VM's writable layer, `/tmp` and `/dev/shm` (tmpfs, memory-backed).
     pub vm_scratch_mib: u32,
+    /// Per-user bounds (`[limits]`).
+    pub limits: UserLimits,
 }
 
 impl Default for Config {
@@ -147,6 +198,7 @@ impl Default for Config {
             vm_id_base: None,
             vm_id_ranges: None,
             vm_scratch_mib: default_scratch(),
+            limits: UserLimits::default(),
         }
     }
 }
@@ -295,6 +347,22 @@ impl Config {
             if in_process {
                 config = config.in_process();
             }
+            match plugin
+                .activation
+                .as_ref()
+                .map(|a| (a.get_ref().as_str(), a.span()))
+            {
+                None | Some(("eager", _)) => {}
+                Some(("lazy", _)) => config = config.lazy(),
+                Some((other, span)) => {
+                    return Err(invalid(
+                        Some(span),
+                        format!(
+                        "plugin {name:?}: activation must be \"eager\" or \"lazy\", not {other:?}"
+                    ),
+                    ))
+                }
+            }
             for (k, v) in &env {
                 config = config.env(k, v);
             }
@@ -402,6 +470,7 @@ impl Config {
             vm_id_base: raw.vm_id_base,
             vm_id_ranges: raw.vm_id_ranges,
             vm_scratch_mib: raw.vm_scratch_mib.max(1),
+            limits: raw.limits,
         })
     }
 }
@@ -427,6 +496,10 @@ mod tests {
         use plughost::Isolation;
         assert_eq!(config.plugins[0].config.isolation, Isolation::Process);
         assert_eq!(config.plugins[1].config.isolation, Isolation::InProcess);
+        assert_eq!(
+            config.plugins[0].config.activation,
+            plughost::Activation::Eager
+        );
         assert_eq!(
             config.plugins[1].config.env,
             [("K".to_owned(), "v".to_owned())]
@@ -494,6 +567,20 @@ mod tests {
     }
 
     #[test]
+    fn limits_have_defaults_and_refuse_unknown_keys() {
+        assert_eq!(parse("").expect("valid").limits, UserLimits::default());
+        let config = parse("[limits]\nprocesses = 2\nstate_bytes = 100\n").expect("valid");
+        assert_eq!(config.limits.processes, 2);
+        assert_eq!(config.limits.state_bytes, 100);
+        assert_eq!(config.limits.connections, UserLimits::default().connections);
+        let err = parse("[limits]\nvms = 2\n").unwrap_err();
+        assert!(
+            err.starts_with("/etc/p.toml:2:1: unknown field `vms`"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn errors_name_file_line_and_reason() {
         let err = parse("[[plugin]]\nname = \"a\"\npath = \"rel.so\"\n").unwrap_err();
         assert_eq!(err, "/etc/p.toml:3:8: plugin \"a\": path must be absolute");
@@ -502,6 +589,20 @@ mod tests {
         assert!(
             err.starts_with("/etc/p.toml:4:13: plugin \"a\": isolation must be"),
             "{err}"
+        );
+        let err = parse("[[plugin]]\nname = \"a\"\npath = \"/a.so\"\nactivation = \"later\"\n")
+            .unwrap_err();
+        assert!(
+            err.starts_with(
+                "/etc/p.toml:4:14: plugin \"a\": activation must be \"eager\" or \"lazy\""
+            ),
+            "{err}"
+        );
+        let lazy = parse("[[plugin]]\nname = \"a\"\npath = \"/a.so\"\nactivation = \"lazy\"\n")
+            .expect("valid");
+        assert_eq!(
+            lazy.plugins[0].config.activation,
+            plughost::Activation::Lazy
         );
         let err = parse("idle_timeout_secs = \"soon\"\n").unwrap_err();
         assert!(err.starts_with("/etc/p.toml:1:21: "), "{err}");

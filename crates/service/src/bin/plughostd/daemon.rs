@@ -4,10 +4,20 @@
 //! # Locks and order
 //! 1. `UserSession::op` / `CSession::op`: serialise the *operations* on one session (start, stop,
 //!    a distribution's start...). Held across hook dispatches; never taken by the plugin API.
-//! 2. `Daemon::manager` (read): held across a dispatch; written only by shutdown.
-//! 3. Leaves, never held across I/O with a host or a dispatch: `Shared::sessions`,
-//!    `Shared::csessions`, `Shared::store`, `UserSession::{vm, distros, last_used}`,
-//!    `CSession::{vm, mounts}`.
+//!    Only that session's own requests wait for it.
+//! 2. `Daemon::manager` (read): held across a dispatch; written by shutdown and by a reload
+//!    (which starts and stops plugin hosts while it holds it: dispatches wait for a reload).
+//! 3. Leaves, never held across I/O with a host, a dispatch, a process start or any I/O on a file
+//!    a user names: `Shared::sessions`, `Shared::csessions`, `Shared::store` (held across the
+//!    atomic write of the daemon's own state file, which is root's, in the state directory),
+//!    `Shared::pinned`, `Shared::running`, `Daemon::host_uids`, `AppWatch::watched`,
+//!    `UserSession::{vm, distros, last_used}`, `CSession::{vm, mounts}`; and the control socket's
+//!    admission counts (`server.rs`).
+//!
+//! A user's files are read only on `userfs`'s own short-lived threads, with that user's rights and
+//! a deadline, before any lock is taken; what they said is cached in the registration. So a FIFO,
+//! a slow FUSE file or `/dev/zero` in one user's rootfs cannot stall another user's request, a
+//! reload or a shutdown.
 //!
 //! # Re-entrancy
 //! The plugin API (`impl ServiceCallbacks for Shared`) touches only the leaves: a VM or distribution
@@ -27,6 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use plughost::{
     CallContext, ContainerProcess, ContainerSession, CreateProcessError, Distribution, Isolation,
     ManagerConfig, OfflineDistribution, PluginError, PluginManager, ProcessStream,
@@ -34,12 +45,15 @@ use plughost::{
 };
 use plughost_service::{uuid_hex, DistroInfo, ErrorKind, PluginRow, VmInfo};
 
+use crate::app_watch::{App, AppWatch};
 use crate::config::Config;
 use crate::ids::IdRanges;
 use crate::store::{new_uuid, os_release, Registered, Store};
-use crate::userfs::{open_dir_as, open_path_as, UserCred};
+use crate::userfs::{self, open_path_as, UserCred};
 use crate::vm::{exit_code, wait_or_hangup, DistroProcess, ExecError, ExecSpec, Sandbox, Vm};
 
+/// The overflow user, `nobody`.
+const NOBODY: u32 = 65534;
 const ENOENT: i32 = 2;
 const EBADF: i32 = 9;
 const EINVAL: i32 = 22;
@@ -72,6 +86,43 @@ impl From<PluginError> for OpError {
 }
 
 pub type OpResult<T> = Result<T, OpError>;
+
+fn limit_reached(message: String) -> OpError {
+    OpError::new(ErrorKind::LimitReached, message)
+}
+
+/// One of a uid's concurrent processes (`limits.processes`), given back when dropped.
+struct ProcessSlot<'a> {
+    shared: &'a Shared,
+    uid: u32,
+}
+
+impl<'a> ProcessSlot<'a> {
+    fn take(shared: &'a Shared, uid: u32) -> OpResult<ProcessSlot<'a>> {
+        let limit = shared.config.limits.processes;
+        let mut running = lock(&shared.running);
+        let count = running.entry(uid).or_insert(0);
+        if uid != 0 && *count >= limit {
+            return Err(limit_reached(format!(
+                "uid {uid} already runs {count} programs through plughostd: the limit is {limit}"
+            )));
+        }
+        *count += 1;
+        Ok(ProcessSlot { shared, uid })
+    }
+}
+
+impl Drop for ProcessSlot<'_> {
+    fn drop(&mut self) {
+        let mut running = lock(&self.shared.running);
+        if let Some(count) = running.get_mut(&self.uid) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                running.remove(&self.uid);
+            }
+        }
+    }
+}
 
 /// Who is calling, from `SO_PEERCRED`.
 #[derive(Clone, Copy, Debug)]
@@ -156,6 +207,12 @@ pub struct Shared {
     store: Mutex<Store>,
     /// Leaf: the host id ranges of the VMs' user namespaces, by user.
     id_ranges: Mutex<IdRanges>,
+    /// Leaf: each registered rootfs, pinned by a directory fd opened as its owner (by id). A
+    /// later swap of the path for a symlink changes nothing; after a restart it is re-opened as
+    /// the owner on first use.
+    pinned: Mutex<HashMap<String, Arc<OwnedFd>>>,
+    /// Leaf: processes (`exec`, `csession run`) each uid runs through the control socket now.
+    running: Mutex<HashMap<u32, usize>>,
     shutting_down: AtomicBool,
 }
 
@@ -164,6 +221,59 @@ pub struct Daemon {
     pub shared: Arc<Shared>,
     /// Lock order 2: read for every dispatch, written once by shutdown.
     manager: RwLock<Option<PluginManager>>,
+    /// Leaf: the uids plugin hosts run as (other than root), by plugin name; set at start and by
+    /// each reload.
+    host_uids: Mutex<Vec<(u32, String)>>,
+    /// The container sessions' applications (its lock is a leaf).
+    apps: Arc<AppWatch>,
+}
+
+/// The uids the configured plugin hosts run as, root excepted (a host that runs as the service
+/// is recognised by its cgroup or its ancestry instead).
+fn host_uids(config: &Config) -> Vec<(u32, String)> {
+    config
+        .plugins
+        .iter()
+        .filter(|p| p.config.isolation == Isolation::Process)
+        .filter_map(|p| match p.config.user.resolve() {
+            Ok(Some((uid, _))) if uid != 0 => Some((uid, p.name.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Why process `pid` is (a descendant of) a plugin host, if it is: it lives in a host's cgroup
+/// (`host-<plughostd's pid>-...`, which its descendants cannot leave), or one of its ancestors
+/// runs the host binary.
+fn host_process(pid: u32) -> Option<String> {
+    let own = std::process::id();
+    let marker = format!("host-{own}-");
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    for line in cgroup.lines().take(64) {
+        let path = line.splitn(3, ':').nth(2).unwrap_or("");
+        if path.split('/').any(|c| c.starts_with(&marker)) {
+            return Some(format!("process {pid} is in a plugin host's cgroup"));
+        }
+    }
+    let mut current = pid;
+    for _ in 0..64 {
+        if current <= 1 || current == own {
+            return None;
+        }
+        let exe = std::fs::read_link(format!("/proc/{current}/exe")).ok();
+        if exe
+            .as_deref()
+            .and_then(Path::file_name)
+            .is_some_and(|n| n == "plughost-host")
+        {
+            return Some(format!("process {pid} descends from plugin host {current}"));
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{current}/stat")).ok()?;
+        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses; the last ')' ends it.
+        let after = &stat[stat.rfind(')')? + 1..];
+        current = after.split_whitespace().nth(1)?.parse().ok()?;
+    }
+    None
 }
 
 /// `(name, gid)` of `uid` from `/etc/passwd`; a uid with no entry is named `uid<N>`.
@@ -198,6 +308,8 @@ impl Daemon {
             }),
             store: Mutex::new(store),
             id_ranges: Mutex::new(id_ranges),
+            pinned: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
         });
         let plugins = config.plugins.iter().map(|p| p.config.clone()).collect();
@@ -210,10 +322,73 @@ impl Daemon {
         for error in manager.load_errors() {
             tracing::error!("{error}");
         }
-        Ok(Arc::new(Daemon {
+        let apps = Arc::new(AppWatch::new().context("create the application watcher")?);
+        let daemon = Arc::new(Daemon {
             shared,
             manager: RwLock::new(Some(manager)),
-        }))
+            host_uids: Mutex::new(host_uids(&config)),
+            apps: apps.clone(),
+        });
+        let weak = Arc::downgrade(&daemon);
+        std::thread::Builder::new()
+            .name("plughostd-apps".into())
+            .spawn(move || {
+                apps.run(|id, pid| match weak.upgrade() {
+                    Some(daemon) => {
+                        daemon.application_exited(id, pid);
+                        true
+                    }
+                    None => false,
+                })
+            })
+            .context("start the application watcher thread")?;
+        Ok(daemon)
+    }
+
+    /// Why `caller` is a plugin host (or one of its processes), if it is: such a caller is refused
+    /// every control request (a program it ran through `exec` would leave the host's seccomp,
+    /// `no_new_privs` and Landlock behind).
+    ///
+    /// The strongest sign is the pid namespace: every process of a host (double-forked and
+    /// `setsid()`ed ones included) lives in the one its outer process made. A host's dedicated
+    /// user is refused too; `nobody` is not refused by uid alone (ordinary unprivileged clients
+    /// run as it), only by the process checks.
+    pub fn plugin_host(&self, caller: Caller) -> Option<String> {
+        if caller.uid != 0 && caller.uid != NOBODY {
+            let uids = lock(&self.host_uids);
+            if let Some((_, plugin)) = uids.iter().find(|(uid, _)| *uid == caller.uid) {
+                return Some(format!(
+                    "uid {} is the user of plugin '{plugin}'",
+                    caller.uid
+                ));
+            }
+        }
+        if let Some(why) = self.in_a_hosts_pid_namespace(caller.pid) {
+            return Some(why);
+        }
+        host_process(caller.pid)
+    }
+
+    /// Whether process `pid` lives in the pid namespace of one of our plugin hosts.
+    fn in_a_hosts_pid_namespace(&self, pid: u32) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |path: String| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+        let peer = ns(format!("/proc/{pid}/ns/pid"))?;
+        if Some(peer) == ns("/proc/self/ns/pid".into()) {
+            return None;
+        }
+        let hosts = self
+            .with_manager(|m| {
+                m.plugins()
+                    .into_iter()
+                    .filter_map(|p| Some((p.name, p.host_pid?)))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        hosts.into_iter().find_map(|(plugin, host)| {
+            (ns(format!("/proc/{host}/ns/pid_for_children")) == Some(peer))
+                .then(|| format!("process {pid} lives in the pid namespace of plugin '{plugin}'"))
+        })
     }
 
     fn with_manager<R>(&self, f: impl FnOnce(&PluginManager) -> R) -> OpResult<R> {
@@ -251,12 +426,16 @@ impl Daemon {
 
     /// The caller's session, created on first use.
     pub fn session_for(&self, caller: Caller) -> Arc<UserSession> {
+        if let Some(s) = lock(&self.shared.sessions).by_uid.get(&caller.uid) {
+            return s.clone();
+        }
+        // Read before the lock: no file I/O under a lock every user's request takes.
+        let (user_name, gid) =
+            passwd_entry(caller.uid).unwrap_or_else(|| (format!("uid{}", caller.uid), caller.gid));
         let mut sessions = lock(&self.shared.sessions);
         if let Some(s) = sessions.by_uid.get(&caller.uid) {
             return s.clone();
         }
-        let (user_name, gid) =
-            passwd_entry(caller.uid).unwrap_or_else(|| (format!("uid{}", caller.uid), caller.gid));
         // Ids are opaque cookies, not uids (PLUGIN_ABI.md, "Types"): number them from 1.
         let id = sessions.by_id.len() as u32 + 1;
         let session = Arc::new(UserSession {
@@ -359,8 +538,9 @@ impl Daemon {
 
     // ---- distributions ----
 
+    /// What `distro list` shows: the registration, with what os-release said at registration (a
+    /// user's file is never read again for a listing).
     fn distro_info(&self, s: &UserSession, r: &Registered) -> DistroInfo {
-        let (flavor, version) = os_release(&r.rootfs);
         let running = lock(&s.distros)
             .get(&r.id_bytes())
             .cloned()
@@ -370,8 +550,8 @@ impl Daemon {
             name: r.name.clone(),
             rootfs: r.rootfs.clone(),
             package: r.package.clone(),
-            flavor,
-            version,
+            flavor: r.flavor.clone(),
+            version: r.version.clone(),
             running: running.is_some(),
             init_pid: running.as_ref().map(|d| d.info.init_pid),
             pid_namespace: running.as_ref().map(|d| d.info.pid_namespace),
@@ -379,14 +559,36 @@ impl Daemon {
     }
 
     fn offline(r: &Registered) -> OfflineDistribution {
-        let (flavor, version) = os_release(&r.rootfs);
         OfflineDistribution {
             id: r.id_bytes(),
             name: r.name.clone(),
             package: r.package.clone(),
-            flavor,
-            version,
+            flavor: r.flavor.clone(),
+            version: r.version.clone(),
         }
+    }
+
+    /// The registration's rootfs as pinned at registration; after a daemon restart, opened again
+    /// as its owner (`userfs`), never as root.
+    #[allow(dead_code)] // for the distribution start (issue 12 point 3, its start half)
+    pub fn pinned_rootfs(&self, entry: &Registered) -> OpResult<Arc<OwnedFd>> {
+        if let Some(fd) = lock(&self.shared.pinned).get(&entry.id) {
+            return Ok(fd.clone());
+        }
+        let gid = passwd_entry(entry.owner).map_or(entry.owner, |(_, gid)| gid);
+        let user = UserCred::of(entry.owner, gid);
+        let fd = userfs::open_dir_as(&user, &entry.rootfs)
+            .map(Arc::new)
+            .map_err(|e| {
+                OpError::new(
+                    ErrorKind::Invalid,
+                    format!("rootfs {}: {e}", entry.rootfs.display()),
+                )
+            })?;
+        Ok(lock(&self.shared.pinned)
+            .entry(entry.id.clone())
+            .or_insert(fd)
+            .clone())
     }
 
     fn find_registered(&self, owner: u32, name: &str) -> OpResult<Registered> {
@@ -398,6 +600,9 @@ impl Daemon {
         })
     }
 
+    /// Registers a rootfs. Every file of it is read as the caller (`userfs`): the directory is
+    /// opened and pinned, its os-release read bounded and cached. No lock is held while that I/O
+    /// runs, nor across the hook.
     pub fn distro_register(
         &self,
         caller: Caller,
@@ -407,16 +612,54 @@ impl Daemon {
     ) -> OpResult<DistroInfo> {
         self.check_running()?;
         let s = self.session_for(caller);
-        let rootfs = std::fs::canonicalize(rootfs)
-            .ok()
-            .filter(|p| p.is_dir())
-            .ok_or_else(|| {
-                OpError::new(
-                    ErrorKind::Invalid,
-                    format!("rootfs {} is not a directory", rootfs.display()),
-                )
-            })?;
-        let entry = {
+        let limits = &self.shared.config.limits;
+        let registered = lock(&self.shared.store).of_owner(caller.uid).len();
+        if caller.uid != 0 && registered >= limits.distributions {
+            return Err(limit_reached(format!(
+                "{} distributions are registered for uid {}: the limit is {} (unregister one first)",
+                registered, caller.uid, limits.distributions
+            )));
+        }
+        let user = UserCred::of(caller.uid, caller.gid);
+        let root = userfs::open_dir_as(&user, rootfs).map_err(|e| {
+            OpError::new(
+                ErrorKind::Invalid,
+                format!("rootfs {}: {e}", rootfs.display()),
+            )
+        })?;
+        // The directory as the kernel resolved it for the caller (for display and for reopening
+        // after a restart, as the owner again).
+        let resolved = std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&root)
+        ))
+        .map_err(|e| {
+            OpError::new(
+                ErrorKind::Internal,
+                format!(
+                    "rootfs {}: cannot name the opened directory: {e}",
+                    rootfs.display()
+                ),
+            )
+        })?;
+        let (flavor, version) = os_release(&user, &root).map_err(|reason| {
+            OpError::new(
+                ErrorKind::Invalid,
+                format!("rootfs {}: {reason}", resolved.display()),
+            )
+        })?;
+        let id = new_uuid()
+            .map_err(|e| OpError::new(ErrorKind::Internal, format!("cannot make an id: {e}")))?;
+        let entry = Registered {
+            id: uuid_hex(&id),
+            name: name.to_owned(),
+            rootfs: resolved,
+            package: package.unwrap_or_default().to_owned(),
+            owner: caller.uid,
+            flavor,
+            version,
+        };
+        {
             let mut store = lock(&self.shared.store);
             if store.find(caller.uid, name).is_some() {
                 return Err(OpError::new(
@@ -424,25 +667,31 @@ impl Daemon {
                     format!("a distribution named '{name}' is already registered"),
                 ));
             }
-            let id = new_uuid().map_err(|e| {
-                OpError::new(ErrorKind::Internal, format!("cannot make an id: {e}"))
-            })?;
-            let entry = Registered {
-                id: uuid_hex(&id),
-                name: name.to_owned(),
-                rootfs,
-                package: package.unwrap_or_default().to_owned(),
-                owner: caller.uid,
-            };
+            if caller.uid != 0 {
+                let count = store.of_owner(caller.uid).len();
+                if count >= limits.distributions {
+                    return Err(limit_reached(format!(
+                        "{count} distributions are registered for uid {}: the limit is {} (unregister one first)",
+                        caller.uid, limits.distributions
+                    )));
+                }
+                let bytes = store.bytes_of_owner(caller.uid) + Store::entry_bytes(&entry);
+                if bytes > limits.state_bytes {
+                    return Err(limit_reached(format!(
+                        "the registrations of uid {} would take {bytes} bytes of state: the limit is {}",
+                        caller.uid, limits.state_bytes
+                    )));
+                }
+            }
             store
                 .add(entry.clone())
                 .map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))?;
-            entry
-        };
-        tracing::info!(distribution = name, id = %entry.id, uid = caller.uid, "registered");
-        self.with_manager(|m| {
-            m.on_distribution_registered(&s.info, &Self::offline(&entry), &*self.shared)
-        })?;
+        }
+        lock(&self.shared.pinned).insert(entry.id.clone(), Arc::new(root));
+        tracing::info!(distribution = name, id = %entry.id, uid = caller.uid,
+            rootfs = %entry.rootfs.display(), "registered");
+        let offline = Self::offline(&entry);
+        self.with_manager(|m| m.on_distribution_registered(&s.info, &offline, &*self.shared))?;
         Ok(self.distro_info(&s, &entry))
     }
 
@@ -460,10 +709,10 @@ impl Daemon {
         lock(&self.shared.store)
             .remove(caller.uid, name)
             .map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))?;
+        lock(&self.shared.pinned).remove(&entry.id);
         tracing::info!(distribution = name, id = %entry.id, uid = caller.uid, "unregistered");
-        self.with_manager(|m| {
-            m.on_distribution_unregistered(&s.info, &Self::offline(&entry), &*self.shared)
-        })?;
+        let offline = Self::offline(&entry);
+        self.with_manager(|m| m.on_distribution_unregistered(&s.info, &offline, &*self.shared))?;
         Ok(format!("distribution '{name}' unregistered"))
     }
 
@@ -478,31 +727,29 @@ impl Daemon {
                 format!("distribution '{name}' is already running"),
             ));
         }
-        // Opened with the owner's rights, never root's (a rootfs the owner cannot reach is refused).
-        let rootfs =
-            open_dir_as(&UserCred::of(s.info.uid, s.info.gid), &entry.rootfs).map_err(|e| {
-                OpError::new(
-                    ErrorKind::Invalid,
-                    format!(
-                        "distribution '{name}': cannot open its rootfs {} as {}: {e}",
-                        entry.rootfs.display(),
-                        s.info.user_name
-                    ),
-                )
-            })?;
+        let limit = self.shared.config.limits.running_distributions;
+        let count = lock(&s.distros).len();
+        if caller.uid != 0 && count >= limit {
+            return Err(limit_reached(format!(
+                "uid {} runs {count} distributions: the limit is {limit} (stop one first)",
+                caller.uid
+            )));
+        }
+        // Pinned at registration with the owner's rights, never root's (re-opened as the owner
+        // after a restart): a later symlink swap of the path changes nothing.
+        let rootfs = self.pinned_rootfs(&entry)?;
         let vm = self.ensure_vm(&s)?;
         let process = vm
             .start_distribution(name, &entry.id, &rootfs)
             .map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))?;
-        let (flavor, version) = os_release(&entry.rootfs);
         let info = Distribution {
             id,
             name: entry.name.clone(),
             pid_namespace: process.pid_namespace,
             package: entry.package.clone(),
             init_pid: process.init_pid(),
-            flavor,
-            version,
+            flavor: entry.flavor.clone(),
+            version: entry.version.clone(),
         };
         let running = Arc::new(RunningDistro { info, process });
         lock(&s.distros).insert(id, running.clone());
@@ -557,6 +804,7 @@ impl Daemon {
         stdio: [OwnedFd; 3],
         client: &UnixStream,
     ) -> OpResult<Option<i32>> {
+        let _slot = ProcessSlot::take(&self.shared, caller.uid)?;
         let s = self.session_for(caller);
         s.busy.fetch_add(1, Ordering::SeqCst);
         let result = self.exec_in_session(&s, caller, distro, argv, stdio, client);
@@ -631,8 +879,19 @@ impl Daemon {
             })
     }
 
-    pub fn csession_create(&self, caller: Caller, name: &str) -> OpResult<(u32, String)> {
+    pub fn csession_create(
+        &self,
+        caller: Caller,
+        name: &str,
+        application_pid: Option<u32>,
+    ) -> OpResult<(u32, String)> {
         self.check_running()?;
+        // No application named (a client with no process of the caller's own above it, as under
+        // `sudo -u`): the session is not tied to one and lives until `csession stop`.
+        let app = application_pid
+            .map(|pid| App::open(pid, caller.uid))
+            .transpose()
+            .map_err(|e| OpError::new(ErrorKind::Invalid, format!("bad application: {e}")))?;
         let s = self.session_for(caller);
         let cs = {
             let mut all = lock(&self.shared.csessions);
@@ -646,13 +905,21 @@ impl Daemon {
                     format!("a container session named '{name}' exists"),
                 ));
             }
+            let limit = self.shared.config.limits.container_sessions;
+            let count = all.by_id.values().filter(|c| c.owner == caller.uid).count();
+            if caller.uid != 0 && count >= limit {
+                return Err(limit_reached(format!(
+                    "uid {} has {count} container sessions: the limit is {limit} (stop one first)",
+                    caller.uid
+                )));
+            }
             let id = all.next;
             all.next += 1;
             let cs = Arc::new(CSession {
                 info: ContainerSession {
                     id,
                     display_name: name.to_owned(),
-                    application_pid: caller.pid,
+                    application_pid: app.as_ref().map_or(caller.pid, App::pid),
                     uid: caller.uid,
                     gid: s.info.gid,
                 },
@@ -674,6 +941,13 @@ impl Daemon {
             cs.stopping.store(true, Ordering::SeqCst);
             lock(&self.shared.csessions).by_id.remove(&cs.info.id);
             return Err(error.into());
+        }
+        if let Some(app) = app {
+            if let Err(e) = self.apps.watch(cs.info.id, app) {
+                // Without a watch the session would outlive its application: refuse it.
+                self.stop_csession_locked(&cs);
+                return Err(OpError::new(ErrorKind::Internal, e.to_string()));
+            }
         }
         tracing::info!(
             csession = cs.info.id,
@@ -732,6 +1006,7 @@ impl Daemon {
         stdio: [OwnedFd; 3],
         client: &UnixStream,
     ) -> OpResult<Option<i32>> {
+        let _slot = ProcessSlot::take(&self.shared, caller.uid)?;
         let cs = self.find_csession(caller, name)?;
         let vm = {
             let _op = lock(&cs.op);
@@ -755,11 +1030,33 @@ impl Daemon {
     }
 
     fn stop_csession_locked(&self, cs: &CSession) {
-        cs.stopping.store(true, Ordering::SeqCst);
+        // Marked stopping only once on_session_vm_stopping returned: the session VM serves calls,
+        // from any plugin thread, until then (PLUGIN_ABI.md, "Hooks"). Client operations cannot
+        // slip in meanwhile: they wait for `cs.op`, which the caller holds.
         self.stop_session_vm_locked(cs);
+        cs.stopping.store(true, Ordering::SeqCst);
         let _ = self.with_manager(|m| m.on_container_session_stopping(&cs.info, &*self.shared));
         lock(&self.shared.csessions).by_id.remove(&cs.info.id);
+        self.apps.unwatch(cs.info.id);
         tracing::info!(csession = cs.info.id, "container session stopped");
+    }
+
+    /// The application of container session `id` exited: stop the session with its hooks, as
+    /// `csession stop` would (unless it stopped already).
+    fn application_exited(&self, id: u32, pid: u32) {
+        let Some(cs) = lock(&self.shared.csessions).by_id.get(&id).cloned() else {
+            return;
+        };
+        let _op = lock(&cs.op);
+        if cs.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        tracing::info!(
+            csession = id,
+            pid,
+            "the application exited: stopping its container session"
+        );
+        self.stop_csession_locked(&cs);
     }
 
     pub fn csession_stop(&self, caller: Caller, name: &str) -> OpResult<String> {
@@ -856,6 +1153,7 @@ impl Daemon {
         let Some(manager) = guard.as_mut() else {
             return;
         };
+        *lock(&self.host_uids) = host_uids(&config);
         let plugins = config.plugins.iter().map(|p| p.config.clone()).collect();
         let changes = manager.reconfigure(plugins, config.trust, config.deadlines);
         if changes.is_empty() {
@@ -893,7 +1191,10 @@ impl Daemon {
             .collect();
         for cs in csessions {
             let _op = lock(&cs.op);
-            self.stop_csession_locked(&cs);
+            // Stopped meanwhile (by its client or because its application exited).
+            if !cs.stopping.load(Ordering::SeqCst) {
+                self.stop_csession_locked(&cs);
+            }
         }
         let manager = self
             .manager
@@ -1308,4 +1609,51 @@ pub enum PluginAction {
     Restart,
     Disable,
     Enable,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process whose parent runs a binary named `plughost-host` is a host's: refused.
+    #[test]
+    fn a_descendant_of_a_host_binary_is_recognised() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fake_host = dir.path().join("plughost-host");
+        std::fs::copy("/bin/sh", &fake_host).expect("copy sh");
+        let mut shell = std::process::Command::new(&fake_host)
+            .args(["-c", "sleep 30; true"])
+            .spawn()
+            .expect("spawn");
+        let children = format!("/proc/{0}/task/{0}/children", shell.id());
+        let mut child = None;
+        for _ in 0..500 {
+            let text = std::fs::read_to_string(&children).unwrap_or_default();
+            child = text.split_whitespace().next().and_then(|p| p.parse().ok());
+            // Once it runs sleep (before its exec it is a copy of the fake host itself).
+            let execed = child.is_some_and(|pid: u32| {
+                std::fs::read_link(format!("/proc/{pid}/exe"))
+                    .is_ok_and(|exe| exe.file_name().is_some_and(|n| n != "plughost-host"))
+            });
+            if execed {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let child: u32 = child.expect("the shell started sleep");
+        let why = host_process(child);
+        if let Some(pid) = rustix::process::Pid::from_raw(child as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        let _ = shell.kill();
+        let _ = shell.wait();
+        assert_eq!(
+            why,
+            Some(format!(
+                "process {child} descends from plugin host {}",
+                shell.id()
+            ))
+        );
+        assert_eq!(host_process(std::process::id()), None);
+    }
 }

@@ -6,7 +6,7 @@
 //!
 //! Modules: `config` (the TOML file), `store` (registered distributions on disk), `daemon` (state,
 //! operations, the plugin API; its docs give the lock order and the re-entrancy design), `server`
-//! (the control socket), `vm` (daemon-side handles on the sandbox), `sandbox` (the hidden
+//! (the control socket), `userfs` (files a user names, opened with that user's rights), `vm` (daemon-side handles on the sandbox), `sandbox` (the hidden
 //! subcommands that run in the sandbox's single-threaded helper processes).
 //!
 //! It does not confine what a plugin's program does inside a VM beyond the namespaces (no user
@@ -14,6 +14,7 @@
 //! latches their error).
 #![deny(unsafe_code)]
 
+mod app_watch;
 mod config;
 mod daemon;
 mod host_binary;
@@ -273,9 +274,32 @@ fn init_tracing() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| EscapedStderr)
         .with_ansi(false)
         .try_init();
+}
+
+/// stderr for the log, each line with its control characters escaped
+/// ([`plughost_service::escape_control`]): a plugin's output, a distribution's path or a user's
+/// name cannot end a line, forge another or drive the terminal. The formatter writes one whole
+/// event per call; only its final newline is kept.
+struct EscapedStderr;
+
+impl std::io::Write for EscapedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (body, newline) = match buf.strip_suffix(b"\n") {
+            Some(body) => (body, "\n"),
+            None => (buf, ""),
+        };
+        let mut line = plughost_service::escape_control(body);
+        line.push_str(newline);
+        std::io::stderr().lock().write_all(line.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().lock().flush()
+    }
 }
 
 /// Why VMs cannot work here, if they cannot: not root, or the kernel refused the namespaces.
@@ -348,7 +372,11 @@ fn run_daemon(cli: Cli) -> anyhow::Result<()> {
         }
     };
 
+    // A relative name is made absolute against the working directory: the socket's directory is
+    // checked and created, and the path is logged and removed at exit.
     let socket = plughost_service::socket_path(cli.socket);
+    let socket = std::path::absolute(&socket)
+        .with_context(|| format!("bad control socket path {:?}", socket.display()))?;
     let listener = server::bind(&socket)?;
     tracing::info!(
         config = %config_path.display(),

@@ -1,7 +1,7 @@
 //! The child side of the namespace sandbox: hidden subcommands that `plughostd` re-executes itself
 //! with (through a handle on its own executable, never its path), so that every step that needs a
 //! single-threaded process (unshare, setns, fork) runs in a fresh one, never in the threaded daemon
-//! (and no `pre_exec`: see LINUX_NOTES, "Spawning").
+//! (and no `pre_exec`: with it std falls back to fork+exec, which copies the daemon's page tables).
 //!
 //! - `__vm-init`: unshare(mount, uts, ipc, pid), fork pid 1 of the VM; pid 1 builds the VM's root
 //!   (an overlay: the host's root file system read-only below, a tmpfs owned by the VM's root

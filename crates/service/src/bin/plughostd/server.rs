@@ -1,15 +1,23 @@
-//! The control socket: accept, identify the caller (`SO_PEERCRED`), read one bounded request line
-//! (with up to three fds), validate it, run it, answer one line.
+//! The control socket: accept, identify the caller (`SO_PEERCRED`), admit it (a bound per uid and
+//! in all, with a reserve only root may use), refuse plugin hosts, read one bounded request line
+//! (with up to three fds) before one deadline for the whole request, validate it, run it, answer
+//! one line.
+//!
+//! No user can starve root: other uids together hold at most `MAX_CONNECTIONS - ROOT_RESERVE`
+//! connections and each at most `limits.connections`; an idle connection is dropped when the
+//! request deadline passes however slowly it trickles bytes. A refused connection is answered at
+//! once, without blocking the accept loop.
 
+use std::collections::HashMap;
 use std::io::{IoSliceMut, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use plughost_service::{decode, encode, ErrorKind, Reply, Request, MAX_LINE};
@@ -17,10 +25,14 @@ use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
 use crate::daemon::{Caller, Daemon, OpError, OpResult, PluginAction};
 
-/// A client has this long to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// A client has this long to send its whole request (line and fds), however it is split.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// The reply is written within this (a client that does not read is dropped).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more are answered with an error at once.
-const MAX_CONNECTIONS: usize = 128;
+const MAX_CONNECTIONS: usize = 256;
+/// Of [`MAX_CONNECTIONS`], the ones only root may use.
+const ROOT_RESERVE: usize = 32;
 const MAX_ARGS: usize = 4096;
 const MAX_NAME: usize = 64;
 
@@ -63,9 +75,74 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Connections open now, per uid and in all. Leaf lock (held for a few instructions).
+#[derive(Default)]
+struct Admission {
+    open: Mutex<(usize, HashMap<u32, usize>)>,
+}
+
+/// An admitted connection; its place is given back when dropped.
+struct Ticket {
+    admission: Arc<Admission>,
+    uid: u32,
+}
+
+impl Admission {
+    fn admit(self: &Arc<Self>, uid: u32, per_uid: usize) -> Result<Ticket, String> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, by_uid) = &mut *open;
+        let mine = by_uid.get(&uid).copied().unwrap_or(0);
+        if uid != 0 {
+            if mine >= per_uid {
+                return Err(format!(
+                    "plughostd is busy: uid {uid} has {mine} connections open (the limit is {per_uid})"
+                ));
+            }
+            if *total >= MAX_CONNECTIONS - ROOT_RESERVE {
+                return Err("plughostd is busy: too many connections".into());
+            }
+        } else if *total >= MAX_CONNECTIONS {
+            return Err("plughostd is busy: too many connections".into());
+        }
+        *total += 1;
+        by_uid.insert(uid, mine + 1);
+        Ok(Ticket {
+            admission: self.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut open = self
+            .admission
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (total, by_uid) = &mut *open;
+        *total = total.saturating_sub(1);
+        if let Some(n) = by_uid.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                by_uid.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// Answers a refused connection without ever blocking the accept loop.
+fn refuse(stream: UnixStream, kind: ErrorKind, message: String) {
+    let reply = Reply::Error { kind, message };
+    let _ = stream.set_nonblocking(true);
+    let mut stream = stream;
+    let _ = stream.write_all(&encode(&reply));
+}
+
 /// Serves until a `shutdown` request (or SIGTERM) ends the process.
 pub fn serve(daemon: Arc<Daemon>, listener: UnixListener, socket: PathBuf) {
-    let active = Arc::new(AtomicUsize::new(0));
+    let admission = Arc::new(Admission::default());
+    let per_uid = daemon.shared.config.limits.connections;
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(s) => s,
@@ -74,24 +151,34 @@ pub fn serve(daemon: Arc<Daemon>, listener: UnixListener, socket: PathBuf) {
                 continue;
             }
         };
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            active.fetch_sub(1, Ordering::SeqCst);
-            let reply = Reply::Error {
-                kind: ErrorKind::Internal,
-                message: "plughostd is busy: too many connections".into(),
-            };
-            let mut stream = stream;
-            let _ = stream.write_all(&encode(&reply));
-            continue;
-        }
+        let cred = match rustix::net::sockopt::socket_peercred(&stream) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("SO_PEERCRED: {e}");
+                continue;
+            }
+        };
+        let uid = cred.uid.as_raw();
+        let ticket = match admission.admit(uid, per_uid) {
+            Ok(ticket) => ticket,
+            Err(message) => {
+                tracing::debug!(uid, "connection refused: {message}");
+                refuse(stream, ErrorKind::Refused, message);
+                continue;
+            }
+        };
+        let caller = Caller {
+            uid,
+            gid: cred.gid.as_raw(),
+            pid: cred.pid.as_raw_nonzero().get().unsigned_abs(),
+        };
         let daemon = daemon.clone();
-        let active = active.clone();
         let socket = socket.clone();
         let spawned = std::thread::Builder::new()
             .name("plughostd-conn".into())
             .spawn(move || {
-                handle(&daemon, stream, &socket);
-                active.fetch_sub(1, Ordering::SeqCst);
+                handle(&daemon, caller, stream, &socket);
+                drop(ticket);
             });
         if let Err(e) = spawned {
             tracing::error!("cannot start a connection thread: {e}");
@@ -99,19 +186,43 @@ pub fn serve(daemon: Arc<Daemon>, listener: UnixListener, socket: PathBuf) {
     }
 }
 
-/// Reads one request line and the fds sent with it.
-fn read_request(stream: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), String> {
+/// Reads one request line and the fds sent with it, all before `deadline`.
+fn read_request(stream: &UnixStream, deadline: Instant) -> Result<(Vec<u8>, Vec<OwnedFd>), String> {
     let mut line = Vec::new();
     let mut fds = Vec::new();
     let mut chunk = vec![0u8; 8192];
+    let timed_out = || {
+        format!(
+            "timed out waiting for the request ({} s for all of it)",
+            REQUEST_DEADLINE.as_secs()
+        )
+    };
     loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        let timeout = rustix::event::Timespec {
+            tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        let mut poll = [rustix::event::PollFd::new(
+            stream,
+            rustix::event::PollFlags::IN,
+        )];
+        match rustix::event::poll(&mut poll, Some(&timeout)) {
+            Ok(0) => return Err(timed_out()),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(format!("waiting for the request: {e}")),
+        }
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let received = rustix::net::recvmsg(
             stream,
             &mut [IoSliceMut::new(&mut chunk)],
             &mut control,
-            RecvFlags::CMSG_CLOEXEC,
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
         );
         for message in control.drain() {
             if let RecvAncillaryMessage::ScmRights(received_fds) = message {
@@ -120,8 +231,7 @@ fn read_request(stream: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), String> 
         }
         let n = match received {
             Ok(msg) => msg.bytes,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(rustix::io::Errno::AGAIN) => return Err("timed out waiting for the request".into()),
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => continue,
             Err(e) => return Err(format!("reading the request: {e}")),
         };
         if fds.len() > 3 {
@@ -140,21 +250,23 @@ fn read_request(stream: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), String> 
     }
 }
 
-fn handle(daemon: &Daemon, mut stream: UnixStream, socket: &Path) {
-    let cred = match rustix::net::sockopt::socket_peercred(&stream) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!("SO_PEERCRED: {e}");
-            return;
-        }
-    };
-    let caller = Caller {
-        uid: cred.uid.as_raw(),
-        gid: cred.gid.as_raw(),
-        pid: cred.pid.as_raw_nonzero().get().unsigned_abs(),
-    };
-    let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
-    let reply = match read_request(&stream) {
+fn handle(daemon: &Daemon, caller: Caller, stream: UnixStream, socket: &Path) {
+    if let Some(why) = daemon.plugin_host(caller) {
+        tracing::warn!(
+            uid = caller.uid,
+            pid = caller.pid,
+            "control request refused: {why}"
+        );
+        refuse(
+            stream,
+            ErrorKind::Refused,
+            format!("plughostd refuses control requests from plugin hosts: {why}"),
+        );
+        return;
+    }
+    let mut stream = stream;
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let reply = match read_request(&stream, deadline) {
         Err(message) => {
             tracing::info!(uid = caller.uid, "bad request: {message}");
             Reply::Error {
@@ -168,7 +280,6 @@ fn handle(daemon: &Daemon, mut stream: UnixStream, socket: &Path) {
                 message: format!("bad request: {e}"),
             },
             Ok(request) => {
-                let _ = stream.set_read_timeout(None);
                 let shutdown = request == Request::Shutdown;
                 let result = validate(&request, caller, fds.len())
                     .and_then(|()| run(daemon, caller, request, fds, &stream));
@@ -186,6 +297,7 @@ fn handle(daemon: &Daemon, mut stream: UnixStream, socket: &Path) {
             }
         },
     };
+    let _ = stream.set_write_timeout(Some(REPLY_TIMEOUT));
     let _ = stream.write_all(&encode(&reply));
 }
 
@@ -255,7 +367,7 @@ fn validate(request: &Request, caller: Caller, fds: usize) -> OpResult<()> {
             }
             check_argv(argv)
         }
-        Request::CsessionCreate { name } | Request::CsessionStop { name } => {
+        Request::CsessionCreate { name, .. } | Request::CsessionStop { name } => {
             check_name("container session", name)
         }
         Request::CsessionRun { name, argv } => {
@@ -327,8 +439,11 @@ fn run(
         Request::Exec { distro, argv } => {
             exited(daemon.exec(caller, distro.as_deref(), &argv, stdio(fds)?, stream)?)
         }
-        Request::CsessionCreate { name } => {
-            let (id, name) = daemon.csession_create(caller, &name)?;
+        Request::CsessionCreate {
+            name,
+            application_pid,
+        } => {
+            let (id, name) = daemon.csession_create(caller, &name, application_pid)?;
             Reply::CsessionCreated { id, name }
         }
         Request::CsessionRun { name, argv } => {

@@ -8,7 +8,11 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use std::os::fd::OwnedFd;
+
 use serde::{Deserialize, Serialize};
+
+use crate::userfs::{read_file_in_root, UserCred};
 
 /// One registration. `owner` is the uid whose session registered it; names are unique per owner.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +24,12 @@ pub struct Registered {
     pub rootfs: PathBuf,
     pub package: String,
     pub owner: u32,
+    /// `ID` of the rootfs's os-release, read once at registration (as the owner, bounded).
+    #[serde(default)]
+    pub flavor: String,
+    /// `VERSION_ID` of it.
+    #[serde(default)]
+    pub version: String,
 }
 
 impl Registered {
@@ -90,6 +100,20 @@ impl Store {
             .filter(|d| d.owner == owner)
             .cloned()
             .collect()
+    }
+
+    /// Bytes of the state file that `owner`'s registrations take (`limits.state_bytes`).
+    pub fn bytes_of_owner(&self, owner: u32) -> usize {
+        self.distributions
+            .iter()
+            .filter(|d| d.owner == owner)
+            .map(Store::entry_bytes)
+            .sum()
+    }
+
+    /// Bytes of one registration in the state file (pretty JSON, indentation included).
+    pub fn entry_bytes(entry: &Registered) -> usize {
+        serde_json::to_vec_pretty(entry).map_or(usize::MAX, |v| v.len() + 16)
     }
 
     pub fn find(&self, owner: u32, name: &str) -> Option<Registered> {
@@ -196,12 +220,38 @@ pub fn new_uuid() -> std::io::Result<[u8; 16]> {
     Ok(id)
 }
 
-/// `ID` and `VERSION_ID` of the rootfs's os-release (`""` when unknown).
-pub fn os_release(rootfs: &Path) -> (String, String) {
-    let text = ["etc/os-release", "usr/lib/os-release"]
-        .iter()
-        .find_map(|p| std::fs::read_to_string(rootfs.join(p)).ok())
-        .unwrap_or_default();
+/// Largest os-release file read (the whole file is a few hundred bytes on real distributions).
+pub const MAX_OS_RELEASE: usize = 64 * 1024;
+
+/// `ID` and `VERSION_ID` of the os-release beneath `root` (`""` when there is none), read as
+/// `user` (see `userfs`): `etc/os-release`, else `usr/lib/os-release` (os-release(5)). A
+/// symbolic link as either file is not followed (most distributions link the first to the
+/// second, which is then read). An error names the file.
+pub fn os_release(user: &UserCred, root: &OwnedFd) -> Result<(String, String), String> {
+    let mut refused = None;
+    for rel in ["etc/os-release", "usr/lib/os-release"] {
+        match read_file_in_root(user, root, rel, MAX_OS_RELEASE) {
+            Ok(bytes) => return Ok(parse_os_release(&String::from_utf8_lossy(&bytes))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                // Our own refusals read as a sentence ("etc/os-release is a FIFO, ..."); the
+                // kernel's as a reason ("etc/os-release: Permission denied").
+                let sep = if e.kind() == std::io::ErrorKind::InvalidInput {
+                    " "
+                } else {
+                    ": "
+                };
+                refused.get_or_insert(format!("{rel}{sep}{e}"));
+            }
+        }
+    }
+    match refused {
+        Some(reason) => Err(reason),
+        None => Ok((String::new(), String::new())),
+    }
+}
+
+fn parse_os_release(text: &str) -> (String, String) {
     let mut id = String::new();
     let mut version = String::new();
     for line in text.lines() {
@@ -229,6 +279,8 @@ mod tests {
             rootfs: "/r".into(),
             package: String::new(),
             owner: 0,
+            flavor: String::new(),
+            version: String::new(),
         }
     }
 
@@ -268,6 +320,10 @@ mod tests {
             "NAME=\"Test\"\nID=testos\nVERSION_ID=\"1.2\"\n",
         )
         .expect("write");
-        assert_eq!(os_release(dir.path()), ("testos".into(), "1.2".into()));
+        let root = crate::userfs::open_dir_as(&UserCred::of(0, 0), dir.path()).expect("open");
+        assert_eq!(
+            os_release(&UserCred::of(0, 0), &root),
+            Ok(("testos".into(), "1.2".into()))
+        );
     }
 }

@@ -1,17 +1,41 @@
-//! Opening paths a user supplied with that user's rights, never root's.
+//! Files and directories a user names, opened with that user's rights, never root's.
 //!
-//! The daemon is threaded, so it cannot change its own credentials; a short-lived thread takes the
-//! user's filesystem identity instead (`setfsuid`/`setfsgid`/`setgroups` are per-thread at the
-//! system call level: glibc broadcasts `setgroups` to every thread, rustix's wrapper does not),
-//! opens the path, and ends. Changing the fsuid away from 0 drops the thread's filesystem
-//! capabilities (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER...), so the kernel checks the
-//! user's own rights on every directory on the way.
-#![allow(unsafe_code)]
+//! plughostd runs as root; a path in a request (`distro register --rootfs`) or a file beneath it
+//! (a rootfs's `etc/os-release`) is the user's. Each operation here runs on a short-lived thread
+//! that first takes the user's identity (supplementary groups, then gid, then uid: real, effective
+//! and saved, so also the filesystem ids and no capability is left) with the *per-thread*
+//! syscalls (`rustix::thread::set_thread_*`; glibc's `setuid` family would change every thread of
+//! the daemon), does the open or read, and ends. The thread touches no shared state: it gets its
+//! inputs by value and hands back the result over a channel.
+//!
+//! The daemon waits for it at most [`DEADLINE`]: a path on a FUSE mount the user serves could
+//! block forever. A thread stuck past it is left behind (it holds no lock and will end when the
+//! kernel lets it) and the caller gets `ETIMEDOUT`.
+//!
+//! Files are opened with `openat2(RESOLVE_IN_ROOT)` beneath a directory fd that was itself opened
+//! as the user, `O_NOFOLLOW`, first `O_PATH` (so a FIFO or a device is never opened at all), and
+//! then re-opened for reading through `/proc/thread-self/fd` only when it is a regular file; the
+//! read is bounded. A user therefore learns nothing about paths they cannot reach themselves: the
+//! error is the one the kernel gives *them* (`EACCES` alike for an existing and a missing name
+//! under a directory they cannot search).
+//!
+//! uid 0 acts as root (same code, no identity change). A daemon that does not run as root acts
+//! with its own (unprivileged) identity for everyone: it could not take theirs.
 
-use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
 
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+use rustix::process::{Gid, Uid};
+
+/// How long the daemon waits for one operation on a user's file.
+pub const DEADLINE: Duration = Duration::from_secs(5);
+
+/// Most supplementary groups taken from `/etc/group` (the kernel's `NGROUPS_MAX` is 65536).
+const MAX_GROUPS: usize = 256;
 
 /// A user's filesystem identity.
 #[derive(Clone, Debug)]
@@ -22,131 +46,303 @@ pub struct UserCred {
 }
 
 impl UserCred {
-    /// `uid`/`gid` with the supplementary groups `/etc/group` gives the user's name.
+    /// `uid` with primary group `gid` and its supplementary groups from `/etc/group` (those that
+    /// list the user's name from `/etc/passwd`; none for a uid without an entry).
     pub fn of(uid: u32, gid: u32) -> UserCred {
-        let name = std::fs::read_to_string("/etc/passwd")
-            .ok()
-            .and_then(|text| {
-                text.lines().find_map(|line| {
-                    let fields: Vec<&str> = line.split(':').collect();
-                    (fields.len() >= 3 && fields[2].parse() == Ok(uid))
-                        .then(|| fields[0].to_owned())
-                })
-            });
         let mut groups = vec![gid];
-        if let (Some(name), Ok(text)) = (name, std::fs::read_to_string("/etc/group")) {
-            for line in text.lines() {
-                let fields: Vec<&str> = line.split(':').collect();
-                if fields.len() >= 4 && fields[3].split(',').any(|m| m == name) {
-                    if let Ok(g) = fields[2].parse() {
-                        if !groups.contains(&g) {
-                            groups.push(g);
-                        }
-                    }
-                }
-            }
+        if let Some(name) = user_name(uid) {
+            groups.extend(supplementary_groups(&name));
         }
+        groups.sort_unstable();
+        groups.dedup();
+        groups.truncate(MAX_GROUPS);
         UserCred { uid, gid, groups }
+    }
+
+    fn is_root(&self) -> bool {
+        self.uid == 0
     }
 }
 
-/// Runs `f` on a thread that has `user`'s filesystem identity (root: the caller's own).
-fn as_user<T: Send>(
-    user: &UserCred,
-    f: impl FnOnce() -> std::io::Result<T> + Send,
-) -> std::io::Result<T> {
-    if user.uid == 0 {
-        return f();
-    }
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let groups: Vec<rustix::process::Gid> = user
-                    .groups
-                    .iter()
-                    .map(|&g| rustix::process::Gid::from_raw(g))
-                    .collect();
-                rustix::thread::set_thread_groups(&groups)?;
-                // SAFETY: setfsgid/setfsuid take plain integers and change only this thread's
-                // credentials (the syscalls are per-thread; glibc does not broadcast them). The
-                // thread ends after `f`, so nothing else ever runs with them.
-                unsafe {
-                    libc::setfsgid(user.gid);
-                    libc::setfsuid(user.uid);
-                    // The calls return the previous id and cannot report failure: check.
-                    if libc::setfsuid(u32::MAX) as u32 != user.uid
-                        || libc::setfsgid(u32::MAX) as u32 != user.gid
-                    {
-                        return Err(std::io::Error::other("cannot take the user's identity"));
-                    }
-                }
-                f()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the open thread panicked")))
+fn user_name(uid: u32) -> Option<String> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() >= 3 && fields[2].parse() == Ok(uid)).then(|| fields[0].to_owned())
     })
 }
 
-/// Opens directory `path` (absolute) with `user`'s rights: `O_PATH|O_DIRECTORY|O_CLOEXEC`.
+fn supplementary_groups(user: &str) -> Vec<u32> {
+    let Ok(text) = std::fs::read_to_string("/etc/group") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            if fields.len() < 4 || !fields[3].split(',').any(|m| m.trim() == user) {
+                return None;
+            }
+            fields[2].parse().ok()
+        })
+        .collect()
+}
+
+/// Takes `user`'s identity on the calling thread (and only it). Irreversible: call it only on a
+/// thread that ends after the operation.
+fn become_user(user: &UserCred) -> std::io::Result<()> {
+    let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    rustix::thread::set_thread_groups(&groups)?;
+    let gid = Gid::from_raw(user.gid);
+    rustix::thread::set_thread_res_gid(gid, gid, gid)?;
+    let uid = Uid::from_raw(user.uid);
+    rustix::thread::set_thread_res_uid(uid, uid, uid)?;
+    Ok(())
+}
+
+/// Runs `op` as `user` on a thread of its own and waits for it at most [`DEADLINE`].
+fn as_user<T: Send + 'static>(
+    user: &UserCred,
+    op: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    let user = user.clone();
+    std::thread::Builder::new()
+        .name("plughostd-userfs".into())
+        .spawn(move || {
+            // A daemon that is not root cannot take another identity; it has no more rights than
+            // its own user then, and acts as that.
+            let result = if user.is_root() || !rustix::process::geteuid().is_root() {
+                op()
+            } else {
+                become_user(&user).and_then(|()| op())
+            };
+            let _ = tx.send(result);
+        })?;
+    match rx.recv_timeout(DEADLINE) {
+        Ok(result) => result,
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {} s", DEADLINE.as_secs()),
+        )),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Err(std::io::Error::other("the file operation's thread failed"))
+        }
+    }
+}
+
+/// Opens directory `path` (absolute) with `user`'s rights: `O_PATH|O_DIRECTORY|O_CLOEXEC`. The
+/// user must also be allowed to search it (else nothing beneath it could be read as them).
 pub fn open_dir_as(user: &UserCred, path: &Path) -> std::io::Result<OwnedFd> {
-    open_as(user, path, OFlags::DIRECTORY)
+    if !path.is_absolute() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not an absolute path",
+        ));
+    }
+    let path = path.to_owned();
+    as_user(user, move || {
+        let fd = rustix::fs::open(
+            &path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        // Looking up "." in it needs search permission on it, checked with this thread's ids.
+        rustix::fs::accessat(
+            &fd,
+            ".",
+            rustix::fs::Access::EXISTS,
+            rustix::fs::AtFlags::empty(),
+        )?;
+        Ok(fd)
+    })
 }
 
-/// Opens `path` (absolute; a directory or a file) with `user`'s rights: `O_PATH|O_CLOEXEC`.
+/// Opens `path` (absolute; a directory or any other file) with `user`'s rights:
+/// `O_PATH|O_CLOEXEC` (a folder or file to share).
 pub fn open_path_as(user: &UserCred, path: &Path) -> std::io::Result<OwnedFd> {
-    open_as(user, path, OFlags::empty())
-}
-
-fn open_as(user: &UserCred, path: &Path, extra: OFlags) -> std::io::Result<OwnedFd> {
     if !path.is_absolute() {
         return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
     }
-    as_user(user, || {
+    let path = path.to_owned();
+    as_user(user, move || {
         Ok(rustix::fs::open(
-            path,
-            OFlags::PATH | OFlags::CLOEXEC | extra,
+            &path,
+            OFlags::PATH | OFlags::CLOEXEC,
             Mode::empty(),
         )?)
     })
 }
 
+/// Why a file was refused: its type when it is not a regular file.
+fn type_name(file_type: FileType) -> &'static str {
+    match file_type {
+        FileType::RegularFile => "a regular file",
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symbolic link",
+        FileType::Fifo => "a FIFO",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        FileType::Unknown => "of an unknown type",
+    }
+}
+
+/// Reads regular file `rel` beneath `root` (`RESOLVE_IN_ROOT`), as `user`, at most `cap` bytes
+/// (an error if it is larger). A symbolic link as the last component, a FIFO, a device, a socket
+/// or a directory is refused (`InvalidInput`, saying what it is) without being opened for reading.
+pub fn read_file_in_root(
+    user: &UserCred,
+    root: &OwnedFd,
+    rel: &str,
+    cap: usize,
+) -> std::io::Result<Vec<u8>> {
+    let root = root.try_clone()?;
+    let rel = rel.to_owned();
+    as_user(user, move || read_beneath(&root, &rel, cap))
+}
+
+fn read_beneath(root: &OwnedFd, rel: &str, cap: usize) -> std::io::Result<Vec<u8>> {
+    let refuse = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
+    let path_fd = rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )?;
+    let stat = rustix::fs::fstat(&path_fd)?;
+    let file_type = FileType::from_raw_mode(stat.st_mode);
+    if file_type != FileType::RegularFile {
+        return Err(refuse(format!(
+            "is {}, not a regular file",
+            type_name(file_type)
+        )));
+    }
+    let too_large = || refuse(format!("is larger than {cap} bytes"));
+    if u64::try_from(stat.st_size).unwrap_or(u64::MAX) > cap as u64 {
+        return Err(too_large());
+    }
+    // The same inode, now for reading, with this thread's (the user's) rights checked again.
+    let proc_path = PathBuf::from(format!(
+        "/proc/thread-self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&path_fd.as_fd())
+    ));
+    let file = rustix::fs::open(
+        &proc_path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut bytes = Vec::new();
+    std::fs::File::from(file)
+        .take(cap as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() > cap {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn root_cred() -> UserCred {
+        UserCred::of(0, 0)
+    }
+
+    fn open_root(dir: &Path) -> OwnedFd {
+        open_dir_as(&root_cred(), dir).expect("open dir")
+    }
 
     #[test]
-    fn a_user_cannot_open_what_only_root_may_traverse() {
+    fn a_regular_file_is_read_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("f"), "hello").expect("write");
+        let root = open_root(dir.path());
+        let bytes = read_file_in_root(&root_cred(), &root, "f", 64).expect("read");
+        assert_eq!(bytes, b"hello");
+    }
+
+    #[test]
+    fn a_file_larger_than_the_cap_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("f"), vec![b'x'; 65]).expect("write");
+        let root = open_root(dir.path());
+        let err = read_file_in_root(&root_cred(), &root, "f", 64).unwrap_err();
+        assert_eq!(err.to_string(), "is larger than 64 bytes");
+    }
+
+    #[test]
+    fn fifo_symlink_and_directory_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.path().join("fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("mkfifo");
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero")).expect("symlink");
+        std::fs::create_dir(dir.path().join("d")).expect("mkdir");
+        let root = open_root(dir.path());
+        let read = |rel| {
+            read_file_in_root(&root_cred(), &root, rel, 64)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(read("fifo"), "is a FIFO, not a regular file");
+        assert_eq!(read("d"), "is a directory, not a regular file");
+        // O_NOFOLLOW: the last component is never followed.
+        assert!(read("zero").contains("symbolic link"), "{}", read("zero"));
+    }
+
+    #[test]
+    fn absolute_symlinks_stay_inside_the_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("etc")).expect("mkdir");
+        std::fs::write(dir.path().join("etc/real"), "inside").expect("write");
+        // `/etc` resolves to `<root>/etc`, not the host's.
+        std::os::unix::fs::symlink("/etc", dir.path().join("link")).expect("symlink");
+        let root = open_root(dir.path());
+        let bytes = read_file_in_root(&root_cred(), &root, "link/real", 64).expect("read");
+        assert_eq!(bytes, b"inside");
+        let err = read_file_in_root(&root_cred(), &root, "link/passwd", 64).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn an_unprivileged_user_gets_the_same_error_for_existing_and_missing_names() {
         if !rustix::process::geteuid().is_root() {
-            eprintln!("skipped: needs root");
+            println!("skipped: needs root to act as another user");
             return;
         }
         let dir = tempfile::tempdir().expect("tempdir");
         let private = dir.path().join("private");
-        let inner = private.join("inner");
-        std::fs::create_dir_all(&inner).expect("mkdir");
+        std::fs::create_dir(&private).expect("mkdir");
+        std::fs::create_dir(private.join("exists")).expect("mkdir");
+        std::fs::write(private.join("secret"), "root only").expect("write");
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let user = UserCred::of(65534, 65534);
+        let existing = open_dir_as(&user, &private.join("exists")).unwrap_err();
+        let missing = open_dir_as(&user, &private.join("missing")).unwrap_err();
+        assert_eq!(existing.kind(), std::io::ErrorKind::PermissionDenied);
+        assert_eq!(existing.to_string(), missing.to_string());
+        // Beneath a root the user can open, a 0600 root file stays closed to them.
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         std::fs::set_permissions(
-            &private,
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+            private.join("secret"),
+            std::fs::Permissions::from_mode(0o600),
         )
         .expect("chmod");
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .expect("chmod");
-        let nobody = UserCred {
-            uid: 65534,
-            gid: 65534,
-            groups: vec![65534],
-        };
-        let err = open_dir_as(&nobody, &inner).expect_err("refused");
-        assert_eq!(err.raw_os_error(), Some(libc::EACCES));
-        open_dir_as(&nobody, dir.path()).expect("its own rights suffice here");
-        let root = UserCred {
-            uid: 0,
-            gid: 0,
-            groups: vec![],
-        };
-        open_dir_as(&root, &inner).expect("root may");
+        let root = open_dir_as(&user, &private).expect("open as the user");
+        let err = read_file_in_root(&user, &root, "secret", 64).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        // ...while root reads it, and the daemon's own threads kept their identity.
+        assert!(read_file_in_root(&root_cred(), &root, "secret", 64).is_ok());
+        assert!(rustix::process::geteuid().is_root());
     }
 }

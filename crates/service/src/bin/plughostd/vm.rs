@@ -2,7 +2,7 @@
 //! `plughostd` itself with the hidden subcommands of `sandbox.rs`.
 //!
 //! Every long-lived child is spawned from one thread, `plughostd-spawner`, because
-//! `PR_SET_PDEATHSIG` fires when the *thread* that spawned a child exits (LINUX_NOTES): a VM spawned
+//! `PR_SET_PDEATHSIG` fires when the *thread* that spawned a child exits (prctl(2)): a VM spawned
 //! from a connection thread would die with that connection.
 
 use std::io::{BufRead, BufReader, Read};
@@ -228,7 +228,7 @@ impl InitTree {
         let child = self.helper.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(mut child) = child {
             // The helper reaps the init and mirrors its end: let it, so no zombie is left to a
-            // slow pid 1 (LINUX_NOTES, "Detecting death"); kill it only if it does not follow.
+            // pid 1 that reaps orphans late (some machines' does); kill it only if it does not follow.
             let follows = Pidfd::open(child.id())
                 .map(|p| p.wait_exit_timeout(Some(Duration::from_secs(2))))
                 .unwrap_or(false);
