@@ -32,7 +32,7 @@ words it.",
 )]
 struct Cli {
     /// plughostd's control socket [default: $PLUGHOST_SOCKET, else /run/plughost/plughostd.sock].
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, global = true)]
     socket: Option<PathBuf>,
     /// Print the reply as one JSON object (for scripts; exec and csession run are unaffected).
     #[arg(long, global = true)]

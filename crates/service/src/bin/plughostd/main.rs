@@ -63,7 +63,7 @@ struct Cli {
     state_dir: PathBuf,
     /// The control socket; given here it wins over the environment [default: $PLUGHOST_SOCKET,
     /// else /run/plughost/plughostd.sock].
-    #[arg(long, value_name = "PATH")]
+    #[arg(long)]
     socket: Option<PathBuf>,
     #[command(subcommand)]
     internal: Option<Internal>,
