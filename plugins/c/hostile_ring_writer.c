@@ -8,6 +8,11 @@
  * the slot claims. Then the state becomes REQUEST, up_seq is bumped, the futex woken and the doorbell
  * rung (ph_ring_post).
  *
+ * Repeat: with $PH_RING_REPEAT = n (default 1), once the service answered the slot (state REPLY) the
+ * plugin frees it and posts the same frame again, n times in all, without ever taking what the
+ * service passed with the replies (an fd on the ring's fd lane, for a call that answers with one),
+ * then logs `reposted n=<n>`.
+ *
  * When: with $PH_RING_WHEN = `hook` (the default), on_vm_started logs `sending bytes=<n> target=<t>
  * len=<claimed>`, posts the frame, sleeps 10 s, logs `slept` and returns 0: the hook's dispatcher
  * consumes the ring. With `after_hook`, on_vm_started starts a thread and returns 0 at once; the
@@ -18,7 +23,7 @@
  * ignores SIGTERM/SIGINT/SIGHUP, closes every fd and pauses forever; it must die with the host.
  *
  * Env: PH_LOG, PH_MARKER (optional), PH_FRAME_HEX, PH_FRAME_LEN, PH_RING_TARGET, PH_RING_SLOT,
- * PH_RING_WHEN.
+ * PH_RING_WHEN, PH_RING_REPEAT.
  * Tests expect (tests/tests/ring.rs): `loaded`, `witness pid=`, `ring name=plughost-ring:<plugin>
  * doorbell=<fd>`, `sending bytes=`; the service kills the host for a protocol violation naming what
  * the frame was ("plugin 'hostile_ring_writer' crashed: protocol violation: ..."), the VM start fails
@@ -30,6 +35,7 @@
 #include "ph_ring.h"
 
 #include <pthread.h>
+#include <sched.h>
 
 static struct ph_ring ring;
 static unsigned char frame[PH_RING_SLOT_BYTES];
@@ -65,8 +71,23 @@ static void post(void)
     ph_log("sending bytes=%zu target=%s len=%u", frame_len,
            target == PH_RING_LANE ? "lane" : "slot", claimed_len);
     int rc = ph_ring_post(&ring, target, frame, frame_len, claimed_len);
-    if (rc != 0)
+    if (rc != 0) {
         ph_log("post_failed error=%d", rc);
+        return;
+    }
+    long repeat = atol(ph_env("PH_RING_REPEAT", "1"));
+    if (repeat <= 1 || target == PH_RING_LANE)
+        return;
+    long n = 1;
+    for (; n < repeat; n++) {
+        _Atomic uint32_t *state = ph_ring_state(&ring, target);
+        while (atomic_load(state) != PH_RING_STATE_REPLY)
+            sched_yield();
+        atomic_store(state, PH_RING_STATE_FREE);
+        if (ph_ring_post(&ring, target, frame, frame_len, claimed_len) != 0)
+            break;
+    }
+    ph_log("reposted n=%ld", n);
 }
 
 static void *post_after_hook(void *arg)

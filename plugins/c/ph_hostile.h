@@ -13,7 +13,9 @@
 
 #include "ph_test.h"
 
-/* The host's channel to the service: its one SOCK_SEQPACKET socket (-1 if none is found). */
+/* The host's channel to the service: its lowest-numbered SOCK_SEQPACKET socket (-1 if none is
+ * found). The call ring's fd lane is a SOCK_SEQPACKET socket too, but it comes with Welcome, after
+ * the channel already had its fd, so it has a higher number. */
 static inline int ph_find_channel(void)
 {
     for (int fd = 0; fd < 1024; fd++) {

@@ -27,9 +27,9 @@ fn host_runs_unprivileged_in_its_own_session_with_nothing_inherited() {
     assert_eq!(field(&line, "env"), "2", "{line}");
     // Landlock: the plugin cannot open what it was not given.
     assert_eq!(field(&line, "secret"), "0", "{line}");
-    // stdin, stdout, stderr, the channel and the call ring's doorbell (the ring's memfd is closed
-    // once mapped); nothing leaked from the service.
-    assert_eq!(field(&line, "fds"), "5", "{line}");
+    // stdin, stdout, stderr, the channel, the call ring's doorbell and its fd lane (the ring's
+    // memfd is closed once mapped); nothing leaked from the service.
+    assert_eq!(field(&line, "fds"), "6", "{line}");
     if is_root() {
         let (uid, gid) = plughost::lookup_user("plughost")
             .or_else(|| plughost::lookup_user("nobody"))

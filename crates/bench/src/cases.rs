@@ -14,7 +14,7 @@ use crate::setup::{check_ready, session, Env};
 use crate::stats::{Samples, Unit};
 
 /// Longest wait for anything a plugin host should answer at once.
-const STUCK: Duration = Duration::from_secs(30);
+pub const STUCK: Duration = Duration::from_secs(30);
 
 pub trait Case {
     fn name(&self) -> &'static str;

@@ -13,7 +13,9 @@
 //! API call reached the service), but it asserts no speed; the report compares with the targets.
 #![deny(unsafe_code)]
 
+mod api;
 mod cases;
+mod daemon;
 mod echo;
 mod pin;
 mod report;
@@ -21,7 +23,9 @@ mod setup;
 mod stats;
 mod unit_costs;
 
+use std::cell::RefCell;
 use std::process::ExitCode;
+use std::rc::Rc;
 
 use anyhow::{bail, Context, Result};
 use plughost::PluginConfig;
@@ -34,9 +38,11 @@ use pin::Pin;
 use setup::Env;
 use stats::{Samples, Unit};
 
-/// Every case, in report order.
-const CASES: [&str; 12] = [
+/// Every case but the `api_*` ones ([`api::api_cases`]), in report order.
+const CASES: [&str; 16] = [
     "raw_rtt",
+    "raw_fd_rtt",
+    "fd_pass",
     "hook_rtt",
     "nested_rtt",
     "callback_rtt",
@@ -48,17 +54,32 @@ const CASES: [&str; 12] = [
     "manager_setup",
     "start_100",
     "crash_detect",
+    "vm_start",
+    "distro_start",
 ];
+
+/// The daemon cases measured against `--plughostd-baseline` too.
+const BASELINE_CASES: [&str; 2] = ["vm_start_baseline", "distro_start_baseline"];
+
+/// Every case, in report order.
+fn all_cases() -> Vec<&'static str> {
+    let mut cases = CASES.to_vec();
+    cases.extend(BASELINE_CASES);
+    cases.extend(api::api_cases().iter().map(|c| c.name));
+    cases
+}
 
 /// Iterations of one case in one round (callbacks_per_s: calls per sample).
 fn iterations(case: &str) -> usize {
     match case {
-        "raw_rtt" | "hook_rtt" => 1000,
+        "raw_rtt" | "raw_fd_rtt" | "fd_pass" | "hook_rtt" => 1000,
+        api if api.starts_with("api_") => 300,
         "nested_rtt" | "callback_rtt" => 500,
         "in_process_hook" => 5000,
         fanout if fanout.contains("fanout_") => 10,
         "callbacks_per_s" => 20_000,
         "cold_start" | "manager_setup" | "crash_detect" => 4,
+        daemon if daemon.starts_with("vm_start") || daemon.starts_with("distro_start") => 3,
         _ => 1,
     }
 }
@@ -76,6 +97,9 @@ struct Args {
     pin: Pin,
     /// Also measure the building blocks (syscalls, hops): see `unit_costs`.
     unit_costs: bool,
+    /// The daemon measured by vm_start and distro_start, and the one they are compared with.
+    daemon: daemon::Binaries,
+    baseline: Option<daemon::Binaries>,
 }
 
 fn parse_args(args: &[String]) -> Result<Args> {
@@ -89,7 +113,10 @@ fn parse_args(args: &[String]) -> Result<Args> {
         fanout: 100,
         pin: Pin::None,
         unit_costs: true,
+        daemon: daemon::Binaries::beside_self()?,
+        baseline: None,
     };
+    let (mut baseline_d, mut baseline_ctl) = (None, None);
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         let mut value = |name: &str| {
@@ -109,12 +136,17 @@ fn parse_args(args: &[String]) -> Result<Args> {
             "--only" => {
                 let list = value("--only")?;
                 let names: Vec<String> = list.split(',').map(str::to_owned).collect();
-                if let Some(bad) = names.iter().find(|n| !CASES.contains(&n.as_str())) {
-                    bail!("unknown case {bad:?}; cases: {}", CASES.join(", "));
+                let all = all_cases();
+                if let Some(bad) = names.iter().find(|n| !all.contains(&n.as_str())) {
+                    bail!("unknown case {bad:?}; cases: {}", all.join(", "));
                 }
                 parsed.only = Some(names);
             }
             "--count" => parsed.count = Some(value("--count")?.parse().context("--count")?),
+            "--plughostd" => parsed.daemon.plughostd = value("--plughostd")?.into(),
+            "--plughostctl" => parsed.daemon.plughostctl = value("--plughostctl")?.into(),
+            "--plughostd-baseline" => baseline_d = Some(value("--plughostd-baseline")?),
+            "--plughostctl-baseline" => baseline_ctl = Some(value("--plughostctl-baseline")?),
             "--pin" => parsed.pin = Pin::parse(&value("--pin")?)?,
             "--fanout-plugins" => {
                 parsed.fanout = value("--fanout-plugins")?
@@ -128,21 +160,33 @@ fn parse_args(args: &[String]) -> Result<Args> {
                 println!(
                     "usage: plughost-bench [--json] [--rounds N] [--quick] [--no-build] \
                      [--only CASE,... [--count N]] [--fanout-plugins N] \
-                     [--pin none|same|split] [--no-unit-costs]\ncases: {}",
-                    CASES.join(", ")
+                     [--pin none|same|split] [--no-unit-costs] [--plughostd PATH] \
+                     [--plughostctl PATH] [--plughostd-baseline PATH \
+                     [--plughostctl-baseline PATH]]\ncases: {}",
+                    all_cases().join(", ")
                 );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
         }
     }
+    parsed.baseline = match (baseline_d, baseline_ctl) {
+        (Some(d), ctl) => Some(daemon::Binaries {
+            plughostd: d.into(),
+            plughostctl: ctl.map_or_else(|| parsed.daemon.plughostctl.clone(), Into::into),
+        }),
+        (None, Some(_)) => bail!("--plughostctl-baseline needs --plughostd-baseline"),
+        (None, None) => None,
+    };
     Ok(parsed)
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = if args.first().map(String::as_str) == Some("--echo-peer") {
-        echo::run_peer()
+        echo::run_peer(false)
+    } else if args.first().map(String::as_str) == Some("--fd-echo-peer") {
+        echo::run_peer(true)
     } else {
         parse_args(&args).and_then(run)
     };
@@ -160,10 +204,25 @@ fn build_case<'a>(
     env: &'a Env,
     frame_len: usize,
     fanout: usize,
+    api_plugin: &mut Option<Rc<RefCell<api::ApiPlugin<'a>>>>,
 ) -> Result<Box<dyn Case + 'a>> {
     let noop = || vec![PluginConfig::new("noop", &env.noop)];
+    if let Some(case) = api::api_cases().iter().find(|c| c.name == name) {
+        let plugin = match api_plugin {
+            Some(plugin) => plugin.clone(),
+            None => api_plugin
+                .insert(Rc::new(RefCell::new(api::ApiPlugin::start(env)?)))
+                .clone(),
+        };
+        return Ok(Box::new(api::ApiCase {
+            case: *case,
+            plugin,
+        }));
+    }
     Ok(match name {
         "raw_rtt" => Box::new(RawRtt(echo::Echo::start(frame_len)?)),
+        "raw_fd_rtt" => Box::new(api::RawFdRtt(echo::Echo::start_fd(frame_len)?)),
+        "fd_pass" => Box::new(api::FdPass::new()?),
         "raw_fanout_100" => Box::new(RawFanout(
             (0..100)
                 .map(|_| echo::Echo::start(frame_len))
@@ -226,13 +285,53 @@ fn run(args: Args) -> Result<()> {
     let load_before = report::load_average();
     let env = Env::prepare(args.build_host, args.fanout.max(100))?;
     let frame_len = setup::hook_frame_len()?;
-    let names: Vec<String> = match &args.only {
+    let mut names: Vec<String> = match &args.only {
         Some(names) => names.clone(),
-        None => CASES.iter().map(|s| s.to_string()).collect(),
+        None => all_cases()
+            .iter()
+            .filter(|n| !BASELINE_CASES.contains(n))
+            .map(|s| s.to_string())
+            .collect(),
     };
+    // Each daemon case is measured against the baseline daemon too, when there is one.
+    if args.baseline.is_some() {
+        for (case, twin) in [
+            ("vm_start", BASELINE_CASES[0]),
+            ("distro_start", BASELINE_CASES[1]),
+        ] {
+            if names.iter().any(|n| n == case) && !names.iter().any(|n| n == twin) {
+                names.push(twin.to_owned());
+            }
+        }
+    }
     let mut cases = Vec::new();
+    let mut api_plugin = None;
     for name in &names {
-        let case = build_case(name, &env, frame_len, args.fanout)
+        if let Some(binaries) = daemon_binaries(name, &args) {
+            if let Some(why) = binaries.unavailable() {
+                eprintln!("plughost-bench: skipping {name}: {why}");
+                continue;
+            }
+            let operation = if name.starts_with("vm_start") {
+                daemon::Operation::Vm
+            } else {
+                daemon::Operation::Distro
+            };
+            let static_name = all_cases()
+                .into_iter()
+                .find(|n| n == name)
+                .context("a daemon case")?;
+            let case = daemon::DaemonCase::new(
+                static_name,
+                operation,
+                &binaries,
+                &env.scratch.join(static_name),
+            )
+            .with_context(|| format!("setting up {name}"))?;
+            cases.push(Box::new(case) as Box<dyn Case>);
+            continue;
+        }
+        let case = build_case(name, &env, frame_len, args.fanout, &mut api_plugin)
             .with_context(|| format!("setting up {name}"))?;
         if args.pin == Pin::Split {
             for pid in case.peers() {
@@ -325,6 +424,16 @@ fn run(args: Args) -> Result<()> {
         print!("{}", report::table(&meta, &samples, &units));
     }
     Ok(())
+}
+
+/// The daemon a daemon case measures (`None`: not a daemon case, or a baseline case without
+/// `--plughostd-baseline`).
+fn daemon_binaries(name: &str, args: &Args) -> Option<daemon::Binaries> {
+    match name {
+        "vm_start" | "distro_start" => Some(args.daemon.clone()),
+        "vm_start_baseline" | "distro_start_baseline" => args.baseline.clone(),
+        _ => None,
+    }
 }
 
 fn args_line() -> String {

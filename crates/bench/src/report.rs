@@ -101,9 +101,33 @@ fn ratio(samples: &[Samples], num: &str, den: &str, factor: f64) -> Option<f64> 
     Some(median(samples, num)? / (median(samples, den)? * factor))
 }
 
+/// Each `api_*` case against its target's baseline of this run (the JSON's `ratios.<case>`):
+/// `raw_rtt`, plus `fd_pass` (one fd passed without a wake-up) when its answer carries an fd.
+fn api_ratios(samples: &[Samples]) -> Vec<(&'static str, bool, Option<f64>)> {
+    let raw = median(samples, "raw_rtt");
+    let with_fd = raw.zip(median(samples, "fd_pass")).map(|(r, f)| r + f);
+    crate::api::api_cases()
+        .iter()
+        .filter_map(|c| {
+            let value = median(samples, c.name)?;
+            let baseline = if c.fd { with_fd } else { raw };
+            Some((c.name, c.fd, baseline.map(|b| value / b)))
+        })
+        .collect()
+}
+
+/// The largest of the `api_*` ratios whose answers carry an fd (`fd`) or not.
+fn worst_api_ratio(samples: &[Samples], fd: bool) -> Option<f64> {
+    api_ratios(samples)
+        .into_iter()
+        .filter(|(_, with_fd, _)| *with_fd == fd)
+        .filter_map(|(_, _, r)| r)
+        .reduce(f64::max)
+}
+
 /// Ratios of medians of this run.
 fn ratios(samples: &[Samples]) -> Vec<(&'static str, Option<f64>)> {
-    vec![
+    let mut all = vec![
         (
             "hook_rtt/raw_rtt",
             ratio(samples, "hook_rtt", "raw_rtt", 1.0),
@@ -140,10 +164,39 @@ fn ratios(samples: &[Samples]) -> Vec<(&'static str, Option<f64>)> {
             "start_100/(100*cold_start)",
             ratio(samples, "start_100", "cold_start", 100.0),
         ),
-    ]
+        (
+            "raw_fd_rtt/raw_rtt",
+            ratio(samples, "raw_fd_rtt", "raw_rtt", 1.0),
+        ),
+        ("fd_pass/raw_rtt", ratio(samples, "fd_pass", "raw_rtt", 1.0)),
+        (
+            "vm_start_vs_baseline",
+            ratio(samples, "vm_start", "vm_start_baseline", 1.0),
+        ),
+        (
+            "distro_start_vs_baseline",
+            ratio(samples, "distro_start", "distro_start_baseline", 1.0),
+        ),
+    ];
+    // The stricter reading of the fd target: against a raw round trip whose answer carries an fd.
+    for case in crate::api::api_cases().iter().filter(|c| c.fd) {
+        if let Some(r) = ratio(samples, case.name, "raw_fd_rtt", 1.0) {
+            let name: &'static str =
+                Box::leak(format!("{}/raw_fd_rtt", case.name).into_boxed_str());
+            all.push((name, Some(r)));
+        }
+    }
+    all.extend(
+        api_ratios(samples)
+            .into_iter()
+            .map(|(name, _, r)| (name, r)),
+    );
+    all
 }
 
-fn targets(samples: &[Samples]) -> Vec<Target> {
+/// `pin`: the `api_*` targets are 1.0 × their baseline on one CPU, 2 × unpinned (issue 14).
+fn targets(samples: &[Samples], pin: Pin) -> Vec<Target> {
+    let api_limit = if pin == Pin::None { 2.0 } else { 1.0 };
     let at_most = |what, value, limit| Target {
         what,
         value,
@@ -165,6 +218,16 @@ fn targets(samples: &[Samples]) -> Vec<Target> {
             "fanout_100/(100*hook_rtt)",
             ratio(samples, "fanout_100", "hook_rtt", 100.0),
             1.2,
+        ),
+        at_most(
+            "worst api_* (no fd)/raw_rtt",
+            worst_api_ratio(samples, false),
+            api_limit,
+        ),
+        at_most(
+            "worst api_* (fd)/(raw_rtt+fd_pass)",
+            worst_api_ratio(samples, true),
+            api_limit,
         ),
         at_most("cold_start ms", median(samples, "cold_start"), 3.0),
         at_most("start_100 ms", median(samples, "start_100"), 1000.0),
@@ -237,14 +300,14 @@ pub fn table(meta: &Meta, samples: &[Samples], units: &[(&str, f64)]) -> String 
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<17} {:>10} {:>10} {:>10} {:>7}  unit",
+        "{:<46} {:>10} {:>10} {:>10} {:>7}  unit",
         "measurement", "median", "p99", "best", "n"
     );
     for s in samples {
         let Some(sum) = s.summary() else { continue };
         let _ = writeln!(
             out,
-            "{:<17} {:>10} {:>10} {:>10} {:>7}  {}",
+            "{:<46} {:>10} {:>10} {:>10} {:>7}  {}",
             s.name,
             num(sum.median),
             num(sum.p99),
@@ -256,16 +319,16 @@ pub fn table(meta: &Meta, samples: &[Samples], units: &[(&str, f64)]) -> String 
     let _ = writeln!(out, "\nratios (medians of this run)");
     for (what, value) in ratios(samples) {
         if let Some(v) = value {
-            let _ = writeln!(out, "  {what:<28} {v:>8.2}");
+            let _ = writeln!(out, "  {what:<46} {v:>8.2}");
         }
     }
     let _ = writeln!(out, "\ntargets (medians)");
-    for t in targets(samples) {
+    for t in targets(samples, meta.pin) {
         let value = t.value.map_or("-".into(), num);
         let op = if t.at_most { "<=" } else { ">=" };
         let _ = writeln!(
             out,
-            "  {:<28} {:>10} {op} {:<8} {}",
+            "  {:<46} {:>10} {op} {:<8} {}",
             t.what,
             value,
             num(t.limit),
@@ -358,7 +421,7 @@ pub fn json(meta: &Meta, samples: &[Samples], units: &[(&str, f64)]) -> String {
         .collect();
     out.push_str(&rows.join(",\n"));
     out.push_str("\n  },\n  \"targets\": [\n");
-    let rows: Vec<String> = targets(samples)
+    let rows: Vec<String> = targets(samples, meta.pin)
         .into_iter()
         .map(|t| {
             format!(
@@ -415,8 +478,39 @@ mod tests {
     fn a_rate_target_is_a_floor() {
         let mut s = Samples::new("callbacks_per_s", Unit::PerSecond);
         s.values = vec![50_000.0];
-        let t = targets(&[s]);
+        let t = targets(&[s], Pin::Same);
         let rate = t.iter().find(|t| t.what == "callbacks_per_s").unwrap();
         assert_eq!(rate.verdict(), "MISSED");
+    }
+
+    fn sample(name: &'static str, value: f64) -> Samples {
+        let mut s = Samples::new(name, Unit::Micros);
+        s.values = vec![value];
+        s
+    }
+
+    /// A call answering without an fd is held to raw_rtt, one answering with an fd to raw_rtt plus
+    /// fd_pass; 1.0 of that on one CPU, 2.0 unpinned.
+    #[test]
+    fn api_ratios_take_the_baseline_of_their_answer() {
+        let samples = [
+            sample("raw_rtt", 4.0),
+            sample("fd_pass", 1.0),
+            sample("api_mount_folder_hook", 4.4),
+            sample("api_execute_binary_worker", 5.5),
+        ];
+        let ratios: std::collections::HashMap<_, _> = ratios(&samples).into_iter().collect();
+        for case in ["api_mount_folder_hook", "api_execute_binary_worker"] {
+            let r = ratios[case].unwrap();
+            assert!((r - 1.1).abs() < 1e-9, "{case}: {r}");
+        }
+        for (pin, verdict) in [(Pin::Same, "MISSED"), (Pin::None, "ok")] {
+            let t = targets(&samples, pin);
+            let worst = t
+                .iter()
+                .find(|t| t.what == "worst api_* (fd)/(raw_rtt+fd_pass)")
+                .unwrap();
+            assert_eq!(worst.verdict(), verdict);
+        }
     }
 }

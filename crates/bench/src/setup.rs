@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use plughost::{
-    CallContext, ManagerConfig, PluginConfig, PluginManager, ServiceCallbacks, Session, Status,
+    CallContext, ContainerProcess, CreateProcessError, ManagerConfig, PluginConfig, PluginManager,
+    ProcessStream, ServiceCallbacks, Session, Status,
 };
 use plughost_wire::{encode, Hook, RequestId, ServiceMsg, VmSettings};
 
@@ -38,31 +39,78 @@ pub fn hook_frame_len() -> Result<usize> {
     Ok(buf.len())
 }
 
-/// The service: `mount_folder` succeeds at once (and is counted, so the bench can check that every
-/// call it timed really reached the service); the rest is refused.
-#[derive(Default)]
+/// The service: every call answers at once, so that what is timed is plughost's path, not the
+/// service's work. `mount_folder` succeeds (and is counted, so the bench can check that every call it
+/// timed really reached the service). For the `api_*` cases (`plugins/c/bench_api.c`): session 2,
+/// container session 2, distribution `[2; 16]` and the program `/nonexistent` are not found; the
+/// process made from `/bin/false` fails every call; an fd answer is a dup of one open `/dev/null`.
 pub struct BenchService {
     pub mounts: AtomicU64,
+    file: Arc<OwnedFd>,
 }
 
 impl BenchService {
+    pub fn new() -> Result<BenchService> {
+        let file = rustix::fs::open(
+            "/dev/null",
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .context("opening /dev/null")?;
+        Ok(BenchService {
+            mounts: AtomicU64::new(0),
+            file: Arc::new(file),
+        })
+    }
+
     pub fn mounts(&self) -> u64 {
         self.mounts.load(Ordering::Relaxed)
     }
+
+    fn fd(&self) -> Result<OwnedFd, Status> {
+        self.file.try_clone().map_err(|e| Status::from_io(&e))
+    }
 }
 
-const ENOSYS: Status = Status(-38);
+/// A container process of the bench service: answers at once (its fds are dups of the service's
+/// one open file).
+struct BenchProcess {
+    file: Arc<OwnedFd>,
+    fails: bool,
+}
+
+impl ContainerProcess for BenchProcess {
+    fn fd(&mut self, _stream: ProcessStream) -> Result<OwnedFd, Status> {
+        self.exit_fd()
+    }
+    fn exit_fd(&mut self) -> Result<OwnedFd, Status> {
+        if self.fails {
+            return Err(Status::NOT_FOUND);
+        }
+        self.file.try_clone().map_err(|e| Status::from_io(&e))
+    }
+    fn exit_code(&mut self) -> Result<i32, Status> {
+        if self.fails {
+            Err(Status::NOT_FOUND)
+        } else {
+            Ok(0)
+        }
+    }
+}
 
 impl ServiceCallbacks for BenchService {
     fn mount_folder(
         &self,
         _: CallContext<'_>,
-        _session: u32,
+        session: u32,
         _host_path: &str,
         _vm_path: &str,
         _read_only: bool,
         _name: &str,
     ) -> Result<(), Status> {
+        if session == 2 {
+            return Err(Status::NOT_FOUND);
+        }
         self.mounts.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -70,22 +118,74 @@ impl ServiceCallbacks for BenchService {
     fn execute_binary(
         &self,
         _: CallContext<'_>,
-        _session: u32,
+        session: u32,
         _path: &str,
         _argv: &[String],
     ) -> Result<OwnedFd, Status> {
-        Err(ENOSYS)
+        if session == 2 {
+            return Err(Status::NOT_FOUND);
+        }
+        self.fd()
     }
 
     fn execute_binary_in_distribution(
         &self,
         _: CallContext<'_>,
         _session: u32,
-        _distribution: [u8; 16],
+        distribution: [u8; 16],
         _path: &str,
         _argv: &[String],
     ) -> Result<OwnedFd, Status> {
-        Err(ENOSYS)
+        if distribution == [2; 16] {
+            return Err(Status::NOT_FOUND);
+        }
+        self.fd()
+    }
+
+    fn container_mount_folder(
+        &self,
+        _: CallContext<'_>,
+        container_session: u32,
+        _host_path: &str,
+        _mountpoint: &str,
+        _read_only: bool,
+    ) -> Result<(), Status> {
+        if container_session == 2 {
+            return Err(Status::NOT_FOUND);
+        }
+        Ok(())
+    }
+
+    fn container_unmount_folder(
+        &self,
+        _: CallContext<'_>,
+        container_session: u32,
+        _mountpoint: &str,
+    ) -> Result<(), Status> {
+        if container_session == 2 {
+            return Err(Status::NOT_FOUND);
+        }
+        Ok(())
+    }
+
+    fn container_create_process(
+        &self,
+        _: CallContext<'_>,
+        container_session: u32,
+        path: &str,
+        _argv: &[String],
+        _envp: Option<&[String]>,
+    ) -> Result<Box<dyn ContainerProcess>, CreateProcessError> {
+        if container_session == 2 || path == "/nonexistent" {
+            return Err(CreateProcessError {
+                status: Status::NOT_FOUND,
+                errno: 2,
+            });
+        }
+        Ok(Box::new(BenchProcess {
+            file: self.file.clone(),
+            fails: path == "/bin/false",
+        }))
     }
 }
 
@@ -95,6 +195,8 @@ pub struct Env {
     pub noop: PathBuf,
     pub nested: PathBuf,
     pub callbacks: PathBuf,
+    /// `bench_api.so` (the `api_*` cases).
+    pub api: PathBuf,
     /// Distinct copies of `noop.so` (the manager loads a path listed twice only once).
     pub noop_copies: Vec<PathBuf>,
     /// Holds the FIFOs of the callback plugin.
@@ -109,6 +211,7 @@ impl Env {
         let noop = plughost_tests::c_plugin("noop");
         let nested = plughost_tests::c_plugin("nested_call");
         let callbacks = plughost_tests::c_plugin("bench_callbacks");
+        let api = plughost_tests::c_plugin("bench_api");
         let copies_dir = plughost_tests::target_dir().join("bench-plugins");
         std::fs::create_dir_all(&copies_dir)
             .with_context(|| format!("creating {}", copies_dir.display()))?;
@@ -127,9 +230,10 @@ impl Env {
             noop,
             nested,
             callbacks,
+            api,
             noop_copies,
             scratch,
-            service: Arc::new(BenchService::default()),
+            service: Arc::new(BenchService::new()?),
         })
     }
 

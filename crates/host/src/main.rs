@@ -250,9 +250,13 @@ fn handshake(demux: &Demux, name: &str) -> (plughost_wire::Welcome, Option<Owned
             } else {
                 None
             };
-            let ring = match (welcome.call_ring, fds.next(), fds.next()) {
-                (true, Some(memory), Some(doorbell)) => {
-                    match Ring::attach(HostEnds { memory, doorbell }) {
+            let ring = match (welcome.call_ring, fds.next(), fds.next(), fds.next()) {
+                (true, Some(memory), Some(doorbell), Some(fds)) => {
+                    match Ring::attach(HostEnds {
+                        memory,
+                        doorbell,
+                        fds,
+                    }) {
                         Ok(ring) => Some(ring),
                         Err(e) => {
                             let reason = format!("cannot map the call ring: {e}");

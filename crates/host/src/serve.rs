@@ -4,10 +4,12 @@
 //! # The call ring first
 //! Once the plugin is loaded, an API call takes a slot of the call ring ([`plughost_sys::ring`]): the
 //! calling thread writes its frame, wakes the service and sleeps on the slot's futex until the reply
-//! is written in place. No other host thread is involved, whatever the main thread is doing. A hook's
-//! answer goes on the ring's lane. The socket remains for the hook itself, for calls whose reply
-//! carries an fd or whose frame does not fit a slot (or when every slot is busy), and each frame sent
-//! up the socket is announced on the ring.
+//! is written in place. No other host thread is involved, whatever the main thread is doing. A reply
+//! that carries an fd names the call's request id; the service sent the fd on the ring's fd lane
+//! before writing the reply, so the caller takes it there without waiting ([`Ring::take_fd`]). A
+//! hook's answer goes on the ring's lane. The socket remains for the hook itself, for calls whose
+//! frame does not fit a slot (or when every slot is busy), and each frame sent up the socket is
+//! announced on the ring.
 //!
 //! # The socket: leader/follower
 //! Every thread that waits for something from the socket (the main thread waiting for the next hook,
@@ -17,9 +19,10 @@
 //! the waiter is unparked. When a reader leaves with its answer it unparks one remaining waiter, which
 //! takes the reader role. Sends need no lock: a `SOCK_SEQPACKET` send is one atomic message.
 //!
-//! # Lock
-//! `Demux::state` (the only lock): guards the pending-call table, the hook queue and the reader flag.
-//! Never held across `recv`, `send` or plugin code.
+//! # Locks
+//! `Demux::state`: guards the pending-call table, the hook queue and the reader flag. Never held
+//! across `recv`, `send` or plugin code. The ring's fd stash (`Ring::take_fd`): a leaf, held across
+//! non-blocking receives on the fd lane only, never with `state`.
 //!
 //! # Shutdown
 //! When the channel closes or the service sends `Shutdown`, every waiter (on the socket or on a ring
@@ -29,6 +32,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::thread::Thread;
 
@@ -66,6 +70,10 @@ pub struct Demux {
     /// The call ring, once the plugin is loaded (calls made by the entry point take the socket:
     /// the service serves the socket only while it loads the plugin).
     ring: OnceLock<Ring>,
+    /// Request ids of calls through the ring (the fd lane pairs an fd with its reply by id). Apart
+    /// from the socket's ids (`State::next_id`, counting up from 1): these count down from
+    /// `u64::MAX`.
+    ring_ids: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -92,6 +100,7 @@ impl Demux {
         Demux {
             channel,
             ring: OnceLock::new(),
+            ring_ids: AtomicU64::new(u64::MAX),
             state: Mutex::new(State::default()),
         }
     }
@@ -122,17 +131,15 @@ impl Demux {
     }
 
     /// A call through the ring; gives the call back when it must take the socket (no ring, the
-    /// reply carries an fd, the frame does not fit, or every slot is busy). Ring frames carry
-    /// request id 0: the slot is the request.
+    /// frame does not fit, or every slot is busy). A reply carrying an fd names the request id;
+    /// its fd is taken from the fd lane.
     fn call_on_ring(&self, call: ApiCall) -> Result<Result<BackendReply, i32>, ApiCall> {
         let Some(ring) = self.ring.get() else {
             return Err(call);
         };
-        if call.answers_with_fd() {
-            return Err(call);
-        }
+        let id = self.ring_ids.fetch_sub(1, Ordering::Relaxed);
         let msg = HostMsg::Call {
-            id: RequestId(0),
+            id: RequestId(id),
             call,
         };
         let sent = REPLY_BUF.with(|reply| {
@@ -145,6 +152,16 @@ impl Demux {
             match sent {
                 None | Some(Ok(false)) => None,
                 Some(Ok(true)) => Some(match decode::<ServiceMsg>(&reply) {
+                    Ok(ServiceMsg::Reply {
+                        id: got,
+                        reply: plughost_wire::ApiReply::Fd,
+                    }) if got.0 == id => match ring.take_fd(id) {
+                        Ok(fd) => Ok((plughost_wire::ApiReply::Fd, Some(fd))),
+                        Err(e) => {
+                            host_log(&format!("call ring: {e}"));
+                            Err(PLUGHOST_E_SHUTTING_DOWN)
+                        }
+                    },
                     Ok(ServiceMsg::Reply { reply, .. }) if reply != plughost_wire::ApiReply::Fd => {
                         Ok((reply, None))
                     }

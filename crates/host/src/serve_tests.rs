@@ -63,3 +63,115 @@ fn calls_waiting_when_the_channel_closes_and_after_it_get_shutting_down() {
         late_calls_get_shutting_down(drop);
     }
 }
+
+// The fd lane: calls whose answer carries an fd take the ring too.
+
+use plughost_wire::ApiReply;
+use std::os::fd::AsFd;
+
+/// A demux on the ring, and the service's ends (its socket and ring).
+fn demux() -> (&'static Demux, Seqpacket, Ring) {
+    let (service_socket, host_socket) = Seqpacket::pair().expect("socketpair");
+    let (service_ring, ends) = Ring::create("test").expect("ring");
+    let demux: &'static Demux = Box::leak(Box::new(Demux::new(host_socket)));
+    demux.use_ring(Ring::attach(ends).expect("attach"));
+    (demux, service_socket, service_ring)
+}
+
+fn pipe_with(text: &[u8]) -> OwnedFd {
+    let (read, write) = rustix::pipe::pipe().expect("pipe");
+    rustix::io::write(&write, text).expect("write");
+    read
+}
+
+/// Serves the one call the demux puts in the ring: passes `passed` (request id, text) on the fd
+/// lane and answers naming `named`.
+fn serve_one(ring: &Ring, passed: Option<(u64, &[u8])>, named: Option<u64>) {
+    let claimed = loop {
+        let seen = ring.seq();
+        let claimed = ring.claim_requests();
+        if claimed != 0 {
+            break claimed;
+        }
+        ring.wait(seen, std::time::Duration::from_millis(20));
+    };
+    let index = claimed.trailing_zeros() as usize;
+    let mut frame = Vec::new();
+    ring.request(index, &mut frame).expect("request");
+    let Ok(HostMsg::Call { id, .. }) = decode::<HostMsg>(&frame) else {
+        panic!("not a call: {frame:?}");
+    };
+    if let Some((tag, text)) = passed {
+        let tag = if tag == 0 { id.0 } else { tag };
+        ring.send_fd(tag, pipe_with(text).as_fd()).expect("send fd");
+    }
+    let reply = ServiceMsg::Reply {
+        id: RequestId(named.unwrap_or(id.0)),
+        reply: ApiReply::Fd,
+    };
+    let mut out = Vec::new();
+    encode(&reply, &mut out).expect("encode");
+    ring.reply(index, &out);
+}
+
+fn exec() -> ApiCall {
+    ApiCall::ExecuteBinary {
+        session: 1,
+        path: "/bin/true".into(),
+        argv: vec!["true".into()],
+    }
+}
+
+#[test]
+fn an_fd_answer_through_the_ring_brings_the_fd_passed_for_that_call() {
+    let (demux, _socket, ring) = demux();
+    let service = std::thread::spawn(move || serve_one(&ring, Some((0, b"mine")), None));
+    let (reply, fd) = demux.call(exec()).expect("call");
+    service.join().expect("service");
+    assert_eq!(reply, ApiReply::Fd);
+    let mut buf = [0u8; 8];
+    let fd = fd.expect("an fd");
+    let n = rustix::io::read(&fd, &mut buf).expect("read");
+    assert_eq!(&buf[..n], b"mine");
+}
+
+/// A reply naming another request than the call's is refused: the call fails and takes no fd,
+/// not even one that is there.
+#[test]
+fn a_reply_naming_another_request_takes_no_fd() {
+    let (demux, _socket, ring) = demux();
+    let service = std::thread::spawn(move || {
+        serve_one(&ring, Some((12345, b"other")), Some(12345));
+        ring
+    });
+    let result = demux.call(exec());
+    let ring = service.join().expect("service");
+    assert!(
+        matches!(result, Err(PLUGHOST_E_SHUTTING_DOWN)),
+        "{result:?}"
+    );
+    // The fd passed for request 12345 is still there for it.
+    let fd = demux
+        .ring
+        .get()
+        .expect("ring")
+        .take_fd(12345)
+        .expect("kept");
+    let mut buf = [0u8; 8];
+    let n = rustix::io::read(&fd, &mut buf).expect("read");
+    assert_eq!(&buf[..n], b"other");
+    drop(ring);
+}
+
+/// A reply naming the call whose fd never came fails at once instead of waiting for it.
+#[test]
+fn a_reply_whose_fd_never_came_fails_without_blocking() {
+    let (demux, _socket, ring) = demux();
+    let service = std::thread::spawn(move || serve_one(&ring, None, None));
+    let result = demux.call(exec());
+    service.join().expect("service");
+    assert!(
+        matches!(result, Err(PLUGHOST_E_SHUTTING_DOWN)),
+        "{result:?}"
+    );
+}

@@ -41,10 +41,11 @@ fn a_plugins_program_cannot_write_the_host_mount_a_device_or_read_shadow() {
     let world = World::new(vec![c("vm_attacker")]);
     let marker = format!("/var/tmp/plughost-vm-marker-{}", std::process::id());
     let _ = std::fs::remove_file(&marker);
+    let newdir = format!("/opt/plughost-vm-mkdir-{}", std::process::id());
     // Open to all when the daemon scans the host's directories, private by the time the VM starts.
     let closed = tempfile::Builder::new()
         .prefix("plughost-closing-")
-        .tempdir_in("/var/tmp")
+        .tempdir_in("/opt")
         .expect("tempdir");
     std::fs::set_permissions(closed.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     std::fs::write(closed.path().join("secret"), "secret").expect("write");
@@ -60,12 +61,13 @@ fn a_plugins_program_cannot_write_the_host_mount_a_device_or_read_shadow() {
             "touch {marker} && echo created=yes || echo created=no; {}\
              cat /etc/shadow >/dev/null 2>&1 && echo shadow=yes || echo shadow=no; \
              ls /dev | grep -q vd && echo disks=yes || echo disks=no; \
-             mkdir -p /opt/plughost-new/deep && echo mkdir=yes || echo mkdir=no; \
+             mkdir -p {newdir}/deep && echo mkdir=yes || echo mkdir=no; \
              ls /root >/dev/null 2>&1 && echo rootdir=yes || echo rootdir=no; \
              cat {closed}/secret >/dev/null 2>&1 && echo closed=yes || echo closed=no; \
              echo uid=$(id -u); read inside outside count < /proc/self/uid_map; echo hostroot=$outside",
             device_attack(),
-            closed = closed.path().display()
+            closed = closed.path().display(),
+            newdir = newdir,
         ),
     );
     let daemon = world.start();
@@ -84,6 +86,10 @@ fn a_plugins_program_cannot_write_the_host_mount_a_device_or_read_shadow() {
     assert!(
         !Path::new(&marker).exists(),
         "a VM program wrote {marker} on the host"
+    );
+    assert!(
+        !Path::new(&newdir).exists(),
+        "a VM program made {newdir} on the host"
     );
     // ...and gives no power over the host.
     assert_eq!(said(&out, "mknod"), "no", "{out}");
@@ -491,5 +497,67 @@ fn csession_run_racing_csession_stop_gets_the_programs_status_or_a_clear_error()
             run.stderr
         );
     }
+    daemon.shutdown();
+}
+
+/// A program in a VM cannot reach the terminal of whoever started the daemon (TIOCSTI into root's
+/// shell, reading its keystrokes): every sandbox helper starts a session of its own.
+#[test]
+fn vm_programs_have_no_controlling_terminal_of_the_daemons() {
+    if !need_root("vm_programs_have_no_controlling_terminal_of_the_daemons") {
+        return;
+    }
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("skipped: needs script(1) from util-linux");
+        return;
+    }
+    let world = World::new(vec![]);
+    // script(1) runs the daemon on a pseudo-terminal of its own, as a root shell would.
+    let daemon = world.start_under_terminal();
+    let out = daemon
+        .ctl(&[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "(exec 3</dev/tty) 2>/dev/null && echo tty=yes || echo tty=no",
+        ])
+        .ok();
+    assert_eq!(out.stdout, "tty=no\n");
+    daemon.shutdown();
+}
+
+/// `exec` whose client goes away takes its program with it (it would otherwise run on, past the
+/// user's process limit).
+#[test]
+fn an_exec_whose_client_is_killed_leaves_no_program_behind() {
+    if !need_root("an_exec_whose_client_is_killed_leaves_no_program_behind") {
+        return;
+    }
+    let world = World::new(vec![]);
+    let daemon = world.start();
+    daemon.ctl(&["vm", "start"]).ok();
+    let marker = format!("{}", 700_000 + std::process::id() % 100_000);
+    let mut client = std::process::Command::new(plughostctl())
+        .env("PLUGHOST_SOCKET", world.socket())
+        .args(["exec", "--", "sleep", &marker])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("plughostctl");
+    let running = || {
+        std::fs::read_dir("/proc")
+            .expect("proc")
+            .filter_map(Result::ok)
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .any(|c| c == format!("sleep\0{marker}\0").as_bytes())
+    };
+    wait_until("the program runs", running);
+    client.kill().expect("kill the client");
+    let _ = client.wait();
+    wait_until("the program is gone", || !running());
     daemon.shutdown();
 }

@@ -4,10 +4,16 @@
 //! # What travels where
 //! - **Slots** (host → service → host): a plugin thread writes one request frame into a free slot and
 //!   waits on the slot's futex; the service copies the frame out, serves it and writes the reply frame
-//!   into the same slot. Calls whose reply carries an fd, or whose frame does not fit a slot, keep
+//!   into the same slot. Calls whose frame does not fit a slot (or that find every slot busy) keep
 //!   using the socket.
+//! - **The fd lane** (service → host): a `SOCK_SEQPACKET` pair of its own, paired with the slots. When
+//!   a reply carries an fd, the service first sends the fd on the fd lane (SCM_RIGHTS, the payload is
+//!   the call's request id, 8 bytes little-endian), then writes the reply (naming that id) into the
+//!   slot. The caller, woken by the slot, takes its fd with a non-blocking receive
+//!   ([`Ring::take_fd`]): the message is already queued, so no other wake-up is involved. Error
+//!   replies never touch it. Nothing travels host → service there (the service shut its read side).
 //! - **Lane** (host → service): the host's main thread posts a hook's answer here.
-//! - Hooks, `Shutdown` and replies carrying fds go down the socket, as before. The host announces
+//! - Hooks, `Shutdown` and the replies to socket calls (with their fds) go down the socket. The host announces
 //!   each frame it sends up the socket (`Up::socket`, then the usual wake-up), so the thread that
 //!   consumes the ring knows when to read the socket too.
 //!
@@ -51,6 +57,10 @@ use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 use rustix::thread::futex;
+
+use crate::channel::{ChannelError, Seqpacket};
+use std::collections::VecDeque;
+use std::sync::Mutex;
 
 /// Request slots: at most this many calls of one host are in flight through the ring (more take
 /// the socket).
@@ -164,18 +174,36 @@ pub enum RingError {
     BadLength { slot: usize, len: u32 },
     #[error("a frame of {len} bytes on the hook lane (it holds {SLOT_BYTES})")]
     BadLaneLength { len: u32 },
+    /// Service: the fd lane is full: the host left that many fds of earlier replies untaken.
+    #[error("did not take the file descriptors passed with its replies")]
+    FdsNotTaken,
+    #[error("cannot pass a file descriptor on the fd lane: {0}")]
+    FdSend(#[source] std::io::Error),
+    /// Host: a reply named an fd that is not on the fd lane.
+    #[error("the fd of request {id} is not on the fd lane")]
+    FdMissing { id: u64 },
 }
 
 /// The fds a host needs for its end of the ring (sent with `Welcome`).
 pub struct HostEnds {
     pub memory: OwnedFd,
     pub doorbell: OwnedFd,
+    /// The host's end of the fd lane.
+    pub fds: OwnedFd,
 }
 
-/// One end of the ring: the mapping and the doorbell eventfd.
+/// Most fds a host keeps that arrived for another caller and were not taken yet (an honest host
+/// has at most one per slot in flight); past it the oldest is closed.
+const FD_STASH: usize = 2 * SLOTS;
+
+/// One end of the ring: the mapping, the doorbell eventfd and the fd lane.
 pub struct Ring {
     shared: NonNull<Shared>,
     doorbell: OwnedFd,
+    fd_lane: Seqpacket,
+    /// Host: fds received for another caller than the one that read them, by request id. A leaf
+    /// lock, held across non-blocking receives only.
+    fd_stash: Mutex<VecDeque<(u64, OwnedFd)>>,
 }
 
 // SAFETY: the mapping is only accessed through the atomics of `Shared`, which are Sync; the pointer
@@ -258,13 +286,24 @@ impl Ring {
         let doorbell = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map_err(|e| RingError::Setup(e.into()))?;
         let host_doorbell = doorbell.try_clone().map_err(RingError::Setup)?;
-        let ring = Ring { shared, doorbell };
+        let (fd_lane, host_fds) = Seqpacket::pair().map_err(RingError::Setup)?;
+        // Nothing travels host -> service on the fd lane: the host's sends fail (EPIPE) instead of
+        // queueing bytes or fds at the service.
+        rustix::net::shutdown(&fd_lane, rustix::net::Shutdown::Read)
+            .map_err(|e| RingError::Setup(e.into()))?;
+        let ring = Ring {
+            shared,
+            doorbell,
+            fd_lane,
+            fd_stash: Mutex::new(VecDeque::new()),
+        };
         ring.shared().magic.store(MAGIC, Ordering::Release);
         Ok((
             ring,
             HostEnds {
                 memory,
                 doorbell: host_doorbell,
+                fds: host_fds.into_fd(),
             },
         ))
     }
@@ -281,6 +320,8 @@ impl Ring {
         let ring = Ring {
             shared,
             doorbell: ends.doorbell,
+            fd_lane: Seqpacket::from_fd(ends.fds),
+            fd_stash: Mutex::new(VecDeque::new()),
         };
         if ring.shared().magic.load(Ordering::Acquire) != MAGIC {
             return Err(RingError::BadMagic);
@@ -374,6 +415,42 @@ impl Ring {
         true
     }
 
+    /// Host: takes the fd the service passed with the reply to request `id` (call it once the
+    /// reply is in the slot: the service sent the fd before writing the reply, so it is queued).
+    /// Never blocks: an fd that is not there is [`RingError::FdMissing`]. Fds that arrive for other
+    /// callers are kept for them; frames that are not one id with one fd are dropped (closed).
+    pub fn take_fd(&self, id: u64) -> Result<OwnedFd, RingError> {
+        let mut stash = self.fd_stash.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = stash.iter().position(|(tag, _)| *tag == id) {
+            if let Some((_, fd)) = stash.remove(at) {
+                return Ok(fd);
+            }
+        }
+        let mut buf = [0u8; 16];
+        let mut fds = Vec::new();
+        loop {
+            fds.clear();
+            let len = match self.fd_lane.try_recv(&mut buf, &mut fds) {
+                Ok(Some(len)) => len,
+                Ok(None) | Err(_) => return Err(RingError::FdMissing { id }),
+            };
+            if len != 8 || fds.len() != 1 {
+                continue;
+            }
+            let mut tag = [0u8; 8];
+            tag.copy_from_slice(&buf[..8]);
+            let tag = u64::from_le_bytes(tag);
+            let Some(fd) = fds.pop() else { continue };
+            if tag == id {
+                return Ok(fd);
+            }
+            if stash.len() == FD_STASH {
+                stash.pop_front();
+            }
+            stash.push_back((tag, fd));
+        }
+    }
+
     /// Host: wakes every thread waiting for a reply; their calls fail from now on.
     pub fn close(&self) {
         let s = self.shared();
@@ -465,6 +542,18 @@ impl Ring {
     pub fn request(&self, index: usize, out: &mut Vec<u8>) -> Result<(), RingError> {
         let slot = &self.shared().slots[index % SLOTS];
         copy_out(slot, index, out)
+    }
+
+    /// Service: passes `fd` on the fd lane for the reply to request `id`, before that reply is
+    /// written into its slot. Never blocks: a full lane (the host does not take its fds) is
+    /// [`RingError::FdsNotTaken`]. The service's own fd stays the caller's to close.
+    pub fn send_fd(&self, id: u64, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), RingError> {
+        match self.fd_lane.try_send(&id.to_le_bytes(), &[fd]) {
+            Ok(()) => Ok(()),
+            Err(ChannelError::TimedOut) => Err(RingError::FdsNotTaken),
+            Err(ChannelError::Io(e)) => Err(RingError::FdSend(e)),
+            Err(e) => Err(RingError::FdSend(std::io::Error::other(e.to_string()))),
+        }
     }
 
     /// Service: answers a slot it claimed and wakes the waiting plugin thread.
@@ -591,6 +680,120 @@ mod tests {
         // The caller either sees `closed` before it sleeps or is woken by `close`.
         host.close();
         assert!(caller.join().expect("caller").is_err());
+    }
+
+    fn pipe_with(text: &[u8]) -> OwnedFd {
+        let (read, write) = rustix::pipe::pipe().expect("pipe");
+        rustix::io::write(&write, text).expect("write");
+        read
+    }
+
+    fn read_all(fd: &OwnedFd) -> Vec<u8> {
+        let mut buf = [0u8; 64];
+        let n = rustix::io::read(fd, &mut buf).expect("read");
+        buf[..n].to_vec()
+    }
+
+    #[test]
+    fn an_fd_passed_before_the_reply_is_taken_without_waiting() {
+        let (service, host) = pair();
+        service
+            .send_fd(7, pipe_with(b"seven").as_fd())
+            .expect("send");
+        assert_eq!(read_all(&host.take_fd(7).expect("take")), b"seven");
+    }
+
+    /// Callers take their fds in any order; each gets the one sent for its request id.
+    #[test]
+    fn fds_taken_out_of_order_go_to_their_own_callers() {
+        let (service, host) = pair();
+        for id in 1..=5u64 {
+            let text = format!("fd{id}");
+            service
+                .send_fd(id, pipe_with(text.as_bytes()).as_fd())
+                .expect("send");
+        }
+        for id in [4u64, 2, 5, 1, 3] {
+            let text = format!("fd{id}");
+            assert_eq!(read_all(&host.take_fd(id).expect("take")), text.as_bytes());
+        }
+        assert!(matches!(
+            host.take_fd(1),
+            Err(RingError::FdMissing { id: 1 })
+        ));
+    }
+
+    /// A reply naming an fd that never came (or another request's) fails at once; the fds that did
+    /// come stay for their own callers.
+    #[test]
+    fn a_reply_naming_an_fd_that_never_came_fails_without_blocking() {
+        let (service, host) = pair();
+        assert!(matches!(
+            host.take_fd(9),
+            Err(RingError::FdMissing { id: 9 })
+        ));
+        service
+            .send_fd(3, pipe_with(b"three").as_fd())
+            .expect("send");
+        assert!(matches!(
+            host.take_fd(9),
+            Err(RingError::FdMissing { id: 9 })
+        ));
+        assert_eq!(read_all(&host.take_fd(3).expect("take")), b"three");
+    }
+
+    /// Threads racing for their fds on one lane: none ever gets another's, none is lost.
+    #[test]
+    fn racing_callers_never_take_each_others_fds() {
+        let (service, host) = pair();
+        let host = std::sync::Arc::new(host);
+        let service = std::sync::Arc::new(service);
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let (host, service) = (host.clone(), service.clone());
+                std::thread::spawn(move || {
+                    for i in 0..300u64 {
+                        let id = t << 32 | i;
+                        let text = id.to_string();
+                        service
+                            .send_fd(id, pipe_with(text.as_bytes()).as_fd())
+                            .expect("send");
+                        let fd = host.take_fd(id).expect("take");
+                        assert_eq!(read_all(&fd), text.as_bytes());
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("caller");
+        }
+    }
+
+    /// A host that never takes its fds fills the lane: the service's send fails at once instead of
+    /// blocking, and the fds it could not pass stay its own (closed by the caller).
+    #[test]
+    fn a_host_that_never_takes_its_fds_cannot_block_the_service() {
+        let (service, host) = pair();
+        let (read, _write) = rustix::pipe::pipe().expect("pipe");
+        let mut sent = 0u64;
+        loop {
+            match service.send_fd(sent, read.as_fd()) {
+                Ok(()) => sent += 1,
+                Err(RingError::FdsNotTaken) => break,
+                Err(e) => panic!("send {sent}: {e}"),
+            }
+            assert!(sent < 100_000, "the lane never filled");
+        }
+        assert!(sent >= SLOTS as u64, "only {sent} fds fit the lane");
+        drop(host);
+    }
+
+    /// Nothing travels host -> service on the fd lane.
+    #[test]
+    fn the_host_cannot_send_on_the_fd_lane() {
+        let (_service, ends) = Ring::create("test").expect("create");
+        let lane = Seqpacket::from_fd(ends.fds);
+        assert!(lane.try_send(b"junk", &[]).is_err());
     }
 
     #[test]

@@ -276,8 +276,8 @@ impl ApiCall {
         }
     }
 
-    /// Whether a successful reply carries an fd ([`ApiReply::Fd`]). Such calls travel on the socket
-    /// (fds cannot cross the call ring); the service refuses them anywhere else.
+    /// Whether a successful reply carries an fd ([`ApiReply::Fd`]). Through the call ring, that fd
+    /// travels on the ring's fd lane, ahead of the reply that names it (`plughost_sys::ring`).
     pub fn answers_with_fd(&self) -> bool {
         match self {
             ApiCall::ExecuteBinary { .. }
@@ -383,8 +383,9 @@ pub struct Welcome {
     /// The plugin library to load.
     pub plugin: PluginSource,
     pub confinement: Confinement,
-    /// The frame also carries the call ring's memfd and doorbell eventfd, after the library's fd
-    /// (see `plughost_sys::ring`). Calls and hook answers then travel through the ring.
+    /// The frame also carries the call ring's memfd, doorbell eventfd and fd lane (a seqpacket
+    /// socket), after the library's fd (see `plughost_sys::ring`). Calls and hook answers then
+    /// travel through the ring.
     pub call_ring: bool,
 }
 
@@ -438,7 +439,7 @@ impl ServiceMsg {
             } => 1,
             ServiceMsg::Welcome(welcome) => {
                 usize::from(welcome.plugin == PluginSource::SealedFd)
-                    + if welcome.call_ring { 2 } else { 0 }
+                    + if welcome.call_ring { 3 } else { 0 }
             }
             _ => 0,
         }

@@ -148,6 +148,7 @@ impl World {
             log,
             socket: self.socket(),
             public_ctl: std::sync::OnceLock::new(),
+            pid_file: None,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -186,6 +187,34 @@ impl World {
         self.start_command(command)
     }
 
+    /// Starts a daemon on a pseudo-terminal of its own (`script -qfec`), as from an interactive
+    /// root shell, and waits until it answers. Stop it with `shutdown`.
+    pub fn start_under_terminal(&self) -> Daemon {
+        self.write_config();
+        let direct = self.daemon_command();
+        // The daemon is script's grandchild: its pid goes to a file, for `Drop` to kill it too.
+        let pid_file = self.dir.path().join("terminal-daemon.pid");
+        let mut line = format!(
+            "echo $$ > {}; exec {}",
+            shell_quote(&pid_file.to_string_lossy()),
+            shell_quote(&direct.get_program().to_string_lossy())
+        );
+        for arg in direct.get_args() {
+            line.push(' ');
+            line.push_str(&shell_quote(&arg.to_string_lossy()));
+        }
+        let mut command = Command::new("script");
+        command
+            .args(["-qfec", &line, "/dev/null"])
+            .env_remove("PLUGHOST_SOCKET")
+            .env("PLUGHOST_HOST", host_binary())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
+        let mut daemon = self.start_command(command);
+        daemon.pid_file = Some(pid_file);
+        daemon
+    }
+
     /// The daemon's command line (for tests that expect it to refuse to start).
     pub fn daemon_command(&self) -> Command {
         let mut command = Command::new(plughostd());
@@ -220,6 +249,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     /// A copy of plughostctl that any uid can run ([`Daemon::ctl_as`]).
     public_ctl: std::sync::OnceLock<PathBuf>,
+    /// Where the pid of a daemon that is not `child` itself is written (`start_under_terminal`).
+    pub pid_file: Option<PathBuf>,
 }
 
 /// What `plughostctl` did.
@@ -368,6 +399,15 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        let grandchild = self
+            .pid_file
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|pid| pid.trim().parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(pid) = grandchild {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -485,4 +525,9 @@ pub fn service_plugin(name: &str) -> PluginSpec {
         in_process: false,
         lazy: false,
     }
+}
+
+/// `s` quoted for sh.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }

@@ -2,11 +2,12 @@
 //! plugin's calls, and classifies how the host ended.
 //!
 //! # Two transports
-//! - The **socket** carries the handshake, hooks and `Shutdown` to the host, replies that carry an
-//!   fd, and from the host: calls whose reply carries an fd or that do not fit the ring, `Blocked`,
-//!   and whatever a hostile plugin writes on it.
+//! - The **socket** carries the handshake, hooks and `Shutdown` to the host, the replies to socket
+//!   calls (with their fd), and from the host: calls that do not fit the ring (or find every slot
+//!   busy), `Blocked`, and whatever a hostile plugin writes on it.
 //! - The **call ring** ([`plughost_sys::ring`], shared memory) carries every other API call (a slot
-//!   each, answered in place) and the hook answers (the lane). The frames are the same in both.
+//!   each, answered in place; an fd the reply carries goes first on the ring's fd lane, named by
+//!   the request id) and the hook answers (the lane). The frames are the same in both.
 //!
 //! # Who consumes what
 //! - A thread dispatching a hook holds [`Host::reader`] (the read token) for the whole round trip:
@@ -20,6 +21,13 @@
 //!   dispatcher took the token: every call a hook causes is served with that hook's `scope`.
 //! - A pool thread that sees a socket frame while a dispatcher holds the token sets
 //!   `socket_pending` and wakes the dispatcher, which reads the socket itself.
+//! - What a pool thread claimed goes into the host's [`Backlog`] first; the pool takes one call at
+//!   a time out of it to serve with the default callbacks, and only while no hook of the host is in
+//!   flight (from a dispatcher's entry into [`Host::call_hook`], before it waits for the token, to
+//!   its return). While one is, the dispatcher takes the backlog and serves it with its `scope`
+//!   (the seed's "reroute into the hook's pump"). So every call whose serving had not begun when a
+//!   hook of its plugin began is served with that hook's scope, whatever the timing; a call the
+//!   pool had already begun finishes on the default callbacks.
 //! - When the service itself hands the host to the pool (a dispatcher leaving calls published after
 //!   its last look, a pool thread giving up its turn after `POOL_ROUNDS`), it uses the pool's
 //!   [`Kicks`]: the service never reads or writes the host's doorbell, whose open file the host
@@ -29,7 +37,7 @@
 //! 1. `reader`: the read token (above). Held by a dispatcher across its hook round trip (waiting on
 //!    this host only, bounded by the deadline), by a pool thread only while claiming (no I/O but
 //!    non-blocking reads; a dead host is classified after the token is released).
-//! 2. `exit`, `processes`: leaves, never held across I/O.
+//! 2. `exit`, `processes`, `backlog`: leaves, never held across I/O or callbacks.
 //!
 //! # Death
 //! The [`Monitor`](crate::monitor::Monitor) watches the host's pidfd: when the host dies it reaps it,
@@ -90,6 +98,8 @@ pub(crate) struct Host {
     reader: Mutex<Reader>,
     /// The pool saw the socket readable while it could not read it (a dispatcher reads it then).
     socket_pending: AtomicBool,
+    /// Lock 2 (leaf): calls claimed by the pool and not begun yet, and the hooks in flight.
+    pub(crate) backlog: Mutex<Backlog>,
     next_hook: AtomicU64,
     /// Lock 2 (leaf): how the host process ended, once reaped.
     exit: Mutex<Option<ProcessExit>>,
@@ -132,6 +142,66 @@ fn slots(mask: u32) -> impl Iterator<Item = usize> {
 
 /// A socket read failed: the host is gone, or was just killed for what it sent.
 struct Gone;
+
+/// Calls a pool thread claimed but has not begun serving, and whether a hook is in flight (module
+/// docs). Whoever takes a call out of it serves it: the pool with the default callbacks while
+/// `hooks == 0`, a dispatcher with its scope otherwise.
+#[derive(Default)]
+pub(crate) struct Backlog {
+    /// Dispatchers of this host inside [`Host::call_hook`] (waiting for the token or holding it).
+    hooks: u32,
+    /// Claimed ring slots, one bit each.
+    slots: u32,
+    /// Calls read from the socket.
+    socket: std::collections::VecDeque<(RequestId, ApiCall)>,
+}
+
+/// One call taken out of the backlog.
+enum Work {
+    Slot(usize),
+    Socket(RequestId, ApiCall),
+}
+
+impl Backlog {
+    fn is_empty(&self) -> bool {
+        self.slots == 0 && self.socket.is_empty()
+    }
+
+    fn pop(&mut self) -> Option<Work> {
+        if self.slots != 0 {
+            let index = self.slots.trailing_zeros() as usize;
+            self.slots &= !(1 << index);
+            return Some(Work::Slot(index));
+        }
+        self.socket
+            .pop_front()
+            .map(|(id, call)| Work::Socket(id, call))
+    }
+}
+
+/// A dispatcher's mark in the backlog (`hooks`), from its entry into `call_hook`. Dropped on a
+/// path that did not hand the backlog over (an error, a panicking `scope` callback): the mark goes
+/// and the pool gets a turn for whatever is left.
+struct InFlight<'a> {
+    host: &'a Host,
+    finished: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let left = {
+            let mut backlog = lock(&self.host.backlog);
+            backlog.hooks -= 1;
+            !backlog.is_empty()
+        };
+        if left {
+            self.host.kicks.kick(self.host.id);
+        }
+    }
+}
 
 /// One hook in flight.
 struct Dispatch<'a> {
@@ -374,12 +444,6 @@ impl Host {
             .request(index, frame)
             .map_err(|e| self.violation(format!("sent {e} of the call ring")))?;
         let (id, call) = match self.decode_ring(frame)? {
-            HostMsg::Call { call, .. } if call.answers_with_fd() => {
-                return Err(self.violation(format!(
-                    "sent {} through the call ring (its reply carries a file descriptor)",
-                    call.name()
-                )))
-            }
             HostMsg::Call { id, call } => (id, call),
             other => {
                 return Err(self.violation(format!(
@@ -388,7 +452,19 @@ impl Host {
                 )))
             }
         };
-        let (reply, _no_fd) = self.run_call(call, handler);
+        let (reply, fd) = self.run_call(call, handler);
+        // The fd goes first, on the fd lane, so that it is queued when the caller sees the reply
+        // (which names it by request id). Never blocking: a host that leaves its fds untaken until
+        // the lane is full is killed, and the fd it did not take is closed here.
+        if let Some(fd) = &fd {
+            match self.ring.send_fd(id.0, fd.as_fd()) {
+                Ok(()) => {}
+                Err(e @ plughost_sys::RingError::FdsNotTaken) => {
+                    return Err(self.violation(e.to_string()))
+                }
+                Err(_) => return Err(self.crash_cause()),
+            }
+        }
         SEND_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             match encode(&ServiceMsg::Reply { id, reply }, &mut buf) {
@@ -397,7 +473,25 @@ impl Host {
                 Err(_) => self.ring.reply(index, &[]),
             }
         });
+        // Our copy of the fd is closed once the caller is on its way, not before.
+        drop(fd);
         Ok(())
+    }
+
+    /// Serves one call taken out of the backlog.
+    fn serve_work(
+        &self,
+        work: Work,
+        frame: &mut Vec<u8>,
+        handler: &dyn ServiceCallbacks,
+    ) -> Result<(), CrashCause> {
+        match work {
+            Work::Slot(index) => self.serve_slot(index, frame, handler),
+            Work::Socket(id, call) => {
+                self.serve_call(id, call, handler);
+                Ok(())
+            }
+        }
     }
 
     /// Dispatches one hook and waits for its answer, serving the plugin's calls meanwhile with `scope`.
@@ -407,6 +501,13 @@ impl Host {
         scope: &dyn ServiceCallbacks,
         deadline: Duration,
     ) -> Result<HookOutcome, CrashCause> {
+        // From here on the pool leaves what it claimed to this dispatch (module docs). Declared
+        // first, so dropped last (after the token is released).
+        lock(&self.backlog).hooks += 1;
+        let mut in_flight = InFlight {
+            host: self,
+            finished: false,
+        };
         // Declared before the token, so dropped after it: if a `scope` callback panics, the ring
         // still goes back to the pool (and the pool gets a turn) once the token is released.
         let mut hand_back = HandBack {
@@ -432,14 +533,33 @@ impl Host {
         // Killed or gone: nothing of it is served any more.
         let outcome = result?;
         let seen = self.ring.seq();
-        // Calls published after our last look: served here while the scope is still ours (the
-        // pool would serve them with the default callbacks).
-        let claimed = self.ring.claim_requests();
-        for index in slots(claimed) {
-            // A violation here kills the host after its hook answered: the hook's outcome stands,
-            // the crash is reported by the next operation.
-            if self.serve_slot(index, &mut reader.frame, scope).is_err() {
-                return Ok(outcome);
+        // Calls published after our last look, and whatever the pool left in the backlog: served
+        // here while the scope is still ours (the pool would serve them with the default
+        // callbacks). The mark goes only with the backlog empty, under its lock: a call the pool
+        // puts there later is the pool's.
+        loop {
+            let claimed = self.ring.claim_requests();
+            for index in slots(claimed) {
+                // A violation here kills the host after its hook answered: the hook's outcome
+                // stands, the crash is reported by the next operation.
+                if self.serve_slot(index, &mut reader.frame, scope).is_err() {
+                    return Ok(outcome);
+                }
+            }
+            let work = {
+                let mut backlog = lock(&self.backlog);
+                let work = backlog.pop();
+                if work.is_none() && claimed == 0 {
+                    backlog.hooks -= 1;
+                    in_flight.finished = true;
+                    break;
+                }
+                work
+            };
+            if let Some(work) = work {
+                if self.serve_work(work, &mut reader.frame, scope).is_err() {
+                    return Ok(outcome);
+                }
             }
         }
         // Release the token before waking the pool: a pool thread must find it free.
@@ -608,7 +728,17 @@ impl Host {
             for index in slots(claimed) {
                 self.serve_slot(index, &mut reader.frame, dispatch.scope)?;
             }
-            if claimed == 0 {
+            // Calls the pool claimed before this dispatch and had not begun: this hook's now.
+            let mut rerouted = false;
+            loop {
+                // Not held while serving.
+                let Some(work) = lock(&self.backlog).pop() else {
+                    break;
+                };
+                rerouted = true;
+                self.serve_work(work, &mut reader.frame, dispatch.scope)?;
+            }
+            if claimed == 0 && !rerouted {
                 self.ring.wait(seen, left.min(DEADLINE_TICK));
             }
         }
@@ -668,14 +798,39 @@ impl Host {
         };
         drop(reader);
         let mut found = claimed != 0;
-        for index in slots(claimed) {
-            if self.serve_slot(index, frame, default).is_err() {
+        let call = match msg {
+            Some(HostMsg::Call { id, call }) => Some((id, call)),
+            Some(other) => {
+                found = true;
+                self.serve_idle_msg(other, default);
+                None
+            }
+            None => None,
+        };
+        // Claimed calls go through the backlog: a hook that begins before one of them is begun
+        // takes it (module docs).
+        if claimed != 0 || call.is_some() {
+            found = true;
+            let mut backlog = lock(&self.backlog);
+            backlog.slots |= claimed;
+            backlog.socket.extend(call);
+        }
+        loop {
+            let work = {
+                let mut backlog = lock(&self.backlog);
+                if backlog.hooks > 0 {
+                    if !backlog.is_empty() {
+                        // The dispatcher looks at the backlog on its next turn.
+                        self.ring.wake_service();
+                    }
+                    return false;
+                }
+                backlog.pop()
+            };
+            let Some(work) = work else { break };
+            if self.serve_work(work, frame, default).is_err() {
                 return false;
             }
-        }
-        if let Some(msg) = msg {
-            found = true;
-            self.serve_idle_msg(msg, default);
         }
         found || self.ring.seq() != seen || self.socket_pending.load(Ordering::SeqCst)
     }

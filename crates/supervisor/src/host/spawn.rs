@@ -23,7 +23,7 @@ use plughost_wire::{
     PROTOCOL_VERSION,
 };
 
-use super::{new_reader, Host};
+use super::{new_reader, Backlog, Host};
 use crate::callbacks::ServiceCallbacks;
 use crate::config::PluginConfig;
 use crate::error::CrashCause;
@@ -164,6 +164,7 @@ pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<O
         kicks: p.kicks.clone(),
         reader: Mutex::new(new_reader()),
         socket_pending: AtomicBool::new(false),
+        backlog: Mutex::new(Backlog::default()),
         next_hook: AtomicU64::new(1),
         exit: Mutex::new(None),
         killed_for: OnceLock::new(),
@@ -304,9 +305,10 @@ fn handshake(
         },
         call_ring: true,
     };
-    // The library's fd (if any), then the ring's memory and doorbell (`Welcome::call_ring`).
+    // The library's fd (if any), then the ring's memory, doorbell and fd lane
+    // (`Welcome::call_ring`).
     let mut fds: Vec<BorrowedFd<'_>> = fd.iter().map(|fd| fd.as_fd()).collect();
-    fds.extend([ring.memory.as_fd(), ring.doorbell.as_fd()]);
+    fds.extend([ring.memory.as_fd(), ring.doorbell.as_fd(), ring.fds.as_fd()]);
     if host.send(&ServiceMsg::Welcome(welcome), &fds).is_err() {
         return Err(StartError::Crashed(host.crash_cause()));
     }

@@ -39,7 +39,7 @@
 //! `memory.max` and `processes` `pids.max` where those controllers are delegated). It takes effect
 //! when plughostd starts, not on a reload. `vm_id_base` and `vm_id_ranges`: the host ids the VMs'
 //! user namespaces map into, one range of 65536 per user (default: the `plughost` user's
-//! /etc/subuid and /etc/subgid entry, else from 2^31); no login user may be inside.
+//! /etc/subuid and /etc/subgid entry, else from 0x70000000); no login user may be inside.
 //! `vm_scratch_mib = 1024`: the size of each VM's private writable layer, `/tmp` and `/dev/shm`
 //! (memory-backed tmpfs; what a VM writes outside shared folders lives there and dies with it).
 //!
@@ -177,7 +177,7 @@ pub struct Config {
     /// cgroup v2 per host (`cgroup_parent`).
     pub cgroups: plughost::CgroupPolicy,
     /// The host ids VMs' user namespaces map into (`ids.rs`): first id and number of 65536-id
-    /// ranges; unset: the `plughost` user's /etc/subuid entry, else 2^31.
+    /// ranges; unset: the `plughost` user's /etc/subuid entry, else 0x70000000 (4095 ranges).
     pub vm_id_base: Option<u32>,
     pub vm_id_ranges: Option<u32>,
     /// Size in MiB of each VM's writable layer, `/tmp` and `/dev/shm` (tmpfs, memory-backed).

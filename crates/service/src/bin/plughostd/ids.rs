@@ -2,7 +2,10 @@
 //!
 //! Every user gets a range of [`RANGE`] host ids of their own, out of a pool that no login user is
 //! in: `vm_id_base` / `vm_id_ranges` in the configuration, else the `plughost` user's first
-//! `/etc/subuid` and `/etc/subgid` entries, else 2^31 with 32 767 ranges. The VM's root and every
+//! `/etc/subuid` and `/etc/subgid` entries, else 0x70000000 with 4095 ranges: above what
+//! systemd gives containers (0x80000-0x6FFFFFFF) and below 2^31, which many tools take for
+//! negative. A range that overlaps another user's `/etc/subuid` or `/etc/subgid` entry is never
+//! given out. The VM's root and every
 //! id but the user's own maps into that range; the session user's own uid and gid map to
 //! themselves, so `exec` runs as the caller and the files it writes in shared folders are theirs.
 //! Root's own session maps nothing to itself: root in root's VM is an unprivileged range too.
@@ -17,7 +20,9 @@ use std::path::{Path, PathBuf};
 /// Ids per VM: the whole 16-bit space a distribution expects.
 pub const RANGE: u32 = 65_536;
 
-const DEFAULT_BASE: u32 = 1 << 31;
+const DEFAULT_BASE: u32 = 0x7000_0000;
+/// Ranges from [`DEFAULT_BASE`] up to 2^31.
+const DEFAULT_RANGES: u32 = 4095;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdError {
@@ -70,13 +75,38 @@ impl Pool {
         }
         Pool {
             base: DEFAULT_BASE,
-            ranges: ranges.unwrap_or(32_767).clamp(1, 32_767),
+            ranges: ranges.unwrap_or(DEFAULT_RANGES).clamp(1, DEFAULT_RANGES),
         }
     }
 
     fn end(&self) -> u64 {
         u64::from(self.base) + u64::from(self.ranges) * u64::from(RANGE)
     }
+}
+
+/// Every other user's `name:start:count` entries in `/etc/subuid` and `/etc/subgid`.
+fn foreign_subordinate_ranges() -> Vec<(u64, u64)> {
+    let mut ranges = Vec::new();
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines() {
+            let mut fields = line.split(':');
+            let (Some(name), Some(start), Some(count)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            if name == "plughost" {
+                continue;
+            }
+            if let (Ok(start), Ok(count)) = (start.parse::<u64>(), count.parse::<u64>()) {
+                ranges.push((start, start + count));
+            }
+        }
+    }
+    ranges
 }
 
 /// `name:start:count` in a subordinate id file.
@@ -169,11 +199,18 @@ impl IdRanges {
             _ => {
                 let taken: std::collections::BTreeSet<u32> =
                     self.by_uid.values().copied().collect();
-                let index = (0..self.pool.ranges).find(|i| !taken.contains(i)).ok_or(
-                    IdError::Exhausted {
+                let foreign = foreign_subordinate_ranges();
+                let base = u64::from(self.pool.base);
+                let overlaps = |i: u32| {
+                    let start = base + u64::from(i) * u64::from(RANGE);
+                    let end = start + u64::from(RANGE);
+                    foreign.iter().any(|&(s, e)| s < end && start < e)
+                };
+                let index = (0..self.pool.ranges)
+                    .find(|&i| !taken.contains(&i) && !overlaps(i))
+                    .ok_or(IdError::Exhausted {
                         count: self.pool.ranges,
-                    },
-                )?;
+                    })?;
                 self.by_uid.insert(uid, index);
                 if let Err(source) = self.save() {
                     self.by_uid.remove(&uid);

@@ -141,11 +141,7 @@ pub fn open_dir_as(user: &UserCred, path: &Path) -> std::io::Result<OwnedFd> {
     }
     let path = path.to_owned();
     as_user(user, move || {
-        let fd = rustix::fs::open(
-            &path,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let fd = open_no_magic(&path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC)?;
         // Looking up "." in it needs search permission on it, checked with this thread's ids.
         rustix::fs::accessat(
             &fd,
@@ -165,12 +161,22 @@ pub fn open_path_as(user: &UserCred, path: &Path) -> std::io::Result<OwnedFd> {
     }
     let path = path.to_owned();
     as_user(user, move || {
-        Ok(rustix::fs::open(
-            &path,
-            OFlags::PATH | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?)
+        open_no_magic(&path, OFlags::PATH | OFlags::CLOEXEC)
     })
+}
+
+/// Opens `path` without following a magic link on the way (`/proc/<pid>/cwd`, `/root`, `/fd/N`,
+/// through a symlink too): the kernel lets a process follow its own process's links, and a
+/// privileged one any process's, whatever the directories on the real path allow. A user (or a
+/// plugin) naming such a path would reach what another process holds open.
+fn open_no_magic(path: &Path, flags: OFlags) -> std::io::Result<OwnedFd> {
+    Ok(rustix::fs::openat2(
+        rustix::fs::CWD,
+        path,
+        flags,
+        Mode::empty(),
+        ResolveFlags::NO_MAGICLINKS,
+    )?)
 }
 
 /// Why a file was refused: its type when it is not a regular file.
@@ -310,6 +316,37 @@ mod tests {
         assert_eq!(bytes, b"inside");
         let err = read_file_in_root(&root_cred(), &root, "link/passwd", 64).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    /// `/proc/<pid>/cwd` (or `/proc/self/fd/N`, or a symlink to either) would reach what a process
+    /// holds open, whatever the directories on the real path allow.
+    #[test]
+    fn magic_links_are_never_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(format!("/proc/{}/cwd", std::process::id()), &link)
+            .expect("symlink");
+        let held = open_dir_as(&root_cred(), dir.path()).expect("open");
+        let through_fd = PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&held)
+        ));
+        let nobody = UserCred {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![65534],
+        };
+        for user in [root_cred(), nobody] {
+            for path in [
+                PathBuf::from(format!("/proc/{}/cwd", std::process::id())),
+                through_fd.clone(),
+                link.clone(),
+            ] {
+                let dir = open_dir_as(&user, &path);
+                assert!(dir.is_err(), "uid {} opened {}", user.uid, path.display());
+                assert!(open_path_as(&user, &path).is_err(), "{}", path.display());
+            }
+        }
     }
 
     #[test]
