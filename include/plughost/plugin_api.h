@@ -135,7 +135,8 @@
  * The host process (out of process, the default). Before the plugin's constructors run, the host
  * confines itself; a plugin that needs more must say so in the service's configuration:
  *   - it runs as an unprivileged user (the service's configuration names it; often "plughost" or
- *     "nobody"), with no capabilities and no_new_privs, in a session and process group of its own,
+ *     "nobody"), with no capabilities and no_new_privs, in a session and process group of its own
+ *     (a service without root keeps its own user and gives the host only a process group),
  *     with an empty environment apart from what the configuration passes, cwd "/", umask 077, and
  *     the configured limits (address space / memory, open files, processes, CPU time);
  *   - Landlock (where the kernel has it): files open read-only beneath /usr /lib /lib64 /lib32 /bin
