@@ -38,7 +38,10 @@ build:
 	PLUGHOST_PREFIX='$(PREFIX)' $(CARGO) build --profile '$(PROFILE)' --target-dir '$(TARGET_DIR)' \
 		-p plughost-service -p plughost-host
 
-install: build
+# `sudo make install` after `make` must not need cargo (root's PATH often lacks it): it builds only
+# when nothing is built yet.
+BUILT := $(wildcard $(RELEASE)/plughostd $(RELEASE)/plughostctl $(RELEASE)/plughost-host)
+install: $(if $(filter 3,$(words $(BUILT))),,build)
 	$(INSTALL) -d '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(LIBEXECDIR)/plughost' \
 		'$(DESTDIR)$(INCLUDEDIR)/plughost' '$(DESTDIR)$(PKGCONFIGDIR)' \
 		'$(DESTDIR)$(UNITDIR)' '$(DESTDIR)$(DOCDIR)'
