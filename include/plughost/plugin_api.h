@@ -135,12 +135,16 @@
  * The host process (out of process, the default). Before the plugin's constructors run, the host
  * confines itself; a plugin that needs more must say so in the service's configuration:
  *   - it runs as an unprivileged user (the service's configuration names it; often "plughost" or
- *     "nobody"), with no capabilities and no_new_privs, in a session and process group of its own,
+ *     "nobody"), with no capabilities and no_new_privs, in a session and process group of its own
+ *     (a service without root keeps its own user and gives the host only a process group),
  *     with an empty environment apart from what the configuration passes, cwd "/", umask 077, and
  *     the configured limits (address space / memory, open files, processes, CPU time);
  *   - Landlock (where the kernel has it): files open read-only beneath /usr /lib /lib64 /lib32 /bin
  *     /sbin /etc /proc /sys /dev and the configured read paths, read-write only beneath the
- *     configured write paths; anything else fails with EACCES;
+ *     configured write paths; anything else fails with EACCES, and nothing else reports it. The
+ *     host logs its rules once at start ("plughost-host: Landlock: the plugin may open ...") in
+ *     the service's log; a path the plugin needs goes into its configuration (plughostd:
+ *     read_paths / write_paths of the plugin's [[plugin]] entry);
  *   - a seccomp filter (unless the configuration turns it off for the plugin): ptrace,
  *     process_vm_readv/writev, mount and the other mount-API calls, pivot_root, chroot, unshare,
  *     setns, kexec, bpf, module loading, reboot, swapon/swapoff, keyctl/add_key/request_key,

@@ -204,6 +204,26 @@ fn missing_library_is_a_load_failure_naming_the_plugin() {
 }
 
 #[test]
+fn a_library_dlopen_refuses_is_named_by_its_configured_path() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("plughost-notelf")
+        .tempdir_in(target_dir())
+        .expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = dir.path().join("notelf.so");
+    std::fs::write(&path, b"this is not an ELF file\n").expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let service = TestService::new();
+    let manager = service.manager(vec![plughost::PluginConfig::new("notelf", &path)]);
+    let err = service.start_vm(&manager, &session(1)).unwrap_err();
+    // dlopen() saw a sealed copy at /proc/self/fd/N; the user configured `path`.
+    assert!(err.starts_with("plugin 'notelf' failed to load: "), "{err}");
+    assert!(err.contains(&format!("{}: ", path.display())), "{err}");
+    assert!(!err.contains("/proc/self/fd"), "{err}");
+}
+
+#[test]
 fn duplicated_plugin_is_loaded_once() {
     let fx = Fixture::new();
     let service = TestService::new();

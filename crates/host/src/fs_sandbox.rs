@@ -28,6 +28,26 @@ fn existing<'a>(paths: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
         .collect()
 }
 
+/// The rules in one log line, naming the configuration keys that widen them (`read_paths`,
+/// `write_paths` and `landlock` in plughostd's configuration; `PluginConfig::allow_read` /
+/// `allow_write` in the library).
+pub fn describe(read: &[String], write: &[String]) -> String {
+    let list = |paths: &[String]| {
+        if paths.is_empty() {
+            "none".to_owned()
+        } else {
+            paths.join(" ")
+        }
+    };
+    format!(
+        "Landlock: the plugin may open files read-only beneath the system trees and its read_paths ({}), \
+         read-write beneath its write_paths ({}); any other open fails with EACCES (Permission denied): \
+         add the path to read_paths or write_paths in the plugin's configuration",
+        list(read),
+        list(write)
+    )
+}
+
 /// Restricts this process (and every thread and child created after) to `read` and `write`.
 pub fn restrict(read: &[String], write: &[String]) -> Result<Enforcement, String> {
     let abi = ABI::V5;
@@ -50,4 +70,20 @@ pub fn restrict(read: &[String], write: &[String]) -> Result<Enforcement, String
         RulesetStatus::PartiallyEnforced => Enforcement::Partial,
         RulesetStatus::NotEnforced => Enforcement::NotEnforced,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_description_names_the_keys_and_the_paths() {
+        let line = super::describe(&[], &["/var/log/audit.log".into()]);
+        assert!(line.contains("read_paths (none)"), "{line}");
+        assert!(line.contains("write_paths (/var/log/audit.log)"), "{line}");
+        assert!(
+            line.ends_with(
+                "add the path to read_paths or write_paths in the plugin's configuration"
+            ),
+            "{line}"
+        );
+    }
 }

@@ -213,9 +213,15 @@ fn confine_self(c: &Confinement, bond: &ParentBond, channel: RawFd) -> Result<()
     confine::no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     if let Some(rules) = &c.filesystem {
         use plughost_host::fs_sandbox::{restrict, Enforcement};
+        // An open Landlock refuses is a plain EACCES that nothing else reports: say once what
+        // the plugin may open and which configuration keys allow more.
+        let rules_line = plughost_host::fs_sandbox::describe(&rules.read, &rules.write);
         match restrict(&rules.read, &rules.write)? {
-            Enforcement::Full => {}
-            Enforcement::Partial => host_log("Landlock is only partly enforced by this kernel"),
+            Enforcement::Full => host_log(&rules_line),
+            Enforcement::Partial => {
+                host_log("Landlock is only partly enforced by this kernel");
+                host_log(&rules_line);
+            }
             Enforcement::NotEnforced => host_log("Landlock not enforced: the kernel lacks it"),
         }
     }

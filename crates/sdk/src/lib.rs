@@ -47,7 +47,8 @@
 //! crate-type = ["cdylib"]
 //!
 //! [dependencies]
-//! plughost-sdk = "0.1"
+//! # not on crates.io yet: a path to (or a git URL of) a plughost checkout
+//! plughost-sdk = { path = "../plughost/crates/sdk" }
 //! ```
 //!
 //! `src/lib.rs`, a plugin that mounts a tools folder into every VM, checks that the VM can run it, and

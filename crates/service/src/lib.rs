@@ -16,21 +16,27 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub mod docs;
+
 /// The longest request or reply line, newline included.
 pub const MAX_LINE: usize = 64 * 1024;
 /// The longest reply line (a plugin or distribution table can be long).
 pub const MAX_REPLY: usize = 4 * 1024 * 1024;
-/// The default control socket; `$PLUGHOST_SOCKET` overrides it for both programs.
+/// The default control socket; `$PLUGHOST_SOCKET` overrides it for both programs, and an explicit
+/// `--socket` overrides both.
 pub const DEFAULT_SOCKET: &str = "/run/plughost/plughostd.sock";
 pub const DEFAULT_CONFIG: &str = "/etc/plughost/plughostd.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/plughost";
 
-/// `$PLUGHOST_SOCKET`, else `--socket`, else [`DEFAULT_SOCKET`].
+/// `--socket`, else `$PLUGHOST_SOCKET`, else [`DEFAULT_SOCKET`]: what the user typed wins over
+/// the environment.
 pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
-    std::env::var_os("PLUGHOST_SOCKET")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or(flag)
+    choose_socket(flag, std::env::var_os("PLUGHOST_SOCKET"))
+}
+
+fn choose_socket(flag: Option<PathBuf>, env: Option<std::ffi::OsString>) -> PathBuf {
+    flag.filter(|p| !p.as_os_str().is_empty())
+        .or_else(|| env.filter(|v| !v.is_empty()).map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
 }
 
@@ -211,7 +217,8 @@ pub struct VmInfo {
 /// A registered distribution, as `distro list` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DistroInfo {
-    /// 32 lowercase hex digits (RFC 9562 byte order).
+    /// The uuid in its canonical text form, `8-4-4-4-12` lowercase hex digits (as the table
+    /// shows it; plugins get its 16 bytes).
     pub id: String,
     pub name: String,
     pub rootfs: PathBuf,
@@ -488,6 +495,23 @@ mod tests {
     #[test]
     fn unknown_operation_is_an_error() {
         assert!(decode::<Request>(b"{\"op\":\"format_disk\"}\n", MAX_LINE).is_err());
+    }
+
+    #[test]
+    fn explicit_socket_wins_over_the_environment() {
+        let flag = Some(PathBuf::from("/flag.sock"));
+        let env = Some(std::ffi::OsString::from("/env.sock"));
+        assert_eq!(
+            choose_socket(flag.clone(), env.clone()),
+            PathBuf::from("/flag.sock")
+        );
+        assert_eq!(choose_socket(None, env), PathBuf::from("/env.sock"));
+        assert_eq!(choose_socket(flag, None), PathBuf::from("/flag.sock"));
+        assert_eq!(choose_socket(None, None), PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(
+            choose_socket(None, Some("".into())),
+            PathBuf::from(DEFAULT_SOCKET)
+        );
     }
 
     #[test]

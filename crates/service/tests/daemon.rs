@@ -76,14 +76,16 @@ fn success_flow_with_real_mounts_and_processes() {
         .ok()
         .json();
     let id = reg["id"].as_str().expect("id").to_owned();
+    // The JSON's id is the dashed uuid the table shows; plugins log its 32 hex digits.
+    let id_hex = id.replace('-', "");
     let line = fx.wait_for("distribution_registered");
     assert_eq!(field(&line, "name"), "td");
-    assert_eq!(field(&line, "id"), id);
+    assert_eq!(field(&line, "id"), id_hex);
 
     let d = daemon.ctl(&["--json", "distro", "start", "td"]).ok().json();
     let init_pid = d["init_pid"].as_u64().expect("init pid") as u32;
     let line = fx.wait_for("distribution_started");
-    assert_eq!(field(&line, "id"), id);
+    assert_eq!(field(&line, "id"), id_hex);
     assert_eq!(field(&line, "init_pid"), init_pid.to_string());
     assert_eq!(field(&line, "package"), "pkg");
     assert_eq!(field(&line, "flavor"), "testos");
@@ -127,7 +129,10 @@ fn success_flow_with_real_mounts_and_processes() {
         .ctl(&["exec", "--distro", "td", "--", "true"])
         .fails_with("distribution 'td' is not running");
     daemon.ctl(&["distro", "unregister", "td"]).ok();
-    assert_eq!(field(&fx.wait_for("distribution_unregistered"), "id"), id);
+    assert_eq!(
+        field(&fx.wait_for("distribution_unregistered"), "id"),
+        id_hex
+    );
     daemon
         .ctl(&["distro", "start", "td"])
         .fails_with("no distribution named 'td'");
@@ -437,10 +442,16 @@ fn non_root_user_is_refused_root_only_commands() {
     }
     let world = World::new(vec![c("noop")]);
     let mut daemon = world.start();
-    let denied = "permission denied: plugin management and shutdown are root-only";
     // Not 65534: the plugin hosts run as nobody, and their uid is refused (SECURITY.md).
-    daemon.ctl_as(65532, &["shutdown"]).fails_with(denied);
-    daemon.ctl_as(65532, &["plugins"]).fails_with(denied);
+    daemon
+        .ctl_as(65532, &["shutdown"])
+        .fails_with("permission denied: `plughostctl shutdown` is root-only");
+    daemon
+        .ctl_as(65532, &["plugins"])
+        .fails_with("permission denied: `plughostctl plugins` is root-only");
+    daemon
+        .ctl_as(65532, &["metrics"])
+        .fails_with("permission denied: `plughostctl metrics` is root-only");
     assert!(daemon.is_running());
     let out = daemon.ctl(&["plugins"]).ok();
     assert!(out.stdout.starts_with("NAME"), "{}", out.stdout);
@@ -467,7 +478,9 @@ fn distribution_ids_survive_a_daemon_restart() {
         .ok()
         .json();
     let id = reg["id"].as_str().expect("id").to_owned();
-    assert_eq!(id.len(), 32);
+    // The canonical dashed form, the same as the table's ID column.
+    let groups: Vec<usize> = id.split('-').map(str::len).collect();
+    assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
     daemon
         .ctl(&[
             "distro",
@@ -486,6 +499,7 @@ fn distribution_ids_survive_a_daemon_restart() {
     let table = daemon.ctl(&["distro", "list"]).ok().stdout;
     assert!(table.starts_with("NAME"), "{table}");
     assert!(table.contains("testos 1.0"), "{table}");
+    assert!(table.contains(&id), "{table}");
 }
 
 #[test]

@@ -56,7 +56,7 @@ fn plugins_are_restarted_disabled_and_enabled_through_plughostctl() {
         .fails_with("no plugin named 'nope'");
     daemon
         .ctl_as(65532, &["plugin", "disable", "ok_mount_exec"])
-        .fails_with("permission denied: plugin management and shutdown are root-only");
+        .fails_with("permission denied: `plughostctl plugin disable` is root-only");
 }
 
 #[test]

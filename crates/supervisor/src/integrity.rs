@@ -58,7 +58,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Refuses a file that someone other than root (or the service's own user) could change.
-fn check_ownership(path: &Path, meta: &std::fs::Metadata, is_dir: bool) -> Result<(), String> {
+/// `sticky_ok`: a world-writable directory is accepted if it has the sticky bit (others cannot
+/// rename or replace what is in it). Only for the library's higher ancestors (`/tmp` in
+/// `/tmp/build/lib/x.so`); the library's own directory must not be writable by others at all,
+/// sticky or not, as the README and SECURITY.md say.
+fn check_ownership(path: &Path, meta: &std::fs::Metadata, sticky_ok: bool) -> Result<(), String> {
     let euid = rustix::process::geteuid().as_raw();
     let mode = meta.mode();
     if meta.uid() != 0 && meta.uid() != euid {
@@ -68,8 +72,11 @@ fn check_ownership(path: &Path, meta: &std::fs::Metadata, is_dir: bool) -> Resul
             meta.uid()
         ));
     }
-    let sticky = mode & 0o1000 != 0;
-    if mode & 0o002 != 0 && !(is_dir && sticky) {
+    if sticky_ok && mode & 0o1000 != 0 {
+        // Like /tmp: whoever may write it cannot rename or remove the entry beneath it.
+        return Ok(());
+    }
+    if mode & 0o002 != 0 {
         return Err(format!(
             "{} is writable by others (mode {:o})",
             path.display(),
@@ -169,9 +176,9 @@ fn verified_bytes(
     }
     check_ownership(path, &meta, false)?;
     let canonical = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    for dir in canonical.ancestors().skip(1) {
+    for (depth, dir) in canonical.ancestors().skip(1).enumerate() {
         let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        check_ownership(dir, &meta, true)?;
+        check_ownership(dir, &meta, depth > 0)?;
     }
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
     file.read_to_end(&mut bytes)

@@ -215,9 +215,13 @@ impl Attack {
             manager,
             fds_before,
             name,
+            processes,
             ..
         } = self;
         drop(manager);
+        // The host and its witness went with the manager (without root the witness, which left
+        // the process group, is killed here: no test leaves a process behind).
+        processes.assert_gone();
         assert_fds_back(fds_before, name);
     }
 }

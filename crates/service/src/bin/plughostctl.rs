@@ -1,5 +1,5 @@
 //! `plughostctl`: the command-line client of `plughostd`. One request per run over the control
-//! socket (`$PLUGHOST_SOCKET`, else `--socket`, else `/run/plughost/plughostd.sock`); `exec` and
+//! socket (`--socket`, else `$PLUGHOST_SOCKET`, else `/run/plughost/plughostd.sock`); `exec` and
 //! `csession run` hand the daemon this process's stdin, stdout and stderr, so the program reads and
 //! writes them directly, and exit with the program's exit code. Errors go to stderr, worded as the
 //! daemon (and `PLUGIN_ABI.md`, "User-visible errors") words them, and exit 1.
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use plughost_service::{
     decode, encode, read_line, DistroInfo, PluginRow, Reply, Request, VmInfo, MAX_REPLY,
 };
@@ -23,13 +23,18 @@ use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 #[command(
     name = "plughostctl",
     version,
-    about = "Drive plughostd, the plughost reference service"
+    about = "Drive plughostd, the plughost reference service",
+    long_about = "Drive plughostd, the plughost reference service: your session's VM, registered \
+distributions, container sessions, and (as root) the plugins. One request per run over plughostd's \
+control socket; errors go to stderr and exit 1, a plugin's veto or crash worded as PLUGIN_ABI.md \
+words it.",
+    after_help = "The socket is --socket, else $PLUGHOST_SOCKET, else /run/plughost/plughostd.sock."
 )]
 struct Cli {
-    /// The daemon's socket ($PLUGHOST_SOCKET wins).
+    /// plughostd's control socket [default: $PLUGHOST_SOCKET, else /run/plughost/plughostd.sock].
     #[arg(long, global = true)]
     socket: Option<PathBuf>,
-    /// Print the reply as JSON (for scripts).
+    /// Print the reply as one JSON object (for scripts; exec and csession run are unaffected).
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -38,7 +43,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Your session's VM.
+    /// Your session's VM: start, stop or show it.
     Vm {
         #[command(subcommand)]
         action: VmAction,
@@ -48,11 +53,16 @@ enum Command {
         #[command(subcommand)]
         action: DistroAction,
     },
-    /// Run a command in your VM (started on demand) or in a running distribution.
+    /// Run a command in your VM (started on demand) or in a running distribution, as you.
+    ///
+    /// The command comes after `--`: `plughostctl exec -- id`. Its stdin, stdout and stderr are
+    /// this terminal's, and plughostctl exits with its exit code (128 + signal when signalled).
     Exec {
-        #[arg(long)]
+        /// Run it in this running distribution instead of the VM itself.
+        #[arg(long, value_name = "NAME")]
         distro: Option<String>,
-        #[arg(last = true, required = true)]
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
     /// Container sessions, each with a lazily started session VM.
@@ -60,60 +70,91 @@ enum Command {
         #[command(subcommand)]
         action: CsessionAction,
     },
-    /// The configured plugins (root only).
+    /// The configured plugins: state, host pid, crashes, restarts, last error (root only).
     Plugins,
-    /// Manage one plugin (root only).
+    /// Restart, disable or enable one plugin (root only).
     Plugin {
         #[command(subcommand)]
         action: PluginCommand,
     },
-    /// The plugins' status in the OpenMetrics text format (root only).
+    /// The plugins' status in the OpenMetrics text format, for a metrics scraper (root only).
     Metrics,
-    /// Stop the daemon (root only).
+    /// Stop the daemon gracefully: distributions, VMs and sessions get their hooks (root only).
     Shutdown,
+    /// Writes the man pages and shell completions beneath DIR (for `make install`).
+    #[command(name = "__generate-docs", hide = true)]
+    GenerateDocs {
+        /// The share directory, e.g. /usr/local/share.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
 enum PluginCommand {
     /// Clear a crash latch (or backoff) and start the plugin again.
-    Restart { name: String },
+    Restart {
+        /// The plugin's name in plughostd.toml.
+        name: String,
+    },
     /// Stop the plugin; it gets no hooks until enabled.
-    Disable { name: String },
+    Disable {
+        /// The plugin's name in plughostd.toml.
+        name: String,
+    },
     /// Start a disabled plugin again.
-    Enable { name: String },
+    Enable {
+        /// The plugin's name in plughostd.toml.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum VmAction {
+    /// Start your VM (plugins get on_vm_started and may veto it).
     Start,
+    /// Stop your VM, its distributions first.
     Stop,
+    /// Show whether your VM runs, its init's pid and its idle timeout.
     Status,
 }
 
 #[derive(Subcommand)]
 enum DistroAction {
+    /// Register a root filesystem as a distribution of your session (plugins are told).
     Register {
+        /// The distribution's name, unique in your session.
         name: String,
-        #[arg(long)]
+        /// The directory holding the distribution's root filesystem.
+        #[arg(long, value_name = "DIR")]
         rootfs: PathBuf,
-        #[arg(long)]
+        /// A package name plugins are told about (free text).
+        #[arg(long, value_name = "P")]
         package: Option<String>,
     },
+    /// Forget a registered (stopped) distribution.
     Unregister {
+        /// The distribution's name.
         name: String,
     },
+    /// Start a distribution as a container in your VM (the VM starts on demand).
     Start {
+        /// The distribution's name.
         name: String,
     },
+    /// Stop a running distribution.
     Stop {
+        /// The distribution's name.
         name: String,
     },
+    /// List your registered distributions and whether they run.
     List,
 }
 
 #[derive(Subcommand)]
 enum CsessionAction {
+    /// Create a container session (its session VM starts on first `run`).
     Create {
+        /// The container session's name.
         name: String,
         /// The application the session is for: the session stops when it exits (default: the
         /// nearest ancestor of plughostctl that runs as you, usually your shell; none under
@@ -121,12 +162,19 @@ enum CsessionAction {
         #[arg(long, value_name = "PID")]
         app_pid: Option<u32>,
     },
+    /// Run a command in the container session's session VM, as you.
+    ///
+    /// The command comes after `--`: `plughostctl csession run NAME -- id`.
     Run {
+        /// The container session's name.
         name: String,
-        #[arg(last = true, required = true)]
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
+    /// Stop the container session and its session VM.
     Stop {
+        /// The container session's name.
         name: String,
     },
 }
@@ -181,6 +229,7 @@ fn request(command: Command) -> anyhow::Result<Request> {
         },
         Command::Metrics => Request::Metrics,
         Command::Shutdown => Request::Shutdown,
+        Command::GenerateDocs { .. } => bail!("__generate-docs is not a request"),
     })
 }
 
@@ -212,7 +261,19 @@ fn send(stream: &UnixStream, request: &Request) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => exit_with_tip(e),
+    };
+    if let Command::GenerateDocs { dir } = &cli.command {
+        return match plughost_service::docs::generate(Cli::command(), "1", dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("plughostctl: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -220,6 +281,36 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// clap's error, plus the `--` that `exec` and `csession run` need before the command (clap's
+/// own message only says the word was unexpected).
+fn exit_with_tip(e: clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let has = |word: &str| args.iter().any(|a| a == word);
+    let usage = if has("csession") && has("run") {
+        Some("plughostctl csession run NAME --")
+    } else if has("exec") {
+        Some("plughostctl exec [--distro NAME] --")
+    } else {
+        None
+    };
+    let stray = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => Some(arg.clone()),
+        _ => None,
+    };
+    let missing = matches!(
+        e.kind(),
+        ErrorKind::UnknownArgument | ErrorKind::MissingRequiredArgument
+    );
+    if let (Some(usage), true, false) = (usage, missing, has("--")) {
+        let _ = e.print();
+        let example = stray.unwrap_or_else(|| "CMD".into());
+        eprintln!("\ntip: put the command after `--`: `{usage} {example} [ARGS...]`");
+        std::process::exit(2);
+    }
+    e.exit()
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -325,8 +416,7 @@ fn print_distros(distros: &[DistroInfo]) {
         .map(|d| {
             vec![
                 d.name.clone(),
-                plughost_service::parse_uuid_hex(&d.id)
-                    .map_or(d.id.clone(), |id| plughost_service::uuid_text(&id)),
+                d.id.clone(),
                 if d.running { "running" } else { "stopped" }.into(),
                 dash(d.init_pid),
                 if d.flavor.is_empty() {
@@ -349,15 +439,18 @@ fn print_distros(distros: &[DistroInfo]) {
     );
 }
 
-fn print_plugins(plugins: &[PluginRow]) {
-    let rows = plugins
+/// One row per plugin. A crashed or failed plugin's STATE is just that word: its error is in
+/// LAST ERROR, once (the detail would repeat it).
+fn plugin_rows(plugins: &[PluginRow]) -> Vec<Vec<String>> {
+    plugins
         .iter()
         .map(|p| {
+            let says_error = matches!(p.state.as_str(), "crashed" | "failed");
             vec![
                 p.name.clone(),
                 p.isolation.clone(),
                 dash(p.host_pid),
-                if p.detail.is_empty() {
+                if p.detail.is_empty() || says_error {
                     p.state.clone()
                 } else {
                     p.detail.clone()
@@ -368,7 +461,11 @@ fn print_plugins(plugins: &[PluginRow]) {
                 p.last_error.clone().unwrap_or_else(|| "-".into()),
             ]
         })
-        .collect();
+        .collect()
+}
+
+fn print_plugins(plugins: &[PluginRow]) {
+    let rows = plugin_rows(plugins);
     table(
         &[
             "NAME",
@@ -405,4 +502,53 @@ fn own_ancestor() -> Option<u32> {
         pid = field(pid, "PPid:")?;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every subcommand and argument a user can see says what it is (`--help`, the man pages).
+    #[test]
+    fn every_subcommand_and_argument_has_a_description() {
+        let missing = plughost_service::docs::undocumented(Cli::command());
+        assert!(missing.is_empty(), "no description: {missing:?}");
+    }
+
+    #[test]
+    fn a_failed_plugin_row_shows_its_error_once() {
+        let error = "plugin 'f' failed to load: /usr/lib/plughost/f.so: cannot open shared object file: No such file or directory";
+        let row = PluginRow {
+            name: "f".into(),
+            path: "/usr/lib/plughost/f.so".into(),
+            isolation: "process".into(),
+            host_pid: None,
+            state: "failed".into(),
+            detail: format!("failed: {error}"),
+            crashes: 0,
+            restarts: 0,
+            uptime_secs: None,
+            hooks_served: 0,
+            api_calls: 0,
+            latency: Vec::new(),
+            last_error: Some(error.into()),
+            last_crash: None,
+        };
+        let busy = PluginRow {
+            name: "b".into(),
+            state: "busy".into(),
+            detail: "busy in on_vm_started for 120 ms".into(),
+            last_error: None,
+            ..row.clone()
+        };
+        let rows = plugin_rows(&[row, busy]);
+        let failed = rows[0].join("  ");
+        assert_eq!(
+            failed.matches("cannot open shared object").count(),
+            1,
+            "{failed}"
+        );
+        assert_eq!(rows[0][3], "failed");
+        assert_eq!(rows[1][3], "busy in on_vm_started for 120 ms");
+    }
 }

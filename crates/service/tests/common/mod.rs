@@ -133,7 +133,9 @@ impl World {
         self.start_command(self.daemon_command())
     }
 
-    fn start_command(&self, mut command: Command) -> Daemon {
+    /// Starts `command` (from [`World::daemon_command`], adjusted) on the config as it is, and
+    /// waits until it answers on [`World::socket`].
+    pub fn start_command(&self, mut command: Command) -> Daemon {
         let log = self.dir.path().join(format!(
             "plughostd.{}.log",
             std::time::SystemTime::now()
@@ -150,6 +152,7 @@ impl World {
             child,
             log,
             socket: self.socket(),
+            public_ctl: std::sync::OnceLock::new(),
             pid_file: None,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -249,6 +252,8 @@ pub struct Daemon {
     pub child: Child,
     pub log: PathBuf,
     pub socket: PathBuf,
+    /// A copy of plughostctl that any uid can run ([`Daemon::ctl_as`]).
+    public_ctl: std::sync::OnceLock<PathBuf>,
     /// Where the pid of a daemon that is not `child` itself is written (`start_under_terminal`).
     pub pid_file: Option<PathBuf>,
 }
@@ -336,11 +341,41 @@ impl Daemon {
         Ctl::from(child.wait_with_output().expect("wait plughostctl"))
     }
 
-    /// Runs `plughostctl ARGS` as `uid` (gid the same): no passwd entry needed.
+    /// Runs `plughostctl ARGS` as `uid` (gid the same): no passwd entry needed. It runs a copy
+    /// of plughostctl in the test's world-readable directory: `uid` may not be able to enter the
+    /// checkout (a clone under /root is mode 700).
     pub fn ctl_as(&self, uid: u32, args: &[&str]) -> Ctl {
-        let mut command = self.command(args);
-        command.uid(uid).gid(uid);
-        Ctl::from(command.output().expect("run plughostctl"))
+        let mut command = Command::new(self.public_ctl());
+        command
+            .env("PLUGHOST_SOCKET", &self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .current_dir("/")
+            .uid(uid)
+            .gid(uid);
+        // The copy was just written: a process another test thread forked meanwhile may still
+        // hold its write fd until it execs (ETXTBSY). That passes within moments.
+        for _ in 0..100 {
+            match command.output() {
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::TXTBSY.raw_os_error()) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                output => return Ctl::from(output.expect("run plughostctl")),
+            }
+        }
+        panic!("plughostctl copy stayed busy (ETXTBSY)");
+    }
+
+    /// `plughostctl`, copied once beside the socket (the test's directory, mode 755).
+    fn public_ctl(&self) -> &Path {
+        self.public_ctl.get_or_init(|| {
+            let dir = self.socket.parent().expect("the socket's directory");
+            let copy = dir.join(format!("plughostctl.{}", self.child.id()));
+            std::fs::copy(plughostctl(), &copy).expect("copy plughostctl");
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod plughostctl");
+            copy
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -349,6 +384,21 @@ impl Daemon {
 
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM (a graceful shutdown that works whoever runs the tests: `shutdown` is root-only),
+    /// then waits for the process to exit.
+    pub fn terminate(mut self) {
+        // The socket answers a moment before the signal handlers are in place; "listening" is
+        // logged after them.
+        wait_until("plughostd logs listening", || {
+            self.log_text().contains(" listening ")
+        });
+        let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"))
+            .expect("pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        let status = self.child.wait().expect("wait plughostd");
+        assert!(status.success(), "plughostd exit: {status}");
     }
 
     /// `shutdown`, then waits for the process to exit.

@@ -320,7 +320,9 @@ fn handshake(
     loop {
         match next(host, deadline)? {
             HostMsg::Loaded { hooks } => return Ok(hooks),
-            HostMsg::LoadFailed(LoadFailure::Open(reason)) => return Err(StartError::Load(reason)),
+            HostMsg::LoadFailed(LoadFailure::Open(reason)) => {
+                return Err(StartError::Load(name_the_library(&reason, &p.config.path)))
+            }
             HostMsg::LoadFailed(LoadFailure::NoEntryPoint) => {
                 return Err(StartError::Load(format!(
                     "{} does not export {}",
@@ -398,4 +400,46 @@ fn crash_memo(
             .map_or_else(|| name.to_owned(), |n| n.to_string_lossy().into_owned()),
         report: OnceLock::new(),
     })
+}
+
+/// The host opens a sealed copy of the library as `/proc/self/fd/N`, so `dlerror()` names that;
+/// the user configured a path, and that is what the error must say.
+fn name_the_library(reason: &str, configured: &Path) -> String {
+    const PREFIX: &str = "/proc/self/fd/";
+    let mut out = String::with_capacity(reason.len());
+    let mut rest = reason;
+    while let Some(at) = rest.find(PREFIX) {
+        let digits = rest[at + PREFIX.len()..]
+            .bytes()
+            .take_while(u8::is_ascii_digit)
+            .count();
+        out.push_str(&rest[..at]);
+        if digits == 0 {
+            out.push_str(PREFIX);
+        } else {
+            out.push_str(&configured.display().to_string());
+        }
+        rest = &rest[at + PREFIX.len() + digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod library_name_tests {
+    use super::*;
+
+    #[test]
+    fn dlerror_names_the_configured_path_not_the_fd() {
+        let path = Path::new("/usr/lib/plughost/audit.so");
+        assert_eq!(
+            name_the_library("/proc/self/fd/4: undefined symbol: missing_fn", path),
+            "/usr/lib/plughost/audit.so: undefined symbol: missing_fn"
+        );
+        assert_eq!(
+            name_the_library("/proc/self/fd/12: x; /proc/self/fd/ y", path),
+            "/usr/lib/plughost/audit.so: x; /proc/self/fd/ y"
+        );
+        assert_eq!(name_the_library("no fd here", path), "no fd here");
+    }
 }

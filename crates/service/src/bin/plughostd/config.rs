@@ -1,9 +1,10 @@
 //! `plughostd.toml`: the plugins in order, and the VM settings. A bad file is refused with its
-//! path, line and reason.
+//! path, line and reason. Users' documentation of every key: `crates/service/README.md`,
+//! "Configuration" (keep it in step).
 //!
 //! ```toml
 //! idle_timeout_secs = 300          # stop a user's VM after this long unused (0 = never)
-//! host_binary = "/usr/libexec/plughost/plughost-host"   # default: $PLUGHOST_HOST, else beside plughostd
+//! host_binary = "/usr/libexec/plughost/plughost-host"   # default: searched (host_binary.rs)
 //!
 //! [[plugin]]
 //! name = "audit"
@@ -607,5 +608,25 @@ mod tests {
         assert!(err.starts_with("/etc/p.toml:1:21: "), "{err}");
         let err = parse("colour = 1\n").unwrap_err();
         assert!(err.starts_with("/etc/p.toml:1:1: unknown field"), "{err}");
+    }
+
+    /// Every key the parser accepts is documented for users (crates/service/README.md): serde's
+    /// "unknown field" error lists them all, so a new key fails here until it is.
+    #[test]
+    fn every_key_is_documented_in_the_readme() {
+        let readme = include_str!("../../../README.md");
+        let section = &readme[readme.find("## Configuration").expect("section")..];
+        for text in ["colour = 1\n", "[[plugin]]\ncolour = 1\n"] {
+            let err = parse(text).unwrap_err();
+            let expected = &err[err.find("expected one of").expect(&err)..];
+            let keys: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+            assert!(keys.len() > 5, "{err}");
+            for key in keys {
+                assert!(
+                    section.contains(&format!("`{key}`")) || key == "plugin",
+                    "config key `{key}` is not documented in crates/service/README.md"
+                );
+            }
+        }
     }
 }

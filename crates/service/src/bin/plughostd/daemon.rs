@@ -546,7 +546,7 @@ impl Daemon {
             .cloned()
             .filter(|d| d.process.is_alive());
         DistroInfo {
-            id: r.id.clone(),
+            id: plughost_service::uuid_text(&r.id_bytes()),
             name: r.name.clone(),
             rootfs: r.rootfs.clone(),
             package: r.package.clone(),

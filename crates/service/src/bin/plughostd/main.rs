@@ -17,6 +17,7 @@
 mod app_watch;
 mod config;
 mod daemon;
+mod host_binary;
 mod ids;
 mod sandbox;
 mod server;
@@ -39,15 +40,29 @@ use crate::store::Store;
 use crate::vm::{Sandbox, Spawner};
 
 #[derive(Parser)]
-#[command(name = "plughostd", version, about = "The plughost reference service")]
+#[command(
+    name = "plughostd",
+    version,
+    about = "The plughost reference service",
+    long_about = "The plughost reference service: per-user namespace VMs, distributions and \
+container sessions, told to the configured plugins (each in its own plughost-host process). Runs in \
+the foreground and logs to stderr (RUST_LOG=debug for more); needs root for namespaces and mounts. \
+SIGTERM or SIGINT shut it down gracefully; SIGHUP reloads the configuration's plugins.",
+    after_help = "The plugin host binary is the config's host_binary, else $PLUGHOST_HOST, else \
+plughost-host beside plughostd, in ../libexec/plughost/ relative to it, or in the install prefix's \
+libexec/plughost/. Every configuration key is documented in crates/service/README.md (installed as \
+share/doc/plughost/plughostd.md)."
+)]
 struct Cli {
-    /// The configuration file [default: /etc/plughost/plughostd.toml]
-    #[arg(long)]
+    /// The configuration file; a missing file given here is an error [default:
+    /// /etc/plughost/plughostd.toml, where a missing file means no plugins].
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Where registered distributions are kept.
-    #[arg(long, default_value = plughost_service::DEFAULT_STATE_DIR)]
+    /// Where registered distributions (distributions.json) and the VMs' staging tree are kept.
+    #[arg(long, value_name = "DIR", default_value = plughost_service::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
-    /// The control socket [default: $PLUGHOST_SOCKET, else /run/plughost/plughostd.sock]
+    /// The control socket; given here it wins over the environment [default: $PLUGHOST_SOCKET,
+    /// else /run/plughost/plughostd.sock].
     #[arg(long)]
     socket: Option<PathBuf>,
     #[command(subcommand)]
@@ -97,6 +112,9 @@ enum Internal {
     },
     #[command(name = "__probe", hide = true)]
     Probe,
+    /// Writes the man page and shell completions beneath DIR (for `make install`).
+    #[command(name = "__generate-docs", hide = true)]
+    GenerateDocs { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -144,6 +162,16 @@ enum EnterCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Internal::GenerateDocs { dir }) = &cli.internal {
+        use clap::CommandFactory;
+        return match plughost_service::docs::generate(Cli::command(), "8", dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("plughostd: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(internal) = cli.internal {
         run_internal(internal);
     }
@@ -188,6 +216,8 @@ fn run_internal(internal: Internal) -> ! {
         }),
         Internal::DistroInit { root, parent_pid } => sandbox::distro_init(&root, parent_pid),
         Internal::Probe => sandbox::probe(),
+        // Answered in main(), before tracing starts.
+        Internal::GenerateDocs { .. } => std::process::exit(2),
         Internal::VmEnter {
             init_pid,
             parent_pid,
@@ -301,7 +331,8 @@ fn run_daemon(cli: Cli) -> anyhow::Result<()> {
         Some(path) => (path, true),
         None => (PathBuf::from(plughost_service::DEFAULT_CONFIG), false),
     };
-    let config = Config::load(&config_path, required)?;
+    let mut config = Config::load(&config_path, required)?;
+    choose_host_binary(&mut config, &config_path)?;
     std::fs::create_dir_all(&cli.state_dir)
         .with_context(|| format!("create the state directory {}", cli.state_dir.display()))?;
     let store = Store::open(&cli.state_dir)?;
@@ -369,6 +400,38 @@ fn run_daemon(cli: Cli) -> anyhow::Result<()> {
     tracing::info!(socket = %socket.display(), "listening");
     server::serve(daemon, listener, socket);
     Ok(())
+}
+
+/// Finds the plugin host binary (`host_binary.rs`), says which one is used, and refuses to start
+/// without one when a plugin needs it.
+fn choose_host_binary(config: &mut Config, config_path: &std::path::Path) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("find plughostd's own executable")?;
+    let found = host_binary::find(
+        config.host_binary.as_deref().map(|p| (p, config_path)),
+        std::env::var_os("PLUGHOST_HOST"),
+        &exe,
+        host_binary::PREFIX,
+    );
+    let needed = config
+        .plugins
+        .iter()
+        .any(|p| p.config.isolation == plughost::Isolation::Process);
+    match found {
+        Ok(host) => {
+            tracing::info!(
+                "plugin host binary: {} ({})",
+                host.path.display(),
+                host.source
+            );
+            config.host_binary = Some(host.path);
+            Ok(())
+        }
+        Err(e) if needed => Err(e.into()),
+        Err(e) => {
+            tracing::warn!("{e}; plugins added by a reload will not start");
+            Ok(())
+        }
+    }
 }
 
 /// Writes `bytes` to `path`, readable by root only.
@@ -454,5 +517,15 @@ mod signals {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_argument_has_a_description() {
+        use clap::CommandFactory;
+        let missing = plughost_service::docs::undocumented(super::Cli::command());
+        assert!(missing.is_empty(), "no description: {missing:?}");
     }
 }

@@ -374,21 +374,24 @@ fn validate(request: &Request, caller: Caller, fds: usize) -> OpResult<()> {
             check_name("container session", name)?;
             check_argv(argv)
         }
-        Request::Plugins
-        | Request::PluginRestart { .. }
-        | Request::PluginDisable { .. }
-        | Request::PluginEnable { .. }
-        | Request::Metrics
-        | Request::Shutdown => {
-            if caller.uid == 0 {
-                Ok(())
-            } else {
-                Err(OpError::new(
-                    ErrorKind::PermissionDenied,
-                    "permission denied: plugin management and shutdown are root-only",
-                ))
-            }
-        }
+        Request::Plugins => root_only(caller, "plugins"),
+        Request::PluginRestart { .. } => root_only(caller, "plugin restart"),
+        Request::PluginDisable { .. } => root_only(caller, "plugin disable"),
+        Request::PluginEnable { .. } => root_only(caller, "plugin enable"),
+        Request::Metrics => root_only(caller, "metrics"),
+        Request::Shutdown => root_only(caller, "shutdown"),
+    }
+}
+
+/// The refusal names the command the user typed.
+fn root_only(caller: Caller, command: &str) -> OpResult<()> {
+    if caller.uid == 0 {
+        Ok(())
+    } else {
+        Err(OpError::new(
+            ErrorKind::PermissionDenied,
+            format!("permission denied: `plughostctl {command}` is root-only"),
+        ))
     }
 }
 
