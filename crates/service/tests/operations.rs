@@ -126,6 +126,41 @@ fn sighup_applies_a_new_plugin_list_and_refuses_a_broken_one() {
         .fails_with("plugin 'veto' returned a fatal error: veto number 1 (status -22 (EINVAL))");
 }
 
+/// A reload holds the manager exclusively only to swap the plugin list: while a plugin it added
+/// is still loading (3 s in its entry point), requests that do not need that plugin are served.
+#[test]
+fn a_reload_does_not_hold_up_requests_while_a_new_plugin_starts() {
+    if !need_root("a_reload_does_not_hold_up_requests_while_a_new_plugin_starts") {
+        return;
+    }
+    let mut world = World::new(vec![c("noop")]);
+    let daemon = world.start();
+    world.plugins.push(c("slow_entry"));
+    world.write_config_now();
+    signal(&daemon, rustix::process::Signal::HUP);
+    world.fx.wait_for("entered");
+    // The slow plugin is in its entry point (a write lock held across its start would block these).
+    let plugins = daemon.ctl(&["--json", "plugins"]).ok().json();
+    assert_eq!(plugins["plugins"][1]["name"], "slow_entry", "{plugins}");
+    daemon.ctl(&["vm", "status"]).ok();
+    daemon.ctl(&["distro", "list"]).ok();
+    assert!(
+        world.fx.events("loaded").len() < 2,
+        "the requests waited for the new plugin's start: {:?}",
+        world.fx.lines()
+    );
+    // It does load, and the reload says so.
+    assert!(eventually(Duration::from_secs(10), || daemon
+        .log_text()
+        .contains("plugin 'slow_entry' added")));
+    assert!(eventually(Duration::from_secs(10), || world
+        .fx
+        .events("loaded")
+        .len()
+        == 2));
+    daemon.shutdown();
+}
+
 #[test]
 fn shutdown_with_a_plugin_that_blocks_in_teardown_completes_within_deadline_and_grace() {
     if !need_root("shutdown_with_a_plugin_that_blocks_in_teardown") {

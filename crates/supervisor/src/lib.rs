@@ -57,8 +57,8 @@ pub use config::{
 pub use error::{CrashCause, PluginError};
 pub use integrity::{parse_public_key, parse_signature, sha256_hex, Trust};
 pub use manager::{
-    service_version, ControlError, HookLatency, ManagerError, PluginInfo, PluginManager,
-    PluginState,
+    service_version, ControlError, HookLatency, ManagerError, PendingReload, PluginInfo,
+    PluginManager, PluginState,
 };
 pub use plughost_sys::ProcessExit;
 pub use plughost_wire::{HookKind, Version};

@@ -738,10 +738,28 @@ impl PluginManager {
         trust: crate::integrity::Trust,
         deadlines: Deadlines,
     ) -> Vec<String> {
+        let (mut report, pending) = self.reconfigure_deferred(plugins, trust, deadlines);
+        report.extend(self.finish_reconfigure(pending));
+        report
+    }
+
+    /// [`PluginManager::reconfigure`] without starting or stopping any host: the new plugin list,
+    /// order, trust and deadlines take effect at once, and what is left to do (hosts to stop,
+    /// eager plugins to start) is returned for [`PluginManager::finish_reconfigure`]. A service
+    /// that guards its manager with a lock takes it exclusively for this part only, so no
+    /// operation waits for a host to start or stop. Until then a new eager plugin is treated as a
+    /// lazy one not yet started (a hook that reaches it first starts it).
+    pub fn reconfigure_deferred(
+        &mut self,
+        plugins: Vec<crate::config::PluginConfig>,
+        trust: crate::integrity::Trust,
+        deadlines: Deadlines,
+    ) -> (Vec<String>, PendingReload) {
         let trust_changed = self.trust != trust;
         self.trust = trust;
         self.deadlines = deadlines;
         let mut report = Vec::new();
+        let mut pending = PendingReload::default();
         if trust_changed {
             report.push("trust settings changed: running plugins verified again".to_owned());
         }
@@ -760,27 +778,22 @@ impl PluginManager {
                 let plugin = old.remove(position);
                 if plugin.config == config {
                     if trust_changed {
-                        self.reverify(&plugin, &mut report);
+                        self.reverify(&plugin, &mut report, &mut pending);
                     }
                     self.plugins.push(plugin);
                     continue;
                 }
-                let runtime = plugin.state().runtime.take();
-                self.stop_runtime(runtime);
+                pending.stop.push(plugin.state().runtime.take());
                 report.push(format!("plugin '{}' changed: restarted", config.name));
             } else {
                 report.push(format!("plugin '{}' added", config.name));
             }
             let plugin = Arc::new(Plugin::new(config, canonical));
-            self.start_or_defer(&plugin);
-            if let Some(error) = plugin.state().latched.clone() {
-                report.push(error.to_string());
-            }
+            pending.defer_start(&plugin);
             self.plugins.push(plugin);
         }
         for plugin in old {
-            let runtime = plugin.state().runtime.take();
-            self.stop_runtime(runtime);
+            pending.stop.push(plugin.state().runtime.take());
             report.push(format!("plugin '{}' removed", plugin.name()));
         }
         let kept_before: Vec<&String> = old_order
@@ -800,11 +813,46 @@ impl PluginManager {
                 order.join(", ")
             ));
         }
+        (report, pending)
+    }
+
+    /// Stops the hosts a reconfiguration removed and starts its new eager plugins (those no hook
+    /// started meanwhile). Returns a line per start failure.
+    pub fn finish_reconfigure(&self, pending: PendingReload) -> Vec<String> {
+        let mut report = Vec::new();
+        for runtime in pending.stop {
+            self.stop_runtime(runtime);
+        }
+        for plugin in pending.start {
+            let _lifecycle = plugin.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
+            if !plugin.state().not_started {
+                continue; // a hook reached it first and started it
+            }
+            match self.start_runtime(&plugin) {
+                Ok(runtime) => {
+                    let mut state = plugin.state();
+                    state.not_started = false;
+                    state.runtime = Some(runtime);
+                }
+                Err(error) => {
+                    tracing::error!(plugin = %plugin.name(), "{error}");
+                    report.push(error.to_string());
+                    let mut state = plugin.state();
+                    state.not_started = false;
+                    state.latch(error);
+                }
+            }
+        }
         report
     }
 
     /// A kept plugin under new trust settings (see [`PluginManager::reconfigure`]).
-    fn reverify(&self, plugin: &Arc<Plugin>, report: &mut Vec<String>) {
+    fn reverify(
+        &self,
+        plugin: &Arc<Plugin>,
+        report: &mut Vec<String>,
+        pending: &mut PendingReload,
+    ) {
         let _lifecycle = plugin.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
         let loaded = {
             let state = plugin.state();
@@ -819,24 +867,14 @@ impl PluginManager {
         match crate::integrity::verify(&plugin.config, &self.trust) {
             Ok(sha256) if Some(&sha256) == loaded.as_ref() => {}
             Ok(_) => {
-                let runtime = plugin.state().runtime.take();
-                self.stop_runtime(runtime);
-                match self.start_runtime(plugin) {
-                    Ok(runtime) => {
-                        plugin.state().runtime = Some(runtime);
-                        report.push(format!(
-                            "plugin '{name}' re-verified under the new trust settings, but its file changed since it was loaded: restarted"
-                        ));
-                    }
-                    Err(error) => {
-                        report.push(error.to_string());
-                        plugin.state().latch(error);
-                    }
-                }
+                pending.stop.push(plugin.state().runtime.take());
+                pending.defer_start(plugin);
+                report.push(format!(
+                    "plugin '{name}' re-verified under the new trust settings, but its file changed since it was loaded: restarted"
+                ));
             }
             Err(reason) => {
-                let runtime = plugin.state().runtime.take();
-                self.stop_runtime(runtime);
+                pending.stop.push(plugin.state().runtime.take());
                 let error = PluginError::LoadFailed {
                     plugin: name.clone(),
                     reason: format!("no longer verifies under the new trust settings: {reason}"),
@@ -964,5 +1002,23 @@ impl PluginManager {
 impl Drop for PluginManager {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// What [`PluginManager::reconfigure_deferred`] left to do: hosts to stop, eager plugins to start.
+#[derive(Default)]
+#[must_use = "hosts stay up until `finish_reconfigure` stops them"]
+pub struct PendingReload {
+    stop: Vec<Option<Runtime>>,
+    start: Vec<Arc<Plugin>>,
+}
+
+impl PendingReload {
+    /// Marks `plugin` not started (a hook may start it as a lazy one), to start later if eager.
+    fn defer_start(&mut self, plugin: &Arc<Plugin>) {
+        plugin.state().not_started = true;
+        if plugin.config.activation != Activation::Lazy {
+            self.start.push(plugin.clone());
+        }
     }
 }

@@ -5,8 +5,10 @@
 //! 1. `UserSession::op` / `CSession::op`: serialise the *operations* on one session (start, stop,
 //!    a distribution's start...). Held across hook dispatches; never taken by the plugin API.
 //!    Only that session's own requests wait for it.
-//! 2. `Daemon::manager` (read): held across a dispatch; written by shutdown and by a reload
-//!    (which starts and stops plugin hosts while it holds it: dispatches wait for a reload).
+//! 2. `Daemon::manager` (read): held across a dispatch; written by shutdown and by a reload, which
+//!    holds it only to swap the plugin list (`reconfigure_deferred`): the hosts it adds or removes
+//!    start and stop after, under the read lock (`finish_reconfigure`), so no request waits for a
+//!    host's start but one that dispatches to that very plugin.
 //! 3. Leaves, never held across I/O with a host, a dispatch, a process start or any I/O on a file
 //!    a user names: `Shared::sessions`, `Shared::csessions`, `Shared::store` (held across the
 //!    atomic write of the daemon's own state file, which is root's, in the state directory),
@@ -1150,13 +1152,20 @@ impl Daemon {
                 return;
             }
         };
-        let mut guard = self.manager.write().unwrap_or_else(|e| e.into_inner());
-        let Some(manager) = guard.as_mut() else {
-            return;
-        };
         *lock(&self.host_uids) = host_uids(&config);
         let plugins = config.plugins.iter().map(|p| p.config.clone()).collect();
-        let changes = manager.reconfigure(plugins, config.trust, config.deadlines);
+        // The manager is held exclusively only to swap the plugin list: hosts are started and
+        // stopped afterwards under the shared lock, so no operation waits for a process start.
+        let (mut changes, pending) = {
+            let mut guard = self.manager.write().unwrap_or_else(|e| e.into_inner());
+            let Some(manager) = guard.as_mut() else {
+                return;
+            };
+            manager.reconfigure_deferred(plugins, config.trust, config.deadlines)
+        };
+        if let Ok(more) = self.with_manager(|m| m.finish_reconfigure(pending)) {
+            changes.extend(more);
+        }
         if changes.is_empty() {
             tracing::info!(config = %path.display(), "configuration reloaded: no plugin changed");
         }
