@@ -615,7 +615,13 @@ impl Vm {
                 };
                 let message = parts.next().unwrap_or("").to_owned();
                 let _ = child.wait();
-                if errno == libc::ESRCH || !target.is_alive() {
+                // A pid namespace whose init is exiting refuses fork with ENOMEM before the init
+                // is seen gone: wait for it a moment before calling that a failure of its own.
+                let stopping = errno == libc::ESRCH
+                    || !target.is_alive()
+                    || (errno == libc::ENOMEM
+                        && target.init.wait_exit_timeout(Some(Duration::from_millis(500))));
+                if stopping {
                     return Err(ExecError::Stopping);
                 }
                 Err(ExecError::Refused { errno, message })
