@@ -31,6 +31,10 @@
  *                                     cunmount_hidden   container_unmount_folder of /mnt/p/q after
  *                                                       $PH_DIR/empty was mounted over /mnt/p: the
  *                                                       unmount fails, -ENOENT
+ *   keep        (a container hook) container_create_process(cs, "/bin/cat"), kept for use_kept;
+ *               logs `keep hook= plugin= status=`
+ *   use_kept    process_get_fd(STDERR), process_get_exit_fd, process_get_exit_code on the kept
+ *               handle, then process_release; logs `kept hook= plugin= get_fd= exit_fd= exit_code= code=`
  * Env: PH_LOG, PH_DIR.
  */
 #include "ph_test.h"
@@ -44,7 +48,10 @@
 
 static const struct plughost_api_v1 *api;
 
-enum action { NONE, VETO, FAIL, CRASH, HANG, ERROR, CALLS, API_ERRORS };
+enum action { NONE, VETO, FAIL, CRASH, HANG, ERROR, CALLS, API_ERRORS, KEEP, USE_KEPT };
+
+/* The process `keep` started (a container hook), for `use_kept` in a later hook. */
+static plughost_process *kept;
 
 /* What a hook is about: a user session (and maybe a distribution) or a container session. */
 struct target {
@@ -73,7 +80,8 @@ static enum action action_for(const char *hook)
         const char *word;
         enum action action;
     } words[] = {{"veto", VETO},   {"fail", FAIL},   {"crash", CRASH},         {"hang", HANG},
-                 {"error", ERROR}, {"calls", CALLS}, {"api_errors", API_ERRORS}};
+                 {"error", ERROR}, {"calls", CALLS}, {"api_errors", API_ERRORS},
+                 {"keep", KEEP},   {"use_kept", USE_KEPT}};
     for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
         if (strcmp(word, words[i].word) == 0)
             return words[i].action;
@@ -238,6 +246,27 @@ static plughost_status act(enum action action, const struct target *t)
     case API_ERRORS:
         api_errors(t);
         return PLUGHOST_OK;
+    case KEEP: {
+        const char *const argv[] = {"cat", NULL};
+        plughost_status s = api->container_create_process(t->cs, "/bin/cat", argv, NULL, &kept, NULL);
+        ph_log("keep hook=%s plugin=%s status=%d", t->hook, PROBE_NAME, s);
+        return PLUGHOST_OK;
+    }
+    case USE_KEPT: {
+        int fd = -1, exit_fd = -1, code = -1;
+        plughost_status get_fd = api->process_get_fd(kept, PLUGHOST_PROCESS_STDERR, &fd);
+        if (get_fd == PLUGHOST_OK)
+            close(fd);
+        plughost_status get_exit_fd = api->process_get_exit_fd(kept, &exit_fd);
+        if (get_exit_fd == PLUGHOST_OK)
+            close(exit_fd);
+        plughost_status exit_code = api->process_get_exit_code(kept, &code);
+        ph_log("kept hook=%s plugin=%s get_fd=%d exit_fd=%d exit_code=%d code=%d", t->hook,
+               PROBE_NAME, get_fd, get_exit_fd, exit_code, code);
+        api->process_release(kept);
+        kept = NULL;
+        return PLUGHOST_OK;
+    }
     case NONE:
     case CRASH:
         break;
