@@ -196,7 +196,7 @@ fn misbehaves(hook: &str, action: &str) {
     if !need_root(&format!("{action} in {hook}")) {
         return;
     }
-    let deadlines = "start_timeout_secs = 1\nteardown_timeout_secs = 1\n";
+    let deadlines = "start_timeout_secs = 2\nteardown_timeout_secs = 2\n";
     let p = Probes::start(&[("alpha", hook, action)], deadlines);
     let route = route(hook, &p.rootfs);
     for step in &route.setup {
@@ -206,7 +206,7 @@ fn misbehaves(hook: &str, action: &str) {
         "crash" => {
             format!("plugin 'alpha' crashed: killed by signal SIGSEGV (address 0x0) in {hook} (")
         }
-        _ => format!("plugin 'alpha' did not answer {hook} within 1 s"),
+        _ => format!("plugin 'alpha' did not answer {hook} within 2 s"),
     };
     let out = ctl_args(&p, &route.trigger);
     if route.may_veto {
