@@ -219,8 +219,13 @@ fn misbehaves(hook: &str, action: &str) {
     let before = p.got(route.next_hook);
     ctl_args(&p, &route.next).fails_starting_with(&expected);
     assert_eq!(p.got(route.next_hook), before, "a hook after the latch");
-    // Still latched, with the same error.
+    // Still latched, with the same error; zeta is not.
     ctl_args(&p, &route.next).fails_starting_with(&expected);
+    let rows = p.ctl(&["--json", "plugins"]).ok().json();
+    assert_eq!(rows["plugins"][0]["name"], "zeta", "{rows}");
+    assert_eq!(rows["plugins"][0]["state"], "ready", "{rows}");
+    assert_eq!(rows["plugins"][1]["state"], "crashed", "{rows}");
+    assert!(rows["plugins"][1]["host_pid"].is_null(), "{rows}");
 }
 
 /// `alpha` calls plugin_error in `hook`, which may not veto: PLUGHOST_E_ILLEGAL_CALL, and the
