@@ -38,7 +38,7 @@ use crate::stats::{Samples, Unit};
 /// limit, but the total keeps a reserve).
 pub const CONTROL_THREADS: usize = 50;
 /// Requests each client sends, one after the other, per `control_rps` sample.
-const REQUESTS_PER_THREAD: usize = 40;
+pub const REQUESTS_PER_THREAD: usize = 40;
 
 /// The daemon binaries of one side of the comparison.
 #[derive(Clone, Debug)]

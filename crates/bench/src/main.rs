@@ -86,7 +86,7 @@ fn iterations(case: &str) -> usize {
         "cold_start" | "manager_setup" | "crash_detect" => 4,
         daemon if daemon.starts_with("vm_start") || daemon.starts_with("distro_start") => 3,
         "exec_true" | "raw_ns_spawn" => 10,
-        // Samples per round, each CONTROL_THREADS x 40 requests.
+        // Samples per round, each CONTROL_THREADS x REQUESTS_PER_THREAD requests.
         "control_rps" => 2,
         _ => 1,
     }
