@@ -30,6 +30,13 @@ pub trait Case {
     fn peers(&self) -> Vec<u32> {
         Vec::new()
     }
+    /// Called once after the warm-up batch: forget what it recorded besides its samples.
+    fn after_warm_up(&mut self) {}
+    /// Measurements this case records besides its own samples (control_rps: each request's
+    /// latency), reported after it.
+    fn extra_samples(&self) -> Vec<Samples> {
+        Vec::new()
+    }
 }
 
 fn host_pids(manager: &PluginManager) -> Vec<u32> {

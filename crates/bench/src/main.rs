@@ -39,7 +39,7 @@ use setup::Env;
 use stats::{Samples, Unit};
 
 /// Every case but the `api_*` ones ([`api::api_cases`]), in report order.
-const CASES: [&str; 16] = [
+const CASES: [&str; 21] = [
     "raw_rtt",
     "raw_fd_rtt",
     "fd_pass",
@@ -55,7 +55,12 @@ const CASES: [&str; 16] = [
     "start_100",
     "crash_detect",
     "vm_start",
+    "vm_start_1",
+    "vm_start_10",
     "distro_start",
+    "raw_ns_spawn",
+    "exec_true",
+    "control_rps",
 ];
 
 /// The daemon cases measured against `--plughostd-baseline` too.
@@ -80,6 +85,9 @@ fn iterations(case: &str) -> usize {
         "callbacks_per_s" => 20_000,
         "cold_start" | "manager_setup" | "crash_detect" => 4,
         daemon if daemon.starts_with("vm_start") || daemon.starts_with("distro_start") => 3,
+        "exec_true" | "raw_ns_spawn" => 10,
+        // Samples per round, each CONTROL_THREADS x REQUESTS_PER_THREAD requests.
+        "control_rps" => 2,
         _ => 1,
     }
 }
@@ -307,28 +315,51 @@ fn run(args: Args) -> Result<()> {
     let mut cases = Vec::new();
     let mut api_plugin = None;
     for name in &names {
+        if name == "raw_ns_spawn" {
+            if let Some(why) = daemon::RawNsSpawn::unavailable() {
+                eprintln!("plughost-bench: skipping {name}: {why}");
+            } else {
+                cases.push(Box::new(daemon::RawNsSpawn) as Box<dyn Case>);
+            }
+            continue;
+        }
         if let Some(binaries) = daemon_binaries(name, &args) {
             if let Some(why) = binaries.unavailable() {
                 eprintln!("plughost-bench: skipping {name}: {why}");
                 continue;
             }
-            let operation = if name.starts_with("vm_start") {
-                daemon::Operation::Vm
-            } else {
-                daemon::Operation::Distro
-            };
             let static_name = all_cases()
                 .into_iter()
                 .find(|n| n == name)
                 .context("a daemon case")?;
-            let case = daemon::DaemonCase::new(
-                static_name,
-                operation,
-                &binaries,
-                &env.scratch.join(static_name),
-            )
-            .with_context(|| format!("setting up {name}"))?;
-            cases.push(Box::new(case) as Box<dyn Case>);
+            let dir = env.scratch.join(static_name);
+            let case: Box<dyn Case> = match static_name {
+                "control_rps" => Box::new(
+                    daemon::ControlRps::new(&binaries, &dir)
+                        .with_context(|| format!("setting up {name}"))?,
+                ),
+                _ => {
+                    let (operation, plugins) = match static_name {
+                        "vm_start_1" => (daemon::Operation::Vm, &env.noop_copies[..1]),
+                        "vm_start_10" => (daemon::Operation::Vm, &env.noop_copies[..10]),
+                        "exec_true" => (daemon::Operation::Exec, &[][..]),
+                        vm if vm.starts_with("vm_start") => (daemon::Operation::Vm, &[][..]),
+                        _ => (daemon::Operation::Distro, &[][..]),
+                    };
+                    Box::new(
+                        daemon::DaemonCase::new(
+                            static_name,
+                            operation,
+                            &binaries,
+                            &dir,
+                            plugins,
+                            &env.host_binary,
+                        )
+                        .with_context(|| format!("setting up {name}"))?,
+                    )
+                }
+            };
+            cases.push(case);
             continue;
         }
         let case = build_case(name, &env, frame_len, args.fanout, &mut api_plugin)
@@ -357,6 +388,7 @@ fn run(args: Args) -> Result<()> {
             let n = (per_round(&**case) / 10).max(1);
             case.batch(n, &mut discard)
                 .with_context(|| format!("warming up {}", case.name()))?;
+            case.after_warm_up();
         }
     }
     let started = std::time::Instant::now();
@@ -375,6 +407,11 @@ fn run(args: Args) -> Result<()> {
     if !args.json {
         eprintln!(" ({:.1} s)", started.elapsed().as_secs_f64());
     }
+
+    // What cases recorded besides their samples, after their own (control_rps_latency).
+    let mut samples: Vec<Samples> = (cases.iter().zip(samples))
+        .flat_map(|(case, own)| std::iter::once(own).chain(case.extra_samples()))
+        .collect();
 
     // Where the scheduler left each round trip's peer (unpinned runs: the ratios depend on it).
     let service_cpu = pin::own_cpu();
@@ -430,7 +467,8 @@ fn run(args: Args) -> Result<()> {
 /// `--plughostd-baseline`).
 fn daemon_binaries(name: &str, args: &Args) -> Option<daemon::Binaries> {
     match name {
-        "vm_start" | "distro_start" => Some(args.daemon.clone()),
+        "vm_start" | "vm_start_1" | "vm_start_10" | "distro_start" | "exec_true"
+        | "control_rps" => Some(args.daemon.clone()),
         "vm_start_baseline" | "distro_start_baseline" => args.baseline.clone(),
         _ => None,
     }

@@ -177,6 +177,19 @@ fn ratios(samples: &[Samples]) -> Vec<(&'static str, Option<f64>)> {
             "distro_start_vs_baseline",
             ratio(samples, "distro_start", "distro_start_baseline", 1.0),
         ),
+        // The plugins' share of a VM start: 1 and 10 noop plugins against none.
+        (
+            "vm_start_1_vs_0",
+            ratio(samples, "vm_start_1", "vm_start", 1.0),
+        ),
+        (
+            "vm_start_10_vs_0",
+            ratio(samples, "vm_start_10", "vm_start", 1.0),
+        ),
+        (
+            "exec_true_vs_raw_ns_spawn",
+            ratio(samples, "exec_true", "raw_ns_spawn", 1.0),
+        ),
     ];
     // The stricter reading of the fd target: against a raw round trip whose answer carries an fd.
     for case in crate::api::api_cases().iter().filter(|c| c.fd) {
@@ -491,6 +504,22 @@ mod tests {
 
     /// A call answering without an fd is held to raw_rtt, one answering with an fd to raw_rtt plus
     /// fd_pass; 1.0 of that on one CPU, 2.0 unpinned.
+    #[test]
+    fn daemon_ratios_compare_with_their_own_baselines() {
+        let samples = [
+            sample("vm_start", 4.0),
+            sample("vm_start_1", 5.0),
+            sample("vm_start_10", 8.0),
+            sample("raw_ns_spawn", 2.0),
+            sample("exec_true", 3.0),
+        ];
+        let ratios: std::collections::HashMap<_, _> = ratios(&samples).into_iter().collect();
+        assert_eq!(ratios["vm_start_1_vs_0"], Some(1.25));
+        assert_eq!(ratios["vm_start_10_vs_0"], Some(2.0));
+        assert_eq!(ratios["exec_true_vs_raw_ns_spawn"], Some(1.5));
+        assert_eq!(ratios["vm_start_vs_baseline"], None);
+    }
+
     #[test]
     fn api_ratios_take_the_baseline_of_their_answer() {
         let samples = [
