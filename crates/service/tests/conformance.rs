@@ -557,8 +557,6 @@ fn calls_during_a_service_shutdown_are_shutting_down() {
 /// After on_session_vm_stopping the session VM is gone: process_get_fd and process_get_exit_fd
 /// on a handle from before are PLUGHOST_E_NOT_RUNNING (header, section 7).
 #[test]
-#[ignore = "plughostd deviates: the handle keeps its pipes and pidfd, and both calls return \
-            PLUGHOST_OK after the session VM is gone (reported with issue 13)"]
 fn process_calls_after_the_session_vm_is_gone_are_not_running() {
     if !need_root("process_calls_after_the_session_vm_is_gone_are_not_running") {
         return;
@@ -583,8 +581,6 @@ fn process_calls_after_the_session_vm_is_gone_are_not_running() {
 /// At a service shutdown the process calls from on_session_vm_stopping are
 /// PLUGHOST_E_SHUTTING_DOWN, as every call is (header, section 3, "Shutdown").
 #[test]
-#[ignore = "plughostd deviates: process calls are answered from the plugin's process table \
-            without the shutdown check, PLUGHOST_OK / ILLEGAL_STATE (reported with issue 13)"]
 fn process_calls_during_a_service_shutdown_are_shutting_down() {
     if !need_root("process_calls_during_a_service_shutdown_are_shutting_down") {
         return;

@@ -215,7 +215,7 @@ pub struct Shared {
     pinned: Mutex<HashMap<String, Arc<OwnedFd>>>,
     /// Leaf: processes (`exec`, `csession run`) each uid runs through the control socket now.
     running: Mutex<HashMap<u32, usize>>,
-    shutting_down: AtomicBool,
+    shutting_down: Arc<AtomicBool>,
 }
 
 /// The daemon.
@@ -312,7 +312,7 @@ impl Daemon {
             id_ranges: Mutex::new(id_ranges),
             pinned: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
-            shutting_down: AtomicBool::new(false),
+            shutting_down: Arc::new(AtomicBool::new(false)),
         });
         let plugins = config.plugins.iter().map(|p| p.config.clone()).collect();
         let mut manager_config = ManagerConfig::new(plugins);
@@ -1283,6 +1283,10 @@ fn run_client_program(
 /// A process created by `container_create_process`: the helper that mirrors it, our ends of its
 /// stdio pipes (handed over once each), and a pidfd opened before it could be reaped.
 struct CProcess {
+    /// The session VM it runs in: once that is gone the handle's calls are NOT_RUNNING.
+    vm: Arc<Vm>,
+    /// The service's shutdown flag: during a shutdown every call is SHUTTING_DOWN.
+    shutting_down: Arc<AtomicBool>,
     /// `None` only once dropped.
     child: Option<Child>,
     pidfd: OwnedFd,
@@ -1292,8 +1296,22 @@ struct CProcess {
     exit: Option<i32>,
 }
 
+impl CProcess {
+    /// The contract's answer for a call on this handle now, if not its own (header, section 7).
+    fn check(&self, needs_vm: bool) -> Result<(), Status> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(Status::SHUTTING_DOWN);
+        }
+        if needs_vm && !self.vm.is_alive() {
+            return Err(Status::NOT_RUNNING);
+        }
+        Ok(())
+    }
+}
+
 impl ContainerProcess for CProcess {
     fn fd(&mut self, stream: ProcessStream) -> Result<OwnedFd, Status> {
+        self.check(true)?;
         let slot = match stream {
             ProcessStream::Stdin => &mut self.stdin,
             ProcessStream::Stdout => &mut self.stdout,
@@ -1304,10 +1322,12 @@ impl ContainerProcess for CProcess {
     }
 
     fn exit_fd(&mut self) -> Result<OwnedFd, Status> {
+        self.check(true)?;
         self.pidfd.try_clone().map_err(|e| Status::from_io(&e))
     }
 
     fn exit_code(&mut self) -> Result<i32, Status> {
+        self.check(false)?;
         if let Some(code) = self.exit {
             return Ok(code);
         }
@@ -1603,6 +1623,8 @@ impl ServiceCallbacks for Shared {
             "container process"
         );
         Ok(Box::new(CProcess {
+            vm: vm.clone(),
+            shutting_down: self.shutting_down.clone(),
             child: Some(child),
             pidfd,
             stdin: Some(stdin_w),

@@ -620,7 +620,9 @@ impl Vm {
                 let stopping = errno == libc::ESRCH
                     || !target.is_alive()
                     || (errno == libc::ENOMEM
-                        && target.init.wait_exit_timeout(Some(Duration::from_millis(500))));
+                        && target
+                            .init
+                            .wait_exit_timeout(Some(Duration::from_millis(500))));
                 if stopping {
                     return Err(ExecError::Stopping);
                 }
