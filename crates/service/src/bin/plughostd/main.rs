@@ -69,7 +69,7 @@ struct Cli {
     internal: Option<Internal>,
 }
 
-/// The sandbox's helper processes (see `sandbox.rs`); not for people.
+/// The sandbox's helper processes (see `sandbox/`); not for people.
 #[derive(Subcommand)]
 enum Internal {
     #[command(name = "__vm-init", hide = true)]
