@@ -28,8 +28,8 @@
 //!
 //! This crate does not implement the service's side of the API (mounts, processes, ...): the embedding
 //! service does, through [`ServiceCallbacks`].
-#![deny(unsafe_code)]
-// `inprocess` re-allows it for its one thread-local scope pointer (see its module docs).
+// `unsafe_code` is denied workspace-wide (Cargo.toml); `inprocess` re-allows it for its one
+// thread-local scope pointer (see its module docs).
 
 mod callbacks;
 mod cgroups;

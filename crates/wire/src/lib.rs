@@ -16,7 +16,6 @@
 //! This crate does no I/O and holds no policy about which message is legal when; it only checks sizes,
 //! the header and the encoding. Decoding never panics on any input (see the property tests and
 //! `fuzz/`).
-#![deny(unsafe_code)]
 
 mod messages;
 

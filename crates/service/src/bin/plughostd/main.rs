@@ -12,7 +12,6 @@
 //! It does not confine what a plugin's program does inside a VM beyond the namespaces (no user
 //! namespace, seccomp or cgroup limits), and it does not restart crashed plugins (the supervisor
 //! latches their error).
-#![deny(unsafe_code)]
 
 mod app_watch;
 mod config;

@@ -2,6 +2,7 @@
 //! targets made component-wise with the VM's root's rights, detached trees with their mount and
 //! idmap attributes set before they are attached, and the exec of a program in a VM or
 //! distribution. Building a VM is `vm_init.rs`; the distribution's own init is `distro.rs`.
+#![allow(unsafe_code)]
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;

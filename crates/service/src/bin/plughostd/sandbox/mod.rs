@@ -30,8 +30,12 @@
 //! `__probe`. The subcommands live beside it: `vm_init.rs`, `enter.rs`, `distro.rs`.
 #![allow(unsafe_code)]
 
+// The allow above is for this file's helpers; it reaches the submodules too, so those without
+// unsafe code say so and `enter.rs` states its own.
+#[deny(unsafe_code)]
 mod distro;
 mod enter;
+#[deny(unsafe_code)]
 mod vm_init;
 
 pub use distro::distro_init;
