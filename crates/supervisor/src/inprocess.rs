@@ -16,7 +16,7 @@ use plughost_host::{api::api_table, hook, Backend, BackendReply, HookOutcome, Lo
 use plughost_wire::{ApiCall, Hook, LoadFailure, Version};
 
 use crate::callbacks::{CallContext, ServiceCallbacks};
-use crate::host::execute::{execute, ProcessTable};
+use crate::execute::{execute, ProcessTable};
 
 type Default = (
     Arc<dyn ServiceCallbacks + Send + Sync>,

@@ -15,7 +15,7 @@
 //!
 //! # Data flow
 //! A hook: the service thread calls `PluginManager::on_*`; for each plugin in order the dispatching
-//! thread sends the hook frame and itself receives the answer (see `host` for the read token), serving
+//! thread sends the hook frame and itself receives the answer (see `proxy` for the read token), serving
 //! with the `scope` callbacks any API call that arrives meanwhile. An API call outside any hook is
 //! served by a pool thread with the default callbacks.
 //!
@@ -35,7 +35,7 @@ mod callbacks;
 mod cgroups;
 mod config;
 mod error;
-mod host;
+mod execute;
 mod inprocess;
 mod integrity;
 mod manager;
@@ -43,6 +43,7 @@ mod metrics;
 mod monitor;
 mod plugin;
 mod pool;
+mod proxy;
 mod stats;
 mod symbolize;
 

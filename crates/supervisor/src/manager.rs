@@ -28,12 +28,12 @@ use crate::callbacks::{
 use crate::cgroups::Cgroups;
 use crate::config::{Activation, Deadlines, Isolation, ManagerConfig};
 use crate::error::PluginError;
-use crate::host::spawn::{self, Spawner, StartError, StartParams};
-use crate::host::Host;
 use crate::inprocess::InProcessPlugin;
 use crate::monitor::{Monitor, OnDeath};
 use crate::plugin::{Plugin, Readiness, Runtime};
 use crate::pool::Pool;
+use crate::proxy::spawn::{self, Spawner, StartError, StartParams};
+use crate::proxy::Host;
 use crate::stats::CrashKind;
 use plughost_host::HookOutcome;
 

@@ -17,8 +17,8 @@ use plughost_wire::HookKind;
 use crate::cgroups::HostCgroup;
 use crate::config::{PluginConfig, RestartPolicy};
 use crate::error::{CrashCause, PluginError};
-use crate::host::Host;
 use crate::inprocess::InProcessPlugin;
+use crate::proxy::Host;
 use crate::stats::Stats;
 
 #[derive(Clone)]

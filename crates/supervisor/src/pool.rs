@@ -20,7 +20,7 @@ use rustix::event::{eventfd, EventfdFlags};
 use rustix::io::Errno;
 
 use crate::callbacks::ServiceCallbacks;
-use crate::host::Host;
+use crate::proxy::Host;
 
 pub(crate) const POOL_THREADS: usize = 2;
 const STOP_KEY: u64 = u64::MAX;

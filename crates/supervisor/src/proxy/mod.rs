@@ -44,7 +44,6 @@
 //! shuts the channel down and wakes the ring's waiter, even if a grandchild of the plugin still holds
 //! the other end. Every error path ends in [`Host::crash_cause`].
 
-pub(crate) mod execute;
 pub(crate) mod spawn;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -59,8 +58,8 @@ use plughost_wire::{
 
 use crate::callbacks::{CallContext, ServiceCallbacks};
 use crate::error::CrashCause;
+use crate::execute::{self, ProcessTable};
 use crate::pool::Kicks;
-use execute::ProcessTable;
 use plughost_host::HookOutcome;
 
 /// How long a host has, after its channel closed, to finish exiting before it is killed.
