@@ -44,6 +44,7 @@ mod monitor;
 mod plugin;
 mod pool;
 mod proxy;
+mod report;
 mod stats;
 mod symbolize;
 
@@ -57,10 +58,8 @@ pub use config::{
 };
 pub use error::{CrashCause, PluginError};
 pub use integrity::{parse_public_key, parse_signature, sha256_hex, Trust};
-pub use manager::{
-    service_version, ControlError, HookLatency, ManagerError, PluginInfo, PluginManager,
-    PluginState,
-};
+pub use manager::{service_version, ControlError, ManagerError, PluginManager};
 pub use plughost_sys::ProcessExit;
 pub use plughost_wire::{HookKind, Version};
+pub use report::{HookLatency, PluginInfo, PluginState};
 pub use symbolize::{CrashReport, Frame};
