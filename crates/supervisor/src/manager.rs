@@ -17,7 +17,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use plughost_abi::PLUGHOST_E_ILLEGAL_STATE;
 use plughost_wire::{Hook, HookKind, LoadFailure, Version};
@@ -369,28 +368,9 @@ impl PluginManager {
                 Readiness::Fail(error) => return Err(error),
             };
             let deadline = plugin.config.deadlines.unwrap_or(self.deadlines).of(kind);
-            let outcome = match &runtime {
-                Runtime::Host(host) => {
-                    if !host.hooks.contains(kind) {
-                        continue;
-                    }
-                    let started = plugin.stats.hook_started(kind);
-                    let outcome = host.call_hook(hook, scope, deadline);
-                    plugin.stats.hook_done(kind, started);
-                    if outcome.is_err() {
-                        self.pool.unregister(host);
-                    }
-                    outcome
-                }
-                Runtime::InProcess(p) => {
-                    let started = plugin.stats.hook_started(kind);
-                    let outcome = p.call(hook, scope);
-                    plugin.stats.hook_done(kind, started);
-                    match outcome {
-                        Some(outcome) => Ok(outcome),
-                        None => continue,
-                    }
-                }
+            let Some(outcome) = runtime.call_hook(hook, scope, deadline, &plugin.stats, &self.pool)
+            else {
+                continue;
             };
             match outcome {
                 Ok(HookOutcome { status, message }) => {
@@ -552,9 +532,8 @@ impl PluginManager {
     }
 
     fn stop_runtime(&self, runtime: Option<Runtime>) {
-        if let Some(Runtime::Host(host)) = runtime {
-            host.shutdown(Duration::from_millis(500));
-            self.pool.unregister(&host);
+        if let Some(runtime) = runtime {
+            runtime.stop(&self.pool);
         }
     }
 
