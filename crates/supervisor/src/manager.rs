@@ -28,11 +28,11 @@ use crate::cgroups::Cgroups;
 use crate::config::{Activation, Deadlines, Isolation, ManagerConfig};
 use crate::error::PluginError;
 use crate::inprocess::InProcessPlugin;
-use crate::monitor::{Monitor, OnDeath};
+use crate::monitor::Monitor;
 use crate::plugin::{Plugin, Readiness, Runtime};
 use crate::pool::Pool;
-use crate::proxy::spawn::{self, Spawner, StartError, StartParams};
-use crate::proxy::Host;
+use crate::proxy::launch::Launcher;
+use crate::proxy::spawn::Spawner;
 use crate::report::{self, PluginInfo};
 use plughost_host::HookOutcome;
 
@@ -143,77 +143,26 @@ impl PluginManager {
         }
     }
 
-    /// What the monitor does when `host`, the runtime of `plugin`, dies: records the crash at once
-    /// (latch or backoff), unless a dispatcher in a hook of it is about to (it holds the read token
-    /// and may learn more of why), or the host was stopped on purpose (no longer the runtime).
-    fn on_death(&self, plugin: &Arc<Plugin>, host: &Arc<Host>) -> OnDeath {
-        let plugin = Arc::downgrade(plugin);
-        let host = Arc::downgrade(host);
-        let pool = Arc::downgrade(&self.pool);
-        Box::new(move || {
-            let (Some(plugin), Some(host)) = (plugin.upgrade(), host.upgrade()) else {
-                return;
-            };
-            let Some(cause) = host.death_cause(false) else {
-                return;
-            };
-            plugin.host_crashed(&host, None, cause);
-            if let Some(pool) = pool.upgrade() {
-                pool.unregister(&host);
-            }
-        })
+    /// What starting a host borrows of the manager (`proxy/launch.rs`).
+    fn launcher(&self) -> Launcher<'_> {
+        Launcher {
+            next_host_id: &self.next_host_id,
+            cgroups: &self.cgroups,
+            host_binary: &self.host_binary,
+            version: self.version,
+            spawner: &self.spawner,
+            monitor: &self.monitor,
+            pool: &self.pool,
+            default: &*self.default,
+            trust: &self.trust,
+        }
     }
 
     /// Starts a host (or loads the library in process) for `plugin`. Caller holds its lifecycle lock.
     fn start_runtime(&self, plugin: &Arc<Plugin>) -> Result<Runtime, PluginError> {
         let config = &plugin.config;
         match config.isolation {
-            Isolation::Process => {
-                let id = self.next_host_id.fetch_add(1, Ordering::Relaxed);
-                let cgroup = self.cgroups.for_host(config, id).map_err(|reason| {
-                    PluginError::LoadFailed {
-                        plugin: config.name.clone(),
-                        reason: format!("cannot create its cgroup: {reason}"),
-                    }
-                })?;
-                plugin.state().cgroup = cgroup.clone();
-                let params = StartParams {
-                    id,
-                    config,
-                    host_binary: &self.host_binary,
-                    service_version: self.version,
-                    spawner: &self.spawner,
-                    kicks: &self.pool.kicks,
-                    default: &*self.default,
-                    stats: &plugin.stats,
-                    trust: &self.trust,
-                    cgroup: cgroup.as_deref(),
-                };
-                match spawn::start(params) {
-                    Ok(started) => {
-                        plugin.state().loaded_sha256 = Some(started.sha256);
-                        let name = started.host.name.clone();
-                        self.monitor.watch_output(id, name, started.output);
-                        let on_death = self.on_death(plugin, &started.host);
-                        self.monitor.watch_host(&started.host, cgroup, on_death);
-                        self.pool.register(&started.host);
-                        tracing::info!(plugin = %config.name, pid = started.host.pid(), "plugin loaded");
-                        Ok(Runtime::Host(started.host))
-                    }
-                    Err((error, output)) => {
-                        if let Some(output) = output {
-                            self.monitor
-                                .watch_output(id, Arc::from(config.name.as_str()), output);
-                        }
-                        // Classified (from the cgroup's counters too) before the cgroup goes.
-                        let error = self.start_error(plugin, error);
-                        if let Some(cgroup) = &cgroup {
-                            cgroup.destroy();
-                        }
-                        Err(error)
-                    }
-                }
-            }
+            Isolation::Process => self.launcher().launch(plugin),
             Isolation::InProcess => {
                 if !config.env.is_empty() {
                     tracing::warn!(plugin = %config.name,
@@ -223,22 +172,6 @@ impl PluginManager {
                     .map(|p| Runtime::InProcess(Arc::new(p)))
                     .map_err(|failure| self.load_failure(&config.name, failure))
             }
-        }
-    }
-
-    fn start_error(&self, of: &Plugin, error: StartError) -> PluginError {
-        let plugin = of.name().to_owned();
-        match error {
-            StartError::Load(reason) => PluginError::LoadFailed { plugin, reason },
-            StartError::RequiresUpdate => PluginError::RequiresUpdate {
-                plugin,
-                running: self.version,
-            },
-            StartError::Crashed(cause) => PluginError::Crashed {
-                plugin,
-                hook: None,
-                cause: of.explain(cause),
-            },
         }
     }
 

@@ -44,6 +44,7 @@
 //! shuts the channel down and wakes the ring's waiter, even if a grandchild of the plugin still holds
 //! the other end. Every error path ends in [`Host::crash_cause`].
 
+pub(crate) mod launch;
 pub(crate) mod spawn;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
