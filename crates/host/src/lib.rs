@@ -21,9 +21,5 @@ pub mod seccomp;
 
 pub use api::{install_backend, Backend, BackendReply};
 pub use hook::HookOutcome;
+pub use plughost_wire::EXIT_CHANNEL_LOST;
 pub use plugin::{LoadedPlugin, PluginLoadError};
-
-/// Exit code of a host whose channel to the service is gone while the service did not close it: the
-/// plugin closed (or replaced) the channel's fd. The service names it "closed its channel to the
-/// service".
-pub const EXIT_CHANNEL_LOST: i32 = 112;

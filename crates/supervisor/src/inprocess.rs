@@ -12,7 +12,8 @@ use std::cell::Cell;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use plughost_host::{api::api_table, hook, Backend, BackendReply, HookOutcome, LoadedPlugin};
+use plughost_host::{api::api_table, hook, Backend, BackendReply, LoadedPlugin};
+use plughost_wire::HookOutcome;
 use plughost_wire::{ApiCall, Hook, LoadFailure, Version};
 
 use crate::callbacks::{CallContext, ServiceCallbacks};

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use plughost_abi::PLUGHOST_E_ILLEGAL_STATE;
-use plughost_wire::{Hook, HookKind, LoadFailure, Version};
+use plughost_wire::{Hook, HookKind, HookOutcome, LoadFailure, Version};
 
 use crate::callbacks::{
     ContainerSession, Distribution, OfflineDistribution, ServiceCallbacks, Session, VmSettings,
@@ -34,7 +34,6 @@ use crate::pool::Pool;
 use crate::proxy::launch::Launcher;
 use crate::proxy::spawn::Spawner;
 use crate::report::{self, PluginInfo};
-use plughost_host::HookOutcome;
 
 /// The version of plughost the plugins see in `api->version`.
 pub fn service_version() -> Version {

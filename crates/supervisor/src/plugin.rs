@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use plughost_host::HookOutcome;
 use plughost_sys::ProcessExit;
-use plughost_wire::{Hook, HookKind};
+use plughost_wire::{Hook, HookKind, HookOutcome};
 
 use crate::callbacks::ServiceCallbacks;
 use crate::cgroups::HostCgroup;
@@ -189,7 +188,7 @@ impl Plugin {
             .as_ref()
             .map_or(self.config.limits, |c| c.rlimits(self.config.limits));
         match &cause {
-            CrashCause::Exited(ProcessExit::Code(plughost_host::EXIT_CHANNEL_LOST)) => {
+            CrashCause::Exited(ProcessExit::Code(plughost_wire::EXIT_CHANNEL_LOST)) => {
                 CrashCause::ChannelClosed
             }
             CrashCause::Exited(ProcessExit::Signal {

@@ -32,6 +32,18 @@ pub const MAX_FDS: usize = 1;
 /// Most argv or envp entries in one call.
 pub const MAX_ARGS: usize = 4096;
 
+/// Exit code of a host whose channel to the service is gone while the service did not close it: the
+/// plugin closed (or replaced) the channel's fd. The service names it "closed its channel to the
+/// service".
+pub const EXIT_CHANNEL_LOST: i32 = 112;
+
+/// What a hook returned, with the message it set through `plugin_error`, if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookOutcome {
+    pub status: i32,
+    pub message: Option<String>,
+}
+
 const MAGIC: [u8; 2] = *b"PH";
 /// Size of the frame header.
 pub const HEADER_LEN: usize = 4;

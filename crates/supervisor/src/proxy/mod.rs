@@ -54,14 +54,14 @@ use std::time::{Duration, Instant};
 
 use plughost_sys::{ChannelError, Pidfd, ProcessExit, Ring, Seqpacket};
 use plughost_wire::{
-    decode, encode, ApiCall, ApiReply, Hook, HookSet, HostMsg, RequestId, ServiceMsg, MAX_FRAME,
+    decode, encode, ApiCall, ApiReply, Hook, HookOutcome, HookSet, HostMsg, RequestId, ServiceMsg,
+    MAX_FRAME,
 };
 
 use crate::callbacks::{CallContext, ServiceCallbacks};
 use crate::error::CrashCause;
 use crate::execute::{self, ProcessTable};
 use crate::pool::Kicks;
-use plughost_host::HookOutcome;
 
 /// How long a host has, after its channel closed, to finish exiting before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
@@ -369,7 +369,7 @@ impl Host {
         let (ProcessExit::Signal { signal, .. }, Some(crash)) = (exit, &self.crash) else {
             return CrashCause::Exited(exit);
         };
-        if !plughost_host::crash::SIGNALS.contains(&signal) {
+        if !plughost_sys::crash_report::SIGNALS.contains(&signal) {
             return CrashCause::Exited(exit);
         }
         let report = crash.report.get_or_init(|| {

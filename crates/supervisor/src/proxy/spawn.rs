@@ -362,7 +362,7 @@ fn handshake(
     }
 }
 
-/// The crash report's memfd (`plughost_host::crash::layout::SIZE` bytes, sealed against resizing so
+/// The crash report's memfd (`plughost_sys::crash_report::layout::SIZE` bytes, sealed against resizing so
 /// the host cannot make the service read more) and a handle on the verified library bytes.
 fn crash_memo(
     name: &str,
@@ -375,7 +375,7 @@ fn crash_memo(
         MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
     )
     .map_err(|e| format!("crash report memfd: {e}"))?;
-    rustix::fs::ftruncate(&memfd, plughost_host::crash::layout::SIZE as u64)
+    rustix::fs::ftruncate(&memfd, plughost_sys::crash_report::layout::SIZE as u64)
         .map_err(|e| format!("crash report memfd: {e}"))?;
     rustix::fs::fcntl_add_seals(
         &memfd,
