@@ -38,6 +38,8 @@ mod error;
 mod execute;
 mod inprocess;
 mod integrity;
+mod kicks;
+mod launch;
 mod manager;
 mod metrics;
 mod monitor;
@@ -54,10 +56,10 @@ pub use callbacks::{
 };
 pub use config::{
     lookup_user, Activation, CgroupPolicy, Deadlines, FsAccess, HostUser, Isolation, Limits,
-    LogOutput, ManagerConfig, OutputSink, PluginConfig, RestartPolicy,
+    LogOutput, ManagerConfig, OutputSink, PluginConfig, RestartPolicy, Trust,
 };
 pub use error::{CrashCause, PluginError};
-pub use integrity::{parse_public_key, parse_signature, sha256_hex, Trust};
+pub use integrity::{parse_public_key, parse_signature, sha256_hex};
 pub use manager::{service_version, ControlError, ManagerError, PluginManager};
 pub use plughost_sys::ProcessExit;
 pub use plughost_wire::{HookKind, Version};

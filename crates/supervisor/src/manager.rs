@@ -28,10 +28,10 @@ use crate::cgroups::Cgroups;
 use crate::config::{Activation, Deadlines, Isolation, ManagerConfig};
 use crate::error::PluginError;
 use crate::inprocess::InProcessPlugin;
+use crate::launch::Launcher;
 use crate::monitor::Monitor;
 use crate::plugin::{Plugin, Readiness, Runtime};
 use crate::pool::Pool;
-use crate::proxy::launch::Launcher;
 use crate::proxy::spawn::Spawner;
 use crate::report::{self, PluginInfo};
 
@@ -75,7 +75,7 @@ pub struct PluginManager {
     deadlines: Deadlines,
     default: Arc<dyn ServiceCallbacks + Send + Sync>,
     next_host_id: AtomicU64,
-    trust: crate::integrity::Trust,
+    trust: crate::config::Trust,
     cgroups: Cgroups,
 }
 
@@ -142,7 +142,7 @@ impl PluginManager {
         }
     }
 
-    /// What starting a host borrows of the manager (`proxy/launch.rs`).
+    /// What starting a host borrows of the manager (`launch.rs`).
     fn launcher(&self) -> Launcher<'_> {
         Launcher {
             next_host_id: &self.next_host_id,
@@ -548,7 +548,7 @@ impl PluginManager {
     pub fn reconfigure(
         &mut self,
         plugins: Vec<crate::config::PluginConfig>,
-        trust: crate::integrity::Trust,
+        trust: crate::config::Trust,
         deadlines: Deadlines,
     ) -> Vec<String> {
         let trust_changed = self.trust != trust;

@@ -44,7 +44,6 @@
 //! shuts the channel down and wakes the ring's waiter, even if a grandchild of the plugin still holds
 //! the other end. Every error path ends in [`Host::crash_cause`].
 
-pub(crate) mod launch;
 pub(crate) mod spawn;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -61,7 +60,7 @@ use plughost_wire::{
 use crate::callbacks::{CallContext, ServiceCallbacks};
 use crate::error::CrashCause;
 use crate::execute::{self, ProcessTable};
-use crate::pool::Kicks;
+use crate::kicks::Kicks;
 
 /// How long a host has, after its channel closed, to finish exiting before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);

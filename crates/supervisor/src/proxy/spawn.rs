@@ -97,10 +97,10 @@ pub(crate) struct StartParams<'a> {
     pub host_binary: &'a Path,
     pub service_version: Version,
     pub spawner: &'a Spawner,
-    pub kicks: &'a Arc<crate::pool::Kicks>,
+    pub kicks: &'a Arc<crate::kicks::Kicks>,
     pub default: &'a dyn ServiceCallbacks,
     pub stats: &'a Arc<crate::stats::Stats>,
-    pub trust: &'a crate::integrity::Trust,
+    pub trust: &'a crate::config::Trust,
     /// The host's cgroup, which it joins first thing (`--cgroup`).
     pub cgroup: Option<&'a crate::cgroups::HostCgroup>,
 }

@@ -1,6 +1,8 @@
-//! Host launching: a host's cgroup, its start ([`spawn`](super::spawn)), and its wiring into the
-//! monitor (output, death) and the call pool, with a failed start classified as the plugin's error.
-//! What a plugin's state becomes on success or failure (latch, backoff) is the manager's call.
+//! Host launching: a host's cgroup, its start ([`spawn`](crate::proxy::spawn)), and its wiring into
+//! the monitor (output, death) and the call pool, with a failed start classified as the plugin's
+//! error. What a plugin's state becomes on success or failure (latch, backoff) is the manager's
+//! call. It sits above `proxy`, `monitor` and `pool` (which it wires), not inside `proxy/`, so that
+//! `proxy` imports neither.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,15 +10,15 @@ use std::sync::Arc;
 
 use plughost_wire::Version;
 
-use super::spawn::{self, Spawner, StartError, StartParams};
-use super::Host;
 use crate::callbacks::ServiceCallbacks;
 use crate::cgroups::Cgroups;
+use crate::config::Trust;
 use crate::error::PluginError;
-use crate::integrity::Trust;
 use crate::monitor::{Monitor, OnDeath};
 use crate::plugin::{Plugin, Runtime};
 use crate::pool::Pool;
+use crate::proxy::spawn::{self, Spawner, StartError, StartParams};
+use crate::proxy::Host;
 
 /// What starting a host needs of the manager, borrowed for one start.
 pub(crate) struct Launcher<'a> {
