@@ -23,6 +23,7 @@ use plughost_wire::{
     PROTOCOL_VERSION,
 };
 
+use super::phase::{Handshake, Load, Loading, Phase};
 use super::{new_reader, Backlog, Host};
 use crate::callbacks::ServiceCallbacks;
 use crate::config::PluginConfig;
@@ -251,15 +252,9 @@ fn handshake(
     ring: plughost_sys::HostEnds,
 ) -> Result<plughost_wire::HookSet, StartError> {
     let name = &p.config.name;
-    let hello = match next(host, Instant::now() + HANDSHAKE_TIMEOUT)? {
-        HostMsg::Hello(hello) => hello,
-        other => {
-            return Err(StartError::Crashed(host.violation(format!(
-                "sent {} instead of Hello",
-                super::host_msg_name(&other)
-            ))))
-        }
-    };
+    let hello = Handshake
+        .accept(next(host, Instant::now() + HANDSHAKE_TIMEOUT)?)
+        .map_err(|why| StartError::Crashed(host.violation(why)))?;
     if hello.protocol != PROTOCOL_VERSION {
         return Err(StartError::Load(format!(
             "host speaks protocol {}, the service speaks {PROTOCOL_VERSION}",
@@ -318,46 +313,43 @@ fn handshake(
     }
     let deadline = Instant::now() + LOAD_TIMEOUT;
     loop {
-        match next(host, deadline)? {
-            HostMsg::Loaded { hooks } => return Ok(hooks),
-            HostMsg::LoadFailed(LoadFailure::Open(reason)) => {
+        let msg = Load
+            .accept(next(host, deadline)?)
+            .map_err(|why| StartError::Crashed(host.violation(why)))?;
+        match msg {
+            Loading::Loaded(hooks) => return Ok(hooks),
+            Loading::Failed(LoadFailure::Open(reason)) => {
                 return Err(StartError::Load(name_the_library(&reason, &p.config.path)))
             }
-            HostMsg::LoadFailed(LoadFailure::NoEntryPoint) => {
+            Loading::Failed(LoadFailure::NoEntryPoint) => {
                 return Err(StartError::Load(format!(
                     "{} does not export {}",
                     p.config.path.display(),
                     plughost_abi::PLUGHOST_ENTRY_POINT_V1
                 )))
             }
-            HostMsg::LoadFailed(LoadFailure::EntryFailed(status))
+            Loading::Failed(LoadFailure::EntryFailed(status))
                 if status == plughost_abi::PLUGHOST_E_REQUIRES_UPDATE =>
             {
                 return Err(StartError::RequiresUpdate)
             }
-            HostMsg::LoadFailed(LoadFailure::Confine(reason)) => {
+            Loading::Failed(LoadFailure::Confine(reason)) => {
                 return Err(StartError::Load(format!(
                     "cannot confine the host: {reason}"
                 )))
             }
-            HostMsg::Blocked { syscall } => {
+            Loading::Blocked(syscall) => {
                 host.kill_for(CrashCause::BlockedSyscall { syscall });
                 return Err(StartError::Crashed(host.crash_cause()));
             }
-            HostMsg::LoadFailed(LoadFailure::EntryFailed(status)) => {
+            Loading::Failed(LoadFailure::EntryFailed(status)) => {
                 return Err(StartError::Load(format!(
                     "entry point returned status {}",
                     crate::error::status_text(status)
                 )))
             }
             // The entry point may already call the API.
-            HostMsg::Call { id, call } => host.serve_call(id, call, p.default),
-            other => {
-                return Err(StartError::Crashed(host.violation(format!(
-                    "sent {} while loading",
-                    super::host_msg_name(&other)
-                ))))
-            }
+            Loading::Call(id, call) => host.serve_call(id, call, p.default),
         }
     }
 }
