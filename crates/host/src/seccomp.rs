@@ -18,7 +18,6 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
 
-pub use plughost_sys::syscalls::name_of;
 use plughost_sys::syscalls::DENIED;
 use plughost_sys::Ring;
 
