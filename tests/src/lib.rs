@@ -3,7 +3,6 @@
 //! host binary, and provides [`TestService`], a service whose "VM" is a table of bind mappings on the
 //! host (mounts are recorded, `execute_binary` runs the program on the host with `/mnt/...` arguments
 //! mapped back to the mounted folders). The real namespace VM is the reference daemon's job.
-#![deny(unsafe_code)]
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;

@@ -6,7 +6,6 @@
 //! system C compiler and checks the size, alignment and field offsets of every struct against this crate.
 //! It holds no behaviour and no `unsafe` code; the SDK and the host build on it.
 #![allow(non_camel_case_types)]
-#![deny(unsafe_code)]
 
 use std::ffi::{c_char, c_int};
 

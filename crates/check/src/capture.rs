@@ -111,7 +111,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CaptureLayer {
 pub struct Output {
     count: AtomicUsize,
     first: Mutex<Vec<String>>,
-    /// The host's `plugin_error refused ...` lines (`plughost_host::hook`), after that prefix.
+    /// The host's `plugin_error refused ...` lines (`plughost_runtime::hook`), after that prefix.
     refusals: Mutex<Vec<String>>,
 }
 

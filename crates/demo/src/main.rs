@@ -19,7 +19,6 @@
 //! the binaries of `cargo build --workspace` beside this one (`target/<profile>/`: `plughost-host`,
 //! which `$PLUGHOST_HOST` overrides, and for the daemon demo `plughostd` and `plughostctl`) and a C
 //! compiler (`cc`, or `$CC`).
-#![deny(unsafe_code)]
 
 mod daemon;
 mod library;

@@ -14,12 +14,14 @@
 //! no_new_privs, Landlock, seccomp), loads the sealed library, and serves hooks on the main thread (see
 //! `serve.rs` for the thread design). It exits when the channel closes or the service says `Shutdown`.
 
+mod fs_sandbox;
+mod seccomp;
 mod serve;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
-use plughost_host::{api::api_table, hook, install_backend, LoadedPlugin};
+use plughost_runtime::{api::api_table, hook, install_backend, LoadedPlugin};
 use plughost_sys::confine::{self, Contained, ParentBond};
 use plughost_sys::{HostEnds, Ring, Seqpacket};
 use plughost_wire::{
@@ -158,7 +160,7 @@ impl ChannelId {
         if self.0.is_some() && ChannelId::of(demux).0 == self.0 {
             0
         } else {
-            plughost_host::EXIT_CHANNEL_LOST
+            plughost_wire::EXIT_CHANNEL_LOST
         }
     }
 }
@@ -212,10 +214,10 @@ fn confine_self(c: &Confinement, bond: &ParentBond, channel: RawFd) -> Result<()
     }
     confine::no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     if let Some(rules) = &c.filesystem {
-        use plughost_host::fs_sandbox::{restrict, Enforcement};
+        use crate::fs_sandbox::{restrict, Enforcement};
         // An open Landlock refuses is a plain EACCES that nothing else reports: say once what
         // the plugin may open and which configuration keys allow more.
-        let rules_line = plughost_host::fs_sandbox::describe(&rules.read, &rules.write);
+        let rules_line = crate::fs_sandbox::describe(&rules.read, &rules.write);
         match restrict(&rules.read, &rules.write)? {
             Enforcement::Full => host_log(&rules_line),
             Enforcement::Partial => {
@@ -226,7 +228,7 @@ fn confine_self(c: &Confinement, bond: &ParentBond, channel: RawFd) -> Result<()
         }
     }
     if c.seccomp {
-        plughost_host::seccomp::install(channel)?;
+        crate::seccomp::install(channel)?;
     }
     Ok(())
 }
@@ -272,7 +274,7 @@ fn handshake(demux: &Demux, name: &str) -> (plughost_wire::Welcome, Option<Owned
             // a crash is classified as before, only without a stack.
             if welcome.crash_report {
                 if let Some(memfd) = fds.next() {
-                    if let Err(e) = plughost_host::crash::arm(memfd) {
+                    if let Err(e) = plughost_runtime::crash::arm(memfd) {
                         host_log(&format!("no crash reports: {e}"));
                     }
                 }

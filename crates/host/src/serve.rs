@@ -40,7 +40,7 @@ use plughost_abi::PLUGHOST_E_SHUTTING_DOWN;
 use plughost_sys::{ChannelError, Ring, Seqpacket};
 use plughost_wire::{decode, encode, ApiCall, Hook, HostMsg, RequestId, ServiceMsg, MAX_FRAME};
 
-use plughost_host::{Backend, BackendReply};
+use plughost_runtime::{Backend, BackendReply};
 
 /// What the main thread waits for.
 pub enum MainEvent {
@@ -109,7 +109,7 @@ impl Demux {
     pub fn use_ring(&'static self, ring: Ring) {
         if self.ring.set(ring).is_ok() {
             if let Some(ring) = self.ring.get() {
-                plughost_host::seccomp::report_on_ring(ring);
+                crate::seccomp::report_on_ring(ring);
             }
         }
     }

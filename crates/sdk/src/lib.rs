@@ -104,7 +104,6 @@
 //! plughost_sdk::export_plugin!(ToolsPlugin);
 //! # fn main() {}
 //! ```
-#![deny(unsafe_code)]
 
 mod api;
 #[allow(unsafe_code)]

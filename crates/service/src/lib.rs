@@ -9,7 +9,6 @@
 //! `SO_PEERCRED`, never a field of the request.
 //!
 //! This crate does no policy: it encodes, decodes and bounds. The daemon validates every field.
-#![deny(unsafe_code)]
 
 use std::io::BufRead;
 use std::path::PathBuf;

@@ -393,6 +393,7 @@ fn chown_tree(path: &Path, uid: u32) {
 /// A key in the launcher's session keyring: a keyring is inherited across fork and exec, and a
 /// process that possesses a keyring may read its keys.
 #[test]
+#[allow(unsafe_code)] // keyctl and add_key: rustix has no wrapper
 fn the_daemons_session_keyring_does_not_reach_programs() {
     if !need_root("the_daemons_session_keyring_does_not_reach_programs") {
         return;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ed25519_dalek::VerifyingKey;
 use plughost_wire::HookKind;
 
 /// Where a plugin runs.
@@ -298,6 +299,15 @@ pub enum CgroupPolicy {
     Parent(PathBuf),
 }
 
+/// Trust settings of the manager.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Trust {
+    /// ed25519 public keys that may sign plugins.
+    pub trusted_keys: Vec<VerifyingKey>,
+    /// Refuse any plugin with neither a sha256 pin nor a valid signature.
+    pub require_verified: bool,
+}
+
 /// The manager's configuration.
 #[derive(Clone)]
 pub struct ManagerConfig {
@@ -309,7 +319,7 @@ pub struct ManagerConfig {
     /// Hook deadlines of plugins that set none.
     pub deadlines: Deadlines,
     /// Keys and policy for verifying plugin libraries.
-    pub trust: crate::integrity::Trust,
+    pub trust: Trust,
     /// cgroup v2 per host.
     pub cgroups: CgroupPolicy,
 }

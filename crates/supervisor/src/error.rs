@@ -54,7 +54,7 @@ impl fmt::Display for CrashCause {
             }
             CrashCause::BlockedSyscall { syscall } => {
                 write!(f, "blocked syscall {syscall}")?;
-                if let Some(name) = plughost_host::seccomp::name_of(*syscall) {
+                if let Some(name) = plughost_sys::syscalls::name_of(*syscall) {
                     write!(f, " ({name})")?;
                 }
                 Ok(())

@@ -12,11 +12,12 @@ use std::cell::Cell;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use plughost_host::{api::api_table, hook, Backend, BackendReply, HookOutcome, LoadedPlugin};
+use plughost_runtime::{api::api_table, hook, Backend, BackendReply, LoadedPlugin};
+use plughost_wire::HookOutcome;
 use plughost_wire::{ApiCall, Hook, LoadFailure, Version};
 
 use crate::callbacks::{CallContext, ServiceCallbacks};
-use crate::host::execute::{execute, ProcessTable};
+use crate::execute::{execute, ProcessTable};
 
 type Default = (
     Arc<dyn ServiceCallbacks + Send + Sync>,
@@ -101,7 +102,7 @@ impl InProcessPlugin {
     ) -> Result<InProcessPlugin, LoadFailure> {
         static INSTALLED: OnceLock<()> = OnceLock::new();
         INSTALLED.get_or_init(|| {
-            plughost_host::install_backend(&InProcessBackend);
+            plughost_runtime::install_backend(&InProcessBackend);
         });
         let processes = Arc::new(Mutex::new(ProcessTable::default()));
         *DEFAULT.lock().unwrap_or_else(|e| e.into_inner()) = Some((default, processes.clone()));

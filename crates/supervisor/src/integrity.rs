@@ -14,19 +14,10 @@ use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use rustix::fs::{MemfdFlags, SealFlags};
 use sha2::{Digest, Sha256};
 
-use crate::config::PluginConfig;
+use crate::config::{PluginConfig, Trust};
 
 /// Largest plugin library accepted (it is held in memory to verify it).
 const MAX_LIBRARY: u64 = 256 * 1024 * 1024;
-
-/// Trust settings of the manager.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Trust {
-    /// ed25519 public keys that may sign plugins.
-    pub trusted_keys: Vec<VerifyingKey>,
-    /// Refuse any plugin with neither a sha256 pin nor a valid signature.
-    pub require_verified: bool,
-}
 
 /// Parses a public key: 32 bytes in base64 (standard alphabet), surrounding whitespace ignored.
 pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {

@@ -15,7 +15,7 @@
 //!
 //! # Data flow
 //! A hook: the service thread calls `PluginManager::on_*`; for each plugin in order the dispatching
-//! thread sends the hook frame and itself receives the answer (see `host` for the read token), serving
+//! thread sends the hook frame and itself receives the answer (see `proxy` for the read token), serving
 //! with the `scope` callbacks any API call that arrives meanwhile. An API call outside any hook is
 //! served by a pool thread with the default callbacks.
 //!
@@ -28,21 +28,25 @@
 //!
 //! This crate does not implement the service's side of the API (mounts, processes, ...): the embedding
 //! service does, through [`ServiceCallbacks`].
-#![deny(unsafe_code)]
-// `inprocess` re-allows it for its one thread-local scope pointer (see its module docs).
+// `unsafe_code` is denied workspace-wide (Cargo.toml); `inprocess` re-allows it for its one
+// thread-local scope pointer (see its module docs).
 
 mod callbacks;
 mod cgroups;
 mod config;
 mod error;
-mod host;
+mod execute;
 mod inprocess;
 mod integrity;
+mod kicks;
+mod launch;
 mod manager;
 mod metrics;
 mod monitor;
 mod plugin;
 mod pool;
+mod proxy;
+mod report;
 mod stats;
 mod symbolize;
 
@@ -52,14 +56,12 @@ pub use callbacks::{
 };
 pub use config::{
     lookup_user, Activation, CgroupPolicy, Deadlines, FsAccess, HostUser, Isolation, Limits,
-    LogOutput, ManagerConfig, OutputSink, PluginConfig, RestartPolicy,
+    LogOutput, ManagerConfig, OutputSink, PluginConfig, RestartPolicy, Trust,
 };
 pub use error::{CrashCause, PluginError};
-pub use integrity::{parse_public_key, parse_signature, sha256_hex, Trust};
-pub use manager::{
-    service_version, ControlError, HookLatency, ManagerError, PendingReload, PluginInfo,
-    PluginManager, PluginState,
-};
+pub use integrity::{parse_public_key, parse_signature, sha256_hex};
+pub use manager::{service_version, ControlError, ManagerError, PendingReload, PluginManager};
 pub use plughost_sys::ProcessExit;
 pub use plughost_wire::{HookKind, Version};
+pub use report::{HookLatency, PluginInfo, PluginState};
 pub use symbolize::{CrashReport, Frame};

@@ -17,10 +17,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use plughost_abi::PLUGHOST_E_ILLEGAL_STATE;
-use plughost_wire::{Hook, HookKind, LoadFailure, Version};
+use plughost_wire::{Hook, HookKind, HookOutcome, LoadFailure, Version};
 
 use crate::callbacks::{
     ContainerSession, Distribution, OfflineDistribution, ServiceCallbacks, Session, VmSettings,
@@ -28,14 +27,13 @@ use crate::callbacks::{
 use crate::cgroups::Cgroups;
 use crate::config::{Activation, Deadlines, Isolation, ManagerConfig};
 use crate::error::PluginError;
-use crate::host::spawn::{self, Spawner, StartError, StartParams};
-use crate::host::Host;
 use crate::inprocess::InProcessPlugin;
-use crate::monitor::{Monitor, OnDeath};
+use crate::launch::Launcher;
+use crate::monitor::Monitor;
 use crate::plugin::{Plugin, Readiness, Runtime};
 use crate::pool::Pool;
-use crate::stats::CrashKind;
-use plughost_host::HookOutcome;
+use crate::proxy::spawn::Spawner;
+use crate::report::{self, PluginInfo};
 
 /// The version of plughost the plugins see in `api->version`.
 pub fn service_version() -> Version {
@@ -66,104 +64,6 @@ pub enum ControlError {
     Start(PluginError),
 }
 
-/// A plugin's state, as [`PluginManager::plugins`] reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PluginState {
-    Ready,
-    /// Lazy activation: no hook has reached it yet.
-    NotStarted,
-    /// A hook is in flight.
-    Busy {
-        hook: HookKind,
-        for_ms: u64,
-    },
-    /// Crashed; the next restart attempt is at `until`, `delay` after the crash.
-    BackingOff {
-        until: SystemTime,
-        delay: Duration,
-        cause: String,
-    },
-    /// Crashed for good (restart policy `never`, or the restart limit was reached).
-    Crashed {
-        cause: String,
-    },
-    /// Never loaded (or a restart failed to load).
-    Failed {
-        error: String,
-    },
-    Disabled,
-}
-
-impl PluginState {
-    /// `ready`, `not-started`, `busy`, `backing-off`, `crashed`, `failed`, `disabled`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            PluginState::Ready => "ready",
-            PluginState::NotStarted => "not-started",
-            PluginState::Busy { .. } => "busy",
-            PluginState::BackingOff { .. } => "backing-off",
-            PluginState::Crashed { .. } => "crashed",
-            PluginState::Failed { .. } => "failed",
-            PluginState::Disabled => "disabled",
-        }
-    }
-}
-
-impl PartialEq<&str> for PluginState {
-    fn eq(&self, other: &&str) -> bool {
-        self.name() == *other
-    }
-}
-
-impl std::fmt::Display for PluginState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PluginState::Busy { hook, for_ms } => write!(f, "busy in {hook} for {for_ms} ms"),
-            PluginState::BackingOff { until, .. } => {
-                write!(f, "backing off until {}", crate::error::clock(*until))
-            }
-            PluginState::Crashed { cause } => write!(f, "crashed: {cause}"),
-            PluginState::Failed { error } => write!(f, "failed: {error}"),
-            PluginState::NotStarted => f.write_str("not started"),
-            other => f.write_str(other.name()),
-        }
-    }
-}
-
-/// Latency of one hook kind for one plugin.
-#[derive(Clone, Debug)]
-pub struct HookLatency {
-    pub hook: HookKind,
-    pub count: u64,
-    pub p50: Duration,
-    pub p99: Duration,
-    pub sum: Duration,
-}
-
-/// What [`PluginManager::plugins`] reports for one plugin.
-#[derive(Clone, Debug)]
-pub struct PluginInfo {
-    pub name: String,
-    pub path: std::path::PathBuf,
-    pub isolation: Isolation,
-    /// The host's pid (out of process, while it runs).
-    pub host_pid: Option<u32>,
-    pub state: PluginState,
-    /// Since the current host (or in-process load) started.
-    pub uptime: Option<Duration>,
-    pub restarts: u64,
-    pub crashes: u64,
-    /// Crashes by cause: `signal`, `exit`, `protocol_violation`, `hung`, `channel_closed`.
-    pub crashes_by_cause: Vec<(&'static str, u64)>,
-    pub hooks_served: u64,
-    pub api_calls: u64,
-    /// Per hook kind that was called at least once.
-    pub latency: Vec<HookLatency>,
-    pub last_error: Option<String>,
-    /// The stack of the last crash that left a report, one frame a line (at most a few KB).
-    pub last_crash: Option<String>,
-}
-
 /// The plugins of one service. See the crate docs for the threads and the re-entrancy rules.
 pub struct PluginManager {
     plugins: Vec<Arc<Plugin>>,
@@ -175,7 +75,7 @@ pub struct PluginManager {
     deadlines: Deadlines,
     default: Arc<dyn ServiceCallbacks + Send + Sync>,
     next_host_id: AtomicU64,
-    trust: crate::integrity::Trust,
+    trust: crate::config::Trust,
     cgroups: Cgroups,
 }
 
@@ -242,77 +142,26 @@ impl PluginManager {
         }
     }
 
-    /// What the monitor does when `host`, the runtime of `plugin`, dies: records the crash at once
-    /// (latch or backoff), unless a dispatcher in a hook of it is about to (it holds the read token
-    /// and may learn more of why), or the host was stopped on purpose (no longer the runtime).
-    fn on_death(&self, plugin: &Arc<Plugin>, host: &Arc<Host>) -> OnDeath {
-        let plugin = Arc::downgrade(plugin);
-        let host = Arc::downgrade(host);
-        let pool = Arc::downgrade(&self.pool);
-        Box::new(move || {
-            let (Some(plugin), Some(host)) = (plugin.upgrade(), host.upgrade()) else {
-                return;
-            };
-            let Some(cause) = host.death_cause(false) else {
-                return;
-            };
-            plugin.host_crashed(&host, None, cause);
-            if let Some(pool) = pool.upgrade() {
-                pool.unregister(&host);
-            }
-        })
+    /// What starting a host borrows of the manager (`launch.rs`).
+    fn launcher(&self) -> Launcher<'_> {
+        Launcher {
+            next_host_id: &self.next_host_id,
+            cgroups: &self.cgroups,
+            host_binary: &self.host_binary,
+            version: self.version,
+            spawner: &self.spawner,
+            monitor: &self.monitor,
+            pool: &self.pool,
+            default: &*self.default,
+            trust: &self.trust,
+        }
     }
 
     /// Starts a host (or loads the library in process) for `plugin`. Caller holds its lifecycle lock.
     fn start_runtime(&self, plugin: &Arc<Plugin>) -> Result<Runtime, PluginError> {
         let config = &plugin.config;
         match config.isolation {
-            Isolation::Process => {
-                let id = self.next_host_id.fetch_add(1, Ordering::Relaxed);
-                let cgroup = self.cgroups.for_host(config, id).map_err(|reason| {
-                    PluginError::LoadFailed {
-                        plugin: config.name.clone(),
-                        reason: format!("cannot create its cgroup: {reason}"),
-                    }
-                })?;
-                plugin.state().cgroup = cgroup.clone();
-                let params = StartParams {
-                    id,
-                    config,
-                    host_binary: &self.host_binary,
-                    service_version: self.version,
-                    spawner: &self.spawner,
-                    kicks: &self.pool.kicks,
-                    default: &*self.default,
-                    stats: &plugin.stats,
-                    trust: &self.trust,
-                    cgroup: cgroup.as_deref(),
-                };
-                match spawn::start(params) {
-                    Ok(started) => {
-                        plugin.state().loaded_sha256 = Some(started.sha256);
-                        let name = started.host.name.clone();
-                        self.monitor.watch_output(id, name, started.output);
-                        let on_death = self.on_death(plugin, &started.host);
-                        self.monitor.watch_host(&started.host, cgroup, on_death);
-                        self.pool.register(&started.host);
-                        tracing::info!(plugin = %config.name, pid = started.host.pid(), "plugin loaded");
-                        Ok(Runtime::Host(started.host))
-                    }
-                    Err((error, output)) => {
-                        if let Some(output) = output {
-                            self.monitor
-                                .watch_output(id, Arc::from(config.name.as_str()), output);
-                        }
-                        // Classified (from the cgroup's counters too) before the cgroup goes.
-                        let error = self.start_error(plugin, error);
-                        if let Some(cgroup) = &cgroup {
-                            cgroup.destroy();
-                        }
-                        Err(error)
-                    }
-                }
-            }
+            Isolation::Process => self.launcher().launch(plugin),
             Isolation::InProcess => {
                 if !config.env.is_empty() {
                     tracing::warn!(plugin = %config.name,
@@ -322,22 +171,6 @@ impl PluginManager {
                     .map(|p| Runtime::InProcess(Arc::new(p)))
                     .map_err(|failure| self.load_failure(&config.name, failure))
             }
-        }
-    }
-
-    fn start_error(&self, of: &Plugin, error: StartError) -> PluginError {
-        let plugin = of.name().to_owned();
-        match error {
-            StartError::Load(reason) => PluginError::LoadFailed { plugin, reason },
-            StartError::RequiresUpdate => PluginError::RequiresUpdate {
-                plugin,
-                running: self.version,
-            },
-            StartError::Crashed(cause) => PluginError::Crashed {
-                plugin,
-                hook: None,
-                cause: of.explain(cause),
-            },
         }
     }
 
@@ -467,28 +300,9 @@ impl PluginManager {
                 Readiness::Fail(error) => return Err(error),
             };
             let deadline = plugin.config.deadlines.unwrap_or(self.deadlines).of(kind);
-            let outcome = match &runtime {
-                Runtime::Host(host) => {
-                    if !host.hooks.contains(kind) {
-                        continue;
-                    }
-                    let started = plugin.stats.hook_started(kind);
-                    let outcome = host.call_hook(hook, scope, deadline);
-                    plugin.stats.hook_done(kind, started);
-                    if outcome.is_err() {
-                        self.pool.unregister(host);
-                    }
-                    outcome
-                }
-                Runtime::InProcess(p) => {
-                    let started = plugin.stats.hook_started(kind);
-                    let outcome = p.call(hook, scope);
-                    plugin.stats.hook_done(kind, started);
-                    match outcome {
-                        Some(outcome) => Ok(outcome),
-                        None => continue,
-                    }
-                }
+            let Some(outcome) = runtime.call_hook(hook, scope, deadline, &plugin.stats, &self.pool)
+            else {
+                continue;
             };
             match outcome {
                 Ok(HookOutcome { status, message }) => {
@@ -650,9 +464,8 @@ impl PluginManager {
     }
 
     fn stop_runtime(&self, runtime: Option<Runtime>) {
-        if let Some(Runtime::Host(host)) = runtime {
-            host.shutdown(Duration::from_millis(500));
-            self.pool.unregister(&host);
+        if let Some(runtime) = runtime {
+            runtime.stop(&self.pool);
         }
     }
 
@@ -735,7 +548,7 @@ impl PluginManager {
     pub fn reconfigure(
         &mut self,
         plugins: Vec<crate::config::PluginConfig>,
-        trust: crate::integrity::Trust,
+        trust: crate::config::Trust,
         deadlines: Deadlines,
     ) -> Vec<String> {
         let (mut report, pending) = self.reconfigure_deferred(plugins, trust, deadlines);
@@ -752,7 +565,7 @@ impl PluginManager {
     pub fn reconfigure_deferred(
         &mut self,
         plugins: Vec<crate::config::PluginConfig>,
-        trust: crate::integrity::Trust,
+        trust: crate::config::Trust,
         deadlines: Deadlines,
     ) -> (Vec<String>, PendingReload) {
         let trust_changed = self.trust != trust;
@@ -887,93 +700,7 @@ impl PluginManager {
 
     /// Every configured plugin (duplicates excluded), in order.
     pub fn plugins(&self) -> Vec<PluginInfo> {
-        self.plugins.iter().map(|p| self.info(p)).collect()
-    }
-
-    fn info(&self, p: &Plugin) -> PluginInfo {
-        let state = p.state();
-        let (host_pid, uptime, alive) = match &state.runtime {
-            Some(Runtime::Host(host)) => {
-                let alive = !host.is_dead();
-                (
-                    alive.then(|| host.pid()),
-                    alive.then(|| host.started_at.elapsed()),
-                    alive,
-                )
-            }
-            Some(Runtime::InProcess(_)) => (None, None, true),
-            None => (None, None, false),
-        };
-        let plugin_state = if state.disabled {
-            PluginState::Disabled
-        } else if state.not_started {
-            PluginState::NotStarted
-        } else if let Some(error) = &state.latched {
-            match error {
-                PluginError::Crashed { cause, .. } => PluginState::Crashed {
-                    cause: cause.to_string(),
-                },
-                other => PluginState::Failed {
-                    error: other.to_string(),
-                },
-            }
-        } else if let Some(backoff) = &state.backoff {
-            PluginState::BackingOff {
-                until: backoff.until_wall,
-                delay: backoff.delay,
-                cause: backoff.cause.to_string(),
-            }
-        } else if !alive {
-            PluginState::Crashed {
-                cause: "host exited; detected at the next hook".into(),
-            }
-        } else if let Some((hook, busy_for)) = p.stats.busy() {
-            PluginState::Busy {
-                hook,
-                for_ms: u64::try_from(busy_for.as_millis()).unwrap_or(u64::MAX),
-            }
-        } else {
-            PluginState::Ready
-        };
-        let last_error = state
-            .latched
-            .as_ref()
-            .or(state.backoff.as_ref().map(|b| &b.error))
-            .map(ToString::to_string);
-        let last_crash = state.last_crash.clone();
-        drop(state);
-        let latency: Vec<HookLatency> = HookKind::ALL
-            .iter()
-            .filter_map(|&hook| {
-                let h = &p.stats.hooks[hook as usize];
-                Some(HookLatency {
-                    hook,
-                    count: h.count(),
-                    p50: h.quantile(0.5)?,
-                    p99: h.quantile(0.99)?,
-                    sum: h.sum(),
-                })
-            })
-            .collect();
-        PluginInfo {
-            name: p.name().to_owned(),
-            path: p.canonical.clone(),
-            isolation: p.config.isolation,
-            host_pid,
-            state: plugin_state,
-            uptime,
-            restarts: p.stats.restarts.load(Ordering::Relaxed),
-            crashes: p.stats.total_crashes(),
-            crashes_by_cause: CrashKind::ALL
-                .iter()
-                .map(|k| (k.name(), p.stats.crashes(*k)))
-                .collect(),
-            hooks_served: latency.iter().map(|l| l.count).sum(),
-            api_calls: p.stats.api_calls.load(Ordering::Relaxed),
-            latency,
-            last_error,
-            last_crash,
-        }
+        self.plugins.iter().map(|p| report::info(p)).collect()
     }
 
     /// The errors of plugins that failed to load, in order.

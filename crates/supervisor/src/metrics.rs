@@ -3,7 +3,8 @@
 
 use std::fmt::Write;
 
-use crate::manager::{PluginInfo, PluginManager};
+use crate::manager::PluginManager;
+use crate::report::PluginInfo;
 
 /// Escapes a label value (backslash, double quote, newline).
 fn label(value: &str) -> String {

@@ -17,7 +17,7 @@ use rustix::io::Errno;
 
 use crate::cgroups::{HostCgroup, Teardown};
 use crate::config::OutputSink;
-use crate::host::Host;
+use crate::proxy::Host;
 use plughost_sys::cgroup::EventsWatch;
 
 const STOP_KEY: u64 = u64::MAX;

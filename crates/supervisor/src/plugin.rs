@@ -12,19 +12,65 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use plughost_sys::ProcessExit;
-use plughost_wire::HookKind;
+use plughost_wire::{Hook, HookKind, HookOutcome};
 
+use crate::callbacks::ServiceCallbacks;
 use crate::cgroups::HostCgroup;
 use crate::config::{PluginConfig, RestartPolicy};
 use crate::error::{CrashCause, PluginError};
-use crate::host::Host;
 use crate::inprocess::InProcessPlugin;
+use crate::pool::Pool;
+use crate::proxy::Host;
 use crate::stats::Stats;
 
 #[derive(Clone)]
 pub(crate) enum Runtime {
     Host(Arc<Host>),
     InProcess(Arc<InProcessPlugin>),
+}
+
+impl Runtime {
+    /// Delivers `hook`, timed in `stats`; `None` when the plugin does not take this hook. A host
+    /// that failed is taken off the pool (the caller records the crash).
+    pub(crate) fn call_hook(
+        &self,
+        hook: &Hook,
+        scope: &dyn ServiceCallbacks,
+        deadline: Duration,
+        stats: &Stats,
+        pool: &Pool,
+    ) -> Option<Result<HookOutcome, CrashCause>> {
+        let kind = hook.kind();
+        match self {
+            Runtime::Host(host) => {
+                if !host.hooks.contains(kind) {
+                    return None;
+                }
+                let started = stats.hook_started(kind);
+                let outcome = host.call_hook(hook, scope, deadline);
+                stats.hook_done(kind, started);
+                if outcome.is_err() {
+                    pool.unregister(host);
+                }
+                Some(outcome)
+            }
+            Runtime::InProcess(p) => {
+                let started = stats.hook_started(kind);
+                let outcome = p.call(hook, scope);
+                stats.hook_done(kind, started);
+                outcome.map(Ok)
+            }
+        }
+    }
+
+    /// Stops a host (asked to exit, killed after a short grace) and takes it off the pool; an
+    /// in-process library stays loaded.
+    pub(crate) fn stop(self, pool: &Pool) {
+        if let Runtime::Host(host) = self {
+            host.shutdown(Duration::from_millis(500));
+            pool.unregister(&host);
+        }
+    }
 }
 
 /// After a crash under `RestartPolicy::OnCrash`: the error, and when the next start may happen.
@@ -142,7 +188,7 @@ impl Plugin {
             .as_ref()
             .map_or(self.config.limits, |c| c.rlimits(self.config.limits));
         match &cause {
-            CrashCause::Exited(ProcessExit::Code(plughost_host::EXIT_CHANNEL_LOST)) => {
+            CrashCause::Exited(ProcessExit::Code(plughost_wire::EXIT_CHANNEL_LOST)) => {
                 CrashCause::ChannelClosed
             }
             CrashCause::Exited(ProcessExit::Signal {

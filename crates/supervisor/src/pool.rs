@@ -20,45 +20,12 @@ use rustix::event::{eventfd, EventfdFlags};
 use rustix::io::Errno;
 
 use crate::callbacks::ServiceCallbacks;
-use crate::host::Host;
+use crate::kicks::Kicks;
+use crate::proxy::Host;
 
 pub(crate) const POOL_THREADS: usize = 2;
 const STOP_KEY: u64 = u64::MAX;
 const KICK_KEY: u64 = u64::MAX - 1;
-
-/// Hosts the service asks the pool to look at, and the service-private eventfd that wakes it.
-pub(crate) struct Kicks {
-    fd: OwnedFd,
-    /// Leaf lock: host ids waiting for a pool turn. Never held while serving.
-    queue: Mutex<Vec<u64>>,
-}
-
-impl Kicks {
-    fn new() -> std::io::Result<Kicks> {
-        Ok(Kicks {
-            fd: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?,
-            queue: Mutex::new(Vec::new()),
-        })
-    }
-
-    /// Gives host `id` a pool turn (call it without holding that host's read token).
-    pub fn kick(&self, id: u64) {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(id);
-        let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
-    }
-
-    fn take(&self) -> Vec<u64> {
-        let mut count = [0u8; 8];
-        let _ = rustix::io::read(&self.fd, &mut count);
-        let mut ids = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
-        ids.sort_unstable();
-        ids.dedup();
-        ids
-    }
-}
 
 fn socket_key(host: u64) -> u64 {
     host * 2

@@ -1,5 +1,5 @@
 //! Crash reports, service side: reads what a dead host's fault handler left in its crash memfd
-//! (`plughost_host::crash`), unwinds the stack copy with the plugin library's CFI (`.eh_frame`) and
+//! (`plughost_sys::crash_report`), unwinds the stack copy with the plugin library's CFI (`.eh_frame`) and
 //! names each frame from the library's DWARF (function, file:line) or, without debug info, its
 //! symbol table (`libx.so+0x1234`, nearest symbol).
 //!
@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
-use plughost_host::crash::layout;
+use plughost_sys::crash_report::layout;
 
 mod image;
 use image::Image;

@@ -7,6 +7,8 @@
 //! - [`confine`]: what the host binary does to itself before any plugin code runs (parent-death
 //!   signal, closing inherited fds, its own pid namespace).
 //! - [`cgroup`]: cgroup v2 files (find the mount and our cgroup, create, limit, join, kill, remove).
+//! - [`syscalls`]: the syscalls the host's seccomp profile forbids, by number and name.
+//! - [`crash_report`]: the crash report memfd's format (the signals that carry one, the layout).
 //! - `waiter` (private): the tiny static program (`waiter/waiter.c`, built by `build.rs`) that the
 //!   outer host and the namespace init exec from a sealed memfd once they only wait.
 //!
@@ -17,8 +19,10 @@
 pub mod cgroup;
 pub mod channel;
 pub mod confine;
+pub mod crash_report;
 pub mod process;
 pub mod ring;
+pub mod syscalls;
 mod waiter;
 
 pub use channel::{ChannelError, Seqpacket};

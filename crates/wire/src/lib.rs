@@ -16,7 +16,6 @@
 //! This crate does no I/O and holds no policy about which message is legal when; it only checks sizes,
 //! the header and the encoding. Decoding never panics on any input (see the property tests and
 //! `fuzz/`).
-#![deny(unsafe_code)]
 
 mod messages;
 
@@ -32,6 +31,18 @@ pub const MAX_FRAME: usize = 64 * 1024;
 pub const MAX_FDS: usize = 1;
 /// Most argv or envp entries in one call.
 pub const MAX_ARGS: usize = 4096;
+
+/// Exit code of a host whose channel to the service is gone while the service did not close it: the
+/// plugin closed (or replaced) the channel's fd. The service names it "closed its channel to the
+/// service".
+pub const EXIT_CHANNEL_LOST: i32 = 112;
+
+/// What a hook returned, with the message it set through `plugin_error`, if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookOutcome {
+    pub status: i32,
+    pub message: Option<String>,
+}
 
 const MAGIC: [u8; 2] = *b"PH";
 /// Size of the frame header.

@@ -387,7 +387,7 @@ pub struct Welcome {
     /// socket), after the library's fd (see `plughost_sys::ring`). Calls and hook answers then
     /// travel through the ring.
     pub call_ring: bool,
-    /// The frame's last fd is a sealed memfd of `plughost_host::crash::layout::SIZE` bytes where the
+    /// The frame's last fd is a sealed memfd of `plughost_sys::crash_report::layout::SIZE` bytes where the
     /// host's fault handler leaves its crash report (read by the service after a fatal signal).
     pub crash_report: bool,
 }

@@ -16,7 +16,8 @@ struct Largest;
 
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
 
-// SAFETY: forwards every call to the system allocator unchanged; it only records the largest size.
+#[allow(unsafe_code)] // a global allocator is an unsafe trait
+                      // SAFETY: forwards every call to the system allocator unchanged; it only records the largest size.
 unsafe impl GlobalAlloc for Largest {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LARGEST.fetch_max(layout.size(), Ordering::Relaxed);

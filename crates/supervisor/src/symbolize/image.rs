@@ -8,7 +8,7 @@ use addr2line::gimli::{
     UnwindContext, UnwindSection,
 };
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
-use plughost_host::crash::layout;
+use plughost_sys::crash_report::layout;
 
 use super::{clean, clean_path, Frame, RBP, RSP};
 

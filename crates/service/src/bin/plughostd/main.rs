@@ -12,7 +12,6 @@
 //! It does not confine what a plugin's program does inside a VM beyond the namespaces (no user
 //! namespace, seccomp or cgroup limits), and it does not restart crashed plugins (the supervisor
 //! latches their error).
-#![deny(unsafe_code)]
 
 mod app_watch;
 mod config;
@@ -69,7 +68,7 @@ struct Cli {
     internal: Option<Internal>,
 }
 
-/// The sandbox's helper processes (see `sandbox.rs`); not for people.
+/// The sandbox's helper processes (see `sandbox/`); not for people.
 #[derive(Subcommand)]
 enum Internal {
     #[command(name = "__vm-init", hide = true)]

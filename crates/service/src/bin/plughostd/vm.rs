@@ -1,5 +1,5 @@
 //! The daemon side of the namespace sandbox: handles on VMs and distributions, built by spawning
-//! `plughostd` itself with the hidden subcommands of `sandbox.rs`.
+//! `plughostd` itself with the hidden subcommands of `sandbox/`.
 //!
 //! Every long-lived child is spawned from one thread, `plughostd-spawner`, because
 //! `PR_SET_PDEATHSIG` fires when the *thread* that spawned a child exits (prctl(2)): a VM spawned

@@ -44,7 +44,7 @@
 //! shuts the channel down and wakes the ring's waiter, even if a grandchild of the plugin still holds
 //! the other end. Every error path ends in [`Host::crash_cause`].
 
-pub(crate) mod execute;
+mod phase;
 pub(crate) mod spawn;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -54,14 +54,15 @@ use std::time::{Duration, Instant};
 
 use plughost_sys::{ChannelError, Pidfd, ProcessExit, Ring, Seqpacket};
 use plughost_wire::{
-    decode, encode, ApiCall, ApiReply, Hook, HookSet, HostMsg, RequestId, ServiceMsg, MAX_FRAME,
+    decode, encode, ApiCall, ApiReply, Hook, HookOutcome, HookSet, HostMsg, RequestId, ServiceMsg,
+    MAX_FRAME,
 };
 
 use crate::callbacks::{CallContext, ServiceCallbacks};
 use crate::error::CrashCause;
-use crate::pool::Kicks;
-use execute::ProcessTable;
-use plughost_host::HookOutcome;
+use crate::execute::{self, ProcessTable};
+use crate::kicks::Kicks;
+use phase::{DuringHook, HookLane, HookSocket, Idle, Outside, Phase, RingSlot};
 
 /// How long a host has, after its channel closed, to finish exiting before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
@@ -133,17 +134,6 @@ thread_local! {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn host_msg_name(msg: &HostMsg) -> &'static str {
-    match msg {
-        HostMsg::Hello(_) => "Hello",
-        HostMsg::Loaded { .. } => "Loaded",
-        HostMsg::LoadFailed(_) => "LoadFailed",
-        HostMsg::HookDone { .. } => "HookDone",
-        HostMsg::Call { .. } => "Call",
-        HostMsg::Blocked { .. } => "Blocked",
-    }
 }
 
 /// The slot indices set in a claim mask.
@@ -369,7 +359,7 @@ impl Host {
         let (ProcessExit::Signal { signal, .. }, Some(crash)) = (exit, &self.crash) else {
             return CrashCause::Exited(exit);
         };
-        if !plughost_host::crash::SIGNALS.contains(&signal) {
+        if !plughost_sys::crash_report::SIGNALS.contains(&signal) {
             return CrashCause::Exited(exit);
         }
         let report = crash.report.get_or_init(|| {
@@ -479,15 +469,9 @@ impl Host {
         self.ring
             .request(index, frame)
             .map_err(|e| self.violation(format!("sent {e} of the call ring")))?;
-        let (id, call) = match self.decode_ring(frame)? {
-            HostMsg::Call { id, call } => (id, call),
-            other => {
-                return Err(self.violation(format!(
-                    "sent {} through the call ring",
-                    host_msg_name(&other)
-                )))
-            }
-        };
+        let (id, call) = RingSlot
+            .accept(self.decode_ring(frame)?)
+            .map_err(|why| self.violation(why))?;
         let (reply, fd) = self.run_call(call, handler);
         // The fd goes first, on the fd lane, so that it is queued when the caller sees the reply
         // (which names it by request id). Never blocking: a host that leaves its fds untaken until
@@ -659,25 +643,23 @@ impl Host {
     /// One frame during a hook: its answer, a call to serve with `scope`, or a violation.
     fn during_hook(&self, msg: HostMsg, dispatch: &Dispatch<'_>) -> Result<Step, CrashCause> {
         let (id, kind) = (dispatch.id, dispatch.hook.kind());
+        let msg = HookSocket(kind)
+            .accept(msg)
+            .map_err(|why| self.violation(why))?;
         match msg {
-            HostMsg::HookDone {
-                id: got,
-                status,
-                message,
-            } if got == id => Ok(Step::Done(HookOutcome { status, message })),
-            HostMsg::Call { id, call } => {
+            DuringHook::Done(got, outcome) if got == id => Ok(Step::Done(outcome)),
+            DuringHook::Call(id, call) => {
                 self.serve_call(id, call, dispatch.scope);
                 Ok(Step::Continue)
             }
-            HostMsg::Blocked { syscall } => {
+            DuringHook::Blocked(syscall) => {
                 self.kill_for(CrashCause::BlockedSyscall { syscall });
                 Err(self.crash_cause())
             }
-            HostMsg::HookDone { id: got, .. } => Err(self.violation(format!(
+            DuringHook::Done(got, _) => Err(self.violation(format!(
                 "answered hook request {} while {kind} was request {}",
                 got.0, id.0
             ))),
-            other => Err(self.violation(format!("sent {} during {kind}", host_msg_name(&other)))),
         }
     }
 
@@ -754,23 +736,16 @@ impl Host {
                 }
                 // Only this hook's answer belongs on the lane: anything else is refused before it
                 // has any effect.
-                return match self.decode_ring(&reader.frame)? {
-                    HostMsg::HookDone {
-                        id: got,
-                        status,
-                        message,
-                    } if got == id => Ok(HookOutcome { status, message }),
-                    HostMsg::HookDone { id: got, .. } => Err(self.violation(format!(
+                let (got, outcome) = HookLane(kind)
+                    .accept(self.decode_ring(&reader.frame)?)
+                    .map_err(|why| self.violation(why))?;
+                return if got == id {
+                    Ok(outcome)
+                } else {
+                    Err(self.violation(format!(
                         "answered hook request {} while {kind} was request {}",
                         got.0, id.0
-                    ))),
-                    HostMsg::Call { .. } => {
-                        Err(self.violation(format!("sent a call on the hook lane during {kind}")))
-                    }
-                    other => Err(self.violation(format!(
-                        "sent {} on the hook lane during {kind}",
-                        host_msg_name(&other)
-                    ))),
+                    )))
                 };
             }
             let claimed = self.ring.claim_requests();
@@ -885,17 +860,11 @@ impl Host {
     }
 
     fn serve_idle_msg(&self, msg: HostMsg, default: &dyn ServiceCallbacks) {
-        match msg {
-            HostMsg::Call { id, call } => self.serve_call(id, call, default),
-            HostMsg::Blocked { syscall } => self.kill_for(CrashCause::BlockedSyscall { syscall }),
-            HostMsg::HookDone { id, .. } => {
-                self.violation(format!(
-                    "answered hook request {} that was never sent",
-                    id.0
-                ));
-            }
-            other => {
-                self.violation(format!("sent {} outside a hook", host_msg_name(&other)));
+        match Idle.accept(msg) {
+            Ok(Outside::Call(id, call)) => self.serve_call(id, call, default),
+            Ok(Outside::Blocked(syscall)) => self.kill_for(CrashCause::BlockedSyscall { syscall }),
+            Err(why) => {
+                self.violation(why);
             }
         }
     }

@@ -16,12 +16,7 @@ use plughost_abi::{
 };
 use plughost_wire::{ContainerSession, Distribution, Hook, OfflineDistribution, Session};
 
-/// What a hook returned, with the message it set through `plugin_error`, if any.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HookOutcome {
-    pub status: i32,
-    pub message: Option<String>,
-}
+pub use plughost_wire::HookOutcome;
 
 struct HookContext {
     hook: &'static str,

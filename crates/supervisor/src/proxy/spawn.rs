@@ -23,6 +23,7 @@ use plughost_wire::{
     PROTOCOL_VERSION,
 };
 
+use super::phase::{Handshake, Load, Loading, Phase};
 use super::{new_reader, Backlog, Host};
 use crate::callbacks::ServiceCallbacks;
 use crate::config::PluginConfig;
@@ -97,10 +98,10 @@ pub(crate) struct StartParams<'a> {
     pub host_binary: &'a Path,
     pub service_version: Version,
     pub spawner: &'a Spawner,
-    pub kicks: &'a Arc<crate::pool::Kicks>,
+    pub kicks: &'a Arc<crate::kicks::Kicks>,
     pub default: &'a dyn ServiceCallbacks,
     pub stats: &'a Arc<crate::stats::Stats>,
-    pub trust: &'a crate::integrity::Trust,
+    pub trust: &'a crate::config::Trust,
     /// The host's cgroup, which it joins first thing (`--cgroup`).
     pub cgroup: Option<&'a crate::cgroups::HostCgroup>,
 }
@@ -251,15 +252,9 @@ fn handshake(
     ring: plughost_sys::HostEnds,
 ) -> Result<plughost_wire::HookSet, StartError> {
     let name = &p.config.name;
-    let hello = match next(host, Instant::now() + HANDSHAKE_TIMEOUT)? {
-        HostMsg::Hello(hello) => hello,
-        other => {
-            return Err(StartError::Crashed(host.violation(format!(
-                "sent {} instead of Hello",
-                super::host_msg_name(&other)
-            ))))
-        }
-    };
+    let hello = Handshake
+        .accept(next(host, Instant::now() + HANDSHAKE_TIMEOUT)?)
+        .map_err(|why| StartError::Crashed(host.violation(why)))?;
     if hello.protocol != PROTOCOL_VERSION {
         return Err(StartError::Load(format!(
             "host speaks protocol {}, the service speaks {PROTOCOL_VERSION}",
@@ -318,51 +313,48 @@ fn handshake(
     }
     let deadline = Instant::now() + LOAD_TIMEOUT;
     loop {
-        match next(host, deadline)? {
-            HostMsg::Loaded { hooks } => return Ok(hooks),
-            HostMsg::LoadFailed(LoadFailure::Open(reason)) => {
+        let msg = Load
+            .accept(next(host, deadline)?)
+            .map_err(|why| StartError::Crashed(host.violation(why)))?;
+        match msg {
+            Loading::Loaded(hooks) => return Ok(hooks),
+            Loading::Failed(LoadFailure::Open(reason)) => {
                 return Err(StartError::Load(name_the_library(&reason, &p.config.path)))
             }
-            HostMsg::LoadFailed(LoadFailure::NoEntryPoint) => {
+            Loading::Failed(LoadFailure::NoEntryPoint) => {
                 return Err(StartError::Load(format!(
                     "{} does not export {}",
                     p.config.path.display(),
                     plughost_abi::PLUGHOST_ENTRY_POINT_V1
                 )))
             }
-            HostMsg::LoadFailed(LoadFailure::EntryFailed(status))
+            Loading::Failed(LoadFailure::EntryFailed(status))
                 if status == plughost_abi::PLUGHOST_E_REQUIRES_UPDATE =>
             {
                 return Err(StartError::RequiresUpdate)
             }
-            HostMsg::LoadFailed(LoadFailure::Confine(reason)) => {
+            Loading::Failed(LoadFailure::Confine(reason)) => {
                 return Err(StartError::Load(format!(
                     "cannot confine the host: {reason}"
                 )))
             }
-            HostMsg::Blocked { syscall } => {
+            Loading::Blocked(syscall) => {
                 host.kill_for(CrashCause::BlockedSyscall { syscall });
                 return Err(StartError::Crashed(host.crash_cause()));
             }
-            HostMsg::LoadFailed(LoadFailure::EntryFailed(status)) => {
+            Loading::Failed(LoadFailure::EntryFailed(status)) => {
                 return Err(StartError::Load(format!(
                     "entry point returned status {}",
                     crate::error::status_text(status)
                 )))
             }
             // The entry point may already call the API.
-            HostMsg::Call { id, call } => host.serve_call(id, call, p.default),
-            other => {
-                return Err(StartError::Crashed(host.violation(format!(
-                    "sent {} while loading",
-                    super::host_msg_name(&other)
-                ))))
-            }
+            Loading::Call(id, call) => host.serve_call(id, call, p.default),
         }
     }
 }
 
-/// The crash report's memfd (`plughost_host::crash::layout::SIZE` bytes, sealed against resizing so
+/// The crash report's memfd (`plughost_sys::crash_report::layout::SIZE` bytes, sealed against resizing so
 /// the host cannot make the service read more) and a handle on the verified library bytes.
 fn crash_memo(
     name: &str,
@@ -375,7 +367,7 @@ fn crash_memo(
         MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
     )
     .map_err(|e| format!("crash report memfd: {e}"))?;
-    rustix::fs::ftruncate(&memfd, plughost_host::crash::layout::SIZE as u64)
+    rustix::fs::ftruncate(&memfd, plughost_sys::crash_report::layout::SIZE as u64)
         .map_err(|e| format!("crash report memfd: {e}"))?;
     rustix::fs::fcntl_add_seals(
         &memfd,

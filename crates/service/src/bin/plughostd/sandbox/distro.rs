@@ -1,0 +1,142 @@
+//! A distribution: its start from `__vm-enter distro` (the rootfs attached in the VM, its init
+//! started as the VM's root) and `__distro-init` (its own mount and pid namespaces, `/proc`,
+//! `/dev` and the VM's `/mnt` bound in, pivot into the rootfs). Nothing is created in a user's
+//! rootfs.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use rustix::fs::Mode;
+use rustix::mount::{MountFlags, MountPropagationFlags};
+use rustix::thread::{ThreadNameSpaceType, UnshareFlags};
+
+use super::enter::{
+    attach_tree, clone_tree, enter_namespaces, idmap_or_warn, open_or_make_target, set_tree_attrs,
+    MOUNT_ATTR_NODEV,
+};
+use super::{
+    bind_to_parent, child_end, die, fork_bound, mirror_exit, pivot_into, reap_forever, say,
+    unshare, wait_child,
+};
+
+/// Attaches the rootfs in the VM and starts the distribution's init as the VM's root.
+pub(super) fn start_distribution(
+    pidfd: &OwnedFd,
+    init_pid: u32,
+    rootfs: &OwnedFd,
+    stage: &Path,
+    idmap: bool,
+    owner: (u32, u32),
+) -> ! {
+    let tree = clone_tree(rootfs).unwrap_or_else(|e| die("clone the rootfs", e));
+    // A device node in a user's rootfs opens nothing of the host's.
+    if let Err(e) = set_tree_attrs(&tree, MOUNT_ATTR_NODEV, None) {
+        die("set the rootfs's mount attributes", e);
+    }
+    if idmap {
+        idmap_or_warn(&tree, pidfd, init_pid, "the rootfs");
+    }
+    // This very program, by a handle: its path may be hidden in the VM (a checkout under /tmp).
+    let exe = rustix::fs::open(
+        "/proc/self/exe",
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap_or_else(|e| die("open /proc/self/exe", e));
+    if let Err(e) = enter_namespaces(pidfd, ThreadNameSpaceType::MOUNT, "VM's mount") {
+        die("enter the VM", e);
+    }
+    // /run belongs to the VM's root: made component-wise, like a mount target.
+    let place = open_or_make_target(owner, stage, false)
+        .unwrap_or_else(|e| die(&format!("create {}", stage.display()), e));
+    if let Err(e) = attach_tree(&tree, &place) {
+        die(&format!("attach the rootfs at {}", stage.display()), e);
+    }
+    let rest = ThreadNameSpaceType::USER
+        | ThreadNameSpaceType::PROCESS_ID
+        | ThreadNameSpaceType::INTER_PROCESS_COMMUNICATION
+        | ThreadNameSpaceType::HOST_NAME_AND_NIS_DOMAIN_NAME;
+    if let Err(e) = enter_namespaces(pidfd, rest, "VM's") {
+        die("enter the VM", e);
+    }
+    // The distribution's init must be in the VM's pid namespace *before* it unshares its own
+    // (the kernel refuses unshare(NEWPID) after setns(pid)): run it as our child, as the VM's root.
+    let mut command = Command::new(format!("/proc/self/fd/{}", exe.as_raw_fd()));
+    command
+        .arg0("plughostd")
+        .arg("__distro-init")
+        .arg("--root")
+        .arg(stage)
+        // We are outside its pid namespace: it sees its parent as pid 0 (and as 1, the
+        // VM's init, if we died before its death signal was armed).
+        .arg("--parent-pid")
+        .arg("0")
+        .uid(0)
+        .gid(0)
+        .env_clear();
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| die("start the distribution's init", e));
+    let exit = child_end(child.wait().unwrap_or_else(|e| die("wait", e)));
+    mirror_exit(exit)
+}
+
+/// `__distro-init`: see the module docs.
+pub fn distro_init(root: &Path, parent: u32) -> ! {
+    bind_to_parent(parent);
+    if let Err(e) = unshare(UnshareFlags::NEWNS | UnshareFlags::NEWPID) {
+        die("unshare(mount, pid)", e);
+    }
+    if let Some(init) = fork_bound() {
+        let exit = wait_child(init).unwrap_or_else(|e| die("wait for the distribution init", e));
+        mirror_exit(exit);
+    }
+    if let Err(e) = build_distro_root(root) {
+        die("distribution root", e);
+    }
+    say("ready");
+    reap_forever()
+}
+
+fn build_distro_root(root: &Path) -> Result<(), String> {
+    // Slave, not private: the VM's shared /mnt keeps propagating into the distribution's copy;
+    // nothing mounted here goes back to the VM.
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::REC | MountPropagationFlags::DOWNSTREAM,
+    )
+    .map_err(|e| format!("make mounts slaves: {e}"))?;
+    // The rootfs came from the VM's mount namespace, which the host's user namespace owns, so here
+    // it is a locked mount and pivot_root refuses it: bind it onto itself, a mount of our own.
+    rustix::mount::mount_bind_recursive(root, root)
+        .map_err(|e| format!("bind the rootfs onto itself: {e}"))?;
+    // Nothing is created in a user's rootfs: a missing mount point is an error or a warning.
+    let proc_dir = root.join("proc");
+    if !proc_dir.is_dir() {
+        return Err("the rootfs has no /proc directory".into());
+    }
+    rustix::mount::mount(
+        "proc",
+        &proc_dir,
+        "proc",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        None,
+    )
+    .map_err(|e| format!("mount /proc: {e}"))?;
+    let dev = root.join("dev");
+    if dev.is_dir() {
+        rustix::mount::mount_bind_recursive("/dev", &dev).map_err(|e| format!("bind /dev: {e}"))?;
+    } else {
+        eprintln!("plughostd sandbox: the rootfs has no /dev directory: the distribution runs without devices");
+    }
+    let mnt = root.join("mnt");
+    if mnt.is_dir() {
+        rustix::mount::mount_bind_recursive("/mnt", &mnt)
+            .map_err(|e| format!("bind the VM's /mnt: {e}"))?;
+    } else {
+        eprintln!("plughostd sandbox: the rootfs has no /mnt directory: plugin mounts do not reach this distribution");
+    }
+    pivot_into(root)
+}
