@@ -562,3 +562,48 @@ fn an_exec_whose_client_is_killed_leaves_no_program_behind() {
     wait_until("the program is gone", || !running());
     daemon.shutdown();
 }
+
+/// Nothing is created in a user's rootfs: without `/mnt` the distribution gets no plugin mounts,
+/// and the log says so; without `/proc` it is refused, naming why.
+#[test]
+fn a_rootfs_without_mnt_is_logged_and_without_proc_refused() {
+    if !need_root("a_rootfs_without_mnt_is_logged_and_without_proc_refused") {
+        return;
+    }
+    let world = World::new(vec![]);
+    let no_mnt = make_rootfs_with(world.dir.path(), "no-mnt", &["sh", "cat"]);
+    std::fs::remove_dir(no_mnt.join("mnt")).expect("rmdir mnt");
+    let no_proc = make_rootfs_with(world.dir.path(), "no-proc", &["sh", "cat"]);
+    std::fs::remove_dir(no_proc.join("proc")).expect("rmdir proc");
+    let daemon = world.start();
+    for (name, rootfs) in [("nomnt", &no_mnt), ("noproc", &no_proc)] {
+        daemon
+            .ctl(&[
+                "distro",
+                "register",
+                name,
+                "--rootfs",
+                rootfs.to_str().expect("utf-8"),
+            ])
+            .ok();
+    }
+    daemon.ctl(&["distro", "start", "nomnt"]).ok();
+    wait_until("the missing /mnt is logged", || {
+        daemon.log_text().contains(
+            "the rootfs has no /mnt directory: plugin mounts do not reach this distribution",
+        )
+    });
+    assert!(
+        !no_mnt.join("mnt").exists(),
+        "a directory was made in the user's rootfs"
+    );
+    let out = daemon.ctl(&["distro", "start", "noproc"]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("the rootfs has no /proc directory"),
+        "{}",
+        out.stderr
+    );
+    assert!(!no_proc.join("proc").exists());
+    daemon.shutdown();
+}
