@@ -4,7 +4,7 @@
  * thread's own stack), and joins it.
  *
  * Env: PH_LOG.
- * Tests expect: `loaded`, `thread_started`; the error names `parse_in_worker`, called from `worker`.
+ * Tests expect: `loaded`, `starting_thread`; the error names `parse_in_worker`, called from `worker`.
  */
 #include "ph_test.h"
 
@@ -30,9 +30,10 @@ static plughost_status on_vm_started(const struct plughost_session *session,
     (void)session;
     (void)settings;
     pthread_t thread;
+    /* Logged before the thread exists: it may crash the host before any later line. */
+    ph_log("starting_thread");
     if (pthread_create(&thread, NULL, worker, NULL) != 0)
         return -EAGAIN;
-    ph_log("thread_started");
     pthread_join(thread, NULL);
     return -EFAULT;
 }

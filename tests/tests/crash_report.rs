@@ -189,6 +189,6 @@ fn a_crash_on_a_plugin_thread_names_the_thread_functions() {
             "{err}"
         );
         assert!(stack.is_some());
-        fx.wait_for("thread_started");
+        fx.wait_for("starting_thread");
     }
 }
