@@ -219,9 +219,23 @@ fn flood_helper() {
     let Ok(socket) = std::env::var("PH_FLOOD_SOCKET") else {
         panic!("run only by connection_flood_does_not_starve_root");
     };
-    let streams: Vec<UnixStream> = (0..128)
-        .map(|_| UnixStream::connect(&socket).expect("connect"))
-        .collect();
+    // A daemon busy answering the over-limit connections (on one CPU, say) may be slow to accept:
+    // retry, and say why on stdout (the test reads it) rather than die silently.
+    let connect = || {
+        let mut last = None;
+        for _ in 0..100 {
+            match UnixStream::connect(&socket) {
+                Ok(stream) => return stream,
+                Err(e) => {
+                    last = Some(e);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        println!("connect failed: {last:?}");
+        std::process::exit(1)
+    };
+    let streams: Vec<UnixStream> = (0..128).map(|_| connect()).collect();
     println!("connected");
     let threads: Vec<_> = streams
         .into_iter()
@@ -309,10 +323,11 @@ fn start_flood(
         .expect("spawn the helper");
     let mut lines = BufReader::new(helper.stdout.take().expect("stdout")).lines();
     loop {
-        let line = lines
-            .next()
-            .expect("the helper connects")
-            .expect("read the helper");
+        let Some(line) = lines.next() else {
+            panic!("the helper ended before it connected: {:?}", helper.wait());
+        };
+        let line = line.expect("read the helper");
+        assert!(!line.starts_with("connect failed"), "the helper: {line}");
         if line == "connected" {
             break;
         }
