@@ -324,7 +324,11 @@ fn start_flood(
     let mut lines = BufReader::new(helper.stdout.take().expect("stdout")).lines();
     loop {
         let Some(line) = lines.next() else {
-            panic!("the helper ended before it connected: {:?}", helper.wait());
+            panic!(
+                "the helper ({:?}) ended before it connected: {:?}",
+                std::env::current_exe(),
+                helper.wait()
+            );
         };
         let line = line.expect("read the helper");
         assert!(!line.starts_with("connect failed"), "the helper: {line}");
