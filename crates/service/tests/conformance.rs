@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::*;
 
 const NOT_RUNNING: &str = "-10004";
@@ -17,49 +15,15 @@ const NOT_FOUND: &str = "-10005";
 const SHUTTING_DOWN: &str = "-10006";
 const ILLEGAL_CALL: &str = "-10002";
 
-/// `tests/plugins/contract_probe.c` built as the plugin `name` (`-DPROBE_NAME`), with the flags
-/// `service_plugin` uses.
+/// `tests/plugins/contract_probe.c` built as the plugin `name` (`-DPROBE_NAME`).
 fn probe(name: &str) -> PluginSpec {
-    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/plugins/contract_probe.c");
-    let workspace = plughost_tests::workspace();
-    let out_dir = plughost_tests::target_dir().join("test-plugins");
-    std::fs::create_dir_all(&out_dir).expect("mkdir test-plugins");
-    let out = out_dir.join(format!("probe-{name}.so"));
-    // Unique per call: the tests of this binary run in parallel threads and build the same ones.
-    static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let build = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = out_dir.join(format!(
-        "probe-{name}.{}.{build}.tmp.so",
-        std::process::id()
-    ));
-    let status = std::process::Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args([
-            "-shared",
-            "-fPIC",
-            "-std=gnu11",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-pthread",
-        ])
-        .arg(format!("-DPROBE_NAME=\"{name}\""))
-        .arg("-I")
-        .arg(workspace.join("include"))
-        .arg("-I")
-        .arg(workspace.join("plugins/c"))
-        .arg("-o")
-        .arg(&tmp)
-        .arg(&source)
-        .status()
-        .expect("run cc");
-    assert!(status.success(), "compiling {} failed", source.display());
-    std::fs::rename(&tmp, &out).expect("rename plugin");
-    PluginSpec {
-        name: name.into(),
-        path: out,
-        in_process: false,
-        lazy: false,
-    }
+    let mut spec = service_plugin_with(
+        "contract_probe",
+        &format!("probe-{name}"),
+        &[format!("-DPROBE_NAME=\"{name}\"")],
+    );
+    spec.name = name.into();
+    spec
 }
 
 /// A daemon with the probes `zeta` then `alpha`, a registrable rootfs, and `actions`

@@ -498,7 +498,13 @@ pub fn wait_until(what: &str, check: impl FnMut() -> bool) {
 
 /// A test plugin of this crate (`tests/plugins/<name>.c`), compiled like `plugins/c`.
 pub fn service_plugin(name: &str) -> PluginSpec {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/plugins/{name}.c"));
+    service_plugin_with(name, name, &[])
+}
+
+/// `tests/plugins/<source>.c` built as the plugin `name`, with extra compiler flags (one source,
+/// several plugins: `-DPROBE_NAME=...`).
+pub fn service_plugin_with(source: &str, name: &str, flags: &[String]) -> PluginSpec {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/plugins/{source}.c"));
     let workspace = plughost_tests::workspace();
     let out_dir = plughost_tests::target_dir().join("test-plugins");
     std::fs::create_dir_all(&out_dir).expect("mkdir test-plugins");
@@ -520,6 +526,7 @@ pub fn service_plugin(name: &str) -> PluginSpec {
             "-Werror",
             "-pthread",
         ])
+        .args(flags)
         .arg("-I")
         .arg(workspace.join("include"))
         .arg("-I")
