@@ -353,8 +353,9 @@ pub(super) fn enter_namespaces(
     what: &str,
 ) -> Result<(), std::io::Error> {
     rustix::thread::move_into_thread_name_spaces(pidfd.as_fd(), types).map_err(|e| {
-        // ESRCH: the VM's init is gone (the VM is stopping).
-        if has_exited(pidfd) {
+        // ESRCH: the VM's init is gone or exiting (the VM is stopping). An exiting process drops
+        // its namespaces before its pidfd polls readable, so ESRCH alone says it.
+        if e == rustix::io::Errno::SRCH || has_exited(pidfd) {
             std::io::Error::from_raw_os_error(libc::ESRCH)
         } else {
             std::io::Error::other(format!("enter the {what} namespaces: {e}"))
