@@ -416,7 +416,11 @@ pub fn vm_enter(parent: u32, init_pid: u32, op: EnterOp) -> ! {
             if let Err(e) = enter_namespaces(&pidfd, ThreadNameSpaceType::MOUNT, "VM's mount") {
                 die_errno("enter the VM", e);
             }
-            if let Err(e) = rustix::mount::unmount(&target, UnmountFlags::DETACH) {
+            // NOFOLLOW: a symlink the VM's users put where a share was does not redirect the
+            // unmount to another of the VM's mounts.
+            if let Err(e) =
+                rustix::mount::unmount(&target, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW)
+            {
                 die_errno(&format!("unmount {}", target.display()), e.into());
             }
             std::process::exit(0)
