@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use plughost::{
-    CallContext, Distribution, ManagerConfig, OutputSink, PluginConfig, PluginManager,
-    ServiceCallbacks, Session, Status,
+    CallContext, Distribution, DistributionId, ManagerConfig, OutputSink, PluginConfig,
+    PluginManager, ServiceCallbacks, Session, SessionId, Status,
 };
 
 /// The workspace root.
@@ -218,11 +218,11 @@ pub struct VmState {
 
 #[derive(Default, Debug)]
 pub struct State {
-    pub vms: HashMap<u32, VmState>,
+    pub vms: HashMap<SessionId, VmState>,
     /// Running distributions of each session.
-    pub distributions: HashMap<[u8; 16], u32>,
+    pub distributions: HashMap<DistributionId, SessionId>,
     /// Every distribution ever started (a stopped one is known, not running).
-    pub known_distributions: std::collections::HashSet<[u8; 16]>,
+    pub known_distributions: std::collections::HashSet<DistributionId>,
 }
 
 /// The test service: state behind one mutex that hooks are dispatched under.
@@ -348,7 +348,7 @@ impl<'a> Scope<'a> {
     }
 }
 
-fn vm(state: &mut State, session: u32) -> Result<&mut VmState, Status> {
+fn vm(state: &mut State, session: SessionId) -> Result<&mut VmState, Status> {
     let vm = state.vms.get_mut(&session).ok_or(Status::NOT_FOUND)?;
     if !vm.running {
         return Err(Status::NOT_RUNNING);
@@ -358,7 +358,7 @@ fn vm(state: &mut State, session: u32) -> Result<&mut VmState, Status> {
 
 fn mount(
     state: &mut State,
-    session: u32,
+    session: SessionId,
     host: &str,
     vm_path: &str,
     ro: bool,
@@ -366,7 +366,7 @@ fn mount(
     let vm = vm(state, session)?;
     let host = Path::new(host);
     if !host.exists() {
-        return Err(Status::errno(2));
+        return Err(Status::errno(rustix::io::Errno::NOENT.raw_os_error()));
     }
     vm.mounts.insert(
         vm_path.trim_end_matches('/').to_owned(),
@@ -390,7 +390,7 @@ fn translate(vm: &VmState, arg: &str) -> String {
 /// Runs `path` with stdin/stdout on a socket; returns the caller's end.
 fn run(vm: &VmState, path: &str, argv: &[String]) -> Result<OwnedFd, Status> {
     if !Path::new(path).exists() {
-        return Err(Status::errno(2));
+        return Err(Status::errno(rustix::io::Errno::NOENT.raw_os_error()));
     }
     let (ours, theirs) = UnixStream::pair().map_err(|e| Status::from_io(&e))?;
     let stdin = theirs.try_clone().map_err(|e| Status::from_io(&e))?;
@@ -406,15 +406,20 @@ fn run(vm: &VmState, path: &str, argv: &[String]) -> Result<OwnedFd, Status> {
     Ok(ours.into())
 }
 
-fn exec(state: &mut State, session: u32, path: &str, argv: &[String]) -> Result<OwnedFd, Status> {
+fn exec(
+    state: &mut State,
+    session: SessionId,
+    path: &str,
+    argv: &[String],
+) -> Result<OwnedFd, Status> {
     let vm = vm(state, session)?;
     run(vm, path, argv)
 }
 
 fn exec_in_distribution(
     state: &mut State,
-    session: u32,
-    distribution: [u8; 16],
+    session: SessionId,
+    distribution: DistributionId,
     path: &str,
     argv: &[String],
 ) -> Result<OwnedFd, Status> {
@@ -439,7 +444,7 @@ impl ServiceCallbacks for Scope<'_> {
     fn mount_folder(
         &self,
         _: CallContext<'_>,
-        session: u32,
+        session: SessionId,
         host: &str,
         vm_path: &str,
         ro: bool,
@@ -450,7 +455,7 @@ impl ServiceCallbacks for Scope<'_> {
     fn execute_binary(
         &self,
         _: CallContext<'_>,
-        session: u32,
+        session: SessionId,
         path: &str,
         argv: &[String],
     ) -> Result<OwnedFd, Status> {
@@ -459,8 +464,8 @@ impl ServiceCallbacks for Scope<'_> {
     fn execute_binary_in_distribution(
         &self,
         _: CallContext<'_>,
-        session: u32,
-        distribution: [u8; 16],
+        session: SessionId,
+        distribution: DistributionId,
         path: &str,
         argv: &[String],
     ) -> Result<OwnedFd, Status> {
@@ -472,7 +477,7 @@ impl ServiceCallbacks for TestService {
     fn mount_folder(
         &self,
         _: CallContext<'_>,
-        session: u32,
+        session: SessionId,
         host: &str,
         vm_path: &str,
         ro: bool,
@@ -484,7 +489,7 @@ impl ServiceCallbacks for TestService {
     fn execute_binary(
         &self,
         _: CallContext<'_>,
-        session: u32,
+        session: SessionId,
         path: &str,
         argv: &[String],
     ) -> Result<OwnedFd, Status> {
@@ -494,8 +499,8 @@ impl ServiceCallbacks for TestService {
     fn execute_binary_in_distribution(
         &self,
         _: CallContext<'_>,
-        session: u32,
-        distribution: [u8; 16],
+        session: SessionId,
+        distribution: DistributionId,
         path: &str,
         argv: &[String],
     ) -> Result<OwnedFd, Status> {
@@ -506,7 +511,7 @@ impl ServiceCallbacks for TestService {
 
 pub fn session(id: u32) -> Session {
     Session {
-        id,
+        id: SessionId(id),
         uid: 1000 + id,
         gid: 1000 + id,
         user_name: format!("user{id}"),
@@ -515,7 +520,7 @@ pub fn session(id: u32) -> Session {
 
 pub fn distribution(n: u8) -> Distribution {
     Distribution {
-        id: [n; 16],
+        id: DistributionId([n; 16]),
         name: format!("distro{n}"),
         pid_namespace: 4026531836,
         package: "pkg".into(),

@@ -20,7 +20,7 @@ fn success_flow_mounts_executes_and_sees_every_hook() {
     // Both the C plugin and the Rust one read OK through the returned socket.
     assert_eq!(fx.events("read content=OK").len(), 2, "{:?}", fx.lines());
     // The mount is real in the service's state, read-only.
-    let mount = service.lock().vms[&1].mounts["/mnt/ph"].clone();
+    let mount = service.lock().vms[&plughost::SessionId(1)].mounts["/mnt/ph"].clone();
     assert_eq!(mount, (fx.dir.path().to_path_buf(), true));
 
     let d = distribution(7);

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::hostile::*;
 use plughost::{Deadlines, HookKind, PluginConfig};
 use plughost_tests::*;
-use plughost_wire::{encode, ApiCall, HostMsg, RequestId};
+use plughost_wire::{encode, ApiCall, HostMsg, RequestId, SessionId};
 
 const WRITER: &str = "hostile_ring_writer";
 
@@ -49,7 +49,7 @@ fn call_frame(call: ApiCall) -> Vec<u8> {
 /// it.
 fn touch_frame(path: &Path) -> Vec<u8> {
     call_frame(ApiCall::ExecuteBinary {
-        session: 1,
+        session: SessionId(1),
         path: "/bin/touch".into(),
         argv: vec!["touch".into(), path.to_string_lossy().into_owned()],
     })
@@ -218,7 +218,7 @@ fn attack_through_the_ring(target: Target, frame: &[u8], claimed_len: Option<u32
 fn slot_length_past_the_slot_is_a_protocol_violation() {
     let _serial = serial();
     let mount = call_frame(ApiCall::MountFolder {
-        session: 1,
+        session: SessionId(1),
         host_path: "/".into(),
         vm_path: "/mnt/x".into(),
         read_only: true,
@@ -270,7 +270,7 @@ fn garbage_in_a_slot_is_a_protocol_violation() {
 fn truncated_frame_in_a_slot_is_a_protocol_violation() {
     let _serial = serial();
     let mount = call_frame(ApiCall::MountFolder {
-        session: 1,
+        session: SessionId(1),
         host_path: "/".repeat(200),
         vm_path: "/mnt/x".into(),
         read_only: true,
@@ -289,7 +289,7 @@ fn truncated_frame_in_a_slot_is_a_protocol_violation() {
 /// the ring's fd lane before writing the reply into the slot.
 fn true_frame() -> Vec<u8> {
     call_frame(ApiCall::ExecuteBinary {
-        session: 1,
+        session: SessionId(1),
         path: "/bin/true".into(),
         argv: vec!["true".into()],
     })
@@ -322,7 +322,7 @@ fn a_host_that_never_takes_its_fds_is_killed_and_the_service_keeps_none() {
 fn call_posted_on_the_hook_lane_is_a_protocol_violation() {
     let _serial = serial();
     let mount = call_frame(ApiCall::MountFolder {
-        session: 1,
+        session: SessionId(1),
         host_path: "/".into(),
         vm_path: "/mnt/lane".into(),
         read_only: true,

@@ -209,7 +209,7 @@ impl<'a> CallbackPlugin<'a> {
     /// Sends one command; returns (failures, calls made).
     fn command(&mut self, mode: u32, count: u32) -> Result<(u32, u32)> {
         let mut cmd = Vec::with_capacity(12);
-        for word in [mode, count, session().id] {
+        for word in [mode, count, session().id.0] {
             cmd.extend_from_slice(&word.to_ne_bytes());
         }
         self.ctl

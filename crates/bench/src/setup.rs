@@ -9,15 +9,16 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use plughost::{
-    CallContext, ContainerProcess, CreateProcessError, ManagerConfig, PluginConfig, PluginManager,
-    ProcessStream, ServiceCallbacks, Session, Status,
+    CallContext, ContainerProcess, ContainerSessionId, CreateProcessError, DistributionId,
+    ManagerConfig, PluginConfig, PluginManager, ProcessStream, ServiceCallbacks, Session,
+    SessionId, Status,
 };
 use plughost_wire::{encode, Hook, RequestId, ServiceMsg, VmSettings};
 
 /// The session every hook is about.
 pub fn session() -> Session {
     Session {
-        id: 1,
+        id: SessionId(1),
         uid: 1000,
         gid: 1000,
         user_name: "bench".into(),
@@ -102,13 +103,13 @@ impl ServiceCallbacks for BenchService {
     fn mount_folder(
         &self,
         _: CallContext<'_>,
-        session: u32,
+        session: SessionId,
         _host_path: &str,
         _vm_path: &str,
         _read_only: bool,
         _name: &str,
     ) -> Result<(), Status> {
-        if session == 2 {
+        if session == SessionId(2) {
             return Err(Status::NOT_FOUND);
         }
         self.mounts.fetch_add(1, Ordering::Relaxed);
@@ -118,11 +119,11 @@ impl ServiceCallbacks for BenchService {
     fn execute_binary(
         &self,
         _: CallContext<'_>,
-        session: u32,
+        session: SessionId,
         _path: &str,
         _argv: &[String],
     ) -> Result<OwnedFd, Status> {
-        if session == 2 {
+        if session == SessionId(2) {
             return Err(Status::NOT_FOUND);
         }
         self.fd()
@@ -131,12 +132,12 @@ impl ServiceCallbacks for BenchService {
     fn execute_binary_in_distribution(
         &self,
         _: CallContext<'_>,
-        _session: u32,
-        distribution: [u8; 16],
+        _session: SessionId,
+        distribution: DistributionId,
         _path: &str,
         _argv: &[String],
     ) -> Result<OwnedFd, Status> {
-        if distribution == [2; 16] {
+        if distribution == DistributionId([2; 16]) {
             return Err(Status::NOT_FOUND);
         }
         self.fd()
@@ -145,12 +146,12 @@ impl ServiceCallbacks for BenchService {
     fn container_mount_folder(
         &self,
         _: CallContext<'_>,
-        container_session: u32,
+        container_session: ContainerSessionId,
         _host_path: &str,
         _mountpoint: &str,
         _read_only: bool,
     ) -> Result<(), Status> {
-        if container_session == 2 {
+        if container_session == ContainerSessionId(2) {
             return Err(Status::NOT_FOUND);
         }
         Ok(())
@@ -159,10 +160,10 @@ impl ServiceCallbacks for BenchService {
     fn container_unmount_folder(
         &self,
         _: CallContext<'_>,
-        container_session: u32,
+        container_session: ContainerSessionId,
         _mountpoint: &str,
     ) -> Result<(), Status> {
-        if container_session == 2 {
+        if container_session == ContainerSessionId(2) {
             return Err(Status::NOT_FOUND);
         }
         Ok(())
@@ -171,12 +172,12 @@ impl ServiceCallbacks for BenchService {
     fn container_create_process(
         &self,
         _: CallContext<'_>,
-        container_session: u32,
+        container_session: ContainerSessionId,
         path: &str,
         _argv: &[String],
         _envp: Option<&[String]>,
     ) -> Result<Box<dyn ContainerProcess>, CreateProcessError> {
-        if container_session == 2 || path == "/nonexistent" {
+        if container_session == ContainerSessionId(2) || path == "/nonexistent" {
             return Err(CreateProcessError {
                 status: Status::NOT_FOUND,
                 errno: 2,

@@ -8,7 +8,8 @@
 use std::time::{Duration, Instant};
 
 use plughost::{
-    ContainerSession, Distribution, HookKind, OfflineDistribution, Session, VmSettings,
+    ContainerSession, ContainerSessionId, Distribution, DistributionId, HookKind,
+    OfflineDistribution, Session, SessionId, VmSettings,
 };
 
 use crate::drive::Driver;
@@ -26,7 +27,7 @@ pub struct Usage {
 
 fn session(id: u32) -> Session {
     Session {
-        id,
+        id: SessionId(id),
         uid: 1000 + id,
         gid: 1000 + id,
         user_name: format!("checker{id}"),
@@ -35,7 +36,7 @@ fn session(id: u32) -> Session {
 
 fn distribution(id: u32) -> Distribution {
     Distribution {
-        id: [id as u8; 16],
+        id: DistributionId([id as u8; 16]),
         name: format!("debian-12-{id}"),
         pid_namespace: 4_026_532_000 + u64::from(id),
         package: "org.debian.bookworm".into(),
@@ -58,7 +59,7 @@ fn offline(id: u32) -> OfflineDistribution {
 
 fn container_session(id: u32) -> ContainerSession {
     ContainerSession {
-        id,
+        id: ContainerSessionId(id),
         display_name: format!("editor-{id}"),
         application_pid: 4343,
         uid: 1000 + id,

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use plughost::{
-    CallContext, ContainerProcess, CreateProcessError, HookKind, ProcessStream, ServiceCallbacks,
-    Status,
+    CallContext, ContainerProcess, ContainerSessionId, CreateProcessError, DistributionId,
+    HookKind, ProcessStream, ServiceCallbacks, SessionId, Status,
 };
 
 /// The errors API calls may return (`plugin_api.h`, "Status codes"), answered in turn in the error
@@ -115,7 +115,7 @@ impl ServiceCallbacks for Scope<'_> {
     fn mount_folder(
         &self,
         _: CallContext<'_>,
-        _session: u32,
+        _session: SessionId,
         _host_path: &str,
         _vm_path: &str,
         _read_only: bool,
@@ -127,7 +127,7 @@ impl ServiceCallbacks for Scope<'_> {
     fn execute_binary(
         &self,
         _: CallContext<'_>,
-        _session: u32,
+        _session: SessionId,
         _path: &str,
         _argv: &[String],
     ) -> Result<OwnedFd, Status> {
@@ -138,8 +138,8 @@ impl ServiceCallbacks for Scope<'_> {
     fn execute_binary_in_distribution(
         &self,
         _: CallContext<'_>,
-        _session: u32,
-        _distribution: [u8; 16],
+        _session: SessionId,
+        _distribution: DistributionId,
         _path: &str,
         _argv: &[String],
     ) -> Result<OwnedFd, Status> {
@@ -150,7 +150,7 @@ impl ServiceCallbacks for Scope<'_> {
     fn container_mount_folder(
         &self,
         _: CallContext<'_>,
-        _container_session: u32,
+        _container_session: ContainerSessionId,
         _host_path: &str,
         _mountpoint: &str,
         _read_only: bool,
@@ -161,7 +161,7 @@ impl ServiceCallbacks for Scope<'_> {
     fn container_unmount_folder(
         &self,
         _: CallContext<'_>,
-        _container_session: u32,
+        _container_session: ContainerSessionId,
         _mountpoint: &str,
     ) -> Result<(), Status> {
         self.service.answer(self.hook)
@@ -170,7 +170,7 @@ impl ServiceCallbacks for Scope<'_> {
     fn container_create_process(
         &self,
         _: CallContext<'_>,
-        _container_session: u32,
+        _container_session: ContainerSessionId,
         _path: &str,
         _argv: &[String],
         _envp: Option<&[String]>,
@@ -196,7 +196,7 @@ impl ServiceCallbacks for Outside {
     fn mount_folder(
         &self,
         ctx: CallContext<'_>,
-        session: u32,
+        session: SessionId,
         host_path: &str,
         vm_path: &str,
         read_only: bool,
@@ -209,7 +209,7 @@ impl ServiceCallbacks for Outside {
     fn execute_binary(
         &self,
         ctx: CallContext<'_>,
-        session: u32,
+        session: SessionId,
         path: &str,
         argv: &[String],
     ) -> Result<OwnedFd, Status> {
@@ -219,8 +219,8 @@ impl ServiceCallbacks for Outside {
     fn execute_binary_in_distribution(
         &self,
         ctx: CallContext<'_>,
-        session: u32,
-        distribution: [u8; 16],
+        session: SessionId,
+        distribution: DistributionId,
         path: &str,
         argv: &[String],
     ) -> Result<OwnedFd, Status> {
@@ -231,7 +231,7 @@ impl ServiceCallbacks for Outside {
     fn container_mount_folder(
         &self,
         ctx: CallContext<'_>,
-        container_session: u32,
+        container_session: ContainerSessionId,
         host_path: &str,
         mountpoint: &str,
         read_only: bool,
@@ -248,7 +248,7 @@ impl ServiceCallbacks for Outside {
     fn container_unmount_folder(
         &self,
         ctx: CallContext<'_>,
-        container_session: u32,
+        container_session: ContainerSessionId,
         mountpoint: &str,
     ) -> Result<(), Status> {
         self.scope()
@@ -258,7 +258,7 @@ impl ServiceCallbacks for Outside {
     fn container_create_process(
         &self,
         ctx: CallContext<'_>,
-        container_session: u32,
+        container_session: ContainerSessionId,
         path: &str,
         argv: &[String],
         envp: Option<&[String]>,

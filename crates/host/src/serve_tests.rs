@@ -4,11 +4,11 @@
 //! socket pair, many rounds.
 
 use super::*;
-use plughost_wire::{ApiCall, HostMsg};
+use plughost_wire::{ApiCall, HostMsg, SessionId};
 
 fn mount() -> ApiCall {
     ApiCall::MountFolder {
-        session: 1,
+        session: SessionId(1),
         host_path: "/".into(),
         vm_path: "/mnt/t".into(),
         read_only: true,
@@ -116,7 +116,7 @@ fn serve_one(ring: &Ring, passed: Option<(u64, &[u8])>, named: Option<u64>) {
 
 fn exec() -> ApiCall {
     ApiCall::ExecuteBinary {
-        session: 1,
+        session: SessionId(1),
         path: "/bin/true".into(),
         argv: vec!["true".into()],
     }

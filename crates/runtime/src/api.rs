@@ -15,7 +15,10 @@ use std::os::fd::{IntoRawFd, OwnedFd};
 use std::sync::OnceLock;
 
 use plughost_abi::*;
-use plughost_wire::{ApiCall, ApiReply, ProcessHandle, Version, MAX_ARGS};
+use plughost_wire::{
+    ApiCall, ApiReply, ContainerSessionId, DistributionId, ProcessHandle, SessionId, Version,
+    MAX_ARGS,
+};
 
 /// What a backend answers to one call: the reply, and the fd that came with it (for
 /// [`ApiReply::Fd`]).
@@ -133,7 +136,7 @@ unsafe extern "C" fn mount_folder(
 ) -> plughost_status {
     status_of((|| {
         let call = ApiCall::MountFolder {
-            session,
+            session: SessionId(session),
             host_path: string(host_path)?,
             vm_path: string(vm_path)?,
             read_only,
@@ -154,7 +157,7 @@ unsafe extern "C" fn execute_binary(
             return Err(EFAULT);
         }
         let call = ApiCall::ExecuteBinary {
-            session,
+            session: SessionId(session),
             path: string(path)?,
             argv: strings(argv)?,
         };
@@ -186,8 +189,8 @@ unsafe extern "C" fn execute_binary_in_distribution(
         // SAFETY: non-NULL, points to a plughost_uuid (module invariant); it is plain bytes.
         let distribution = unsafe { (*distribution).bytes };
         let call = ApiCall::ExecuteBinaryInDistribution {
-            session,
-            distribution,
+            session: SessionId(session),
+            distribution: DistributionId(distribution),
             path: string(path)?,
             argv: strings(argv)?,
         };
@@ -203,7 +206,7 @@ unsafe extern "C" fn container_mount_folder(
 ) -> plughost_status {
     status_of((|| {
         let call = ApiCall::ContainerMountFolder {
-            container_session,
+            container_session: ContainerSessionId(container_session),
             host_path: string(host_path)?,
             mountpoint: string(mountpoint)?,
             read_only,
@@ -218,7 +221,7 @@ unsafe extern "C" fn container_unmount_folder(
 ) -> plughost_status {
     status_of((|| {
         call_status(ApiCall::ContainerUnmountFolder {
-            container_session,
+            container_session: ContainerSessionId(container_session),
             mountpoint: string(mountpoint)?,
         })
     })())
@@ -254,7 +257,7 @@ unsafe extern "C" fn container_create_process(
             Some(strings(envp)?)
         };
         let call = ApiCall::ContainerCreateProcess {
-            container_session,
+            container_session: ContainerSessionId(container_session),
             path: string(path)?,
             argv: strings(argv)?,
             envp,

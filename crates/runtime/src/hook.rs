@@ -108,7 +108,7 @@ impl CSession {
     fn new(s: &Session) -> CSession {
         let user_name = c_string(&s.user_name);
         let raw = plughost_session {
-            id: s.id,
+            id: s.id.0,
             uid: s.uid,
             gid: s.gid,
             user_name: user_name.as_ptr(),
@@ -129,7 +129,7 @@ impl CDistribution {
     fn new(d: &Distribution) -> CDistribution {
         let strings = [&d.name, &d.package, &d.flavor, &d.version].map(|s| c_string(s));
         let raw = plughost_distribution {
-            id: plughost_uuid { bytes: d.id },
+            id: plughost_uuid { bytes: d.id.0 },
             name: strings[0].as_ptr(),
             pid_namespace: d.pid_namespace,
             package: strings[1].as_ptr(),
@@ -153,7 +153,7 @@ impl COfflineDistribution {
     fn new(d: &OfflineDistribution) -> COfflineDistribution {
         let strings = [&d.name, &d.package, &d.flavor, &d.version].map(|s| c_string(s));
         let raw = plughost_offline_distribution {
-            id: plughost_uuid { bytes: d.id },
+            id: plughost_uuid { bytes: d.id.0 },
             name: strings[0].as_ptr(),
             package: strings[1].as_ptr(),
             flavor: strings[2].as_ptr(),
@@ -175,7 +175,7 @@ impl CContainerSession {
     fn new(c: &ContainerSession) -> CContainerSession {
         let name = c_string(&c.display_name);
         let raw = plughost_container_session {
-            id: c.id,
+            id: c.id.0,
             display_name: name.as_ptr(),
             application_pid: c.application_pid,
             uid: c.uid,

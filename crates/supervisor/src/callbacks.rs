@@ -18,7 +18,10 @@
 
 use std::os::fd::OwnedFd;
 
-pub use plughost_wire::{ContainerSession, Distribution, OfflineDistribution, Session, VmSettings};
+pub use plughost_wire::{
+    ContainerSession, ContainerSessionId, Distribution, DistributionId, OfflineDistribution,
+    Session, SessionId, VmSettings,
+};
 
 /// A plugin API status: `-errno` or a `PLUGHOST_E_*` code (always negative in an `Err`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -38,7 +41,7 @@ impl Status {
 
     /// From an I/O error: its errno, or `-EIO`.
     pub fn from_io(e: &std::io::Error) -> Status {
-        Status::errno(e.raw_os_error().unwrap_or(5))
+        Status::errno(e.raw_os_error().unwrap_or(libc::EIO))
     }
 
     /// The value sent to the plugin: never zero or positive for a failure.
@@ -46,7 +49,7 @@ impl Status {
         if self.0 < 0 {
             self.0
         } else {
-            -5
+            -libc::EIO
         }
     }
 }
@@ -93,14 +96,14 @@ impl From<Status> for CreateProcessError {
     }
 }
 
-const ENOSYS: Status = Status(-38);
+const ENOSYS: Status = Status(-libc::ENOSYS);
 
 /// The plugin API as the service implements it (`PLUGIN_ABI.md`, "API").
 pub trait ServiceCallbacks {
     fn mount_folder(
         &self,
         ctx: CallContext<'_>,
-        session: u32,
+        session: SessionId,
         host_path: &str,
         vm_path: &str,
         read_only: bool,
@@ -112,7 +115,7 @@ pub trait ServiceCallbacks {
     fn execute_binary(
         &self,
         ctx: CallContext<'_>,
-        session: u32,
+        session: SessionId,
         path: &str,
         argv: &[String],
     ) -> Result<OwnedFd, Status>;
@@ -120,8 +123,8 @@ pub trait ServiceCallbacks {
     fn execute_binary_in_distribution(
         &self,
         ctx: CallContext<'_>,
-        session: u32,
-        distribution: [u8; 16],
+        session: SessionId,
+        distribution: DistributionId,
         path: &str,
         argv: &[String],
     ) -> Result<OwnedFd, Status>;
@@ -129,7 +132,7 @@ pub trait ServiceCallbacks {
     fn container_mount_folder(
         &self,
         _ctx: CallContext<'_>,
-        _container_session: u32,
+        _container_session: ContainerSessionId,
         _host_path: &str,
         _mountpoint: &str,
         _read_only: bool,
@@ -140,7 +143,7 @@ pub trait ServiceCallbacks {
     fn container_unmount_folder(
         &self,
         _ctx: CallContext<'_>,
-        _container_session: u32,
+        _container_session: ContainerSessionId,
         _mountpoint: &str,
     ) -> Result<(), Status> {
         Err(ENOSYS)
@@ -149,7 +152,7 @@ pub trait ServiceCallbacks {
     fn container_create_process(
         &self,
         _ctx: CallContext<'_>,
-        _container_session: u32,
+        _container_session: ContainerSessionId,
         _path: &str,
         _argv: &[String],
         _envp: Option<&[String]>,

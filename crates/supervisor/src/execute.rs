@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 
+use plughost_abi::{PLUGHOST_PROCESS_STDERR, PLUGHOST_PROCESS_STDIN, PLUGHOST_PROCESS_STDOUT};
 use plughost_wire::{ApiCall, ApiReply, ProcessHandle};
 
 use crate::callbacks::{
@@ -86,7 +87,7 @@ pub(crate) fn execute(
             read_only,
         } => {
             if !mountpoint.starts_with('/') {
-                return (ApiReply::Status(-libc_einval()), None);
+                return (ApiReply::Status(-libc::EINVAL), None);
             }
             reply_status(handler.container_mount_folder(
                 ctx,
@@ -113,7 +114,7 @@ pub(crate) fn execute(
                 .len()
                 >= MAX_PROCESSES
             {
-                return (ApiReply::Status(-24), None);
+                return (ApiReply::Status(-libc::EMFILE), None);
             }
             match handler.container_create_process(
                 ctx,
@@ -140,10 +141,10 @@ pub(crate) fn execute(
         }
         ApiCall::ProcessGetFd { process, which } => {
             let stream = match which {
-                0 => ProcessStream::Stdin,
-                1 => ProcessStream::Stdout,
-                2 => ProcessStream::Stderr,
-                _ => return (ApiReply::Status(-libc_einval()), None),
+                PLUGHOST_PROCESS_STDIN => ProcessStream::Stdin,
+                PLUGHOST_PROCESS_STDOUT => ProcessStream::Stdout,
+                PLUGHOST_PROCESS_STDERR => ProcessStream::Stderr,
+                _ => return (ApiReply::Status(-libc::EINVAL), None),
             };
             reply_fd(with_process(processes, process, |p| p.fd(stream)))
         }
@@ -165,8 +166,4 @@ pub(crate) fn execute(
             reply_status(removed.map(drop).ok_or(Status::NOT_FOUND))
         }
     }
-}
-
-const fn libc_einval() -> i32 {
-    22
 }

@@ -51,8 +51,9 @@ mod stats;
 mod symbolize;
 
 pub use callbacks::{
-    CallContext, ContainerProcess, ContainerSession, CreateProcessError, Distribution,
-    OfflineDistribution, ProcessStream, ServiceCallbacks, Session, Status, VmSettings,
+    CallContext, ContainerProcess, ContainerSession, ContainerSessionId, CreateProcessError,
+    Distribution, DistributionId, OfflineDistribution, ProcessStream, ServiceCallbacks, Session,
+    SessionId, Status, VmSettings,
 };
 pub use config::{
     lookup_user, Activation, CgroupPolicy, Deadlines, FsAccess, HostUser, Isolation, Limits,

@@ -7,9 +7,10 @@
 
 use divan::{black_box, Bencher};
 use plughost_wire::{
-    decode, encode, ApiCall, ApiReply, Confinement, ContainerSession, Distribution, Hello, Hook,
-    HookKind, HookSet, HostMsg, LoadFailure, OfflineDistribution, PluginSource, ProcessHandle,
-    RequestId, ServiceMsg, Session, Version, VmSettings, Welcome, MAX_FRAME, PROTOCOL_VERSION,
+    decode, encode, ApiCall, ApiReply, Confinement, ContainerSession, ContainerSessionId,
+    Distribution, DistributionId, Hello, Hook, HookKind, HookSet, HostMsg, LoadFailure,
+    OfflineDistribution, PluginSource, ProcessHandle, RequestId, ServiceMsg, Session, SessionId,
+    Version, VmSettings, Welcome, MAX_FRAME, PROTOCOL_VERSION,
 };
 
 fn main() {
@@ -57,7 +58,7 @@ const SERVICE_MSGS: &[&str] = &[
 
 fn session() -> Session {
     Session {
-        id: 7,
+        id: SessionId(7),
         uid: 1000,
         gid: 1000,
         user_name: "alice".into(),
@@ -66,7 +67,7 @@ fn session() -> Session {
 
 fn distribution() -> Distribution {
     Distribution {
-        id: [0x5a; 16],
+        id: DistributionId([0x5a; 16]),
         name: "Debian".into(),
         pid_namespace: 4_026_531_836,
         package: "TheDebianProject.DebianGNULinux".into(),
@@ -78,7 +79,7 @@ fn distribution() -> Distribution {
 
 fn offline_distribution() -> OfflineDistribution {
     OfflineDistribution {
-        id: [0x5a; 16],
+        id: DistributionId([0x5a; 16]),
         name: "Debian".into(),
         package: "TheDebianProject.DebianGNULinux".into(),
         flavor: "debian".into(),
@@ -88,7 +89,7 @@ fn offline_distribution() -> OfflineDistribution {
 
 fn container_session() -> ContainerSession {
     ContainerSession {
-        id: 3,
+        id: ContainerSessionId(3),
         display_name: "editor".into(),
         application_pid: 31337,
         uid: 1000,
@@ -136,35 +137,35 @@ fn host_msg(case: &str) -> HostMsg {
             message: Some("cannot share /opt/mytool with the VM".into()),
         },
         "call_mount_folder" => call(ApiCall::MountFolder {
-            session: 7,
+            session: SessionId(7),
             host_path: "/opt/mytool".into(),
             vm_path: "/mnt/mytool".into(),
             read_only: true,
             name: "mytool".into(),
         }),
         "call_execute_binary" => call(ApiCall::ExecuteBinary {
-            session: 7,
+            session: SessionId(7),
             path: "/bin/cat".into(),
             argv: argv(),
         }),
         "call_execute_binary_in_distribution" => call(ApiCall::ExecuteBinaryInDistribution {
-            session: 7,
-            distribution: [0x5a; 16],
+            session: SessionId(7),
+            distribution: DistributionId([0x5a; 16]),
             path: "/bin/cat".into(),
             argv: argv(),
         }),
         "call_container_mount_folder" => call(ApiCall::ContainerMountFolder {
-            container_session: 3,
+            container_session: ContainerSessionId(3),
             host_path: "/opt/mytool".into(),
             mountpoint: "/mnt/mytool".into(),
             read_only: false,
         }),
         "call_container_unmount_folder" => call(ApiCall::ContainerUnmountFolder {
-            container_session: 3,
+            container_session: ContainerSessionId(3),
             mountpoint: "/mnt/mytool".into(),
         }),
         "call_container_create_process" => call(ApiCall::ContainerCreateProcess {
-            container_session: 3,
+            container_session: ContainerSessionId(3),
             path: "/bin/cat".into(),
             argv: argv(),
             envp: Some(vec!["PATH=/usr/bin:/bin".into(), "LANG=C.UTF-8".into()]),

@@ -15,6 +15,43 @@ pub struct RequestId(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ProcessHandle(pub u64);
 
+/// A VM session's id (`plughost_session.id`, the `session` argument of the VM calls).
+///
+/// A plain number on the wire and in the C ABI; the type only keeps it apart from the other ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(pub u32);
+
+/// A container session's id (`plughost_container_session.id`), numbered apart from [`SessionId`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ContainerSessionId(pub u32);
+
+/// A distribution's id (`plughost_uuid`, 16 bytes); shown as 32 lowercase hex digits.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct DistributionId(pub [u8; 16]);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::fmt::Display for ContainerSessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::fmt::Display for DistributionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
 /// `struct plughost_version`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Version {
@@ -32,7 +69,7 @@ impl std::fmt::Display for Version {
 /// `struct plughost_session`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
-    pub id: u32,
+    pub id: SessionId,
     pub uid: u32,
     pub gid: u32,
     pub user_name: String,
@@ -47,7 +84,7 @@ pub struct VmSettings {
 /// `struct plughost_distribution`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Distribution {
-    pub id: [u8; 16],
+    pub id: DistributionId,
     pub name: String,
     pub pid_namespace: u64,
     pub package: String,
@@ -59,7 +96,7 @@ pub struct Distribution {
 /// `struct plughost_offline_distribution`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OfflineDistribution {
-    pub id: [u8; 16],
+    pub id: DistributionId,
     pub name: String,
     pub package: String,
     pub flavor: String,
@@ -69,7 +106,7 @@ pub struct OfflineDistribution {
 /// `struct plughost_container_session`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSession {
-    pub id: u32,
+    pub id: ContainerSessionId,
     pub display_name: String,
     pub application_pid: u32,
     pub uid: u32,
@@ -211,35 +248,35 @@ impl Hook {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ApiCall {
     MountFolder {
-        session: u32,
+        session: SessionId,
         host_path: String,
         vm_path: String,
         read_only: bool,
         name: String,
     },
     ExecuteBinary {
-        session: u32,
+        session: SessionId,
         path: String,
         argv: Vec<String>,
     },
     ExecuteBinaryInDistribution {
-        session: u32,
-        distribution: [u8; 16],
+        session: SessionId,
+        distribution: DistributionId,
         path: String,
         argv: Vec<String>,
     },
     ContainerMountFolder {
-        container_session: u32,
+        container_session: ContainerSessionId,
         host_path: String,
         mountpoint: String,
         read_only: bool,
     },
     ContainerUnmountFolder {
-        container_session: u32,
+        container_session: ContainerSessionId,
         mountpoint: String,
     },
     ContainerCreateProcess {
-        container_session: u32,
+        container_session: ContainerSessionId,
         path: String,
         argv: Vec<String>,
         envp: Option<Vec<String>>,

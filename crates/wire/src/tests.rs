@@ -4,7 +4,7 @@ use super::*;
 
 fn session() -> Session {
     Session {
-        id: 7,
+        id: SessionId(7),
         uid: 1000,
         gid: 1000,
         user_name: "alice".into(),
@@ -31,7 +31,7 @@ fn every_message_kind_round_trips() {
         HostMsg::Call {
             id: RequestId(9),
             call: ApiCall::ExecuteBinary {
-                session: 1,
+                session: SessionId(1),
                 path: "/bin/cat".into(),
                 argv: vec!["cat".into(), "x".into()],
             },
@@ -167,10 +167,33 @@ fn positive_hook_status_is_invalid() {
     ));
 }
 
+/// The id newtypes are names in Rust only: on the wire each is exactly its bare value, so a frame of
+/// a build before them decodes the same (no protocol change).
+#[test]
+fn ids_encode_as_their_bare_values() {
+    let bare = postcard::to_allocvec(&(7u32, 3u32, [0xabu8; 16])).unwrap();
+    let typed = postcard::to_allocvec(&(
+        SessionId(7),
+        ContainerSessionId(3),
+        DistributionId([0xab; 16]),
+    ))
+    .unwrap();
+    assert_eq!(typed, bare);
+    assert_eq!(SessionId(7).to_string(), "7");
+    assert_eq!(ContainerSessionId(3).to_string(), "3");
+    let mut id = [0u8; 16];
+    id[0] = 0x0f;
+    id[15] = 0xa0;
+    assert_eq!(
+        DistributionId(id).to_string(),
+        "0f0000000000000000000000000000a0"
+    );
+}
+
 #[test]
 fn oversized_message_is_refused_at_encode() {
     let call = ApiCall::MountFolder {
-        session: 1,
+        session: SessionId(1),
         host_path: "x".repeat(MAX_FRAME),
         vm_path: String::new(),
         read_only: false,
@@ -218,7 +241,7 @@ proptest! {
 
     #[test]
     fn calls_round_trip(session in any::<u32>(), path in ".{0,64}", argv in proptest::collection::vec(".{0,16}", 0..8)) {
-        let msg = HostMsg::Call { id: RequestId(u64::from(session)), call: ApiCall::ExecuteBinary { session, path, argv } };
+        let msg = HostMsg::Call { id: RequestId(u64::from(session)), call: ApiCall::ExecuteBinary { session: SessionId(session), path, argv } };
         let mut buf = Vec::new();
         encode(&msg, &mut buf).unwrap();
         prop_assert_eq!(decode::<HostMsg>(&buf).unwrap(), msg);

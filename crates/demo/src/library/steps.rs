@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use plughost::{
     ManagerConfig, OfflineDistribution, PluginConfig, PluginManager, ServiceCallbacks, Session,
+    SessionId,
 };
 use plughost_tests::TestService;
 
@@ -20,7 +21,7 @@ const PATIENCE: Duration = Duration::from_secs(10);
 /// User alice's session.
 fn alice() -> Session {
     Session {
-        id: 1,
+        id: SessionId(1),
         uid: 1000,
         gid: 1000,
         user_name: "alice".into(),

@@ -192,7 +192,7 @@ mod tests {
             HostMsg::Call {
                 id: RequestId(8),
                 call: ApiCall::ExecuteBinary {
-                    session: 1,
+                    session: plughost_wire::SessionId(1),
                     path: "/bin/true".into(),
                     argv: Vec::new(),
                 },

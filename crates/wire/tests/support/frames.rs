@@ -10,10 +10,10 @@
 //! have them.
 
 use plughost_wire::{
-    decode, encode, ApiCall, ApiReply, Confinement, ContainerSession, Distribution, FsRules, Hello,
-    Hook, HookKind, HookSet, HostMsg, Limits, LoadFailure, OfflineDistribution, PluginSource,
-    ProcessHandle, RequestId, ServiceMsg, Session, Version, VmSettings, Welcome, MAX_FRAME,
-    PROTOCOL_VERSION,
+    decode, encode, ApiCall, ApiReply, Confinement, ContainerSession, ContainerSessionId,
+    Distribution, DistributionId, FsRules, Hello, Hook, HookKind, HookSet, HostMsg, Limits,
+    LoadFailure, OfflineDistribution, PluginSource, ProcessHandle, RequestId, ServiceMsg, Session,
+    SessionId, Version, VmSettings, Welcome, MAX_FRAME, PROTOCOL_VERSION,
 };
 
 /// Host to service: the untrusted direction (what a hostile plugin controls).
@@ -42,7 +42,7 @@ pub fn check_service_msg(frame: &[u8]) {
 
 fn session() -> Session {
     Session {
-        id: 7,
+        id: SessionId(7),
         uid: 1000,
         gid: 1000,
         user_name: "alice".into(),
@@ -51,7 +51,7 @@ fn session() -> Session {
 
 fn distribution() -> Distribution {
     Distribution {
-        id: [0xab; 16],
+        id: DistributionId([0xab; 16]),
         name: "debian".into(),
         pid_namespace: 4026531836,
         package: "pkg".into(),
@@ -63,7 +63,7 @@ fn distribution() -> Distribution {
 
 fn offline() -> OfflineDistribution {
     OfflineDistribution {
-        id: [0xcd; 16],
+        id: DistributionId([0xcd; 16]),
         name: "alpine".into(),
         package: "pkg".into(),
         flavor: "alpine".into(),
@@ -73,7 +73,7 @@ fn offline() -> OfflineDistribution {
 
 fn container() -> ContainerSession {
     ContainerSession {
-        id: 3,
+        id: ContainerSessionId(3),
         display_name: "build".into(),
         application_pid: 4321,
         uid: 1000,
@@ -146,7 +146,7 @@ pub fn host_messages() -> Vec<(&'static str, HostMsg)> {
         call(
             "call_mount_folder",
             ApiCall::MountFolder {
-                session: 7,
+                session: SessionId(7),
                 host_path: "/opt/tool".into(),
                 vm_path: "/mnt/tool".into(),
                 read_only: true,
@@ -156,7 +156,7 @@ pub fn host_messages() -> Vec<(&'static str, HostMsg)> {
         call(
             "call_execute_binary",
             ApiCall::ExecuteBinary {
-                session: 7,
+                session: SessionId(7),
                 path: "/bin/cat".into(),
                 argv: argv.clone(),
             },
@@ -164,8 +164,8 @@ pub fn host_messages() -> Vec<(&'static str, HostMsg)> {
         call(
             "call_execute_binary_in_distribution",
             ApiCall::ExecuteBinaryInDistribution {
-                session: 7,
-                distribution: [0xab; 16],
+                session: SessionId(7),
+                distribution: DistributionId([0xab; 16]),
                 path: "/bin/cat".into(),
                 argv: argv.clone(),
             },
@@ -173,7 +173,7 @@ pub fn host_messages() -> Vec<(&'static str, HostMsg)> {
         call(
             "call_container_mount_folder",
             ApiCall::ContainerMountFolder {
-                container_session: 3,
+                container_session: ContainerSessionId(3),
                 host_path: "/srv".into(),
                 mountpoint: "/srv".into(),
                 read_only: false,
@@ -182,14 +182,14 @@ pub fn host_messages() -> Vec<(&'static str, HostMsg)> {
         call(
             "call_container_unmount_folder",
             ApiCall::ContainerUnmountFolder {
-                container_session: 3,
+                container_session: ContainerSessionId(3),
                 mountpoint: "/srv".into(),
             },
         ),
         call(
             "call_container_create_process",
             ApiCall::ContainerCreateProcess {
-                container_session: 3,
+                container_session: ContainerSessionId(3),
                 path: "/bin/sh".into(),
                 argv,
                 envp: Some(vec!["A=1".into()]),

@@ -444,7 +444,7 @@ fn run(
             application_pid,
         } => {
             let (id, name) = daemon.csession_create(caller, &name, application_pid)?;
-            Reply::CsessionCreated { id, name }
+            Reply::CsessionCreated { id: id.0, name }
         }
         Request::CsessionRun { name, argv } => {
             exited(daemon.csession_run(caller, &name, &argv, stdio(fds)?, stream)?)

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use std::os::fd::OwnedFd;
 
+use plughost::DistributionId;
 use serde::{Deserialize, Serialize};
 
 use crate::userfs::{read_file_in_root, UserCred};
@@ -33,8 +34,8 @@ pub struct Registered {
 }
 
 impl Registered {
-    pub fn id_bytes(&self) -> [u8; 16] {
-        plughost_service::parse_uuid_hex(&self.id).unwrap_or_default()
+    pub fn distribution_id(&self) -> DistributionId {
+        DistributionId(plughost_service::parse_uuid_hex(&self.id).unwrap_or_default())
     }
 }
 
@@ -123,8 +124,8 @@ impl Store {
             .cloned()
     }
 
-    pub fn find_id(&self, id: &[u8; 16]) -> Option<Registered> {
-        let hex = plughost_service::uuid_hex(id);
+    pub fn find_id(&self, id: DistributionId) -> Option<Registered> {
+        let hex = id.to_string();
         self.distributions.iter().find(|d| d.id == hex).cloned()
     }
 

@@ -173,9 +173,9 @@ impl Daemon {
             // Never wait for an operation in progress: try again on the next tick.
             let Ok(_op) = s.op.try_lock() else { continue };
             if dead {
-                tracing::warn!(session = s.info.id, "the VM died on its own");
+                tracing::warn!(session = %s.info.id, "the VM died on its own");
             } else {
-                tracing::info!(session = s.info.id, "stopping the VM after {idle} s unused");
+                tracing::info!(session = %s.info.id, "stopping the VM after {idle} s unused");
             }
             self.stop_vm_locked(&s);
         }

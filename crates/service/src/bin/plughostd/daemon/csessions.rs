@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use plughost::ContainerSession;
+use plughost::{ContainerSession, ContainerSessionId};
 use plughost_service::ErrorKind;
 
 use super::sessions::run_client_program;
@@ -36,7 +36,7 @@ impl Daemon {
         caller: Caller,
         name: &str,
         application_pid: Option<u32>,
-    ) -> OpResult<(u32, String)> {
+    ) -> OpResult<(ContainerSessionId, String)> {
         self.check_running()?;
         // No application named (a client with no process of the caller's own above it, as under
         // `sudo -u`): the session is not tied to one and lives until `csession stop`.
@@ -65,7 +65,7 @@ impl Daemon {
                     caller.uid
                 )));
             }
-            let id = all.next;
+            let id = ContainerSessionId(all.next);
             all.next += 1;
             let cs = Arc::new(CSession {
                 info: ContainerSession {
@@ -95,14 +95,14 @@ impl Daemon {
             return Err(error.into());
         }
         if let Some(app) = app {
-            if let Err(e) = self.apps.watch(cs.info.id, app) {
+            if let Err(e) = self.apps.watch(cs.info.id.0, app) {
                 // Without a watch the session would outlive its application: refuse it.
                 self.stop_csession_locked(&cs);
                 return Err(OpError::new(ErrorKind::Internal, e.to_string()));
             }
         }
         tracing::info!(
-            csession = cs.info.id,
+            csession = %cs.info.id,
             name,
             uid = caller.uid,
             "container session created"
@@ -131,7 +131,7 @@ impl Daemon {
                 .map_err(|e| e.raw_os_error().unwrap_or(EIO))
                 .and_then(|folder| vm.mount(&folder, &m.mountpoint, m.read_only));
             if let Err(errno) = mounted {
-                tracing::warn!(csession = cs.info.id, mountpoint = %m.mountpoint,
+                tracing::warn!(csession = %cs.info.id, mountpoint = %m.mountpoint,
                     "cannot re-apply a mount: errno {errno}");
             }
         }
@@ -189,13 +189,13 @@ impl Daemon {
         cs.stopping.store(true, Ordering::SeqCst);
         let _ = self.with_manager(|m| m.on_container_session_stopping(&cs.info, &*self.shared));
         lock(&self.shared.csessions).by_id.remove(&cs.info.id);
-        self.apps.unwatch(cs.info.id);
-        tracing::info!(csession = cs.info.id, "container session stopped");
+        self.apps.unwatch(cs.info.id.0);
+        tracing::info!(csession = %cs.info.id, "container session stopped");
     }
 
     /// The application of container session `id` exited: stop the session with its hooks, as
     /// `csession stop` would (unless it stopped already).
-    pub(super) fn application_exited(&self, id: u32, pid: u32) {
+    pub(super) fn application_exited(&self, id: ContainerSessionId, pid: u32) {
         let Some(cs) = lock(&self.shared.csessions).by_id.get(&id).cloned() else {
             return;
         };
@@ -204,7 +204,7 @@ impl Daemon {
             return;
         }
         tracing::info!(
-            csession = id,
+            csession = %id,
             pid,
             "the application exited: stopping its container session"
         );

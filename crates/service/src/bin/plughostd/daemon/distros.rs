@@ -20,11 +20,11 @@ impl Daemon {
     /// user's file is never read again for a listing).
     fn distro_info(&self, s: &UserSession, r: &Registered) -> DistroInfo {
         let running = lock(&s.distros)
-            .get(&r.id_bytes())
+            .get(&r.distribution_id())
             .cloned()
             .filter(|d| d.process.is_alive());
         DistroInfo {
-            id: plughost_service::uuid_text(&r.id_bytes()),
+            id: plughost_service::uuid_text(&r.distribution_id().0),
             name: r.name.clone(),
             rootfs: r.rootfs.clone(),
             package: r.package.clone(),
@@ -38,7 +38,7 @@ impl Daemon {
 
     fn offline(r: &Registered) -> OfflineDistribution {
         OfflineDistribution {
-            id: r.id_bytes(),
+            id: r.distribution_id(),
             name: r.name.clone(),
             package: r.package.clone(),
             flavor: r.flavor.clone(),
@@ -178,7 +178,7 @@ impl Daemon {
         let s = self.session_for(caller);
         let _op = lock(&s.op);
         let entry = self.find_registered(caller.uid, name)?;
-        if lock(&s.distros).contains_key(&entry.id_bytes()) {
+        if lock(&s.distros).contains_key(&entry.distribution_id()) {
             return Err(OpError::new(
                 ErrorKind::Invalid,
                 format!("distribution '{name}' is running: stop it first"),
@@ -198,7 +198,7 @@ impl Daemon {
         let s = self.session_for(caller);
         let _op = lock(&s.op);
         let entry = self.find_registered(caller.uid, name)?;
-        let id = entry.id_bytes();
+        let id = entry.distribution_id();
         if lock(&s.distros).contains_key(&id) {
             return Err(OpError::new(
                 ErrorKind::AlreadyExists,
@@ -255,7 +255,7 @@ impl Daemon {
         let s = self.session_for(caller);
         let _op = lock(&s.op);
         let entry = self.find_registered(caller.uid, name)?;
-        let running = lock(&s.distros).get(&entry.id_bytes()).cloned();
+        let running = lock(&s.distros).get(&entry.distribution_id()).cloned();
         let Some(d) = running else {
             return Err(OpError::new(
                 ErrorKind::NotRunning,

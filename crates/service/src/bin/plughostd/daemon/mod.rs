@@ -55,7 +55,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use plughost::{
-    ContainerSession, Distribution, Isolation, ManagerConfig, PluginError, PluginManager, Session,
+    ContainerSession, ContainerSessionId, Distribution, DistributionId, Isolation, ManagerConfig,
+    PluginError, PluginManager, Session, SessionId,
 };
 use plughost_service::ErrorKind;
 
@@ -66,10 +67,7 @@ use crate::ids::IdRanges;
 use crate::store::Store;
 use crate::vm::{DistroProcess, Sandbox, Vm};
 
-const ENOENT: i32 = 2;
-const EBADF: i32 = 9;
-const EINVAL: i32 = 22;
-const EIO: i32 = 5;
+use libc::{EBADF, EINVAL, EIO, ENOENT};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -158,7 +156,7 @@ pub struct UserSession {
     /// Leaf: the published VM.
     vm: Mutex<Option<Arc<Vm>>>,
     /// Leaf: published running distributions, by id.
-    distros: Mutex<HashMap<[u8; 16], Arc<RunningDistro>>>,
+    distros: Mutex<HashMap<DistributionId, Arc<RunningDistro>>>,
     /// Leaf.
     last_used: Mutex<Instant>,
     /// Processes a client runs in the VM right now (the idle timer waits for them).
@@ -199,12 +197,12 @@ pub struct CSession {
 #[derive(Default)]
 struct Sessions {
     by_uid: HashMap<u32, Arc<UserSession>>,
-    by_id: HashMap<u32, Arc<UserSession>>,
+    by_id: HashMap<SessionId, Arc<UserSession>>,
 }
 
 #[derive(Default)]
 struct CSessions {
-    by_id: HashMap<u32, Arc<CSession>>,
+    by_id: HashMap<ContainerSessionId, Arc<CSession>>,
     next: u32,
 }
 
@@ -299,7 +297,7 @@ impl Daemon {
             .spawn(move || {
                 apps.run(|id, pid| match weak.upgrade() {
                     Some(daemon) => {
-                        daemon.application_exited(id, pid);
+                        daemon.application_exited(ContainerSessionId(id), pid);
                         true
                     }
                     None => false,

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use plughost::{
-    CallContext, ContainerProcess, CreateProcessError, ProcessStream, ServiceCallbacks, Status,
+    CallContext, ContainerProcess, ContainerSessionId, CreateProcessError, DistributionId,
+    ProcessStream, ServiceCallbacks, SessionId, Status,
 };
 
 use super::{lock, CMount, CSession, Shared, UserSession, EBADF, EINVAL, ENOENT};
@@ -108,7 +109,7 @@ impl Shared {
         Ok(())
     }
 
-    fn user_vm(&self, session: u32) -> Result<(Arc<UserSession>, Arc<Vm>), Status> {
+    fn user_vm(&self, session: SessionId) -> Result<(Arc<UserSession>, Arc<Vm>), Status> {
         self.check_not_shutting_down()?;
         let s = lock(&self.sessions)
             .by_id
@@ -120,7 +121,7 @@ impl Shared {
         Ok((s, vm))
     }
 
-    fn csession(&self, id: u32) -> Result<Arc<CSession>, Status> {
+    fn csession(&self, id: ContainerSessionId) -> Result<Arc<CSession>, Status> {
         self.check_not_shutting_down()?;
         let cs = lock(&self.csessions)
             .by_id
@@ -204,7 +205,7 @@ impl ServiceCallbacks for Shared {
     fn mount_folder(
         &self,
         ctx: CallContext<'_>,
-        session: u32,
+        session: SessionId,
         host_path: &str,
         vm_path: &str,
         read_only: bool,
@@ -223,7 +224,7 @@ impl ServiceCallbacks for Shared {
     fn execute_binary(
         &self,
         ctx: CallContext<'_>,
-        session: u32,
+        session: SessionId,
         path: &str,
         argv: &[String],
     ) -> Result<OwnedFd, Status> {
@@ -234,8 +235,8 @@ impl ServiceCallbacks for Shared {
     fn execute_binary_in_distribution(
         &self,
         ctx: CallContext<'_>,
-        session: u32,
-        distribution: [u8; 16],
+        session: SessionId,
+        distribution: DistributionId,
         path: &str,
         argv: &[String],
     ) -> Result<OwnedFd, Status> {
@@ -243,7 +244,7 @@ impl ServiceCallbacks for Shared {
         let running = lock(&s.distros).get(&distribution).cloned();
         let Some(d) = running else {
             let registered = lock(&self.store)
-                .find_id(&distribution)
+                .find_id(distribution)
                 .is_some_and(|r| r.owner == s.info.uid);
             return Err(if registered {
                 Status::NOT_RUNNING
@@ -257,7 +258,7 @@ impl ServiceCallbacks for Shared {
     fn container_mount_folder(
         &self,
         ctx: CallContext<'_>,
-        container_session: u32,
+        container_session: ContainerSessionId,
         host_path: &str,
         mountpoint: &str,
         read_only: bool,
@@ -280,7 +281,7 @@ impl ServiceCallbacks for Shared {
         });
         tracing::info!(
             plugin = ctx.plugin,
-            csession = container_session,
+            csession = %container_session,
             host = host_path,
             mountpoint,
             read_only,
@@ -292,7 +293,7 @@ impl ServiceCallbacks for Shared {
     fn container_unmount_folder(
         &self,
         _ctx: CallContext<'_>,
-        container_session: u32,
+        container_session: ContainerSessionId,
         mountpoint: &str,
     ) -> Result<(), Status> {
         check_absolute(mountpoint)?;
@@ -315,7 +316,7 @@ impl ServiceCallbacks for Shared {
     fn container_create_process(
         &self,
         ctx: CallContext<'_>,
-        container_session: u32,
+        container_session: ContainerSessionId,
         path: &str,
         argv: &[String],
         envp: Option<&[String]>,
@@ -349,7 +350,7 @@ impl ServiceCallbacks for Shared {
         let pidfd = crate::vm::exit_fd(child.id()).map_err(|e| Status::from_io(&e))?;
         tracing::info!(
             plugin = ctx.plugin,
-            csession = container_session,
+            csession = %container_session,
             path,
             "container process"
         );

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use std::collections::HashMap;
 
-use plughost::{Session, VmSettings};
+use plughost::{Session, SessionId, VmSettings};
 use plughost_service::{ErrorKind, VmInfo};
 
 use super::{
@@ -34,7 +34,7 @@ impl Daemon {
             return s.clone();
         }
         // Ids are opaque cookies, not uids (PLUGIN_ABI.md, "Types"): number them from 1.
-        let id = sessions.by_id.len() as u32 + 1;
+        let id = SessionId(sessions.by_id.len() as u32 + 1);
         let session = Arc::new(UserSession {
             info: Session {
                 id,
@@ -48,7 +48,7 @@ impl Daemon {
             last_used: Mutex::new(Instant::now()),
             busy: AtomicUsize::new(0),
         });
-        tracing::info!(session = id, uid = caller.uid, user = %session.info.user_name, "user session created");
+        tracing::info!(session = %id, uid = caller.uid, user = %session.info.user_name, "user session created");
         sessions.by_uid.insert(caller.uid, session.clone());
         sessions.by_id.insert(id, session.clone());
         session
@@ -57,7 +57,7 @@ impl Daemon {
     fn vm_info(&self, s: &UserSession) -> VmInfo {
         let vm = s.vm().filter(|vm| vm.is_alive());
         VmInfo {
-            session_id: s.info.id,
+            session_id: s.info.id.0,
             user: s.info.user_name.clone(),
             running: vm.is_some(),
             init_pid: vm.map(|vm| vm.init_pid()),
@@ -73,7 +73,7 @@ impl Daemon {
             if vm.is_alive() {
                 return Ok(vm);
             }
-            tracing::warn!(session = s.info.id, "the VM died on its own; cleaning up");
+            tracing::warn!(session = %s.info.id, "the VM died on its own; cleaning up");
             self.stop_vm_locked(s);
         }
         self.check_running()?;
@@ -166,7 +166,7 @@ impl Daemon {
             let inside = match distro {
                 Some(name) => {
                     let entry = self.find_registered(caller.uid, name)?;
-                    let running = lock(&s.distros).get(&entry.id_bytes()).cloned();
+                    let running = lock(&s.distros).get(&entry.distribution_id()).cloned();
                     match running {
                         Some(d) => Some(d),
                         None => {
