@@ -298,3 +298,56 @@ fn plugin_output_is_logged_line_by_line_with_its_name() {
     // The partial last line is flushed when the host exits.
     assert!(output.wait_for("printer", "partial"));
 }
+
+/// A log reads as a story per plugin: each plugin's turn of a hook is a span naming the plugin, the
+/// hook and the session, and each call it makes during the hook (served on the dispatching thread)
+/// is a span inside it naming the call. Checked on the formatted log of a real dispatch.
+#[test]
+fn hook_and_call_spans_name_the_plugin_the_hook_the_call_and_the_session() {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<u8>>>);
+    impl Write for Log {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let fx = Fixture::new();
+    let service = TestService::new();
+    let manager = service.manager(vec![fx.c("ok_mount_exec")]);
+    let log = Log::default();
+    let writer = log.clone();
+    // Only this thread's events: the dispatch and the calls it serves run here.
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("plughost=info"))
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::NEW)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let s = session(3);
+    tracing::subscriber::with_default(subscriber, || {
+        service.start_vm(&manager, &s).expect("vm starts")
+    });
+    let text =
+        String::from_utf8_lossy(&log.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    let hook = "hook{plugin=ok_mount_exec hook=on_vm_started session=3}";
+    assert!(
+        text.contains(&format!("{hook}: plughost::manager: new")),
+        "{text}"
+    );
+    for call in ["mount_folder", "execute_binary"] {
+        let nested = format!("{hook}:call{{plugin=ok_mount_exec call={call} session=3}}: ");
+        assert!(text.contains(&nested), "no {nested:?} in {text}");
+    }
+    service.stop_vm(&manager, &s);
+}

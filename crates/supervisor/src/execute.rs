@@ -1,4 +1,9 @@
 //! Running one plugin API call against the service's callbacks, for either isolation mode.
+//!
+//! Each call runs in an `info` span `call{plugin call session|csession}`: served during a hook on
+//! the dispatching thread, it nests in that hook's span (`manager.rs`), so a log reads as one story
+//! per plugin. Where it runs and with which callbacks is decided by the callers (`proxy/`, `pool.rs`,
+//! `inprocess.rs`), not here.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -46,8 +51,65 @@ fn with_process<T>(
     f(process.as_mut())
 }
 
-/// Runs `call` with `handler`. Never panics on plugin input; every failure becomes a status.
+/// The VM session a call names, if it names one.
+fn session_of(call: &ApiCall) -> Option<u32> {
+    match call {
+        ApiCall::MountFolder { session, .. }
+        | ApiCall::ExecuteBinary { session, .. }
+        | ApiCall::ExecuteBinaryInDistribution { session, .. } => Some(session.0),
+        ApiCall::ContainerMountFolder { .. }
+        | ApiCall::ContainerUnmountFolder { .. }
+        | ApiCall::ContainerCreateProcess { .. }
+        | ApiCall::ProcessGetFd { .. }
+        | ApiCall::ProcessGetExitFd { .. }
+        | ApiCall::ProcessGetExitCode { .. }
+        | ApiCall::ProcessRelease { .. } => None,
+    }
+}
+
+/// The container session a call names, if it names one.
+fn container_session_of(call: &ApiCall) -> Option<u32> {
+    match call {
+        ApiCall::ContainerMountFolder {
+            container_session, ..
+        }
+        | ApiCall::ContainerUnmountFolder {
+            container_session, ..
+        }
+        | ApiCall::ContainerCreateProcess {
+            container_session, ..
+        } => Some(container_session.0),
+        ApiCall::MountFolder { .. }
+        | ApiCall::ExecuteBinary { .. }
+        | ApiCall::ExecuteBinaryInDistribution { .. }
+        | ApiCall::ProcessGetFd { .. }
+        | ApiCall::ProcessGetExitFd { .. }
+        | ApiCall::ProcessGetExitCode { .. }
+        | ApiCall::ProcessRelease { .. } => None,
+    }
+}
+
+/// Runs `call` with `handler`, in the call's span. Never panics on plugin input; every failure
+/// becomes a status.
 pub(crate) fn execute(
+    ctx: CallContext<'_>,
+    call: ApiCall,
+    handler: &dyn ServiceCallbacks,
+    processes: &Mutex<ProcessTable>,
+) -> (ApiReply, Option<OwnedFd>) {
+    // The field expressions run only when a subscriber wants the span.
+    let _span = tracing::info_span!(
+        "call",
+        plugin = %ctx.plugin,
+        call = %call.name(),
+        session = session_of(&call),
+        csession = container_session_of(&call),
+    )
+    .entered();
+    serve(ctx, call, handler, processes)
+}
+
+fn serve(
     ctx: CallContext<'_>,
     call: ApiCall,
     handler: &dyn ServiceCallbacks,

@@ -14,6 +14,9 @@
 //!   first in time (one latch: every operation reports the same crash). A host that dies between
 //!   hooks is recorded when the monitor sees it die, not when a dispatch next reaches it.
 //! - [`Activation::Lazy`](crate::Activation) plugins start at the first hook that reaches them.
+//!
+//! Each plugin's turn of a hook runs in an `info` span `hook{plugin hook session|csession}`, its
+//! start or restart included; the calls it makes meanwhile nest in it (`execute.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,6 +37,38 @@ use crate::plugin::{Plugin, Readiness, Runtime};
 use crate::pool::Pool;
 use crate::proxy::spawn::Spawner;
 use crate::report::{self, PluginInfo};
+
+/// The VM session a hook is about, if it is about one.
+fn session_of(hook: &Hook) -> Option<u32> {
+    match hook {
+        Hook::VmStarted { session, .. }
+        | Hook::VmStopping { session }
+        | Hook::DistributionStarted { session, .. }
+        | Hook::DistributionStopping { session, .. }
+        | Hook::DistributionRegistered { session, .. }
+        | Hook::DistributionUnregistered { session, .. } => Some(session.id.0),
+        Hook::ContainerSessionCreated(_)
+        | Hook::ContainerSessionStopping(_)
+        | Hook::SessionVmStarted(_)
+        | Hook::SessionVmStopping(_) => None,
+    }
+}
+
+/// The container session a hook is about, if it is about one.
+fn container_session_of(hook: &Hook) -> Option<u32> {
+    match hook {
+        Hook::ContainerSessionCreated(session)
+        | Hook::ContainerSessionStopping(session)
+        | Hook::SessionVmStarted(session)
+        | Hook::SessionVmStopping(session) => Some(session.id.0),
+        Hook::VmStarted { .. }
+        | Hook::VmStopping { .. }
+        | Hook::DistributionStarted { .. }
+        | Hook::DistributionStopping { .. }
+        | Hook::DistributionRegistered { .. }
+        | Hook::DistributionUnregistered { .. } => None,
+    }
+}
 
 /// The version of plughost the plugins see in `api->version`.
 pub fn service_version() -> Version {
@@ -294,6 +329,15 @@ impl PluginManager {
     fn dispatch(&self, hook: &Hook, scope: &dyn ServiceCallbacks) -> Result<(), PluginError> {
         let kind = hook.kind();
         for plugin in &self.plugins {
+            // The field expressions run only when a subscriber wants the span.
+            let _span = tracing::info_span!(
+                "hook",
+                plugin = %plugin.name(),
+                hook = %kind.name(),
+                session = session_of(hook),
+                csession = container_session_of(hook),
+            )
+            .entered();
             let runtime = match self.ready(plugin, kind) {
                 Readiness::Ready(runtime) => runtime,
                 Readiness::Skip | Readiness::Restart | Readiness::Activate => continue,
