@@ -12,9 +12,9 @@ use rustix::fs::Mode;
 use rustix::mount::{MountFlags, MountPropagationFlags};
 use rustix::thread::{ThreadNameSpaceType, UnshareFlags};
 
-use super::enter::{
-    attach_tree, clone_tree, enter_namespaces, idmap_or_warn, open_or_make_target, set_tree_attrs,
-    MOUNT_ATTR_NODEV,
+use super::enter::enter_namespaces;
+use super::trees::{
+    attach_tree, clone_tree, idmap_or_warn, open_or_make_target, set_tree_attrs, MOUNT_ATTR_NODEV,
 };
 use super::{
     bind_to_parent, child_end, die, fork_bound, mirror_exit, pivot_into, reap_forever, say,

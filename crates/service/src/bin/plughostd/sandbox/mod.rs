@@ -27,14 +27,18 @@
 //!
 //! This file holds what every helper shares: exits that mirror a child's, the parent binding,
 //! `fork_bound`, the session and keyring a helper leaves, pid 1's reaping, `pivot_into`, and
-//! `__probe`. The subcommands live beside it: `vm_init.rs`, `enter.rs`, `distro.rs`.
+//! `__probe`. The subcommands live beside it: `vm_init.rs`, `enter.rs` (with `trees.rs` and
+//! `exec.rs`), `distro.rs`.
 #![allow(unsafe_code)]
 
 // The allow above is for this file's helpers; it reaches the submodules too, so those without
-// unsafe code say so and `enter.rs` states its own.
+// unsafe code say so and `trees.rs` and `exec.rs` state their own.
 #[deny(unsafe_code)]
 mod distro;
+#[deny(unsafe_code)]
 mod enter;
+mod exec;
+mod trees;
 #[deny(unsafe_code)]
 mod vm_init;
 

@@ -1,7 +1,8 @@
 //! `__vm-init` (see `mod.rs`): the VM's root (an overlay over the host's root file system, the
 //! directories its root may own, a minimal `/dev`, private scratch, its own `/proc`), the user
 //! namespace's maps written by the outer, and the daemon's one scan of the host's open
-//! directories. Entering a running VM is `enter.rs`; a distribution's root is `distro.rs`.
+//! directories. Entering a running VM is `enter.rs` (with `trees.rs`, `exec.rs`); a
+//! distribution's root is `distro.rs`.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
