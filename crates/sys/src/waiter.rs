@@ -1,7 +1,7 @@
 //! The waiter: a freestanding static program (`waiter/waiter.c`, ~2 KiB, built by `build.rs`) that
 //! the outer host and the namespace init exec once all they do is wait. A Rust process that only
 //! waits still keeps the runtime, libc and the touched pages of the 6 MiB host binary resident
-//! (~2 MiB each); the waiter keeps a few pages (ARCHITECTURE.md, "Processes").
+//! (~2 MiB each); the waiter keeps a few pages (`crates/host/README.md`, "Processes").
 //!
 //! The program's bytes are embedded in the host binary and exec'd from a sealed memfd
 //! (`fexecve`, which is `execveat(fd, "", AT_EMPTY_PATH)`), rather than installed as a file beside

@@ -1,8 +1,8 @@
 /*
  * plughost's waiter: what the outer host process and the namespace init exec once they only wait
- * (ARCHITECTURE.md, "Processes"; crates/sys/src/waiter.rs runs it). A full Rust process that only
- * waits keeps ~2 MiB resident (the runtime, libc, the 6 MiB host binary's touched pages); this keeps
- * a few pages.
+ * (crates/host/README.md, "Processes"; crates/sys/src/waiter.rs runs it). A full Rust process that
+ * only waits keeps ~2 MiB resident (the runtime, libc, the 6 MiB host binary's touched pages); this
+ * keeps a few pages.
  *
  * Freestanding: x86_64 Linux raw syscalls, no libc, no allocation, no signal handlers. Built by
  * crates/sys/build.rs with `-nostdlib -static -ffreestanding -fno-stack-protector -O2`.
