@@ -329,7 +329,7 @@ fn hook_and_call_spans_name_the_plugin_the_hook_the_call_and_the_session() {
     let writer = log.clone();
     // Only this thread's events: the dispatch and the calls it serves run here.
     let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("plughost=info"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new("plughost=debug"))
         .with_span_events(tracing_subscriber::fmt::format::FmtSpan::NEW)
         .with_ansi(false)
         .with_writer(move || writer.clone())

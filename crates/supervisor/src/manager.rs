@@ -15,8 +15,9 @@
 //!   hooks is recorded when the monitor sees it die, not when a dispatch next reaches it.
 //! - [`Activation::Lazy`](crate::Activation) plugins start at the first hook that reaches them.
 //!
-//! Each plugin's turn of a hook runs in an `info` span `hook{plugin hook session|csession}`, its
-//! start or restart included; the calls it makes meanwhile nest in it (`execute.rs`).
+//! Each plugin's turn of a hook runs in a `debug` span `hook{plugin hook session|csession}`, its
+//! start or restart included; the calls it makes meanwhile nest in it (`execute.rs`). Off at the
+//! usual `info` level: an enabled span costs ~0.8 µs of a ~3.5 µs hook round trip.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -330,7 +331,7 @@ impl PluginManager {
         let kind = hook.kind();
         for plugin in &self.plugins {
             // The field expressions run only when a subscriber wants the span.
-            let _span = tracing::info_span!(
+            let _span = tracing::debug_span!(
                 "hook",
                 plugin = %plugin.name(),
                 hook = %kind.name(),
