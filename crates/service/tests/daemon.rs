@@ -188,6 +188,33 @@ fn success_flow_with_real_mounts_and_processes() {
 
 /// Calls made while a hook of the same session runs: from a thread the hook joins (served on a
 /// pool thread) and from four threads at once.
+/// With `RUST_LOG=debug`, plughostd's log reads as a story per plugin: the daemon's own line about
+/// a mount a plugin made during its hook carries the hook's span (plugin, hook, session) and the
+/// call's inside it.
+#[test]
+fn debug_log_names_the_plugin_hook_call_and_session_of_each_line() {
+    if !need_root("debug_log_names_the_plugin_hook_call_and_session_of_each_line") {
+        return;
+    }
+    let world = World::new(vec![c("ok_mount_exec")]);
+    world.write_config_now();
+    let mut command = world.daemon_command();
+    command.env("RUST_LOG", "debug");
+    let daemon = world.start_command(command);
+    daemon.ctl(&["vm", "start"]).ok();
+    assert_eq!(field(&world.fx.wait_for("mount "), "status"), "0");
+    let log = daemon.log_text();
+    let spans = "hook{plugin=ok_mount_exec hook=on_vm_started session=1}:\
+                 call{plugin=ok_mount_exec call=mount_folder session=1}: ";
+    let mounted = log
+        .lines()
+        .find(|line| line.contains(" mounted "))
+        .unwrap_or_else(|| panic!("no line of the mount in:\n{log}"));
+    assert!(mounted.contains(spans), "{mounted}");
+    assert!(mounted.contains("target=\"/mnt/ph\""), "{mounted}");
+    daemon.ctl(&["vm", "stop"]).ok();
+}
+
 #[test]
 fn api_calls_during_a_hook_do_not_deadlock() {
     if !need_root("api_calls_during_a_hook_do_not_deadlock") {
