@@ -726,8 +726,9 @@ impl DistroProcess {
 
 /// An fd that becomes readable when `pid` (our unreaped child) exits.
 pub fn exit_fd(pid: u32) -> std::io::Result<OwnedFd> {
-    let raw = i32::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(22))?;
-    let pid = rustix::process::Pid::from_raw(raw).ok_or(std::io::Error::from_raw_os_error(22))?;
+    let raw = i32::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let pid = rustix::process::Pid::from_raw(raw)
+        .ok_or(std::io::Error::from_raw_os_error(libc::EINVAL))?;
     Ok(rustix::process::pidfd_open(
         pid,
         rustix::process::PidfdFlags::empty(),

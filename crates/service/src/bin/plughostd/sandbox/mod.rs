@@ -126,7 +126,7 @@ fn die(what: &str, error: impl std::fmt::Display) -> ! {
 /// Exits with the errno of `error` (so the daemon can hand it to the plugin), after saying why.
 fn die_errno(what: &str, error: std::io::Error) -> ! {
     eprintln!("plughostd sandbox: {what}: {error}");
-    let errno = error.raw_os_error().unwrap_or(5);
+    let errno = error.raw_os_error().unwrap_or(libc::EIO);
     std::process::exit(errno.clamp(1, 124))
 }
 
