@@ -1,5 +1,5 @@
-//! Detached trees for `__vm-enter` and `__distro-init`'s start (`enter.rs`, `distro.rs`): a copy
-//! of a tree the daemon opened with the user's rights (`open_tree`), its mount attributes and
+//! Detached trees for `__vm-enter`'s `mount` and `distro` operations (`enter.rs`, `distro.rs`): a
+//! copy of a tree the daemon opened with the user's rights (`open_tree`), its mount attributes and
 //! idmap set before it is attached (`mount_setattr`), and the mount target, walked and made
 //! component-wise with the VM's root's rights. It enters no namespace (the caller has) and opens
 //! no path by a string a user gave, but the target's components, each beneath the one before.
