@@ -673,3 +673,110 @@ fn sigkill_mid_registration_keeps_the_state_file_true() {
     let listed = list["distros"].as_array().map_or(0, Vec::len);
     assert!(listed >= acknowledged.len(), "{list}");
 }
+
+/// The helper process of `a_user_cannot_signal_the_daemon_through_a_thread_acting_for_them`: run
+/// as [`USER`], it tries `tgkill(daemon, tid, 0)` (the kernel's permission check for a signal,
+/// nothing sent) on every thread of the daemon, over and over, until its stdin closes; then prints
+/// `signalled N` (how many tries the kernel allowed) and `scans N`.
+#[test]
+#[ignore = "helper process, run by a_user_cannot_signal_the_daemon_through_a_thread_acting_for_them"]
+fn thread_signal_helper() {
+    let Some(pid) = std::env::var("PH_DAEMON_PID")
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        panic!("run only by a_user_cannot_signal_the_daemon_through_a_thread_acting_for_them");
+    };
+    let stdin = std::io::stdin();
+    let mut poll_stdin = || {
+        let mut fds = [rustix::event::PollFd::new(
+            &stdin,
+            rustix::event::PollFlags::IN,
+        )];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        rustix::event::poll(&mut fds, Some(&zero)).unwrap_or(1) > 0
+    };
+    let (mut signalled, mut scans) = (0u64, 0u64);
+    println!("started");
+    while !poll_stdin() {
+        scans += 1;
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            break;
+        };
+        for tid in tasks
+            .flatten()
+            .filter_map(|t| t.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+            .filter(|&tid| tid != pid)
+        {
+            // SAFETY: tgkill takes plain integers; signal 0 only checks the permission.
+            #[allow(unsafe_code)]
+            let rc = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) };
+            if rc == 0 {
+                signalled += 1;
+            }
+        }
+    }
+    println!("signalled {signalled}");
+    println!("scans {scans}");
+}
+
+/// A thread that opens a user's files for them (`userfs`) takes only their file identity: were
+/// its real or saved uid theirs, the kernel would let them signal that thread, and SIGSTOP or
+/// SIGKILL to one thread stops or kills the whole daemon (with every user's VMs). The user's
+/// registrations run while they try to signal every thread of the daemon.
+#[test]
+fn a_user_cannot_signal_the_daemon_through_a_thread_acting_for_them() {
+    if !need_root("a_user_cannot_signal_the_daemon_through_a_thread_acting_for_them") {
+        return;
+    }
+    let world = World::new(vec![]);
+    let rootfs = make_rootfs(world.dir.path());
+    let mut daemon = world.start();
+    let mut helper = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--ignored",
+            "--exact",
+            "thread_signal_helper",
+            "--nocapture",
+        ])
+        .env("PH_DAEMON_PID", daemon.pid().to_string())
+        .uid(USER)
+        .gid(USER)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the helper");
+    let mut lines = BufReader::new(helper.stdout.take().expect("stdout")).lines();
+    // libtest's own lines come first; `started` may follow `test ... ` on one line.
+    let started = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.ends_with("started"));
+    assert!(
+        started,
+        "the helper ended before it started: {:?}",
+        helper.wait()
+    );
+    // Each registration opens the rootfs and reads its os-release as the user (two threads);
+    // each unregistration lets the next one run.
+    for i in 0..150 {
+        register_as(&daemon, USER, "sig", &rootfs).ok();
+        daemon.ctl_as(USER, &["distro", "unregister", "sig"]).ok();
+        if i % 50 == 0 {
+            // And a rootfs they cannot search (the error path).
+            register_as(&daemon, USER, "sig", Path::new("/root/x")).fails_starting_with("");
+        }
+    }
+    drop(helper.stdin.take());
+    let out: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(helper.wait().expect("wait").success(), "{out:?}");
+    assert!(
+        out.iter().any(|l| l.ends_with("signalled 0")),
+        "the user could signal threads of plughostd: {out:?}"
+    );
+    assert!(daemon.is_running(), "{}", daemon.log_text());
+}

@@ -2,11 +2,18 @@
 //!
 //! plughostd runs as root; a path in a request (`distro register --rootfs`) or a file beneath it
 //! (a rootfs's `etc/os-release`) is the user's. Each operation here runs on a short-lived thread
-//! that first takes the user's identity (supplementary groups, then gid, then uid: real, effective
-//! and saved, so also the filesystem ids and no capability is left) with the *per-thread*
-//! syscalls (`rustix::thread::set_thread_*`; glibc's `setuid` family would change every thread of
-//! the daemon), does the open or read, and ends. The thread touches no shared state: it gets its
-//! inputs by value and hands back the result over a channel.
+//! that first takes the user's *filesystem* identity (supplementary groups, then fsgid and fsuid)
+//! and drops every capability, with *per-thread* syscalls (glibc's `setuid` family would change
+//! every thread of the daemon), does the open or read, and ends. The thread touches no shared
+//! state: it gets its inputs by value and hands back the result over a channel.
+//!
+//! Its real, effective and saved uids stay root's on purpose: the kernel lets a user signal any
+//! *thread* whose real or saved uid is theirs (`tgkill`), and a stop or kill signal sent to one
+//! thread stops or kills the whole daemon. With the user's uid on this thread, any user could
+//! freeze or kill plughostd (and with it every user's VMs) by signalling the thread while their
+//! registration runs (`hostile_users.rs`
+//! `a_user_cannot_signal_the_daemon_through_a_thread_acting_for_them`). The fsuid and fsgid are
+//! all that file-permission checks use, and no capability is left to override them.
 //!
 //! The daemon waits for it at most [`DEADLINE`]: a path on a FUSE mount the user serves could
 //! block forever. A thread stuck past it is left behind (it holds no lock and will end when the
@@ -29,7 +36,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
-use rustix::process::{Gid, Uid};
+use rustix::process::Gid;
 
 /// How long the daemon waits for one operation on a user's file.
 pub const DEADLINE: Duration = Duration::from_secs(5);
@@ -87,15 +94,43 @@ fn supplementary_groups(user: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Takes `user`'s identity on the calling thread (and only it). Irreversible: call it only on a
-/// thread that ends after the operation.
+/// Takes `user`'s filesystem identity on the calling thread (and only it), and drops every
+/// capability of the thread, so file-permission checks see exactly the user. Irreversible (the
+/// capabilities to change back are gone): call it only on a thread that ends after the operation.
+/// The real, effective and saved ids stay root's (see the module docs: a thread with the user's
+/// uid could be signalled by them, and a signal stops or kills the whole daemon).
+#[allow(unsafe_code)]
 fn become_user(user: &UserCred) -> std::io::Result<()> {
     let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
     rustix::thread::set_thread_groups(&groups)?;
-    let gid = Gid::from_raw(user.gid);
-    rustix::thread::set_thread_res_gid(gid, gid, gid)?;
-    let uid = Uid::from_raw(user.uid);
-    rustix::thread::set_thread_res_uid(uid, uid, uid)?;
+    // SAFETY: setfsgid/setfsuid take a plain integer and change only the ids this thread's file
+    // accesses are checked with (raw syscalls: per thread, never broadcast to the others). An
+    // argument of -1 is never a valid id, so it changes nothing and returns the current one.
+    let (fsgid, fsuid) = unsafe {
+        libc::syscall(libc::SYS_setfsgid, user.gid);
+        libc::syscall(libc::SYS_setfsuid, user.uid);
+        (
+            libc::syscall(libc::SYS_setfsgid, u32::MAX),
+            libc::syscall(libc::SYS_setfsuid, u32::MAX),
+        )
+    };
+    if fsgid != i64::from(user.gid) || fsuid != i64::from(user.uid) {
+        return Err(std::io::Error::other(format!(
+            "cannot take the file identity of uid {} gid {}",
+            user.uid, user.gid
+        )));
+    }
+    // The fsuid change cleared the file capabilities; the rest (CAP_SYS_PTRACE reaches other
+    // processes' /proc entries, for one) go too.
+    let none = rustix::thread::CapabilitySet::empty();
+    rustix::thread::set_capabilities(
+        None,
+        rustix::thread::CapabilitySets {
+            effective: none,
+            permitted: none,
+            inheritable: none,
+        },
+    )?;
     Ok(())
 }
 
@@ -142,12 +177,13 @@ pub fn open_dir_as(user: &UserCred, path: &Path) -> std::io::Result<OwnedFd> {
     let path = path.to_owned();
     as_user(user, move || {
         let fd = open_no_magic(&path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC)?;
-        // Looking up "." in it needs search permission on it, checked with this thread's ids.
+        // Looking up "." in it needs search permission on it, checked with this thread's
+        // filesystem ids (EACCESS: without it access() checks the real ids, root's).
         rustix::fs::accessat(
             &fd,
             ".",
             rustix::fs::Access::EXISTS,
-            rustix::fs::AtFlags::empty(),
+            rustix::fs::AtFlags::EACCESS,
         )?;
         Ok(fd)
     })
