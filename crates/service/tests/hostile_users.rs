@@ -688,7 +688,7 @@ fn thread_signal_helper() {
         panic!("run only by a_user_cannot_signal_the_daemon_through_a_thread_acting_for_them");
     };
     let stdin = std::io::stdin();
-    let mut poll_stdin = || {
+    let poll_stdin = || {
         let mut fds = [rustix::event::PollFd::new(
             &stdin,
             rustix::event::PollFlags::IN,
@@ -779,4 +779,63 @@ fn a_user_cannot_signal_the_daemon_through_a_thread_acting_for_them() {
         "the user could signal threads of plughostd: {out:?}"
     );
     assert!(daemon.is_running(), "{}", daemon.log_text());
+}
+
+/// Memory-backed scratch: a VM's writable layer, `/tmp` and `/dev/shm` share one tmpfs of
+/// `vm_scratch_mib` (no process owns tmpfs pages, so an OOM kill frees none of them), and the VMs
+/// of one uid (their VM and a session VM per container session) hold at most `limits.scratch_mib`
+/// together; a VM that would pass it is refused with an error that names the limit, and a
+/// stopped one gives its share back. Root is not bounded.
+#[test]
+fn scratch_of_a_users_vms_is_bounded_together() {
+    if !need_root("scratch_of_a_users_vms_is_bounded_together") {
+        return;
+    }
+    let mut world = World::new(vec![]);
+    world.extra_config = "vm_scratch_mib = 64\nlimits = { scratch_mib = 128 }\n".into();
+    let daemon = world.start();
+    // 40 MiB in /tmp, then 40 more in /dev/shm: past the VM's one 64 MiB tmpfs.
+    let fill = daemon.ctl_as(
+        USER,
+        &[
+            "exec",
+            "--",
+            "/bin/sh",
+            "-c",
+            "dd if=/dev/zero of=/tmp/a bs=1M count=40 2>/dev/null && echo tmp-ok; \
+             dd if=/dev/zero of=/dev/shm/b bs=1M count=40 2>&1 | grep -o 'No space left on device'",
+        ],
+    );
+    assert_eq!(
+        fill.stdout, "tmp-ok\nNo space left on device\n",
+        "{}",
+        fill.stderr
+    );
+    daemon.ctl_as(USER, &["csession", "create", "one"]).ok();
+    daemon.ctl_as(USER, &["csession", "create", "two"]).ok();
+    daemon
+        .ctl_as(USER, &["csession", "run", "one", "--", "true"])
+        .ok();
+    let refused = format!(
+        "uid {USER} has 2 VMs running with 128 MiB of scratch: the limit is 128 MiB (stop one first)"
+    );
+    daemon
+        .ctl_as(USER, &["csession", "run", "two", "--", "true"])
+        .fails_with(&refused);
+    daemon.ctl_as(USER, &["csession", "stop", "one"]).ok();
+    daemon
+        .ctl_as(USER, &["csession", "run", "two", "--", "true"])
+        .ok();
+    daemon.ctl_as(USER, &["vm", "stop"]).ok();
+    daemon.ctl_as(USER, &["csession", "create", "three"]).ok();
+    daemon
+        .ctl_as(USER, &["csession", "run", "three", "--", "true"])
+        .ok();
+    daemon.ctl_as(USER, &["vm", "start"]).fails_with(&refused);
+    // Root: its VM and two session VMs.
+    daemon.ctl(&["vm", "start"]).ok();
+    for name in ["r1", "r2"] {
+        daemon.ctl(&["csession", "create", name]).ok();
+        daemon.ctl(&["csession", "run", name, "--", "true"]).ok();
+    }
 }

@@ -102,6 +102,9 @@ pub struct UserLimits {
     pub running_distributions: usize,
     /// Bytes of the state file the user's registrations may take.
     pub state_bytes: usize,
+    /// MiB of memory-backed scratch (`vm_scratch_mib` each) the user's VM and session VMs may
+    /// hold together.
+    pub scratch_mib: u64,
 }
 
 impl Default for UserLimits {
@@ -113,6 +116,7 @@ impl Default for UserLimits {
             distributions: 32,
             running_distributions: 8,
             state_bytes: 64 * 1024,
+            scratch_mib: 4096,
         }
     }
 }

@@ -367,6 +367,8 @@ fn run_daemon(cli: Cli) -> anyhow::Result<()> {
                 spawner,
                 scratch_mib: config.vm_scratch_mib,
                 dirs_file,
+                scratch_limit_mib: config.limits.scratch_mib,
+                scratch_held: std::sync::Mutex::new(std::collections::HashMap::new()),
             }))
         }
     };

@@ -5,6 +5,7 @@
 //! `PR_SET_PDEATHSIG` fires when the *thread* that spawned a child exits (prctl(2)): a VM spawned
 //! from a connection thread would die with that connection.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -35,6 +36,16 @@ pub enum SandboxError {
     },
     #[error("{what} failed to start: {reason}")]
     Start { what: String, reason: String },
+    /// The owner's VMs already hold their share of memory-backed scratch (`limits.scratch_mib`).
+    #[error(
+        "uid {uid} has {vms} VMs running with {held} MiB of scratch: the limit is {limit} MiB (stop one first)"
+    )]
+    ScratchLimit {
+        uid: u32,
+        vms: usize,
+        held: u64,
+        limit: u64,
+    },
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -83,10 +94,71 @@ pub struct Sandbox {
     /// An empty directory the VM init mounts its scratch tmpfs on (in its own mount namespace).
     pub stage: PathBuf,
     pub spawner: Spawner,
-    /// Size of a VM's writable layer, `/tmp` and `/dev/shm` (`vm_scratch_mib`).
+    /// Size of a VM's one scratch tmpfs, which holds its writable layer, `/tmp` and `/dev/shm`
+    /// (`vm_scratch_mib`).
     pub scratch_mib: u32,
     /// The host directories a VM's root gets to own (`sandbox::scan_open_directories`).
     pub dirs_file: Option<PathBuf>,
+    /// How much scratch the VMs of one uid other than root may hold together (`limits.scratch_mib`).
+    pub scratch_limit_mib: u64,
+    /// Leaf: scratch held now per owner uid, and by how many VMs. Tmpfs pages live in memory and no
+    /// process owns them (killing one frees none): without a bound per user, one user's VMs
+    /// (their own and a session VM per container session) could take every byte of the machine.
+    pub scratch_held: Mutex<HashMap<u32, (usize, u64)>>,
+}
+
+/// A VM's share of its owner's scratch (`Sandbox::scratch_held`), given back when dropped.
+struct ScratchShare {
+    sandbox: Arc<Sandbox>,
+    owner: u32,
+    mib: u64,
+}
+
+impl ScratchShare {
+    fn take(sandbox: &Arc<Sandbox>, owner: u32) -> Result<ScratchShare, SandboxError> {
+        let mib = u64::from(sandbox.scratch_mib);
+        let mut held = sandbox
+            .scratch_held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (vms, total) = held.entry(owner).or_insert((0, 0));
+        if owner != 0 && *total + mib > sandbox.scratch_limit_mib {
+            let error = SandboxError::ScratchLimit {
+                uid: owner,
+                vms: *vms,
+                held: *total,
+                limit: sandbox.scratch_limit_mib,
+            };
+            if *vms == 0 {
+                held.remove(&owner);
+            }
+            return Err(error);
+        }
+        *vms += 1;
+        *total += mib;
+        Ok(ScratchShare {
+            sandbox: sandbox.clone(),
+            owner,
+            mib,
+        })
+    }
+}
+
+impl Drop for ScratchShare {
+    fn drop(&mut self) {
+        let mut held = self
+            .sandbox
+            .scratch_held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((vms, total)) = held.get_mut(&self.owner) {
+            *vms = vms.saturating_sub(1);
+            *total = total.saturating_sub(self.mib);
+            if *vms == 0 {
+                held.remove(&self.owner);
+            }
+        }
+    }
 }
 
 impl Sandbox {
@@ -336,6 +408,8 @@ pub struct Vm {
     pub ids: VmIds,
     tree: InitTree,
     sandbox: Arc<Sandbox>,
+    /// Given back when the VM is killed (or dropped).
+    scratch: Mutex<Option<ScratchShare>>,
 }
 
 /// Why a program could not start in a VM.
@@ -369,7 +443,9 @@ impl Vm {
         label: &str,
         hostname: &str,
         ids: VmIds,
+        owner: u32,
     ) -> Result<Vm, SandboxError> {
+        let scratch = ScratchShare::take(sandbox, owner)?;
         let mut command = sandbox.command();
         command
             .arg("__vm-init")
@@ -410,6 +486,7 @@ impl Vm {
             ids,
             tree,
             sandbox: sandbox.clone(),
+            scratch: Mutex::new(Some(scratch)),
         })
     }
 
@@ -424,6 +501,13 @@ impl Vm {
     /// Destroys the VM and everything in it (its distributions included).
     pub fn kill(&self) {
         self.tree.kill();
+        // Its scratch goes with its last process, which was just killed.
+        drop(
+            self.scratch
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         tracing::info!(vm = %self.label, "VM destroyed");
     }
 

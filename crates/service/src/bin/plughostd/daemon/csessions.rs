@@ -122,9 +122,9 @@ impl Daemon {
         let sandbox = self.sandbox()?;
         let label = format!("session-vm:{}#{}", cs.info.display_name, cs.info.id);
         let ids = self.shared.vm_ids(cs.info.uid, cs.info.gid)?;
-        let vm = Vm::start(sandbox, &label, "plughost-session-vm", ids)
+        let vm = Vm::start(sandbox, &label, "plughost-session-vm", ids, cs.info.uid)
             .map(Arc::new)
-            .map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))?;
+            .map_err(super::sandbox_error)?;
         let user = UserCred::of(cs.info.uid, cs.info.gid);
         for m in lock(&cs.mounts).clone() {
             let mounted = open_path_as(&user, &m.host)

@@ -101,6 +101,17 @@ fn limit_reached(message: String) -> OpError {
     OpError::new(ErrorKind::LimitReached, message)
 }
 
+/// A VM that could not start: a per-user limit, or the sandbox machinery.
+fn sandbox_error(error: crate::vm::SandboxError) -> OpError {
+    let kind = match error {
+        crate::vm::SandboxError::ScratchLimit { .. } => ErrorKind::LimitReached,
+        crate::vm::SandboxError::Spawn { .. } | crate::vm::SandboxError::Start { .. } => {
+            ErrorKind::Internal
+        }
+    };
+    OpError::new(kind, error.to_string())
+}
+
 /// One of a uid's concurrent processes (`limits.processes`), given back when dropped.
 struct ProcessSlot<'a> {
     shared: &'a Shared,

@@ -80,9 +80,9 @@ impl Daemon {
         let sandbox = self.sandbox()?;
         let label = format!("vm:{}", s.info.user_name);
         let ids = self.shared.vm_ids(s.info.uid, s.info.gid)?;
-        let vm = Vm::start(sandbox, &label, "plughost-vm", ids)
+        let vm = Vm::start(sandbox, &label, "plughost-vm", ids, s.info.uid)
             .map(Arc::new)
-            .map_err(|e| OpError::new(ErrorKind::Internal, e.to_string()))?;
+            .map_err(super::sandbox_error)?;
         *lock(&s.vm) = Some(vm.clone());
         let result =
             self.with_manager(|m| m.on_vm_started(&s.info, &VmSettings::default(), &*self.shared))?;

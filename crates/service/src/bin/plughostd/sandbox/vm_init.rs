@@ -189,9 +189,15 @@ fn build_vm_root(init: &VmInit) -> Result<(), String> {
         MountFlags::NOSUID | MountFlags::NODEV,
         &format!("mode=700,{size}"),
     )?;
-    for dir in ["upper", "work", "root"] {
+    for dir in ["upper", "work", "root", "tmp", "shm"] {
         rustix::fs::mkdir(stage.join(dir), Mode::from_raw_mode(0o755))
             .map_err(|e| format!("create {dir}: {e}"))?;
+    }
+    // `/tmp` and `/dev/shm` live on the same tmpfs as the writable layer: one size bounds all
+    // the memory the VM's files may take (the daemon bounds the sum per user).
+    for dir in ["tmp", "shm"] {
+        rustix::fs::chmod(stage.join(dir), Mode::from_raw_mode(0o1777))
+            .map_err(|e| format!("chmod {dir}: {e}"))?;
     }
     rustix::fs::chown(
         stage.join("upper"),
@@ -211,12 +217,8 @@ fn build_vm_root(init: &VmInit) -> Result<(), String> {
     .map_err(|e| format!("overlay on the host's root: {e}"))?;
     give_directories_to_vm_root(&stage.join("upper"), init)?;
     let root = stage.join("root");
+    bind_scratch(&stage.join("tmp"), &root.join("tmp"))?;
     for (dir, flags, data) in [
-        (
-            "tmp",
-            MountFlags::NOSUID | MountFlags::NODEV,
-            format!("mode=1777,{size}"),
-        ),
         (
             "run",
             MountFlags::NOSUID | MountFlags::NODEV,
@@ -239,7 +241,7 @@ fn build_vm_root(init: &VmInit) -> Result<(), String> {
     // so mounts made after a distribution started reach it too.
     rustix::mount::mount_change(root.join("mnt"), MountPropagationFlags::SHARED)
         .map_err(|e| format!("share /mnt: {e}"))?;
-    build_dev(&root.join("dev"), &size)?;
+    build_dev(&root.join("dev"), &stage.join("shm"))?;
     let proc_dir = root.join("proc");
     rustix::mount::mount(
         "proc",
@@ -393,7 +395,7 @@ fn give_directories_to_vm_root(upper: &Path, init: &VmInit) -> Result<(), String
 
 /// A `/dev` of its own: the harmless character devices bound from the host's, a private devpts
 /// and `/dev/shm`. No block device, no `/dev/mem`, nothing a VM program could reach the host by.
-fn build_dev(dev: &Path, shm_size: &str) -> Result<(), String> {
+fn build_dev(dev: &Path, shm: &Path) -> Result<(), String> {
     if !dev.is_dir() {
         rustix::fs::mkdir(dev, Mode::from_raw_mode(0o755))
             .map_err(|e| format!("create /dev: {e}"))?;
@@ -420,14 +422,10 @@ fn build_dev(dev: &Path, shm_size: &str) -> Result<(), String> {
         Some(c"newinstance,ptmxmode=0666,mode=0620"),
     )
     .map_err(|e| format!("devpts: {e}"))?;
-    let shm = dev.join("shm");
-    rustix::fs::mkdir(&shm, Mode::from_raw_mode(0o1777))
+    let dev_shm = dev.join("shm");
+    rustix::fs::mkdir(&dev_shm, Mode::from_raw_mode(0o755))
         .map_err(|e| format!("create /dev/shm: {e}"))?;
-    mount_tmpfs(
-        &shm,
-        MountFlags::NOSUID | MountFlags::NODEV,
-        &format!("mode=1777,{shm_size}"),
-    )?;
+    bind_scratch(shm, &dev_shm)?;
     for (link, target) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
@@ -439,6 +437,16 @@ fn build_dev(dev: &Path, shm_size: &str) -> Result<(), String> {
             .map_err(|e| format!("link /dev/{link}: {e}"))?;
     }
     Ok(())
+}
+
+/// Binds a directory of the VM's scratch tmpfs (nosuid, nodev like it) at `target`, creating it.
+fn bind_scratch(source: &Path, target: &Path) -> Result<(), String> {
+    if !target.is_dir() {
+        rustix::fs::mkdir(target, Mode::from_raw_mode(0o755))
+            .map_err(|e| format!("create {}: {e}", target.display()))?;
+    }
+    rustix::mount::mount_bind(source, target)
+        .map_err(|e| format!("bind scratch at {}: {e}", target.display()))
 }
 
 fn c_string(s: &str) -> std::ffi::CString {
