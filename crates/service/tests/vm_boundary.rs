@@ -607,3 +607,43 @@ fn a_rootfs_without_mnt_is_logged_and_without_proc_refused() {
     assert!(!no_proc.join("proc").exists());
     daemon.shutdown();
 }
+
+/// A VM's root can take any id of its range, each a host uid of its own, and reaches the control
+/// socket wherever the VM sees the host's `/tmp` or `/run`: here a distribution whose rootfs is
+/// the host's `/`, where a plugin runs a program as the VM's root. It is refused, never served as
+/// a user (each id of the range would otherwise have a user's limits: connections, registrations,
+/// state bytes, container sessions).
+#[test]
+fn a_vms_root_reaching_the_control_socket_is_refused() {
+    if !need_root("a_vms_root_reaching_the_control_socket_is_refused") {
+        return;
+    }
+    let world = World::new(vec![c("vm_attacker")]);
+    let ctl = world.dir.path().join("ctl");
+    std::fs::copy(plughostctl(), &ctl).expect("copy plughostctl");
+    std::fs::set_permissions(&ctl, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    setting(
+        &world,
+        "distro_script",
+        &format!(
+            "echo uid=$(id -u); {} --socket {} distro list 2>&1",
+            ctl.display(),
+            world.socket().display()
+        ),
+    );
+    let daemon = world.start();
+    daemon
+        .ctl_as(65534, &["distro", "register", "host", "--rootfs", "/"])
+        .ok();
+    daemon.ctl_as(65534, &["distro", "start", "host"]).ok();
+    let line = world.fx.wait_for("distro_exec");
+    assert_eq!(field(&line, "status"), "0", "{line}");
+    let out = field(&line, "out").replace('_', " ");
+    assert!(out.starts_with("uid=0 "), "{out}");
+    assert!(
+        out.contains("plughostd refuses control requests from inside VMs: uid ")
+            && out.contains(" is an id of a VM, not a user"),
+        "{out}"
+    );
+    daemon.shutdown();
+}

@@ -182,6 +182,12 @@ impl IdRanges {
         Ok(IdRanges { pool, path, by_uid })
     }
 
+    /// Whether host id `id` lies in the pool: it is then an id of some VM (its root, or any id
+    /// but the session user's), never a user's.
+    pub fn in_pool(&self, id: u32) -> bool {
+        (u64::from(self.pool.base)..self.pool.end()).contains(&u64::from(id))
+    }
+
     /// The ids of a VM whose session user is `uid`/`gid` (a range recorded for good on first use).
     pub fn for_user(&mut self, uid: u32, gid: u32) -> Result<VmIds, IdError> {
         let (start, end) = (u64::from(self.pool.base), self.pool.end());

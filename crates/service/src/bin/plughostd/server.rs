@@ -264,6 +264,19 @@ fn handle(daemon: &Daemon, caller: Caller, stream: UnixStream, socket: &Path) {
         );
         return;
     }
+    if let Some(why) = daemon.vm_id(caller) {
+        tracing::warn!(
+            uid = caller.uid,
+            pid = caller.pid,
+            "control request refused: {why}"
+        );
+        refuse(
+            stream,
+            ErrorKind::Refused,
+            format!("plughostd refuses control requests from inside VMs: {why}"),
+        );
+        return;
+    }
     let mut stream = stream;
     let deadline = Instant::now() + REQUEST_DEADLINE;
     let reply = match read_request(&stream, deadline) {

@@ -82,6 +82,17 @@ impl Daemon {
         host_process(caller.pid)
     }
 
+    /// Why `caller` is a VM's id (its root, or any id its user namespace maps into the pool), if
+    /// it is: such a caller is refused every control request. A VM's root can take any of the
+    /// 65 536 ids of its range, each a host uid with limits of its own; it reaches the socket
+    /// wherever a VM sees the host's `/run` or `/tmp` (a distribution whose rootfs is `/`, a
+    /// share), and would otherwise be served as a user.
+    pub fn vm_id(&self, caller: Caller) -> Option<String> {
+        lock(&self.shared.id_ranges)
+            .in_pool(caller.uid)
+            .then(|| format!("uid {} is an id of a VM, not a user", caller.uid))
+    }
+
     /// Whether process `pid` lives in the pid namespace of one of our plugin hosts.
     fn in_a_hosts_pid_namespace(&self, pid: u32) -> Option<String> {
         use std::os::unix::fs::MetadataExt;
