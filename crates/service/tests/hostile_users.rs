@@ -839,3 +839,61 @@ fn scratch_of_a_users_vms_is_bounded_together() {
         daemon.ctl(&["csession", "run", name, "--", "true"]).ok();
     }
 }
+
+/// Processes of `uid` (real) named `comm`, from the host's `/proc`.
+fn count_processes(uid: u32, comm: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .flatten()
+        .filter(|e| {
+            let dir = e.path();
+            let named = std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == comm);
+            named
+                && std::fs::read_to_string(dir.join("status")).is_ok_and(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("Uid:"))
+                        .and_then(|ids| ids.split_whitespace().next()?.parse::<u32>().ok())
+                        == Some(uid)
+                })
+        })
+        .count()
+}
+
+/// A fork bomb in a user's VM: the programs plughostd starts there carry `limits.vm_processes` as
+/// their RLIMIT_NPROC, which counts the uid's processes in the VM's user namespace, so it cannot
+/// take every pid of the host (other users' VMs, the daemon's own helpers). Here 40 `sleep`s are
+/// asked for with a limit of 20 (the shell is one of them).
+#[test]
+fn processes_in_a_users_vm_are_bounded() {
+    if !need_root("processes_in_a_users_vm_are_bounded") {
+        return;
+    }
+    let mut world = World::new(vec![]);
+    world.extra_config = "limits = { vm_processes = 20 }\n".into();
+    let daemon = world.start();
+    // The inner shell forks until the kernel refuses (a non-interactive sh then exits); the
+    // sleeps stay in the VM, orphaned to its init, until `vm stop`.
+    let bomb = daemon.ctl_as(
+        USER,
+        &[
+            "exec",
+            "--",
+            "/bin/sh",
+            "-c",
+            "sh -c 'for i in $(seq 40); do sleep 600 >/dev/null 2>&1 & done' 2>/dev/null; echo forked",
+        ],
+    );
+    assert_eq!(bomb.ok().stdout, "forked\n");
+    let sleeps = count_processes(USER, "sleep");
+    daemon.ctl_as(USER, &["vm", "stop"]).ok();
+    assert!((1..20).contains(&sleeps), "{sleeps} sleeps ran");
+    // Root's own VM is not bounded.
+    let root = daemon.ctl(&[
+        "exec",
+        "--",
+        "/bin/sh",
+        "-c",
+        "for i in $(seq 40); do sleep 1 & done; wait; echo all",
+    ]);
+    assert_eq!(root.ok().stdout, "all\n");
+}

@@ -105,6 +105,9 @@ pub struct UserLimits {
     /// MiB of memory-backed scratch (`vm_scratch_mib` each) the user's VM and session VMs may
     /// hold together.
     pub scratch_mib: u64,
+    /// Processes each uid may have in one of the user's VMs (RLIMIT_NPROC of every program
+    /// started there, counted per uid in the VM's user namespace).
+    pub vm_processes: u64,
 }
 
 impl Default for UserLimits {
@@ -117,6 +120,7 @@ impl Default for UserLimits {
             running_distributions: 8,
             state_bytes: 64 * 1024,
             scratch_mib: 4096,
+            vm_processes: 1024,
         }
     }
 }

@@ -141,6 +141,9 @@ enum EnterCommand {
         gid: u32,
         #[arg(long)]
         clear_env: bool,
+        /// RLIMIT_NPROC of the program (processes of its uid in the VM's user namespace).
+        #[arg(long)]
+        nproc: Option<u64>,
         #[arg(long = "env", allow_hyphen_values = true)]
         env: Vec<String>,
         /// The program's path, then its whole argv (argv[0] included).
@@ -240,6 +243,7 @@ fn run_internal(internal: Internal) -> ! {
                     uid,
                     gid,
                     clear_env,
+                    nproc,
                     env,
                     mut command,
                 } => {
@@ -247,6 +251,7 @@ fn run_internal(internal: Internal) -> ! {
                     EnterOp::Exec {
                         uid,
                         gid,
+                        nproc,
                         env: clear_env.then_some(env),
                         path,
                         argv: command,
@@ -369,6 +374,7 @@ fn run_daemon(cli: Cli) -> anyhow::Result<()> {
                 dirs_file,
                 scratch_limit_mib: config.limits.scratch_mib,
                 scratch_held: std::sync::Mutex::new(std::collections::HashMap::new()),
+                vm_processes: config.limits.vm_processes,
             }))
         }
     };

@@ -105,6 +105,9 @@ pub struct Sandbox {
     /// process owns them (killing one frees none): without a bound per user, one user's VMs
     /// (their own and a session VM per container session) could take every byte of the machine.
     pub scratch_held: Mutex<HashMap<u32, (usize, u64)>>,
+    /// RLIMIT_NPROC of every program started in a VM of a uid other than root
+    /// (`limits.vm_processes`): no process of a VM owns a pid the host needs.
+    pub vm_processes: u64,
 }
 
 /// A VM's share of its owner's scratch (`Sandbox::scratch_held`), given back when dropped.
@@ -410,6 +413,8 @@ pub struct Vm {
     sandbox: Arc<Sandbox>,
     /// Given back when the VM is killed (or dropped).
     scratch: Mutex<Option<ScratchShare>>,
+    /// The session user (root's VMs are not bounded by `limits`).
+    owner: u32,
 }
 
 /// Why a program could not start in a VM.
@@ -487,6 +492,7 @@ impl Vm {
             tree,
             sandbox: sandbox.clone(),
             scratch: Mutex::new(Some(scratch)),
+            owner,
         })
     }
 
@@ -637,6 +643,7 @@ impl Vm {
         }
         let uid = spec.uid.unwrap_or(0).to_string();
         let gid = spec.gid.unwrap_or(0).to_string();
+        let nproc = self.sandbox.vm_processes.to_string();
         let mut op: Vec<&std::ffi::OsStr> = vec![
             "exec".as_ref(),
             "--uid".as_ref(),
@@ -644,6 +651,10 @@ impl Vm {
             "--gid".as_ref(),
             gid.as_ref(),
         ];
+        if self.owner != 0 {
+            op.push("--nproc".as_ref());
+            op.push(nproc.as_ref());
+        }
         if let Some(env) = spec.env {
             op.push("--clear-env".as_ref());
             for entry in env {

@@ -42,6 +42,8 @@ pub enum EnterOp {
         /// In the VM's terms (0: the VM's root).
         uid: u32,
         gid: u32,
+        /// The program's RLIMIT_NPROC, if bounded.
+        nproc: Option<u64>,
         /// `None`: a minimal default environment.
         env: Option<Vec<String>>,
         path: String,
@@ -182,12 +184,14 @@ pub fn vm_enter(parent: u32, init_pid: u32, op: EnterOp) -> ! {
         EnterOp::Exec {
             uid,
             gid,
+            nproc,
             env,
             path,
             argv,
         } => {
             let stdio = std::mem::take(&mut fds);
-            run_program(&control, &pidfd, stdio, uid, gid, env, &path, &argv)
+            let ids = super::exec::ProgramIds { uid, gid, nproc };
+            run_program(&control, &pidfd, stdio, ids, env, &path, &argv)
         }
         EnterOp::Distro {
             stage,

@@ -26,6 +26,15 @@ fn refuse(control: &Seqpacket, errno: i32, why: &str) -> ! {
     std::process::exit(EXIT_SETUP)
 }
 
+/// Who the program runs as, in the VM's terms, and how many processes that uid may have there.
+pub(super) struct ProgramIds {
+    pub uid: u32,
+    pub gid: u32,
+    /// RLIMIT_NPROC: counted per uid *in the VM's user namespace*, so it bounds that uid's
+    /// processes in this VM (a fork bomb there cannot take every pid of the host).
+    pub nproc: Option<u64>,
+}
+
 /// Enters the VM (or distribution) of `pidfd`, runs the program as our child there as `uid`/`gid`
 /// (the VM's ids), says `ok` on the control socket, and ends as the program ends.
 #[allow(clippy::too_many_arguments)]
@@ -33,8 +42,7 @@ pub(super) fn run_program(
     control: &Seqpacket,
     pidfd: &OwnedFd,
     stdio: Vec<OwnedFd>,
-    uid: u32,
-    gid: u32,
+    ids: ProgramIds,
     env: Option<Vec<String>>,
     path: &str,
     argv: &[String],
@@ -72,11 +80,18 @@ pub(super) fn run_program(
     // The program dies with this helper (killed when the client goes away): armed after std set
     // its ids (a credential change clears it), then checked against the race where we died first
     // (outside its pid namespace, our pid reads as 0 there; a reparented orphan sees its init).
+    let nproc = ids.nproc.map(|n| rustix::process::Rlimit {
+        current: Some(n),
+        maximum: Some(n),
+    });
     // SAFETY: the closure runs in the forked child of this single-threaded helper and only makes
-    // async-signal-safe system calls (prctl, getppid); it touches no lock or allocation.
+    // async-signal-safe system calls (prctl, setrlimit, getppid); it touches no lock or allocation.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            if let Some(limit) = &nproc {
+                rustix::process::setrlimit(rustix::process::Resource::Nproc, *limit)?;
+            }
             if rustix::process::getppid().is_some() {
                 return Err(std::io::Error::other("the helper died"));
             }
@@ -85,8 +100,8 @@ pub(super) fn run_program(
     }
     // std clears the supplementary groups when it sets ids (setgroups(0)).
     command
-        .gid(gid)
-        .uid(uid)
+        .gid(ids.gid)
+        .uid(ids.uid)
         .stdin(stdin)
         .stdout(stdout)
         .stderr(stderr)
