@@ -647,3 +647,40 @@ fn a_vms_root_reaching_the_control_socket_is_refused() {
     );
     daemon.shutdown();
 }
+
+/// The peak resident memory of process `pid`, in KiB.
+fn peak_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// A program a plugin runs writes its stderr into the daemon's log: one endless line (200 MB
+/// without a newline here; a user's binary in their distribution can do it, and the VM's root can
+/// take a distribution init's log pipe) is cut at 4 KiB as it is read, never held whole (the
+/// daemon grew by the line's size, to its OOM kill and every user's VMs with it).
+#[test]
+fn an_endless_stderr_line_does_not_grow_the_daemon() {
+    if !need_root("an_endless_stderr_line_does_not_grow_the_daemon") {
+        return;
+    }
+    let world = World::new(vec![c("vm_attacker")]);
+    setting(
+        &world,
+        "vm_script",
+        "head -c 200000000 /dev/zero | tr '\\0' a >&2; echo done",
+    );
+    let daemon = world.start();
+    daemon.ctl(&["vm", "start"]).ok();
+    let line = world.fx.wait_for("vm_exec");
+    assert_eq!(field(&line, "out"), "done_", "{line}");
+    wait_until("the cut line is logged", || {
+        daemon.log_text().contains("aaaa [line cut at 4096 bytes]")
+    });
+    let peak = peak_kib(daemon.pid());
+    assert!(peak < 100 * 1024, "plughostd peaked at {peak} KiB");
+    daemon.shutdown();
+}

@@ -199,16 +199,54 @@ pub fn exit_code(status: ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-/// Logs every line of `pipe` as `label: line`; keeps the last one in `last`.
+/// Longest line of a sandbox process's output that is logged; the rest of the line is dropped.
+const MAX_LOG_LINE: usize = 4096;
+
+/// Logs every line of `pipe` as `label: line`; keeps the last one in `last`. A line is cut at
+/// [`MAX_LOG_LINE`] bytes and the rest of it dropped as it is read: what writes here is a VM's
+/// program (a plugin's `execute_binary`, a user's binary in their distribution) or a process the
+/// VM's root can take the pipe from (a distribution's init, by `pidfd_getfd`), and an endless line
+/// held whole would grow the daemon until the OOM killer ends it, and every user's VMs with it.
 fn log_lines(label: String, pipe: impl Read + Send + 'static, last: Option<Arc<Mutex<String>>>) {
     let _ = std::thread::Builder::new()
         .name("plughostd-log".into())
         .spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                tracing::info!(target: "plughostd::sandbox", "{label}: {line}");
+            let emit = |line: &[u8], cut: bool| {
+                let mut text = String::from_utf8_lossy(line).into_owned();
+                if cut {
+                    text.push_str(&format!(" [line cut at {MAX_LOG_LINE} bytes]"));
+                }
+                tracing::info!(target: "plughostd::sandbox", "{label}: {text}");
                 if let Some(last) = &last {
-                    *last.lock().unwrap_or_else(|e| e.into_inner()) = line;
+                    *last.lock().unwrap_or_else(|e| e.into_inner()) = text;
+                }
+            };
+            let mut reader = BufReader::new(pipe);
+            let mut line = Vec::new();
+            let mut cut = false;
+            loop {
+                let buf = match reader.fill_buf() {
+                    Ok(buf) => buf,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                };
+                if buf.is_empty() {
+                    if !line.is_empty() {
+                        emit(&line, cut);
+                    }
+                    break;
+                }
+                let end = buf.iter().position(|&b| b == b'\n');
+                let chunk = &buf[..end.unwrap_or(buf.len())];
+                let take = chunk.len().min(MAX_LOG_LINE - line.len());
+                line.extend_from_slice(&chunk[..take]);
+                cut |= take < chunk.len();
+                let used = chunk.len() + usize::from(end.is_some());
+                reader.consume(used);
+                if end.is_some() {
+                    emit(&line, cut);
+                    line.clear();
+                    cut = false;
                 }
             }
         });
