@@ -897,3 +897,52 @@ fn processes_in_a_users_vm_are_bounded() {
     ]);
     assert_eq!(root.ok().stdout, "all\n");
 }
+
+/// What plughostctl prints comes from plugins and users (a veto's message, a rootfs path, a
+/// package, os-release fields): its control characters are shown escaped, so a plugin cannot
+/// drive the terminal of the user (root, here) who started a VM, nor forge a line there.
+#[test]
+fn plughostctl_shows_control_characters_escaped() {
+    if !need_root("plughostctl_shows_control_characters_escaped") {
+        return;
+    }
+    let world = World::new(vec![service_plugin("veto_control_chars")]);
+    let daemon = world.start();
+    let start = daemon.ctl(&["vm", "start"]);
+    assert!(
+        !start.stderr.contains(['\x1b', '\r', '\u{9b}']),
+        "{:?}",
+        start.stderr
+    );
+    start.fails_with(
+        "plugin 'veto_control_chars' returned a fatal error: \
+         no\\x1b]0;owned\\x07\\rFORGED: all good\\u{9b}2J (status -1 (EPERM))",
+    );
+    let rootfs = make_rootfs(world.dir.path());
+    let weird = world.dir.path().join("root\x1b[2Jfs");
+    std::fs::rename(&rootfs, &weird).expect("rename");
+    let listed = daemon
+        .ctl_as(
+            USER,
+            &[
+                "distro",
+                "register",
+                "weird",
+                "--rootfs",
+                weird.to_str().expect("utf-8"),
+                "--package",
+                "pkg\r\x1b[31m",
+            ],
+        )
+        .ok();
+    assert!(
+        listed.stdout.contains("pkg\\r\\x1b[31m") && listed.stdout.contains("root\\x1b[2Jfs"),
+        "{:?}",
+        listed.stdout
+    );
+    assert!(
+        !listed.stdout.contains(['\x1b', '\r']),
+        "{:?}",
+        listed.stdout
+    );
+}

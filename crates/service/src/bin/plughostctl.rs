@@ -337,12 +337,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     Ok(match reply {
         Reply::Error { message, .. } => {
-            eprintln!("{message}");
+            eprintln!("{}", shown(&message));
             ExitCode::FAILURE
         }
         Reply::Exited { code } => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(255)),
         Reply::Done { message } => {
-            println!("{message}");
+            println!("{}", shown(&message));
             ExitCode::SUCCESS
         }
         Reply::Vm(vm) => {
@@ -372,6 +372,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Text from the daemon as it may reach a terminal: a plugin's veto or crash message, a user's
+/// path, package or os-release fields. Each line's control characters are shown escaped
+/// (`\x1b`, `\r`...), so none of it can drive the terminal (root's too) or forge a line.
+fn shown(text: &str) -> String {
+    text.split('\n')
+        .map(|line| plughost_service::escape_control(line.as_bytes()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn dash<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".into(), |v| v.to_string())
 }
@@ -380,7 +390,7 @@ fn print_vm(vm: &VmInfo) {
     let state = if vm.running { "running" } else { "stopped" };
     println!(
         "VM of {} (session {}): {state}, init pid {}, idle timeout {} s",
-        vm.user,
+        shown(&vm.user),
         vm.session_id,
         dash(vm.init_pid),
         vm.idle_timeout_secs
@@ -389,6 +399,10 @@ fn print_vm(vm: &VmInfo) {
 
 /// Left-aligned columns, two spaces apart.
 fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|row| row.iter().map(|cell| shown(cell)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
