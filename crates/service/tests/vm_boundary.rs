@@ -661,7 +661,8 @@ fn peak_kib(pid: u32) -> u64 {
 /// A program a plugin runs writes its stderr into the daemon's log: one endless line (200 MB
 /// without a newline here; a user's binary in their distribution can do it, and the VM's root can
 /// take a distribution init's log pipe) is cut at 4 KiB as it is read, never held whole (the
-/// daemon grew by the line's size, to its OOM kill and every user's VMs with it).
+/// daemon grew by the line's size, to its OOM kill and every user's VMs with it). Then 20 000
+/// short lines: past a burst of 200, at most 20 a second are logged, the rest counted.
 #[test]
 fn an_endless_stderr_line_does_not_grow_the_daemon() {
     if !need_root("an_endless_stderr_line_does_not_grow_the_daemon") {
@@ -671,7 +672,7 @@ fn an_endless_stderr_line_does_not_grow_the_daemon() {
     setting(
         &world,
         "vm_script",
-        "head -c 200000000 /dev/zero | tr '\\0' a >&2; echo done",
+        "head -c 200000000 /dev/zero | tr '\\0' a >&2; echo >&2; seq 20000 >&2; echo done",
     );
     let daemon = world.start();
     daemon.ctl(&["vm", "start"]).ok();
@@ -682,5 +683,19 @@ fn an_endless_stderr_line_does_not_grow_the_daemon() {
     });
     let peak = peak_kib(daemon.pid());
     assert!(peak < 100 * 1024, "plughostd peaked at {peak} KiB");
+    wait_until("the dropped lines are counted", || {
+        daemon
+            .log_text()
+            .contains("lines not logged: more than 20 a second]")
+    });
+    let logged = daemon
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("vm_attacker /bin/sh: "))
+        .count();
+    assert!(
+        (2..2000).contains(&logged),
+        "{logged} lines of the flood logged"
+    );
     daemon.shutdown();
 }
