@@ -699,3 +699,49 @@ fn an_endless_stderr_line_does_not_grow_the_daemon() {
     );
     daemon.shutdown();
 }
+
+/// A distribution's init is the VM's root's own process in name only: it is exec'd as the host's
+/// root and becomes the VM's root after, so it is not dumpable and its memory belongs to the
+/// host's user namespace. The VM's root (a plugin's program in the distribution) can neither
+/// ptrace it nor read its fds, whose stdout and stderr are pipes to the daemon.
+#[test]
+fn a_vms_root_cannot_take_the_distribution_inits_fds() {
+    if !need_root("a_vms_root_cannot_take_the_distribution_inits_fds") {
+        return;
+    }
+    let world = World::new(vec![c("vm_attacker")]);
+    let rootfs = make_rootfs_with(world.dir.path(), "fds-rootfs", &["sh", "ls", "echo"]);
+    setting(
+        &world,
+        "distro_script",
+        "ls /proc/1/fd >/dev/null 2>&1 && echo initfds=yes || echo initfds=no; \
+         ls /proc/1/ >/dev/null 2>&1 && echo initdir=yes || echo initdir=no",
+    );
+    let daemon = world.start();
+    daemon
+        .ctl_as(
+            65534,
+            &[
+                "distro",
+                "register",
+                "fds",
+                "--rootfs",
+                rootfs.to_str().expect("utf-8"),
+            ],
+        )
+        .ok();
+    daemon.ctl_as(65534, &["distro", "start", "fds"]).ok();
+    let line = world.fx.wait_for("distro_exec");
+    let out = field(&line, "out").to_owned();
+    assert_eq!(said(&out, "initdir"), "yes", "{out}");
+    assert_eq!(said(&out, "initfds"), "no", "{out}");
+    // The distribution still serves its user.
+    let runs = daemon
+        .ctl_as(
+            65534,
+            &["exec", "--distro", "fds", "--", "/bin/echo", "runs"],
+        )
+        .ok();
+    assert_eq!(runs.stdout, "runs\n");
+    daemon.shutdown();
+}

@@ -3,7 +3,7 @@
 //! `/dev` and the VM's `/mnt` bound in, pivot into the rootfs). Nothing is created in a user's
 //! rootfs.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
@@ -54,15 +54,22 @@ pub(super) fn start_distribution(
     if let Err(e) = attach_tree(&tree, &place) {
         die(&format!("attach the rootfs at {}", stage.display()), e);
     }
-    let rest = ThreadNameSpaceType::USER
-        | ThreadNameSpaceType::PROCESS_ID
+    // Not the user namespace: the init enters that itself, after its exec (below).
+    let rest = ThreadNameSpaceType::PROCESS_ID
         | ThreadNameSpaceType::INTER_PROCESS_COMMUNICATION
         | ThreadNameSpaceType::HOST_NAME_AND_NIS_DOMAIN_NAME;
     if let Err(e) = enter_namespaces(pidfd, rest, "VM's") {
         die("enter the VM", e);
     }
+    // The VM's init, for the distribution's init to enter its user namespace: its stdin.
+    let vm_pidfd = pidfd
+        .try_clone()
+        .unwrap_or_else(|e| die("dup the VM's pidfd", e));
     // The distribution's init must be in the VM's pid namespace *before* it unshares its own
-    // (the kernel refuses unshare(NEWPID) after setns(pid)): run it as our child, as the VM's root.
+    // (the kernel refuses unshare(NEWPID) after setns(pid)): it runs as our child. It is exec'd
+    // as the host's root and becomes the VM's root only then (`distro_init`): a process exec'd
+    // in the VM's user namespace would be dumpable by the VM's root there, who could ptrace it
+    // or take its fds (`pidfd_getfd`: its stdout and stderr are pipes to the daemon).
     let mut command = Command::new(format!("/proc/self/fd/{}", exe.as_raw_fd()));
     command
         .arg0("plughostd")
@@ -73,8 +80,7 @@ pub(super) fn start_distribution(
         // VM's init, if we died before its death signal was armed).
         .arg("--parent-pid")
         .arg("0")
-        .uid(0)
-        .gid(0)
+        .stdin(vm_pidfd)
         .env_clear();
     let mut child = command
         .spawn()
@@ -83,8 +89,39 @@ pub(super) fn start_distribution(
     mirror_exit(exit)
 }
 
-/// `__distro-init`: see the module docs.
+/// `__distro-init`: see the module docs. Exec'd as the host's root (in the VM's pid namespace),
+/// with a pidfd of the VM's init as its stdin, it enters the VM's user namespace and becomes the
+/// VM's root there: its memory stays owned by the host's user namespace and it is not dumpable,
+/// so the VM's root can neither ptrace it (nor the distribution's pid 1, its fork) nor take its
+/// fds.
 pub fn distro_init(root: &Path, parent: u32) -> ! {
+    bind_to_parent(parent);
+    let vm = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .unwrap_or_else(|e| die("the VM's pidfd", e));
+    if let Err(e) = enter_namespaces(&vm, ThreadNameSpaceType::USER, "VM's user") {
+        die("enter the VM", e);
+    }
+    drop(vm);
+    let null = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap_or_else(|e| die("open /dev/null", e));
+    if let Err(e) = rustix::stdio::dup2_stdin(&null) {
+        die("stdin", e);
+    }
+    if let Err(e) = super::vm_init::become_root_of_namespace() {
+        die("become the VM's root", e);
+    }
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        die("PR_SET_DUMPABLE", e);
+    }
+    // The change of ids cleared the parent-death signal: arm it again and check the parent.
     bind_to_parent(parent);
     if let Err(e) = unshare(UnshareFlags::NEWNS | UnshareFlags::NEWPID) {
         die("unshare(mount, pid)", e);

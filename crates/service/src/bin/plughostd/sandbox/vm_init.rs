@@ -149,8 +149,9 @@ fn write_maps(proc_dir: &OwnedFd, uid_map: &str, gid_map: &str) -> Result<(), St
     Ok(())
 }
 
-/// In a fresh user namespace whose maps are written: uid and gid 0 there, no supplementary groups.
-fn become_root_of_namespace() -> Result<(), String> {
+/// In a fresh user namespace whose maps are written (or one just entered): uid and gid 0 there,
+/// no supplementary groups.
+pub(super) fn become_root_of_namespace() -> Result<(), String> {
     use rustix::process::{Gid, Uid};
     rustix::thread::set_thread_groups(&[]).map_err(|e| format!("setgroups: {e}"))?;
     rustix::thread::set_thread_res_gid(Gid::ROOT, Gid::ROOT, Gid::ROOT)
