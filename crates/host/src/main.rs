@@ -28,7 +28,7 @@ use plughost_wire::{
     Confinement, Hello, HostMsg, LoadFailure, PluginSource, ServiceMsg, PROTOCOL_VERSION,
 };
 
-use serve::{host_log, Demux, MainEvent};
+use serve::{host_log, Demux, HookFrame, MainEvent};
 
 /// Exit code for a start-up failure of the host itself (bad arguments, lost parent, bad handshake).
 const EXIT_SETUP: i32 = 111;
@@ -292,9 +292,18 @@ fn handshake(demux: &Demux, name: &str) -> (plughost_wire::Welcome, Option<Owned
 }
 
 fn serve_hooks(demux: &'static Demux, plugin: &LoadedPlugin, channel_id: ChannelId) -> ! {
+    let mut frame = HookFrame::new();
     loop {
-        match demux.next_hook() {
-            MainEvent::Hook(id, hook) => {
+        match demux.next_hook(&mut frame) {
+            MainEvent::Hook => {
+                let (id, hook) = match frame.hook() {
+                    Ok(hook) => hook,
+                    // Checked when it was received: not reached.
+                    Err(e) => {
+                        host_log(&format!("bad hook frame: {e}"));
+                        exit_now(channel_id.exit_code(demux))
+                    }
+                };
                 let outcome = hook::call(&plugin.hooks, &hook);
                 let (status, message) = outcome.map_or((0, None), |o| (o.status, o.message));
                 // A positive status is outside the contract; report it as a failure the service can
