@@ -672,7 +672,10 @@ impl Host {
         let frames = self.ring.socket_frames();
         let announced = frames != reader.socket_seen;
         reader.socket_seen = frames;
-        self.socket_pending.swap(false, Ordering::SeqCst) | announced
+        // Read before the swap: no read-modify-write on the usual turn, where it is false.
+        let pending = self.socket_pending.load(Ordering::SeqCst)
+            && self.socket_pending.swap(false, Ordering::SeqCst);
+        pending | announced
     }
 
     /// Reads every frame waiting on the socket during a hook, checking the deadline after each (a
