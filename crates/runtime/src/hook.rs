@@ -105,12 +105,8 @@ fn with_c_strings<const N: usize, R>(
     strings: [&str; N],
     f: impl FnOnce([*const c_char; N]) -> R,
 ) -> R {
-    let cut = strings.map(|s| {
-        let bytes = s.as_bytes();
-        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-        &bytes[..end]
-    });
-    let need: usize = cut.iter().map(|s| s.len() + 1).sum();
+    // An upper bound: a string cut at a NUL takes less.
+    let need: usize = strings.iter().map(|s| s.len() + 1).sum();
     let mut stack = [0u8; STACK_STRINGS];
     let mut heap = Vec::new();
     let buf: &mut [u8] = if need <= STACK_STRINGS {
@@ -121,11 +117,19 @@ fn with_c_strings<const N: usize, R>(
     };
     let mut offsets = [0usize; N];
     let mut at = 0;
-    for (offset, s) in offsets.iter_mut().zip(cut) {
-        buf[at..at + s.len()].copy_from_slice(s);
-        buf[at + s.len()] = 0;
+    for (offset, s) in offsets.iter_mut().zip(strings) {
         *offset = at;
-        at += s.len() + 1;
+        // Byte by byte up to the first NUL: these strings are short, and a loop that stops at a
+        // NUL is not turned into a `memcpy` call (another cold libc page per hook).
+        for &byte in s.as_bytes() {
+            if byte == 0 {
+                break;
+            }
+            buf[at] = byte;
+            at += 1;
+        }
+        buf[at] = 0;
+        at += 1;
     }
     // `buf` is not touched again while `f` runs: the pointers stay valid until it returns.
     let base = buf.as_ptr();

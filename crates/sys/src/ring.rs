@@ -196,6 +196,14 @@ pub struct HostEnds {
 /// has at most one per slot in flight); past it the oldest is closed.
 const FD_STASH: usize = 2 * SLOTS;
 
+/// The host's fds received on the fd lane for another caller, and the buffer each receive fills
+/// (kept, so taking an fd allocates nothing).
+#[derive(Default)]
+struct FdStash {
+    kept: VecDeque<(u64, OwnedFd)>,
+    received: Vec<OwnedFd>,
+}
+
 /// One end of the ring: the mapping, the doorbell eventfd and the fd lane.
 pub struct Ring {
     shared: NonNull<Shared>,
@@ -203,7 +211,7 @@ pub struct Ring {
     fd_lane: Seqpacket,
     /// Host: fds received for another caller than the one that read them, by request id. A leaf
     /// lock, held across non-blocking receives only.
-    fd_stash: Mutex<VecDeque<(u64, OwnedFd)>>,
+    fd_stash: Mutex<FdStash>,
 }
 
 // SAFETY: the mapping is only accessed through the atomics of `Shared`, which are Sync; the pointer
@@ -312,7 +320,7 @@ impl Ring {
             shared,
             doorbell,
             fd_lane,
-            fd_stash: Mutex::new(VecDeque::new()),
+            fd_stash: Mutex::new(FdStash::default()),
         };
         ring.shared().magic.store(MAGIC, Ordering::Release);
         Ok((
@@ -338,7 +346,7 @@ impl Ring {
             shared,
             doorbell: ends.doorbell,
             fd_lane: Seqpacket::from_fd(ends.fds),
-            fd_stash: Mutex::new(VecDeque::new()),
+            fd_stash: Mutex::new(FdStash::default()),
         };
         if ring.shared().magic.load(Ordering::Acquire) != MAGIC {
             return Err(RingError::BadMagic);
@@ -437,17 +445,17 @@ impl Ring {
     /// Never blocks: an fd that is not there is [`RingError::FdMissing`]. Fds that arrive for other
     /// callers are kept for them; frames that are not one id with one fd are dropped (closed).
     pub fn take_fd(&self, id: u64) -> Result<OwnedFd, RingError> {
-        let mut stash = self.fd_stash.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.fd_stash.lock().unwrap_or_else(|e| e.into_inner());
+        let FdStash { kept: stash, received: fds } = &mut *guard;
         if let Some(at) = stash.iter().position(|(tag, _)| *tag == id) {
             if let Some((_, fd)) = stash.remove(at) {
                 return Ok(fd);
             }
         }
         let mut buf = [0u8; 16];
-        let mut fds = Vec::new();
         loop {
             fds.clear();
-            let len = match self.fd_lane.try_recv(&mut buf, &mut fds) {
+            let len = match self.fd_lane.try_recv(&mut buf, fds) {
                 Ok(Some(len)) => len,
                 Ok(None) | Err(_) => return Err(RingError::FdMissing { id }),
             };
