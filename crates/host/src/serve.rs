@@ -268,9 +268,14 @@ impl Demux {
 
     /// Receives one frame into `buf` (`MAX_FRAME` long) and checks it: a hook is left there (its
     /// length returned), any other message is decoded.
-    fn recv_into(&self, buf: &mut [u8]) -> Result<Result<usize, (ServiceMsg, Vec<OwnedFd>)>, ChannelError> {
+    fn recv_into(
+        &self,
+        buf: &mut [u8],
+    ) -> Result<Result<usize, (ServiceMsg, Vec<OwnedFd>)>, ChannelError> {
         let bad = |e: WireError| {
-            ChannelError::Io(std::io::Error::other(format!("bad frame from service: {e}")))
+            ChannelError::Io(std::io::Error::other(format!(
+                "bad frame from service: {e}"
+            )))
         };
         let mut fds = Vec::new();
         let len = self.channel.recv(buf, &mut fds)?;

@@ -1,6 +1,7 @@
-//! Calling a hook: the wire's values (strings borrowed) become the C structs of `plugin_api.h` for the duration of
-//! one call, and the thread-local hook context enforces the rules of `plugin_error`
-//! (`PLUGIN_ABI.md`, "API": only on the hook's own thread, during a veto hook, once per hook).
+//! Calling a hook: the wire's values (their strings borrowed from the frame) become the C structs of
+//! `plugin_api.h` for the duration of one call, and the thread-local hook context enforces the
+//! rules of `plugin_error` (`PLUGIN_ABI.md`, "API": only on the hook's own thread, during a veto
+//! hook, once per hook).
 //!
 //! Safety invariant of this module: every pointer placed in a C struct points into a struct or a
 //! string buffer (`with_c_strings`) that lives on this function's stack, or in a buffer it owns,
@@ -177,9 +178,10 @@ pub fn call(hooks: &plughost_hooks_v1, hook: &HookRef<'_>) -> Option<HookOutcome
 }
 
 fn dispatch(hooks: &plughost_hooks_v1, hook: &HookRef<'_>) -> Option<i32> {
-    // SAFETY (every call below): the function pointers come from the plugin's own entry point, which
-    // the contract makes responsible for them; every struct pointer passed points to a local, and
-    // every string pointer into `with_c_strings`' buffer, that outlive the call (see the module
+    // SAFETY (every call below): the function pointers come from the plugin's own entry point,
+    // which the contract makes responsible for them; every struct pointer passed points to a
+    // local, and every string pointer into `with_c_strings`' buffer, that outlive the call (see the
+    // module
     // invariant).
     match hook {
         HookOf::VmStarted { session, settings } => {

@@ -17,7 +17,11 @@ const BUCKETS: usize = 64;
 /// (a libm page a dispatch to many cold hosts would touch once per plugin).
 fn bucket_of(d: Duration) -> usize {
     /// 2^(1/4), 2^(2/4), 2^(3/4): the quarter-doublings within one power of two.
-    const QUARTERS: [f64; 3] = [1.189_207_115_002_721, std::f64::consts::SQRT_2, 1.681_792_830_507_429];
+    const QUARTERS: [f64; 3] = [
+        1.189_207_115_002_721,
+        std::f64::consts::SQRT_2,
+        1.681_792_830_507_429,
+    ];
     let us = d.as_secs_f64() * 1e6;
     if us.is_nan() || us <= 1.0 {
         return 0;

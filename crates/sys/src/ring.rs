@@ -446,7 +446,10 @@ impl Ring {
     /// callers are kept for them; frames that are not one id with one fd are dropped (closed).
     pub fn take_fd(&self, id: u64) -> Result<OwnedFd, RingError> {
         let mut guard = self.fd_stash.lock().unwrap_or_else(|e| e.into_inner());
-        let FdStash { kept: stash, received: fds } = &mut *guard;
+        let FdStash {
+            kept: stash,
+            received: fds,
+        } = &mut *guard;
         if let Some(at) = stash.iter().position(|(tag, _)| *tag == id) {
             if let Some((_, fd)) = stash.remove(at) {
                 return Ok(fd);

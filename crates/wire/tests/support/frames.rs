@@ -10,10 +10,10 @@
 //! have them.
 
 use plughost_wire::{
-    decode, decode_hook, encode, ApiCall, ApiReply, Confinement, ContainerSession, Distribution, FsRules, Hello,
-    Hook, HookKind, HookSet, HostMsg, Limits, LoadFailure, OfflineDistribution, PluginSource,
-    ProcessHandle, RequestId, ServiceMsg, Session, Version, VmSettings, Welcome, MAX_FRAME,
-    PROTOCOL_VERSION,
+    decode, decode_hook, encode, ApiCall, ApiReply, Confinement, ContainerSession, Distribution,
+    FsRules, Hello, Hook, HookKind, HookSet, HostMsg, Limits, LoadFailure, OfflineDistribution,
+    PluginSource, ProcessHandle, RequestId, ServiceMsg, Session, Version, VmSettings, Welcome,
+    MAX_FRAME, PROTOCOL_VERSION,
 };
 
 /// Host to service: the untrusted direction (what a hostile plugin controls).
@@ -41,7 +41,11 @@ pub fn check_service_msg(frame: &[u8]) {
     // The host's borrowed decoding of hooks accepts exactly the hooks the owned one does.
     match (decode::<ServiceMsg>(frame), decode_hook(frame)) {
         (Ok(ServiceMsg::Hook { id, hook }), Ok(Some((got, borrowed)))) => {
-            assert_eq!((got, borrowed), (id, hook.borrowed()), "decode_hook differs");
+            assert_eq!(
+                (got, borrowed),
+                (id, hook.borrowed()),
+                "decode_hook differs"
+            );
         }
         (Ok(ServiceMsg::Hook { .. }), other) => panic!("a hook decode_hook refuses: {other:?}"),
         (_, Ok(Some(hook))) => panic!("decode_hook accepts what decode refuses: {hook:?}"),

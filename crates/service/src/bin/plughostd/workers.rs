@@ -123,7 +123,7 @@ mod tests {
         }
         // One job at a time, each once a thread is idle: no new thread is started.
         let started = workers.started.load(Ordering::Relaxed);
-        assert!(started >= 8 && started <= 400, "{started} threads");
+        assert!((8..=400).contains(&started), "{started} threads");
         for round in 0..20 {
             while workers.lock().idle == 0 {
                 std::thread::yield_now();
