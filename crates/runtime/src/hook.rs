@@ -181,8 +181,7 @@ fn dispatch(hooks: &plughost_hooks_v1, hook: &HookRef<'_>) -> Option<i32> {
     // SAFETY (every call below): the function pointers come from the plugin's own entry point,
     // which the contract makes responsible for them; every struct pointer passed points to a
     // local, and every string pointer into `with_c_strings`' buffer, that outlive the call (see the
-    // module
-    // invariant).
+    // module invariant).
     match hook {
         HookOf::VmStarted { session, settings } => {
             let f = hooks.on_vm_started?;
