@@ -262,8 +262,9 @@ impl Demux {
 
     /// Receives the handshake answer (and the library fd it may carry) before any other thread
     /// exists.
-    pub fn recv_direct(&self) -> Result<(ServiceMsg, Vec<OwnedFd>), String> {
-        self.recv_one().map_err(|e| e.to_string())
+    /// Received into the main thread's hook buffer: the host touches one 64 KiB buffer, not two.
+    pub fn recv_direct(&self, frame: &mut HookFrame) -> Result<(ServiceMsg, Vec<OwnedFd>), String> {
+        self.recv_one(&mut frame.buf).map_err(|e| e.to_string())
     }
 
     /// Receives one frame into `buf` (`MAX_FRAME` long) and checks it: a hook is left there (its
@@ -319,26 +320,22 @@ impl Demux {
         })
     }
 
-    fn recv_one(&self) -> Result<(ServiceMsg, Vec<OwnedFd>), ChannelError> {
-        RECV_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            buf.resize(MAX_FRAME, 0);
-            let mut fds = Vec::new();
-            let len = self.channel.recv(&mut buf, &mut fds)?;
-            let msg = decode::<ServiceMsg>(&buf[..len]).map_err(|e| {
-                ChannelError::Io(std::io::Error::other(format!(
-                    "bad frame from service: {e}"
-                )))
-            })?;
-            if fds.len() != msg.fds_expected() {
-                return Err(ChannelError::Io(std::io::Error::other(format!(
-                    "{} file descriptors from service, expected {}",
-                    fds.len(),
-                    msg.fds_expected()
-                ))));
-            }
-            Ok((msg, fds))
-        })
+    fn recv_one(&self, buf: &mut [u8]) -> Result<(ServiceMsg, Vec<OwnedFd>), ChannelError> {
+        let mut fds = Vec::new();
+        let len = self.channel.recv(buf, &mut fds)?;
+        let msg = decode::<ServiceMsg>(&buf[..len]).map_err(|e| {
+            ChannelError::Io(std::io::Error::other(format!(
+                "bad frame from service: {e}"
+            )))
+        })?;
+        if fds.len() != msg.fds_expected() {
+            return Err(ChannelError::Io(std::io::Error::other(format!(
+                "{} file descriptors from service, expected {}",
+                fds.len(),
+                msg.fds_expected()
+            ))));
+        }
+        Ok((msg, fds))
     }
 
     /// The main thread: waits for the next hook; [`MainEvent::Hook`] leaves it in `frame`.
