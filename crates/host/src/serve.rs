@@ -65,7 +65,7 @@ pub struct HookFrame {
 impl HookFrame {
     pub fn new() -> HookFrame {
         HookFrame {
-            // Zeroed pages the kernel maps only when a frame is written into them.
+            // A frame may be this long; the handshake's answer is received here too.
             buf: vec![0; MAX_FRAME],
             len: 0,
         }
@@ -131,6 +131,13 @@ enum Want<'f> {
     /// The next hook, into the main thread's buffer.
     Main(&'f mut HookFrame),
     Reply(u64),
+}
+
+/// One frame received and checked: a hook, left in the buffer it was received into (its length), or
+/// another message, decoded.
+enum Received {
+    Hook(usize),
+    Msg(ServiceMsg, Vec<OwnedFd>),
 }
 
 /// One frame the reader received: a hook (in the main thread's buffer, or copied out of a plugin
@@ -261,18 +268,18 @@ impl Demux {
     }
 
     /// Receives the handshake answer (and the library fd it may carry) before any other thread
-    /// exists.
-    /// Received into the main thread's hook buffer: the host touches one 64 KiB buffer, not two.
+    /// exists, into the main thread's hook buffer (one 64 KiB buffer on that thread, not two).
     pub fn recv_direct(&self, frame: &mut HookFrame) -> Result<(ServiceMsg, Vec<OwnedFd>), String> {
-        self.recv_one(&mut frame.buf).map_err(|e| e.to_string())
+        match self.recv_into(&mut frame.buf) {
+            Ok(Received::Msg(msg, fds)) => Ok((msg, fds)),
+            Ok(Received::Hook(_)) => Err("a hook before the handshake's answer".into()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Receives one frame into `buf` (`MAX_FRAME` long) and checks it: a hook is left there (its
     /// length returned), any other message is decoded.
-    fn recv_into(
-        &self,
-        buf: &mut [u8],
-    ) -> Result<Result<usize, (ServiceMsg, Vec<OwnedFd>)>, ChannelError> {
+    fn recv_into(&self, buf: &mut [u8]) -> Result<Received, ChannelError> {
         let bad = |e: WireError| {
             ChannelError::Io(std::io::Error::other(format!(
                 "bad frame from service: {e}"
@@ -294,8 +301,8 @@ impl Demux {
             ))));
         }
         Ok(match msg {
-            None => Ok(len),
-            Some(msg) => Err((msg, fds)),
+            None => Received::Hook(len),
+            Some(msg) => Received::Msg(msg, fds),
         })
     }
 
@@ -303,39 +310,21 @@ impl Demux {
     fn recv_incoming(&self, want: &mut Want<'_>) -> Result<Incoming, ChannelError> {
         if let Want::Main(frame) = want {
             return Ok(match self.recv_into(&mut frame.buf)? {
-                Ok(len) => {
+                Received::Hook(len) => {
                     frame.len = len;
                     Incoming::HookInFrame
                 }
-                Err((msg, fds)) => Incoming::Msg(msg, fds),
+                Received::Msg(msg, fds) => Incoming::Msg(msg, fds),
             });
         }
         RECV_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             buf.resize(MAX_FRAME, 0);
             Ok(match self.recv_into(&mut buf)? {
-                Ok(len) => Incoming::Hook(buf[..len].to_vec()),
-                Err((msg, fds)) => Incoming::Msg(msg, fds),
+                Received::Hook(len) => Incoming::Hook(buf[..len].to_vec()),
+                Received::Msg(msg, fds) => Incoming::Msg(msg, fds),
             })
         })
-    }
-
-    fn recv_one(&self, buf: &mut [u8]) -> Result<(ServiceMsg, Vec<OwnedFd>), ChannelError> {
-        let mut fds = Vec::new();
-        let len = self.channel.recv(buf, &mut fds)?;
-        let msg = decode::<ServiceMsg>(&buf[..len]).map_err(|e| {
-            ChannelError::Io(std::io::Error::other(format!(
-                "bad frame from service: {e}"
-            )))
-        })?;
-        if fds.len() != msg.fds_expected() {
-            return Err(ChannelError::Io(std::io::Error::other(format!(
-                "{} file descriptors from service, expected {}",
-                fds.len(),
-                msg.fds_expected()
-            ))));
-        }
-        Ok((msg, fds))
     }
 
     /// The main thread: waits for the next hook; [`MainEvent::Hook`] leaves it in `frame`.
