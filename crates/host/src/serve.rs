@@ -177,6 +177,18 @@ impl Demux {
         let Some(ring) = self.ring.get() else {
             return self.send(msg);
         };
+        // The usual answer (no message) is written on the stack: no send buffer, no serializer.
+        if let HostMsg::HookDone {
+            id,
+            status,
+            message: None,
+        } = msg
+        {
+            let (frame, len) = plughost_wire::hook_done_frame(*id, *status);
+            if ring.post_answer(&frame[..len]) {
+                return Ok(());
+            }
+        }
         let posted = SEND_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             encode(msg, &mut buf).is_ok() && ring.post_answer(&buf)

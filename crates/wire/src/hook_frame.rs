@@ -9,7 +9,8 @@
 
 use crate::{
     check_header, variant, ContainerSessionOf, DistributionOf, Hook, HookOf, HookRef,
-    OfflineDistributionOf, RequestId, SessionOf, WireError, MAGIC, MAX_FRAME, PROTOCOL_VERSION,
+    OfflineDistributionOf, RequestId, SessionOf, WireError, HEADER_LEN, MAGIC, MAX_FRAME,
+    PROTOCOL_VERSION,
 };
 
 /// `ServiceMsg::Hook`'s variant index (`tests.rs` checks it against the enum).
@@ -40,6 +41,38 @@ pub fn hook_frame(id: RequestId, body: &[u8], out: &mut Vec<u8>) -> Result<(), W
         return Err(WireError::Oversized { len: out.len() });
     }
     Ok(())
+}
+
+/// `HostMsg::HookDone`'s variant index (`tests.rs` checks the frame against `encode`).
+const HOOK_DONE_VARIANT: u64 = 3;
+
+/// Room for the frame of [`hook_done_frame`]: header, variant, id (≤ 10 bytes of LEB128), status
+/// (≤ 5), the message's absence.
+pub const HOOK_DONE_MAX: usize = HEADER_LEN + 1 + 10 + 5 + 1;
+
+/// The frame of `HostMsg::HookDone { id, status, message: None }`, the usual answer to a hook,
+/// written on the stack: the host answers without its send buffer or the serializer (the same
+/// bytes as `encode`). Returns the buffer and the frame's length in it.
+pub fn hook_done_frame(id: RequestId, status: i32) -> ([u8; HOOK_DONE_MAX], usize) {
+    let mut out = [0u8; HOOK_DONE_MAX];
+    out[..2].copy_from_slice(&MAGIC);
+    out[2] = PROTOCOL_VERSION;
+    let mut len = HEADER_LEN;
+    let mut put = |mut value: u64| {
+        while value >= 0x80 {
+            out[len] = (value as u8 & 0x7f) | 0x80;
+            len += 1;
+            value >>= 7;
+        }
+        out[len] = value as u8;
+        len += 1;
+    };
+    put(HOOK_DONE_VARIANT);
+    put(id.0);
+    // postcard's i32: zigzag, then LEB128.
+    put(u64::from(((status << 1) ^ (status >> 31)) as u32));
+    put(0); // message: None
+    (out, len)
 }
 
 fn leb128(mut value: u64, out: &mut Vec<u8>) {

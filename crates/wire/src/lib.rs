@@ -20,7 +20,7 @@
 mod hook_frame;
 mod messages;
 
-pub use hook_frame::{decode_hook, encode_hook_body, hook_frame};
+pub use hook_frame::{decode_hook, encode_hook_body, hook_done_frame, hook_frame, HOOK_DONE_MAX};
 pub use messages::*;
 
 use serde::{de::DeserializeOwned, Serialize};

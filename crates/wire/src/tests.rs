@@ -98,6 +98,23 @@ fn a_hook_frame_built_from_its_body_is_the_encoded_message() {
 }
 
 #[test]
+fn the_hand_written_hook_answer_is_the_encoded_message() {
+    let mut expected = Vec::new();
+    for id in [0, 1, 127, 128, 1 << 35, u64::MAX] {
+        for status in [0, -1, 1, -22, -10002, i32::MIN, i32::MAX, 63, -64, 64] {
+            let msg = HostMsg::HookDone {
+                id: RequestId(id),
+                status,
+                message: None,
+            };
+            encode(&msg, &mut expected).unwrap();
+            let (frame, len) = hook_done_frame(RequestId(id), status);
+            assert_eq!(&frame[..len], &expected[..], "id {id} status {status}");
+        }
+    }
+}
+
+#[test]
 fn decode_hook_leaves_other_messages_to_decode() {
     let mut buf = Vec::new();
     for msg in [
