@@ -137,7 +137,8 @@ enum Want<'f> {
 /// another message, decoded.
 enum Received {
     Hook(usize),
-    Msg(ServiceMsg, Vec<OwnedFd>),
+    /// Boxed: the hook path moves this enum, and a `Welcome` is large.
+    Msg(Box<ServiceMsg>, Vec<OwnedFd>),
 }
 
 /// One frame the reader received: a hook (in the main thread's buffer, or copied out of a plugin
@@ -145,7 +146,7 @@ enum Received {
 enum Incoming {
     HookInFrame,
     Hook(Vec<u8>),
-    Msg(ServiceMsg, Vec<OwnedFd>),
+    Msg(Box<ServiceMsg>, Vec<OwnedFd>),
 }
 
 enum Got {
@@ -283,7 +284,7 @@ impl Demux {
     /// exists, into the main thread's hook buffer (one 64 KiB buffer on that thread, not two).
     pub fn recv_direct(&self, frame: &mut HookFrame) -> Result<(ServiceMsg, Vec<OwnedFd>), String> {
         match self.recv_into(&mut frame.buf) {
-            Ok(Received::Msg(msg, fds)) => Ok((msg, fds)),
+            Ok(Received::Msg(msg, fds)) => Ok((*msg, fds)),
             Ok(Received::Hook(_)) => Err("a hook before the handshake's answer".into()),
             Err(e) => Err(e.to_string()),
         }
@@ -302,10 +303,10 @@ impl Demux {
         let frame = &buf[..len];
         let msg = match decode_hook(frame) {
             Ok(Some(_)) => None,
-            Ok(None) => Some(decode::<ServiceMsg>(frame).map_err(bad)?),
+            Ok(None) => Some(Box::new(decode::<ServiceMsg>(frame).map_err(bad)?)),
             Err(e) => return Err(bad(e)),
         };
-        let expected = msg.as_ref().map_or(0, ServiceMsg::fds_expected);
+        let expected = msg.as_ref().map_or(0, |msg| msg.fds_expected());
         if fds.len() != expected {
             return Err(ChannelError::Io(std::io::Error::other(format!(
                 "{} file descriptors from service, expected {expected}",
@@ -448,7 +449,7 @@ impl Demux {
                         Want::Reply(id) => Some(id),
                         Want::Main(_) => None,
                     };
-                    self.route(&mut state, mine, msg, fds);
+                    self.route(&mut state, mine, *msg, fds);
                 }
             }
         }

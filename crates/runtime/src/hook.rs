@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::ffi::c_char;
+use std::mem::MaybeUninit;
 
 use plughost_abi::{
     plughost_container_session, plughost_distribution, plughost_hooks_v1,
@@ -108,12 +109,13 @@ fn with_c_strings<const N: usize, R>(
 ) -> R {
     // An upper bound: a string cut at a NUL takes less.
     let need: usize = strings.iter().map(|s| s.len() + 1).sum();
-    let mut stack = [0u8; STACK_STRINGS];
+    // Not zeroed (no `memset` call): only the bytes written below are ever read, by C.
+    let mut stack = [MaybeUninit::<u8>::uninit(); STACK_STRINGS];
     let mut heap = Vec::new();
-    let buf: &mut [u8] = if need <= STACK_STRINGS {
+    let buf: &mut [MaybeUninit<u8>] = if need <= STACK_STRINGS {
         &mut stack
     } else {
-        heap.resize(need, 0);
+        heap.resize(need, MaybeUninit::uninit());
         &mut heap
     };
     let mut offsets = [0usize; N];
@@ -126,10 +128,10 @@ fn with_c_strings<const N: usize, R>(
             if byte == 0 {
                 break;
             }
-            buf[at] = byte;
+            buf[at].write(byte);
             at += 1;
         }
-        buf[at] = 0;
+        buf[at].write(0);
         at += 1;
     }
     // `buf` is not touched again while `f` runs: the pointers stay valid until it returns.
