@@ -5,7 +5,8 @@
 //! frame from it with that host's request id ([`hook_frame`]): the same bytes as
 //! `encode(&ServiceMsg::Hook { id, hook })`, without cloning or encoding the hook again per plugin.
 //! The host decodes it with [`decode_hook`] into a [`HookRef`], whose strings borrow the frame: no
-//! allocation on the way to the plugin's C structs.
+//! allocation on the way to the plugin's C structs; and it writes the usual answer on its stack
+//! ([`hook_done_frame`]).
 
 use crate::{
     check_header, variant, ContainerSessionOf, DistributionOf, Hook, HookOf, HookRef,
