@@ -37,6 +37,7 @@ use crate::monitor::Monitor;
 use crate::plugin::{Plugin, Readiness, Runtime};
 use crate::pool::Pool;
 use crate::proxy::spawn::Spawner;
+use crate::proxy::OutgoingHook;
 use crate::report::{self, PluginInfo};
 
 /// The VM session a hook is about, if it is about one.
@@ -300,27 +301,38 @@ impl PluginManager {
     /// then starts the hosts that are due (lazy activation, restart after a backoff).
     fn precheck(&self, kind: HookKind) -> Result<(), PluginError> {
         let mut first: Option<(u64, PluginError)> = None;
+        // One look at each plugin's state in the usual case (every host ready and alive): a
+        // dispatch to many plugins touches each plugin's lines as few times as it can.
+        let mut due = false;
         for plugin in &self.plugins {
-            if let Readiness::Ready(Runtime::Host(host)) = plugin.readiness(kind) {
+            let mut readiness = plugin.readiness(kind);
+            if let Readiness::Ready(Runtime::Host(host)) = &readiness {
                 // Dead, and the monitor could not record it yet: record it now.
                 if let Some(cause) = host.death_cause(true) {
-                    plugin.host_crashed(&host, None, cause);
-                    self.pool.unregister(&host);
+                    plugin.host_crashed(host, None, cause);
+                    self.pool.unregister(host);
+                    readiness = plugin.readiness(kind);
                 }
             }
-            if let Readiness::Fail(error) = plugin.readiness(kind) {
-                let at = plugin.state().failed_at();
-                if first.as_ref().is_none_or(|(earliest, _)| at < *earliest) {
-                    first = Some((at, error));
+            match readiness {
+                Readiness::Fail(error) => {
+                    let at = plugin.state().failed_at();
+                    if first.as_ref().is_none_or(|(earliest, _)| at < *earliest) {
+                        first = Some((at, error));
+                    }
                 }
+                Readiness::Restart | Readiness::Activate => due = true,
+                Readiness::Ready(_) | Readiness::Skip => {}
             }
         }
         if let Some((_, error)) = first {
             return Err(error);
         }
-        for plugin in &self.plugins {
-            if let Readiness::Fail(error) = self.ready(plugin, kind) {
-                return Err(error);
+        if due {
+            for plugin in &self.plugins {
+                if let Readiness::Fail(error) = self.ready(plugin, kind) {
+                    return Err(error);
+                }
             }
         }
         Ok(())
@@ -329,14 +341,17 @@ impl PluginManager {
     /// Delivers `hook` in order. Returns the first veto or crash of a veto hook.
     fn dispatch(&self, hook: &Hook, scope: &dyn ServiceCallbacks) -> Result<(), PluginError> {
         let kind = hook.kind();
+        let (session, csession) = (session_of(hook), container_session_of(hook));
+        // Encoded once, at the first host, for every host (not cloned and encoded per plugin).
+        let hook = &OutgoingHook::new(hook);
         for plugin in &self.plugins {
-            // The field expressions run only when a subscriber wants the span.
+            // Off by default (debug); the ids above are two matches per dispatch.
             let _span = tracing::debug_span!(
                 "hook",
                 plugin = %plugin.name(),
                 hook = %kind.name(),
-                session = session_of(hook),
-                csession = container_session_of(hook),
+                session,
+                csession,
             )
             .entered();
             let runtime = match self.ready(plugin, kind) {
