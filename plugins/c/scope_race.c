@@ -5,7 +5,8 @@
  * The entry point starts a detached controller thread that opens the FIFO $PH_CONTROL and reads
  * one byte per command: n, the number of calls to launch. For each it starts a detached thread
  * that makes one call mount_folder(1, $PH_DIR, "/mnt/race", true, "race") (whatever the status)
- * and counts it completed. `launched` counts every call started so far, before its thread is.
+ * and counts it completed. `launched` counts every call of a command before any of its threads
+ * starts.
  *
  * on_vm_started waits (100 us polls, at most 5 s) until at least `launched - $PH_STUCK` calls
  * completed, then returns 0; on timeout it logs `stuck completed=<c> launched=<l>` and returns
@@ -57,10 +58,13 @@ static void *controller_main(void *arg)
     }
     unsigned char n;
     while (read(fd, &n, 1) == 1) {
-        for (unsigned i = 0; i < n; i++) {
-            atomic_fetch_add(&launched, 1);
+        /* The whole batch is counted before its first thread starts: the test dispatches the hook
+         * as soon as the stuck calls are in, and the hook must wait for every call of the batch,
+         * not only for those this thread had started by then (a preempted controller made the
+         * hook return early under load). */
+        atomic_fetch_add(&launched, n);
+        for (unsigned i = 0; i < n; i++)
             start_detached(call_main);
-        }
     }
     close(fd);
     return NULL;

@@ -28,7 +28,7 @@ use plughost_wire::{
     Confinement, Hello, HostMsg, LoadFailure, PluginSource, ServiceMsg, PROTOCOL_VERSION,
 };
 
-use serve::{host_log, Demux, MainEvent};
+use serve::{host_log, Demux, HookFrame, MainEvent};
 
 /// Exit code for a start-up failure of the host itself (bad arguments, lost parent, bad handshake).
 const EXIT_SETUP: i32 = 111;
@@ -97,7 +97,9 @@ fn main() {
     let channel_fd = channel.as_raw_fd();
     let demux: &'static Demux = Box::leak(Box::new(Demux::new(Seqpacket::from_fd(channel))));
     let channel_id = ChannelId::of(demux);
-    let (welcome, library, ring) = handshake(demux, &args.name);
+    // The main thread's one receive buffer: the handshake's, then every hook's.
+    let mut frame = HookFrame::new();
+    let (welcome, library, ring) = handshake(demux, &args.name, &mut frame);
     let confined = in_cgroup.and_then(|()| confine_self(&welcome.confinement, &bond, channel_fd));
     if let Err(e) = confined {
         host_log(&format!("cannot confine the host: {e}"));
@@ -138,7 +140,7 @@ fn main() {
     if let Some(ring) = ring {
         demux.use_ring(ring);
     }
-    serve_hooks(demux, &plugin, channel_id);
+    serve_hooks(demux, &plugin, channel_id, frame);
 }
 
 /// The channel's inode, taken before plugin code runs: when the channel fails, the host tells the
@@ -235,7 +237,11 @@ fn confine_self(c: &Confinement, bond: &ParentBond, channel: RawFd) -> Result<()
 
 /// The handshake: the service's `Welcome`, the library's fd (for a sealed library) and the call ring
 /// (mapped here, used once the plugin is loaded).
-fn handshake(demux: &Demux, name: &str) -> (plughost_wire::Welcome, Option<OwnedFd>, Option<Ring>) {
+fn handshake(
+    demux: &Demux,
+    name: &str,
+    frame: &mut HookFrame,
+) -> (plughost_wire::Welcome, Option<OwnedFd>, Option<Ring>) {
     let hello = Hello {
         protocol: PROTOCOL_VERSION,
         pid: std::process::id(),
@@ -244,7 +250,7 @@ fn handshake(demux: &Demux, name: &str) -> (plughost_wire::Welcome, Option<Owned
     if let Err(e) = demux.send(&HostMsg::Hello(hello)) {
         fail(&format!("handshake failed: {e}"));
     }
-    match demux.recv_direct() {
+    match demux.recv_direct(frame) {
         Ok((ServiceMsg::Welcome(welcome), fds)) if welcome.protocol == PROTOCOL_VERSION => {
             // The fd count was checked against `fds_expected`: library first, then the ring's.
             let mut fds = fds.into_iter();
@@ -291,10 +297,23 @@ fn handshake(demux: &Demux, name: &str) -> (plughost_wire::Welcome, Option<Owned
     }
 }
 
-fn serve_hooks(demux: &'static Demux, plugin: &LoadedPlugin, channel_id: ChannelId) -> ! {
+fn serve_hooks(
+    demux: &'static Demux,
+    plugin: &LoadedPlugin,
+    channel_id: ChannelId,
+    mut frame: HookFrame,
+) -> ! {
     loop {
-        match demux.next_hook() {
-            MainEvent::Hook(id, hook) => {
+        match demux.next_hook(&mut frame) {
+            MainEvent::Hook => {
+                let (id, hook) = match frame.hook() {
+                    Ok(hook) => hook,
+                    // Checked when it was received: not reached.
+                    Err(e) => {
+                        host_log(&format!("bad hook frame: {e}"));
+                        exit_now(channel_id.exit_code(demux))
+                    }
+                };
                 let outcome = hook::call(&plugin.hooks, &hook);
                 let (status, message) = outcome.map_or((0, None), |o| (o.status, o.message));
                 // A positive status is outside the contract; report it as a failure the service can

@@ -38,15 +38,58 @@ use std::thread::Thread;
 
 use plughost_abi::PLUGHOST_E_SHUTTING_DOWN;
 use plughost_sys::{ChannelError, Ring, Seqpacket};
-use plughost_wire::{decode, encode, ApiCall, Hook, HostMsg, RequestId, ServiceMsg, MAX_FRAME};
+use plughost_wire::{
+    decode, decode_hook, encode, ApiCall, HookRef, HostMsg, RequestId, ServiceMsg, WireError,
+    MAX_FRAME,
+};
 
 use plughost_runtime::{Backend, BackendReply};
 
 /// What the main thread waits for.
 pub enum MainEvent {
-    Hook(RequestId, Hook),
+    /// A hook: its frame is in the [`HookFrame`] given to [`Demux::next_hook`].
+    Hook,
     /// The channel closed or the service asked us to exit.
     Closed,
+}
+
+/// The main thread's buffer for the hook it serves: the frame is received straight into it (or
+/// copied in from the queue when a plugin thread received it), checked as a hook when received, and
+/// decoded for the call without copying its strings. One buffer for the life of the host: the hook
+/// path allocates nothing (BENCHMARKS.md, "fanout_100").
+pub struct HookFrame {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl HookFrame {
+    pub fn new() -> HookFrame {
+        HookFrame {
+            // A frame may be this long; the handshake's answer is received here too.
+            buf: vec![0; MAX_FRAME],
+            len: 0,
+        }
+    }
+
+    /// The hook in the buffer (checked when it was received, so an error here is a bug).
+    pub fn hook(&self) -> Result<(RequestId, HookRef<'_>), WireError> {
+        match decode_hook(&self.buf[..self.len]) {
+            Ok(Some(hook)) => Ok(hook),
+            Ok(None) => Err(WireError::Invalid("not a hook")),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn set(&mut self, frame: &[u8]) {
+        self.buf[..frame.len()].copy_from_slice(frame);
+        self.len = frame.len();
+    }
+}
+
+impl Default for HookFrame {
+    fn default() -> HookFrame {
+        HookFrame::new()
+    }
 }
 
 #[derive(Default)]
@@ -57,8 +100,8 @@ struct State {
     next_id: u64,
     /// API calls waiting for their reply: the caller's thread, and the reply once it came.
     pending: HashMap<u64, (Thread, Option<BackendReply>)>,
-    /// Hooks received by a plugin thread acting as reader, for the main thread.
-    hooks: VecDeque<(RequestId, Hook)>,
+    /// Hook frames received by a plugin thread acting as reader, for the main thread.
+    hooks: VecDeque<Vec<u8>>,
     /// The main thread, while it is parked waiting for a hook.
     main_waiting: Option<Thread>,
     /// The channel is gone or shutting down.
@@ -84,10 +127,26 @@ thread_local! {
 }
 
 /// What one waiter wants.
-#[derive(Clone, Copy)]
-enum Want {
-    Main,
+enum Want<'f> {
+    /// The next hook, into the main thread's buffer.
+    Main(&'f mut HookFrame),
     Reply(u64),
+}
+
+/// One frame received and checked: a hook, left in the buffer it was received into (its length), or
+/// another message, decoded.
+enum Received {
+    Hook(usize),
+    /// Boxed: the hook path moves this enum, and a `Welcome` is large.
+    Msg(Box<ServiceMsg>, Vec<OwnedFd>),
+}
+
+/// One frame the reader received: a hook (in the main thread's buffer, or copied out of a plugin
+/// thread's) or another message.
+enum Incoming {
+    HookInFrame,
+    Hook(Vec<u8>),
+    Msg(Box<ServiceMsg>, Vec<OwnedFd>),
 }
 
 enum Got {
@@ -119,6 +178,18 @@ impl Demux {
         let Some(ring) = self.ring.get() else {
             return self.send(msg);
         };
+        // The usual answer (no message) is written on the stack: no send buffer, no serializer.
+        if let HostMsg::HookDone {
+            id,
+            status,
+            message: None,
+        } = msg
+        {
+            let (frame, len) = plughost_wire::hook_done_frame(*id, *status);
+            if ring.post_answer(&frame[..len]) {
+                return Ok(());
+            }
+        }
         let posted = SEND_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             encode(msg, &mut buf).is_ok() && ring.post_answer(&buf)
@@ -210,36 +281,68 @@ impl Demux {
     }
 
     /// Receives the handshake answer (and the library fd it may carry) before any other thread
-    /// exists.
-    pub fn recv_direct(&self) -> Result<(ServiceMsg, Vec<OwnedFd>), String> {
-        self.recv_one().map_err(|e| e.to_string())
+    /// exists, into the main thread's hook buffer (one 64 KiB buffer on that thread, not two).
+    pub fn recv_direct(&self, frame: &mut HookFrame) -> Result<(ServiceMsg, Vec<OwnedFd>), String> {
+        match self.recv_into(&mut frame.buf) {
+            Ok(Received::Msg(msg, fds)) => Ok((*msg, fds)),
+            Ok(Received::Hook(_)) => Err("a hook before the handshake's answer".into()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
-    fn recv_one(&self) -> Result<(ServiceMsg, Vec<OwnedFd>), ChannelError> {
-        RECV_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            buf.resize(MAX_FRAME, 0);
-            let mut fds = Vec::new();
-            let len = self.channel.recv(&mut buf, &mut fds)?;
-            let msg = decode::<ServiceMsg>(&buf[..len]).map_err(|e| {
-                ChannelError::Io(std::io::Error::other(format!(
-                    "bad frame from service: {e}"
-                )))
-            })?;
-            if fds.len() != msg.fds_expected() {
-                return Err(ChannelError::Io(std::io::Error::other(format!(
-                    "{} file descriptors from service, expected {}",
-                    fds.len(),
-                    msg.fds_expected()
-                ))));
-            }
-            Ok((msg, fds))
+    /// Receives one frame into `buf` (`MAX_FRAME` long) and checks it: a hook is left there (its
+    /// length returned), any other message is decoded.
+    fn recv_into(&self, buf: &mut [u8]) -> Result<Received, ChannelError> {
+        let bad = |e: WireError| {
+            ChannelError::Io(std::io::Error::other(format!(
+                "bad frame from service: {e}"
+            )))
+        };
+        let mut fds = Vec::new();
+        let len = self.channel.recv(buf, &mut fds)?;
+        let frame = &buf[..len];
+        let msg = match decode_hook(frame) {
+            Ok(Some(_)) => None,
+            Ok(None) => Some(Box::new(decode::<ServiceMsg>(frame).map_err(bad)?)),
+            Err(e) => return Err(bad(e)),
+        };
+        let expected = msg.as_ref().map_or(0, |msg| msg.fds_expected());
+        if fds.len() != expected {
+            return Err(ChannelError::Io(std::io::Error::other(format!(
+                "{} file descriptors from service, expected {expected}",
+                fds.len(),
+            ))));
+        }
+        Ok(match msg {
+            None => Received::Hook(len),
+            Some(msg) => Received::Msg(msg, fds),
         })
     }
 
-    /// The main thread: waits for the next hook.
-    pub fn next_hook(&self) -> MainEvent {
-        match self.wait(Want::Main) {
+    /// Receives one frame as the reader: into the main thread's buffer when the main thread reads.
+    fn recv_incoming(&self, want: &mut Want<'_>) -> Result<Incoming, ChannelError> {
+        if let Want::Main(frame) = want {
+            return Ok(match self.recv_into(&mut frame.buf)? {
+                Received::Hook(len) => {
+                    frame.len = len;
+                    Incoming::HookInFrame
+                }
+                Received::Msg(msg, fds) => Incoming::Msg(msg, fds),
+            });
+        }
+        RECV_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.resize(MAX_FRAME, 0);
+            Ok(match self.recv_into(&mut buf)? {
+                Received::Hook(len) => Incoming::Hook(buf[..len].to_vec()),
+                Received::Msg(msg, fds) => Incoming::Msg(msg, fds),
+            })
+        })
+    }
+
+    /// The main thread: waits for the next hook; [`MainEvent::Hook`] leaves it in `frame`.
+    pub fn next_hook(&self, frame: &mut HookFrame) -> MainEvent {
+        match self.wait(Want::Main(frame)) {
             Got::Main(event) => event,
             Got::Reply(_) => MainEvent::Closed,
         }
@@ -259,15 +362,17 @@ impl Demux {
         }
     }
 
-    fn take_ready(state: &mut State, want: Want) -> Option<Got> {
+    fn take_ready(state: &mut State, want: &mut Want<'_>) -> Option<Got> {
         match want {
-            Want::Main => {
-                if let Some((id, hook)) = state.hooks.pop_front() {
-                    return Some(Got::Main(MainEvent::Hook(id, hook)));
+            Want::Main(frame) => {
+                if let Some(hook) = state.hooks.pop_front() {
+                    frame.set(&hook);
+                    return Some(Got::Main(MainEvent::Hook));
                 }
                 state.closed.then_some(Got::Main(MainEvent::Closed))
             }
             Want::Reply(id) => {
+                let id = *id;
                 let ready = state
                     .pending
                     .get(&id)
@@ -294,11 +399,11 @@ impl Demux {
         }
     }
 
-    fn wait(&self, want: Want) -> Got {
+    fn wait(&self, mut want: Want<'_>) -> Got {
         let mut state = self.lock();
         loop {
-            if let Some(got) = Self::take_ready(&mut state, want) {
-                if matches!(want, Want::Main) {
+            if let Some(got) = Self::take_ready(&mut state, &mut want) {
+                if matches!(want, Want::Main(_)) {
                     state.main_waiting = None;
                 }
                 if !state.reader_active {
@@ -307,7 +412,7 @@ impl Demux {
                 return got;
             }
             if state.reader_active {
-                if matches!(want, Want::Main) {
+                if matches!(want, Want::Main(_)) {
                     state.main_waiting = Some(std::thread::current());
                 }
                 drop(state);
@@ -317,7 +422,7 @@ impl Demux {
             }
             state.reader_active = true;
             drop(state);
-            let received = self.recv_one();
+            let received = self.recv_incoming(&mut want);
             state = self.lock();
             state.reader_active = false;
             match received {
@@ -326,25 +431,42 @@ impl Demux {
                     host_log(&format!("closing the channel: {e}"));
                     self.close(&mut state);
                 }
-                Ok((msg, fds)) => self.route(&mut state, want, msg, fds),
-            }
-        }
-    }
-
-    fn route(&self, state: &mut State, want: Want, msg: ServiceMsg, mut fds: Vec<OwnedFd>) {
-        match msg {
-            ServiceMsg::Hook { id, hook } => {
-                state.hooks.push_back((id, hook));
-                if !matches!(want, Want::Main) {
+                // The main thread read its own hook: it serves it now (the queue is empty: it
+                // looked before reading, and only the reader adds to it).
+                Ok(Incoming::HookInFrame) => {
+                    state.main_waiting = None;
+                    Self::promote_one(&mut state);
+                    return Got::Main(MainEvent::Hook);
+                }
+                Ok(Incoming::Hook(frame)) => {
+                    state.hooks.push_back(frame);
                     if let Some(main) = &state.main_waiting {
                         main.unpark();
                     }
                 }
+                Ok(Incoming::Msg(msg, fds)) => {
+                    let mine = match want {
+                        Want::Reply(id) => Some(id),
+                        Want::Main(_) => None,
+                    };
+                    self.route(&mut state, mine, *msg, fds);
+                }
+            }
+        }
+    }
+
+    /// Routes a message other than a hook; `mine` is the reader's own request, if it waits for one.
+    fn route(&self, state: &mut State, mine: Option<u64>, msg: ServiceMsg, mut fds: Vec<OwnedFd>) {
+        match msg {
+            // Hooks are told apart when received (`Incoming`); a hook here would be a decoding bug.
+            ServiceMsg::Hook { .. } => {
+                host_log("a hook decoded as another message: closing");
+                self.close(state);
             }
             ServiceMsg::Reply { id, reply } => match state.pending.get_mut(&id.0) {
                 Some((thread, slot)) if slot.is_none() => {
                     *slot = Some((reply, fds.pop()));
-                    if !matches!(want, Want::Reply(mine) if mine == id.0) {
+                    if mine != Some(id.0) {
                         thread.unpark();
                     }
                 }

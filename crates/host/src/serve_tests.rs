@@ -41,7 +41,10 @@ fn late_calls_get_shutting_down(end: impl FnOnce(Seqpacket)) {
         );
     }
     assert_eq!(demux.call(mount()).err(), Some(PLUGHOST_E_SHUTTING_DOWN));
-    assert!(matches!(demux.next_hook(), MainEvent::Closed));
+    assert!(matches!(
+        demux.next_hook(&mut HookFrame::new()),
+        MainEvent::Closed
+    ));
 }
 
 #[test]

@@ -1,20 +1,23 @@
-//! Calling a hook: the wire's owned values become the C structs of `plugin_api.h` for the duration of
-//! one call, and the thread-local hook context enforces the rules of `plugin_error`
-//! (`PLUGIN_ABI.md`, "API": only on the hook's own thread, during a veto hook, once per hook).
+//! Calling a hook: the wire's values (their strings borrowed from the frame) become the C structs of
+//! `plugin_api.h` for the duration of one call, and the thread-local hook context enforces the
+//! rules of `plugin_error` (`PLUGIN_ABI.md`, "API": only on the hook's own thread, during a veto
+//! hook, once per hook).
 //!
-//! Safety invariant of this module: every pointer placed in a C struct points into a `CString` or
-//! struct that lives on this function's stack until the hook returns.
+//! Safety invariant of this module: every pointer placed in a C struct points into a struct or a
+//! string buffer (`with_c_strings`) that lives on this function's stack, or in a buffer it owns,
+//! until the hook returns.
 #![allow(unsafe_code)]
 
 use std::cell::RefCell;
-use std::ffi::CString;
+use std::ffi::c_char;
+use std::mem::MaybeUninit;
 
 use plughost_abi::{
     plughost_container_session, plughost_distribution, plughost_hooks_v1,
     plughost_offline_distribution, plughost_session, plughost_uuid, plughost_vm_settings,
     PLUGHOST_E_ILLEGAL_CALL, PLUGHOST_E_ILLEGAL_STATE, PLUGHOST_OK,
 };
-use plughost_wire::{ContainerSession, Distribution, Hook, OfflineDistribution, Session};
+use plughost_wire::{ContainerSessionOf, HookOf, HookRef, SessionOf};
 
 pub use plughost_wire::HookOutcome;
 
@@ -92,102 +95,77 @@ pub fn in_hook() -> bool {
     CURRENT.with(|current| current.borrow().is_some())
 }
 
-/// A string for C: an interior NUL (which the C side could not see past anyway) ends it.
-fn c_string(s: &str) -> CString {
-    let bytes = s.as_bytes();
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    CString::new(&bytes[..end]).unwrap_or_default()
-}
+/// How many bytes of a hook's strings (NULs included) are copied on the stack; longer ones go to
+/// one heap buffer. A hook's strings are names: a few dozen bytes.
+const STACK_STRINGS: usize = 256;
 
-struct CSession {
-    _user_name: CString,
-    raw: plughost_session,
-}
-
-impl CSession {
-    fn new(s: &Session) -> CSession {
-        let user_name = c_string(&s.user_name);
-        let raw = plughost_session {
-            id: s.id.0,
-            uid: s.uid,
-            gid: s.gid,
-            user_name: user_name.as_ptr(),
-        };
-        CSession {
-            _user_name: user_name,
-            raw,
+/// Runs `f` with NUL-terminated copies of `strings` (in order). A string for C ends at its first
+/// interior NUL, if any (the C side could not see past it anyway). No allocation for the usual
+/// sizes: the hook path of a host touches as little memory as it can (BENCHMARKS.md,
+/// "fanout_100").
+fn with_c_strings<const N: usize, R>(
+    strings: [&str; N],
+    f: impl FnOnce([*const c_char; N]) -> R,
+) -> R {
+    // An upper bound: a string cut at a NUL takes less.
+    let need: usize = strings.iter().map(|s| s.len() + 1).sum();
+    // Not zeroed (no `memset` call): only the bytes written below are ever read, by C.
+    let mut stack = [MaybeUninit::<u8>::uninit(); STACK_STRINGS];
+    let mut heap = Vec::new();
+    let buf: &mut [MaybeUninit<u8>] = if need <= STACK_STRINGS {
+        &mut stack
+    } else {
+        heap.resize(need, MaybeUninit::uninit());
+        &mut heap
+    };
+    let mut offsets = [0usize; N];
+    let mut at = 0;
+    for (offset, s) in offsets.iter_mut().zip(strings) {
+        *offset = at;
+        // Byte by byte up to the first NUL: these strings are short, and a loop that stops at a
+        // NUL is not turned into a `memcpy` call (another cold libc page per hook).
+        for &byte in s.as_bytes() {
+            if byte == 0 {
+                break;
+            }
+            buf[at].write(byte);
+            at += 1;
         }
+        buf[at].write(0);
+        at += 1;
+    }
+    // `buf` is not touched again while `f` runs: the pointers stay valid until it returns.
+    let base = buf.as_ptr();
+    f(offsets.map(|offset| base.wrapping_add(offset).cast::<c_char>()))
+}
+
+fn c_session(s: &SessionOf<&str>, user_name: *const c_char) -> plughost_session {
+    plughost_session {
+        id: s.id.0,
+        uid: s.uid,
+        gid: s.gid,
+        user_name,
     }
 }
 
-struct CDistribution {
-    _strings: [CString; 4],
-    raw: plughost_distribution,
-}
-
-impl CDistribution {
-    fn new(d: &Distribution) -> CDistribution {
-        let strings = [&d.name, &d.package, &d.flavor, &d.version].map(|s| c_string(s));
-        let raw = plughost_distribution {
-            id: plughost_uuid { bytes: d.id.0 },
-            name: strings[0].as_ptr(),
-            pid_namespace: d.pid_namespace,
-            package: strings[1].as_ptr(),
-            init_pid: d.init_pid,
-            flavor: strings[2].as_ptr(),
-            version: strings[3].as_ptr(),
-        };
-        CDistribution {
-            _strings: strings,
-            raw,
-        }
-    }
-}
-
-struct COfflineDistribution {
-    _strings: [CString; 4],
-    raw: plughost_offline_distribution,
-}
-
-impl COfflineDistribution {
-    fn new(d: &OfflineDistribution) -> COfflineDistribution {
-        let strings = [&d.name, &d.package, &d.flavor, &d.version].map(|s| c_string(s));
-        let raw = plughost_offline_distribution {
-            id: plughost_uuid { bytes: d.id.0 },
-            name: strings[0].as_ptr(),
-            package: strings[1].as_ptr(),
-            flavor: strings[2].as_ptr(),
-            version: strings[3].as_ptr(),
-        };
-        COfflineDistribution {
-            _strings: strings,
-            raw,
-        }
-    }
-}
-
-struct CContainerSession {
-    _name: CString,
-    raw: plughost_container_session,
-}
-
-impl CContainerSession {
-    fn new(c: &ContainerSession) -> CContainerSession {
-        let name = c_string(&c.display_name);
-        let raw = plughost_container_session {
-            id: c.id.0,
-            display_name: name.as_ptr(),
-            application_pid: c.application_pid,
-            uid: c.uid,
-            gid: c.gid,
-        };
-        CContainerSession { _name: name, raw }
+fn c_container_session(
+    c: &ContainerSessionOf<&str>,
+    display_name: *const c_char,
+) -> plughost_container_session {
+    plughost_container_session {
+        id: c.id.0,
+        display_name,
+        application_pid: c.application_pid,
+        uid: c.uid,
+        gid: c.gid,
     }
 }
 
 /// Calls `hook` on the plugin's table, on this thread. `None` when the plugin did not set that hook
-/// (which counts as success without a round into plugin code).
-pub fn call(hooks: &plughost_hooks_v1, hook: &Hook) -> Option<HookOutcome> {
+/// (which counts as success without a round into plugin code). The hook's strings are borrowed (the
+/// host decodes them from the frame without copying: `plughost_wire::decode_hook`; in-process mode
+/// passes `Hook::borrowed`).
+pub fn call(hooks: &plughost_hooks_v1, hook: &HookRef<'_>) -> Option<HookOutcome> {
     let previous = CURRENT.with(|current| {
         current.replace(Some(HookContext {
             hook: hook.kind().name(),
@@ -201,73 +179,100 @@ pub fn call(hooks: &plughost_hooks_v1, hook: &Hook) -> Option<HookOutcome> {
     status.map(|status| HookOutcome { status, message })
 }
 
-fn dispatch(hooks: &plughost_hooks_v1, hook: &Hook) -> Option<i32> {
-    // SAFETY (every call below): the function pointers come from the plugin's own entry point, which
-    // the contract makes responsible for them; every struct pointer passed points to a local that
-    // outlives the call (see the module invariant).
+fn dispatch(hooks: &plughost_hooks_v1, hook: &HookRef<'_>) -> Option<i32> {
+    // SAFETY (every call below): the function pointers come from the plugin's own entry point,
+    // which the contract makes responsible for them; every struct pointer passed points to a
+    // local, and every string pointer into `with_c_strings`' buffer, that outlive the call (see the
+    // module invariant).
     match hook {
-        Hook::VmStarted { session, settings } => {
+        HookOf::VmStarted { session, settings } => {
             let f = hooks.on_vm_started?;
-            let s = CSession::new(session);
             let settings = plughost_vm_settings {
                 flags: settings.flags,
             };
-            // SAFETY: see above.
-            Some(unsafe { f(&s.raw, &settings) })
+            with_c_strings([session.user_name], |[user_name]| {
+                let s = c_session(session, user_name);
+                // SAFETY: see above.
+                Some(unsafe { f(&s, &settings) })
+            })
         }
-        Hook::VmStopping { session } => {
+        HookOf::VmStopping { session } => {
             let f = hooks.on_vm_stopping?;
-            let s = CSession::new(session);
-            // SAFETY: see above.
-            Some(unsafe { f(&s.raw) })
+            with_c_strings([session.user_name], |[user_name]| {
+                let s = c_session(session, user_name);
+                // SAFETY: see above.
+                Some(unsafe { f(&s) })
+            })
         }
-        Hook::DistributionStarted {
+        HookOf::DistributionStarted {
             session,
-            distribution,
+            distribution: d,
         }
-        | Hook::DistributionStopping {
+        | HookOf::DistributionStopping {
             session,
-            distribution,
+            distribution: d,
         } => {
             let f = match hook {
-                Hook::DistributionStarted { .. } => hooks.on_distribution_started?,
+                HookOf::DistributionStarted { .. } => hooks.on_distribution_started?,
                 _ => hooks.on_distribution_stopping?,
             };
-            let s = CSession::new(session);
-            let d = CDistribution::new(distribution);
-            // SAFETY: see above.
-            Some(unsafe { f(&s.raw, &d.raw) })
+            let strings = [session.user_name, d.name, d.package, d.flavor, d.version];
+            with_c_strings(strings, |[user_name, name, package, flavor, version]| {
+                let s = c_session(session, user_name);
+                let d = plughost_distribution {
+                    id: plughost_uuid { bytes: d.id.0 },
+                    name,
+                    pid_namespace: d.pid_namespace,
+                    package,
+                    init_pid: d.init_pid,
+                    flavor,
+                    version,
+                };
+                // SAFETY: see above.
+                Some(unsafe { f(&s, &d) })
+            })
         }
-        Hook::DistributionRegistered {
+        HookOf::DistributionRegistered {
             session,
-            distribution,
+            distribution: d,
         }
-        | Hook::DistributionUnregistered {
+        | HookOf::DistributionUnregistered {
             session,
-            distribution,
+            distribution: d,
         } => {
             let f = match hook {
-                Hook::DistributionRegistered { .. } => hooks.on_distribution_registered?,
+                HookOf::DistributionRegistered { .. } => hooks.on_distribution_registered?,
                 _ => hooks.on_distribution_unregistered?,
             };
-            let s = CSession::new(session);
-            let d = COfflineDistribution::new(distribution);
-            // SAFETY: see above.
-            Some(unsafe { f(&s.raw, &d.raw) })
+            let strings = [session.user_name, d.name, d.package, d.flavor, d.version];
+            with_c_strings(strings, |[user_name, name, package, flavor, version]| {
+                let s = c_session(session, user_name);
+                let d = plughost_offline_distribution {
+                    id: plughost_uuid { bytes: d.id.0 },
+                    name,
+                    package,
+                    flavor,
+                    version,
+                };
+                // SAFETY: see above.
+                Some(unsafe { f(&s, &d) })
+            })
         }
-        Hook::ContainerSessionCreated(c)
-        | Hook::ContainerSessionStopping(c)
-        | Hook::SessionVmStarted(c)
-        | Hook::SessionVmStopping(c) => {
+        HookOf::ContainerSessionCreated(c)
+        | HookOf::ContainerSessionStopping(c)
+        | HookOf::SessionVmStarted(c)
+        | HookOf::SessionVmStopping(c) => {
             let f = match hook {
-                Hook::ContainerSessionCreated(_) => hooks.on_container_session_created?,
-                Hook::ContainerSessionStopping(_) => hooks.on_container_session_stopping?,
-                Hook::SessionVmStarted(_) => hooks.on_session_vm_started?,
+                HookOf::ContainerSessionCreated(_) => hooks.on_container_session_created?,
+                HookOf::ContainerSessionStopping(_) => hooks.on_container_session_stopping?,
+                HookOf::SessionVmStarted(_) => hooks.on_session_vm_started?,
                 _ => hooks.on_session_vm_stopping?,
             };
-            let c = CContainerSession::new(c);
-            // SAFETY: see above.
-            Some(unsafe { f(&c.raw) })
+            with_c_strings([c.display_name], |[display_name]| {
+                let c = c_container_session(c, display_name);
+                // SAFETY: see above.
+                Some(unsafe { f(&c) })
+            })
         }
     }
 }
@@ -281,8 +286,29 @@ mod tests {
         assert_eq!(plugin_error("x".into()), PLUGHOST_E_ILLEGAL_CALL);
     }
 
+    fn read(pointers: &[*const c_char]) -> Vec<Vec<u8>> {
+        pointers
+            .iter()
+            // SAFETY: each pointer is a NUL-terminated string of `with_c_strings`' buffer, read
+            // inside its closure.
+            .map(|&p| unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes().to_vec())
+            .collect()
+    }
+
     #[test]
     fn interior_nul_ends_the_c_string() {
-        assert_eq!(c_string("ab\0cd").as_bytes(), b"ab");
+        let got = with_c_strings(["ab\0cd", "", "x"], |p| read(&p));
+        assert_eq!(got, [b"ab".to_vec(), b"".to_vec(), b"x".to_vec()]);
+    }
+
+    #[test]
+    fn strings_longer_than_the_stack_buffer_are_copied_whole() {
+        let long = "y".repeat(STACK_STRINGS * 3);
+        let got = with_c_strings(["a", &long, "b"], |p| read(&p));
+        assert_eq!(
+            got,
+            [b"a".to_vec(), long.into_bytes(), b"b".to_vec()],
+            "every string whole and in order"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Running one plugin API call against the service's callbacks, for either isolation mode.
 //!
 //! Each call runs in a `debug` span `call{plugin call session|csession}`: served during a hook on
-//! the dispatching thread, it nests in that hook's span (`manager.rs`), so a log reads as one story
+//! the dispatching thread, it nests in that hook's span (`manager/mod.rs`), so a log reads as one story
 //! per plugin. `debug`, not `info`: an enabled span costs ~0.7 µs per call (BENCHMARKS.md's
 //! callback_rtt is ~2.7 µs), a disabled one a level check. Where it runs and with which callbacks is decided by the callers (`proxy/`, `pool.rs`,
 //! `inprocess.rs`), not here.

@@ -112,7 +112,7 @@ impl InProcessPlugin {
 
     pub fn call(&self, hook: &Hook, scope: &dyn ServiceCallbacks) -> Option<HookOutcome> {
         with_scope(scope, &self.processes, || {
-            hook::call(&self.plugin.hooks, hook)
+            hook::call(&self.plugin.hooks, &hook.borrowed())
         })
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use plughost_sys::ProcessExit;
-use plughost_wire::{Hook, HookKind, HookOutcome};
+use plughost_wire::{HookKind, HookOutcome};
 
 use crate::callbacks::ServiceCallbacks;
 use crate::cgroups::HostCgroup;
@@ -20,7 +20,7 @@ use crate::config::{PluginConfig, RestartPolicy};
 use crate::error::{CrashCause, PluginError};
 use crate::inprocess::InProcessPlugin;
 use crate::pool::Pool;
-use crate::proxy::Host;
+use crate::proxy::{Host, OutgoingHook};
 use crate::stats::Stats;
 
 #[derive(Clone)]
@@ -34,7 +34,7 @@ impl Runtime {
     /// that failed is taken off the pool (the caller records the crash).
     pub(crate) fn call_hook(
         &self,
-        hook: &Hook,
+        hook: &OutgoingHook<'_>,
         scope: &dyn ServiceCallbacks,
         deadline: Duration,
         stats: &Stats,
@@ -56,7 +56,7 @@ impl Runtime {
             }
             Runtime::InProcess(p) => {
                 let started = stats.hook_started(kind);
-                let outcome = p.call(hook, scope);
+                let outcome = p.call(hook.hook(), scope);
                 stats.hook_done(kind, started);
                 outcome.map(Ok)
             }

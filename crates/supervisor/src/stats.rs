@@ -13,17 +13,32 @@ use crate::error::CrashCause;
 /// about 2^(63/4) µs ≈ 55 s; the last bucket takes everything above.
 const BUCKETS: usize = 64;
 
+/// `ceil(4 × log2(µs))`, from the float's exponent and mantissa: no `log2` call on the hook path
+/// (a libm page a dispatch to many cold hosts would touch once per plugin).
 fn bucket_of(d: Duration) -> usize {
+    /// 2^(1/4), 2^(2/4), 2^(3/4): the quarter-doublings within one power of two.
+    const QUARTERS: [f64; 3] = [
+        1.189_207_115_002_721,
+        std::f64::consts::SQRT_2,
+        1.681_792_830_507_429,
+    ];
     let us = d.as_secs_f64() * 1e6;
-    if us <= 1.0 {
+    if us.is_nan() || us <= 1.0 {
         return 0;
     }
-    let i = (us.log2() * 4.0).ceil();
-    if i.is_nan() || i < 0.0 {
+    let bits = us.to_bits();
+    let exponent = ((bits >> 52) & 0x7ff) as usize;
+    if exponent < 1023 {
+        return 0;
+    }
+    // The mantissa scaled into [1, 2).
+    let mantissa = f64::from_bits((bits & ((1 << 52) - 1)) | (1023 << 52));
+    let quarter = if mantissa == 1.0 {
         0
     } else {
-        (i as usize).min(BUCKETS - 1)
-    }
+        1 + QUARTERS.iter().filter(|&&q| mantissa > q).count()
+    };
+    (4 * (exponent - 1023) + quarter).min(BUCKETS - 1)
 }
 
 fn bucket_upper(i: usize) -> Duration {
@@ -215,6 +230,32 @@ mod tests {
             "{p99:?}"
         );
         assert_eq!(h.count(), 100);
+    }
+
+    #[test]
+    fn buckets_are_quarter_doublings_of_a_microsecond() {
+        let of = |us: f64| bucket_of(Duration::from_secs_f64(us / 1e6));
+        for (us, bucket) in [
+            (0.5, 0),
+            (1.0, 0),
+            (1.1, 1),
+            (1.18, 1),
+            (1.2, 2),
+            (1.5, 3),
+            (1.9, 4),
+            (2.0, 4),
+            (2.1, 5),
+            (1000.0, 40),
+            (1e12, BUCKETS - 1),
+        ] {
+            assert_eq!(of(us), bucket, "{us} µs");
+        }
+        // The same buckets as ceil(4 × log2(µs)) everywhere away from the exact boundaries.
+        for i in 1..2000 {
+            let us = 1.0 + f64::from(i) * 0.37;
+            let expected = ((us.log2() * 4.0).ceil() as usize).min(BUCKETS - 1);
+            assert_eq!(of(us), expected, "{us} µs");
+        }
     }
 
     #[test]

@@ -17,8 +17,10 @@
 //! the header and the encoding. Decoding never panics on any input (see the property tests and
 //! `fuzz/`).
 
+mod hook_frame;
 mod messages;
 
+pub use hook_frame::{decode_hook, encode_hook_body, hook_done_frame, hook_frame, HOOK_DONE_MAX};
 pub use messages::*;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -49,7 +51,7 @@ const MAGIC: [u8; 2] = *b"PH";
 pub const HEADER_LEN: usize = 4;
 
 /// Why bytes could not be turned into a message (or a message into bytes).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
     #[error("frame of {len} bytes exceeds the limit of {MAX_FRAME}")]
     Oversized { len: usize },
@@ -93,23 +95,7 @@ pub fn encode<M: Serialize>(msg: &M, buf: &mut Vec<u8>) -> Result<(), WireError>
 
 /// Decodes one frame. Checks the size and header before touching the body, and refuses trailing bytes.
 pub fn decode<M: DeserializeOwned + Validate + Kinds>(frame: &[u8]) -> Result<M, WireError> {
-    if frame.len() > MAX_FRAME {
-        return Err(WireError::Oversized { len: frame.len() });
-    }
-    if frame.len() < HEADER_LEN {
-        return Err(WireError::Truncated { len: frame.len() });
-    }
-    let magic = [frame[0], frame[1]];
-    if magic != MAGIC {
-        return Err(WireError::BadMagic(magic));
-    }
-    if frame[2] != PROTOCOL_VERSION {
-        return Err(WireError::BadVersion(frame[2]));
-    }
-    if frame[3] != 0 {
-        return Err(WireError::ReservedFlags(frame[3]));
-    }
-    let body = &frame[HEADER_LEN..];
+    let body = check_header(frame)?;
     if let Some(kind) = variant_index(body) {
         if kind >= M::KINDS {
             return Err(WireError::UnknownKind {
@@ -128,6 +114,27 @@ pub fn decode<M: DeserializeOwned + Validate + Kinds>(frame: &[u8]) -> Result<M,
     Ok(msg)
 }
 
+/// The body of a frame whose size and header are right.
+fn check_header(frame: &[u8]) -> Result<&[u8], WireError> {
+    if frame.len() > MAX_FRAME {
+        return Err(WireError::Oversized { len: frame.len() });
+    }
+    if frame.len() < HEADER_LEN {
+        return Err(WireError::Truncated { len: frame.len() });
+    }
+    let magic = [frame[0], frame[1]];
+    if magic != MAGIC {
+        return Err(WireError::BadMagic(magic));
+    }
+    if frame[2] != PROTOCOL_VERSION {
+        return Err(WireError::BadVersion(frame[2]));
+    }
+    if frame[3] != 0 {
+        return Err(WireError::ReservedFlags(frame[3]));
+    }
+    Ok(&frame[HEADER_LEN..])
+}
+
 /// Checks that decoding alone cannot express (bounded lists).
 pub trait Validate {
     fn validate(&self) -> Result<(), WireError>;
@@ -142,6 +149,11 @@ pub trait Kinds {
 
 /// The postcard variant index at the start of `body` (a LEB128 `u32`), if it is one.
 fn variant_index(body: &[u8]) -> Option<u32> {
+    variant(body).map(|(index, _)| index)
+}
+
+/// [`variant_index`] and how many bytes it takes.
+fn variant(body: &[u8]) -> Option<(u32, usize)> {
     let mut value: u32 = 0;
     for (i, &byte) in body.iter().take(5).enumerate() {
         let bits = u32::from(byte & 0x7f);
@@ -152,7 +164,7 @@ fn variant_index(body: &[u8]) -> Option<u32> {
         }
         value |= bits << shift;
         if byte & 0x80 == 0 {
-            return Some(value);
+            return Some((value, i + 1));
         }
     }
     None

@@ -66,14 +66,19 @@ impl std::fmt::Display for Version {
     }
 }
 
-/// `struct plughost_session`.
+/// `struct plughost_session`. Its strings are `S`: owned ([`Session`]), or borrowed from a received
+/// frame ([`HookRef`]: the host decodes a hook without copying its strings); the encoding is the
+/// same.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Session {
+pub struct SessionOf<S> {
     pub id: SessionId,
     pub uid: u32,
     pub gid: u32,
-    pub user_name: String,
+    pub user_name: S,
 }
+
+/// `struct plughost_session`, owned.
+pub type Session = SessionOf<String>;
 
 /// `struct plughost_vm_settings`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,37 +86,46 @@ pub struct VmSettings {
     pub flags: u32,
 }
 
-/// `struct plughost_distribution`.
+/// `struct plughost_distribution` (strings `S`, as [`SessionOf`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Distribution {
+pub struct DistributionOf<S> {
     pub id: DistributionId,
-    pub name: String,
+    pub name: S,
     pub pid_namespace: u64,
-    pub package: String,
+    pub package: S,
     pub init_pid: u32,
-    pub flavor: String,
-    pub version: String,
+    pub flavor: S,
+    pub version: S,
 }
 
-/// `struct plughost_offline_distribution`.
+/// `struct plughost_distribution`, owned.
+pub type Distribution = DistributionOf<String>;
+
+/// `struct plughost_offline_distribution` (strings `S`, as [`SessionOf`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OfflineDistribution {
+pub struct OfflineDistributionOf<S> {
     pub id: DistributionId,
-    pub name: String,
-    pub package: String,
-    pub flavor: String,
-    pub version: String,
+    pub name: S,
+    pub package: S,
+    pub flavor: S,
+    pub version: S,
 }
 
-/// `struct plughost_container_session`.
+/// `struct plughost_offline_distribution`, owned.
+pub type OfflineDistribution = OfflineDistributionOf<String>;
+
+/// `struct plughost_container_session` (strings `S`, as [`SessionOf`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContainerSession {
+pub struct ContainerSessionOf<S> {
     pub id: ContainerSessionId,
-    pub display_name: String,
+    pub display_name: S,
     pub application_pid: u32,
     pub uid: u32,
     pub gid: u32,
 }
+
+/// `struct plughost_container_session`, owned.
+pub type ContainerSession = ContainerSessionOf<String>;
 
 /// The hooks of `struct plughost_hooks_v1`, in its order (the discriminant is the field's index).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -195,51 +209,57 @@ impl HookSet {
     }
 }
 
-/// One hook call with its arguments.
+/// One hook call with its arguments (strings `S`, as [`SessionOf`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Hook {
+pub enum HookOf<S> {
     VmStarted {
-        session: Session,
+        session: SessionOf<S>,
         settings: VmSettings,
     },
     VmStopping {
-        session: Session,
+        session: SessionOf<S>,
     },
     DistributionStarted {
-        session: Session,
-        distribution: Distribution,
+        session: SessionOf<S>,
+        distribution: DistributionOf<S>,
     },
     DistributionStopping {
-        session: Session,
-        distribution: Distribution,
+        session: SessionOf<S>,
+        distribution: DistributionOf<S>,
     },
     DistributionRegistered {
-        session: Session,
-        distribution: OfflineDistribution,
+        session: SessionOf<S>,
+        distribution: OfflineDistributionOf<S>,
     },
     DistributionUnregistered {
-        session: Session,
-        distribution: OfflineDistribution,
+        session: SessionOf<S>,
+        distribution: OfflineDistributionOf<S>,
     },
-    ContainerSessionCreated(ContainerSession),
-    ContainerSessionStopping(ContainerSession),
-    SessionVmStarted(ContainerSession),
-    SessionVmStopping(ContainerSession),
+    ContainerSessionCreated(ContainerSessionOf<S>),
+    ContainerSessionStopping(ContainerSessionOf<S>),
+    SessionVmStarted(ContainerSessionOf<S>),
+    SessionVmStopping(ContainerSessionOf<S>),
 }
 
-impl Hook {
+/// One hook call with its arguments, owned.
+pub type Hook = HookOf<String>;
+
+/// A hook whose strings borrow the frame it was decoded from ([`decode_hook`](crate::decode_hook)).
+pub type HookRef<'a> = HookOf<&'a str>;
+
+impl<S> HookOf<S> {
     pub fn kind(&self) -> HookKind {
         match self {
-            Hook::VmStarted { .. } => HookKind::VmStarted,
-            Hook::VmStopping { .. } => HookKind::VmStopping,
-            Hook::DistributionStarted { .. } => HookKind::DistributionStarted,
-            Hook::DistributionStopping { .. } => HookKind::DistributionStopping,
-            Hook::DistributionRegistered { .. } => HookKind::DistributionRegistered,
-            Hook::DistributionUnregistered { .. } => HookKind::DistributionUnregistered,
-            Hook::ContainerSessionCreated(_) => HookKind::ContainerSessionCreated,
-            Hook::ContainerSessionStopping(_) => HookKind::ContainerSessionStopping,
-            Hook::SessionVmStarted(_) => HookKind::SessionVmStarted,
-            Hook::SessionVmStopping(_) => HookKind::SessionVmStopping,
+            HookOf::VmStarted { .. } => HookKind::VmStarted,
+            HookOf::VmStopping { .. } => HookKind::VmStopping,
+            HookOf::DistributionStarted { .. } => HookKind::DistributionStarted,
+            HookOf::DistributionStopping { .. } => HookKind::DistributionStopping,
+            HookOf::DistributionRegistered { .. } => HookKind::DistributionRegistered,
+            HookOf::DistributionUnregistered { .. } => HookKind::DistributionUnregistered,
+            HookOf::ContainerSessionCreated(_) => HookKind::ContainerSessionCreated,
+            HookOf::ContainerSessionStopping(_) => HookKind::ContainerSessionStopping,
+            HookOf::SessionVmStarted(_) => HookKind::SessionVmStarted,
+            HookOf::SessionVmStopping(_) => HookKind::SessionVmStopping,
         }
     }
 }

@@ -63,6 +63,85 @@ fn every_message_kind_round_trips() {
 }
 
 #[test]
+fn a_hook_frame_built_from_its_body_is_the_encoded_message() {
+    let hooks = [
+        Hook::VmStarted {
+            session: session(),
+            settings: VmSettings { flags: 3 },
+        },
+        Hook::VmStopping { session: session() },
+        Hook::ContainerSessionStopping(ContainerSession {
+            id: ContainerSessionId(3),
+            display_name: "c\u{e9}".into(),
+            application_pid: 9,
+            uid: 1,
+            gid: 2,
+        }),
+    ];
+    let (mut body, mut frame, mut expected) = (Vec::new(), Vec::new(), Vec::new());
+    for hook in hooks {
+        encode_hook_body(&hook, &mut body).unwrap();
+        for id in [0, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
+            let msg = ServiceMsg::Hook {
+                id: RequestId(id),
+                hook: hook.clone(),
+            };
+            hook_frame(RequestId(id), &body, &mut frame).unwrap();
+            encode(&msg, &mut expected).unwrap();
+            assert_eq!(frame, expected, "id {id}");
+            assert_eq!(
+                decode_hook(&frame).unwrap(),
+                Some((RequestId(id), hook.borrowed()))
+            );
+        }
+    }
+}
+
+#[test]
+fn the_hand_written_hook_answer_is_the_encoded_message() {
+    let mut expected = Vec::new();
+    for id in [0, 1, 127, 128, 1 << 35, u64::MAX] {
+        for status in [0, -1, 1, -22, -10002, i32::MIN, i32::MAX, 63, -64, 64] {
+            let msg = HostMsg::HookDone {
+                id: RequestId(id),
+                status,
+                message: None,
+            };
+            encode(&msg, &mut expected).unwrap();
+            let (frame, len) = hook_done_frame(RequestId(id), status);
+            assert_eq!(&frame[..len], &expected[..], "id {id} status {status}");
+        }
+    }
+}
+
+#[test]
+fn decode_hook_leaves_other_messages_to_decode() {
+    let mut buf = Vec::new();
+    for msg in [
+        ServiceMsg::Shutdown,
+        ServiceMsg::Reply {
+            id: RequestId(1),
+            reply: ApiReply::Fd,
+        },
+    ] {
+        encode(&msg, &mut buf).unwrap();
+        assert_eq!(decode_hook(&buf), Ok(None));
+    }
+    encode(
+        &ServiceMsg::Hook {
+            id: RequestId(5),
+            hook: Hook::VmStopping { session: session() },
+        },
+        &mut buf,
+    )
+    .unwrap();
+    buf.push(0);
+    assert_eq!(decode_hook(&buf), Err(WireError::TrailingBytes { len: 1 }));
+    buf[0] = b'X';
+    assert!(matches!(decode_hook(&buf), Err(WireError::BadMagic(_))));
+}
+
+#[test]
 fn header_is_checked_before_the_body() {
     let mut buf = Vec::new();
     encode(&ServiceMsg::Shutdown, &mut buf).unwrap();

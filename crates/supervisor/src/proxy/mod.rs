@@ -44,8 +44,11 @@
 //! shuts the channel down and wakes the ring's waiter, even if a grandchild of the plugin still holds
 //! the other end. Every error path ends in [`Host::crash_cause`].
 
+mod outgoing;
 mod phase;
 pub(crate) mod spawn;
+
+pub(crate) use outgoing::OutgoingHook;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -54,7 +57,7 @@ use std::time::{Duration, Instant};
 
 use plughost_sys::{ChannelError, Pidfd, ProcessExit, Ring, Seqpacket};
 use plughost_wire::{
-    decode, encode, ApiCall, ApiReply, Hook, HookOutcome, HookSet, HostMsg, RequestId, ServiceMsg,
+    decode, encode, ApiCall, ApiReply, HookOutcome, HookSet, HostMsg, RequestId, ServiceMsg,
     MAX_FRAME,
 };
 
@@ -210,7 +213,7 @@ impl Drop for InFlight<'_> {
 /// One hook in flight.
 struct Dispatch<'a> {
     id: RequestId,
-    hook: &'a Hook,
+    hook: &'a OutgoingHook<'a>,
     scope: &'a dyn ServiceCallbacks,
     started: Instant,
     deadline: Duration,
@@ -517,7 +520,7 @@ impl Host {
     /// Dispatches one hook and waits for its answer, serving the plugin's calls meanwhile with `scope`.
     pub fn call_hook(
         &self,
-        hook: &Hook,
+        hook: &OutgoingHook<'_>,
         scope: &dyn ServiceCallbacks,
         deadline: Duration,
     ) -> Result<HookOutcome, CrashCause> {
@@ -669,25 +672,29 @@ impl Host {
         let frames = self.ring.socket_frames();
         let announced = frames != reader.socket_seen;
         reader.socket_seen = frames;
-        self.socket_pending.swap(false, Ordering::SeqCst) | announced
+        // Read before the swap: no read-modify-write on the usual turn, where it is false.
+        let pending = self.socket_pending.load(Ordering::SeqCst)
+            && self.socket_pending.swap(false, Ordering::SeqCst);
+        pending | announced
     }
 
-    /// Reads every frame waiting on the socket during a hook, checking the deadline before each (a
-    /// host that keeps the socket full cannot hold the dispatcher past it).
+    /// Reads every frame waiting on the socket during a hook, checking the deadline after each (a
+    /// host that keeps the socket full cannot hold the dispatcher past it; the caller checked it
+    /// just before, so an empty socket costs no clock read).
     fn drain_socket(
         &self,
         reader: &mut Reader,
         dispatch: &Dispatch<'_>,
     ) -> Result<Option<HookOutcome>, CrashCause> {
         loop {
-            if dispatch.started.elapsed() > dispatch.deadline {
-                return Err(self.hung(dispatch));
-            }
             let Some(msg) = self.recv(reader).map_err(|Gone| self.crash_cause())? else {
                 return Ok(None);
             };
             if let Step::Done(outcome) = self.during_hook(msg, dispatch)? {
                 return Ok(Some(outcome));
+            }
+            if dispatch.started.elapsed() > dispatch.deadline {
+                return Err(self.hung(dispatch));
             }
         }
     }
@@ -698,23 +705,33 @@ impl Host {
         dispatch: &Dispatch<'_>,
     ) -> Result<HookOutcome, CrashCause> {
         let (id, kind) = (dispatch.id, dispatch.hook.kind());
-        let msg = ServiceMsg::Hook {
-            id,
-            hook: dispatch.hook.clone(),
-        };
-        if let Err(e) = self.send(&msg, &[]) {
+        // The hook was encoded once for the whole dispatch; only the request id is this host's.
+        let sent = SEND_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            match dispatch.hook.frame(id, &mut buf) {
+                Ok(()) => self.channel.send(&buf, &[]),
+                Err(e) => Err(ChannelError::Io(std::io::Error::other(e.to_string()))),
+            }
+        });
+        if let Err(e) = sent {
             return Err(match e {
                 ChannelError::Disconnected => self.crash_cause(),
                 ChannelError::TimedOut => self.hung(dispatch),
                 e => self.violation(format!("cannot send {kind}: {e}")),
             });
         }
+        // The first turn starts with the whole deadline (the clock was read when the dispatch began).
+        let mut left = dispatch.deadline;
+        let mut first = true;
         loop {
-            // The deadline comes first on every turn: a host that keeps the ring busy cannot hold
-            // the dispatcher past it.
-            let Some(left) = dispatch.deadline.checked_sub(dispatch.started.elapsed()) else {
-                return Err(self.hung(dispatch));
-            };
+            // The deadline comes first on every later turn: a host that keeps the ring busy cannot
+            // hold the dispatcher past it.
+            if !std::mem::take(&mut first) {
+                match dispatch.deadline.checked_sub(dispatch.started.elapsed()) {
+                    Some(rest) => left = rest,
+                    None => return Err(self.hung(dispatch)),
+                }
+            }
             let seen = self.ring.seq();
             let dead = self.is_dead();
             if dead || self.socket_announced(reader) {

@@ -10,10 +10,10 @@
 //! have them.
 
 use plughost_wire::{
-    decode, encode, ApiCall, ApiReply, Confinement, ContainerSession, ContainerSessionId,
-    Distribution, DistributionId, FsRules, Hello, Hook, HookKind, HookSet, HostMsg, Limits,
-    LoadFailure, OfflineDistribution, PluginSource, ProcessHandle, RequestId, ServiceMsg, Session,
-    SessionId, Version, VmSettings, Welcome, MAX_FRAME, PROTOCOL_VERSION,
+    decode, decode_hook, encode, ApiCall, ApiReply, Confinement, ContainerSession,
+    ContainerSessionId, Distribution, DistributionId, FsRules, Hello, Hook, HookKind, HookSet,
+    HostMsg, Limits, LoadFailure, OfflineDistribution, PluginSource, ProcessHandle, RequestId,
+    ServiceMsg, Session, SessionId, Version, VmSettings, Welcome, MAX_FRAME, PROTOCOL_VERSION,
 };
 
 /// Host to service: the untrusted direction (what a hostile plugin controls).
@@ -37,6 +37,19 @@ pub fn check_service_msg(frame: &[u8]) {
         encode(&msg, &mut buf).expect("a decoded ServiceMsg re-encodes");
         let again = decode::<ServiceMsg>(&buf).expect("a re-encoded ServiceMsg decodes");
         assert_eq!(again, msg, "ServiceMsg does not round-trip");
+    }
+    // The host's borrowed decoding of hooks accepts exactly the hooks the owned one does.
+    match (decode::<ServiceMsg>(frame), decode_hook(frame)) {
+        (Ok(ServiceMsg::Hook { id, hook }), Ok(Some((got, borrowed)))) => {
+            assert_eq!(
+                (got, borrowed),
+                (id, hook.borrowed()),
+                "decode_hook differs"
+            );
+        }
+        (Ok(ServiceMsg::Hook { .. }), other) => panic!("a hook decode_hook refuses: {other:?}"),
+        (_, Ok(Some(hook))) => panic!("decode_hook accepts what decode refuses: {hook:?}"),
+        _ => {}
     }
 }
 

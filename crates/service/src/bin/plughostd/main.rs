@@ -23,6 +23,7 @@ mod server;
 mod store;
 mod userfs;
 mod vm;
+mod workers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -142,6 +142,8 @@ fn refuse(stream: UnixStream, kind: ErrorKind, message: String) {
 /// Serves until a `shutdown` request (or SIGTERM) ends the process.
 pub fn serve(daemon: Arc<Daemon>, listener: UnixListener, socket: PathBuf) {
     let admission = Arc::new(Admission::default());
+    // A connection thread serves the next connection rather than ending (`workers.rs`).
+    let workers = crate::workers::Workers::new("plughostd-conn");
     let per_uid = daemon.shared.config.limits.connections;
     for stream in listener.incoming() {
         let stream = match stream {
@@ -174,12 +176,10 @@ pub fn serve(daemon: Arc<Daemon>, listener: UnixListener, socket: PathBuf) {
         };
         let daemon = daemon.clone();
         let socket = socket.clone();
-        let spawned = std::thread::Builder::new()
-            .name("plughostd-conn".into())
-            .spawn(move || {
-                handle(&daemon, caller, stream, &socket);
-                drop(ticket);
-            });
+        let spawned = workers.run(move || {
+            handle(&daemon, caller, stream, &socket);
+            drop(ticket);
+        });
         if let Err(e) = spawned {
             tracing::error!("cannot start a connection thread: {e}");
         }

@@ -17,7 +17,9 @@
 //!
 //! The daemon waits for it at most [`DEADLINE`]: a path on a FUSE mount the user serves could
 //! block forever. A thread stuck past it is left behind (it holds no lock and will end when the
-//! kernel lets it) and the caller gets `ETIMEDOUT`.
+//! kernel lets it) and the caller gets `ETIMEDOUT`. So that a user whose file system never answers
+//! cannot pile up such threads without end, each uid has at most [`MAX_PENDING`] operations in
+//! flight (stuck ones included); past that the operation is refused at once with `EAGAIN`.
 //!
 //! Files are opened with `openat2(RESOLVE_IN_ROOT)` beneath a directory fd that was itself opened
 //! as the user, `O_NOFOLLOW`, first `O_PATH` (so a FIFO or a device is never opened at all), and
@@ -29,10 +31,11 @@
 //! uid 0 acts as root (same code, no identity change). A daemon that does not run as root acts
 //! with its own (unprivileged) identity for everyone: it could not take theirs.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
@@ -43,6 +46,47 @@ pub const DEADLINE: Duration = Duration::from_secs(5);
 
 /// Most supplementary groups taken from `/etc/group` (the kernel's `NGROUPS_MAX` is 65536).
 const MAX_GROUPS: usize = 256;
+
+/// Most operations one uid may have in flight, threads stuck past [`DEADLINE`] included.
+pub const MAX_PENDING: usize = 8;
+
+/// The operations in flight per uid. Lock order: a leaf; held only to count, never across I/O
+/// or a wait.
+static PENDING: Mutex<BTreeMap<u32, usize>> = Mutex::new(BTreeMap::new());
+
+/// One operation of `uid` in flight, counted in [`PENDING`] until dropped (by the operation's
+/// thread when it ends, however late).
+struct Pending(u32);
+
+impl Pending {
+    fn take(uid: u32) -> std::io::Result<Pending> {
+        let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+        let count = pending.entry(uid).or_insert(0);
+        if *count >= MAX_PENDING {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!(
+                    "{count} file operations of uid {uid} are still waiting for their file \
+                     system; try again later"
+                ),
+            ));
+        }
+        *count += 1;
+        Ok(Pending(uid))
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = pending.get_mut(&self.0) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                pending.remove(&self.0);
+            }
+        }
+    }
+}
 
 /// A user's filesystem identity.
 #[derive(Clone, Debug)]
@@ -139,6 +183,7 @@ fn as_user<T: Send + 'static>(
     user: &UserCred,
     op: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> std::io::Result<T> {
+    let pending = Pending::take(user.uid)?;
     let (tx, rx) = mpsc::sync_channel(1);
     let user = user.clone();
     std::thread::Builder::new()
@@ -151,6 +196,9 @@ fn as_user<T: Send + 'static>(
             } else {
                 become_user(&user).and_then(|()| op())
             };
+            // Counted out before the answer, so that a caller that has its answer may count on
+            // the allowance.
+            drop(pending);
             let _ = tx.send(result);
         })?;
     match rx.recv_timeout(DEADLINE) {
@@ -295,6 +343,52 @@ mod tests {
 
     fn open_root(dir: &Path) -> OwnedFd {
         open_dir_as(&root_cred(), dir).expect("open dir")
+    }
+
+    /// Operations that never end (a file system that does not answer) use up their uid's
+    /// allowance and no one else's; the allowance comes back as they end.
+    #[test]
+    fn a_uids_stuck_operations_are_bounded() {
+        // A uid of this test's own, so that other tests' operations do not count.
+        let user = UserCred {
+            uid: 0x7ffe_0001,
+            gid: 0x7ffe_0001,
+            groups: Vec::new(),
+        };
+        let (release, gate) = mpsc::channel::<()>();
+        let gate = std::sync::Arc::new(Mutex::new(gate));
+        let (started_tx, started) = mpsc::channel::<()>();
+        let callers: Vec<_> = (0..MAX_PENDING)
+            .map(|_| {
+                let (user, gate, started_tx) = (user.clone(), gate.clone(), started_tx.clone());
+                std::thread::spawn(move || {
+                    as_user(&user, move || {
+                        let _ = started_tx.send(());
+                        let _ = gate.lock().map(|g| g.recv());
+                        Ok(())
+                    })
+                })
+            })
+            .collect();
+        for _ in 0..MAX_PENDING {
+            started.recv().expect("an operation started");
+        }
+        let refused = as_user(&user, || Ok(())).expect_err("over the allowance");
+        assert_eq!(refused.kind(), std::io::ErrorKind::WouldBlock, "{refused}");
+        assert!(refused.to_string().contains("uid 2147352577"), "{refused}");
+        // Another uid is not held up.
+        let other = UserCred {
+            uid: 0x7ffe_0002,
+            ..user.clone()
+        };
+        as_user(&other, || Ok(())).expect("another uid");
+        for _ in 0..MAX_PENDING {
+            release.send(()).expect("release");
+        }
+        for caller in callers {
+            caller.join().expect("caller").expect("operation");
+        }
+        as_user(&user, || Ok(())).expect("the allowance is back");
     }
 
     #[test]

@@ -357,17 +357,16 @@ fn children_of(pid: u32) -> Vec<u32> {
     entries
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-        .filter(|child| {
-            std::fs::read_to_string(format!("/proc/{child}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    // The comm field may hold spaces and parentheses: parse after the last ')'.
-                    let rest = &stat[stat.rfind(')')? + 1..];
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(pid)
-        })
+        .filter(|&child| parent_of(child) == Some(pid))
         .collect()
+}
+
+/// The parent of `pid`, from `/proc/<pid>/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The comm field may hold spaces and parentheses: parse after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
 }
 
 /// The inode of `pid`'s pid namespace.
@@ -417,7 +416,7 @@ fn start_tree(
     what: &str,
     command: Command,
     want_init: bool,
-    find_init: impl FnOnce(&Child, &[String]) -> Option<u32>,
+    find_init: impl FnOnce(&Child, &[String]) -> Option<(u32, u32)>,
 ) -> Result<InitTree, SandboxError> {
     let child = sandbox
         .spawner
@@ -430,11 +429,12 @@ fn start_tree(
 }
 
 /// Waits for the helper `child` to report its init ready and takes a pidfd of that init.
+/// `find_init` names the init by pid, with the pid of the parent it must have.
 fn adopt_tree(
     what: &str,
     mut child: Child,
     want_init: bool,
-    find_init: impl FnOnce(&Child, &[String]) -> Option<u32>,
+    find_init: impl FnOnce(&Child, &[String]) -> Option<(u32, u32)>,
 ) -> Result<InitTree, SandboxError> {
     let last = Arc::new(Mutex::new(String::new()));
     if let Some(stderr) = child.stderr.take() {
@@ -479,13 +479,23 @@ fn adopt_tree(
         }
     };
     drop(stdout);
-    let Some(init_pid) = find_init(&child, &lines) else {
+    let Some((init_pid, parent)) = find_init(&child, &lines) else {
         return Err(fail(&mut child, "cannot find its init process".into()));
     };
     let init = match Pidfd::open(init_pid) {
         Ok(init) => init,
         Err(e) => return Err(fail(&mut child, format!("pidfd of its init: {e}"))),
     };
+    // A pid is a name that may pass to another process (the init could have died and its number
+    // been reused before the pidfd was taken); the pidfd cannot. While the process the pidfd
+    // holds is alive the number is its own, so its parent read now is the pidfd's process's: it
+    // must be the init's parent in our tree, or this pidfd would let `kill` reach a stranger.
+    if parent_of(init_pid) != Some(parent) || init.has_exited() {
+        return Err(fail(
+            &mut child,
+            format!("its init (pid {init_pid}) ended as it started"),
+        ));
+    }
     Ok(InitTree {
         helper: Mutex::new(Some(child)),
         init_pid,
@@ -564,10 +574,11 @@ impl Vm {
         if let Some(dirs) = &sandbox.dirs_file {
             command.arg("--dirs-file").arg(dirs);
         }
-        let tree = start_tree(sandbox, label, command, true, |_, lines| {
+        let tree = start_tree(sandbox, label, command, true, |helper, lines| {
             lines
                 .iter()
                 .find_map(|l| l.strip_prefix("init ")?.parse().ok())
+                .map(|init| (init, helper.id()))
         })?;
         tracing::info!(
             vm = label,
@@ -872,7 +883,7 @@ impl Vm {
         let tree = adopt_tree(&label, child, false, |helper, _| {
             // helper (daemon's child) -> __distro-init (in the VM) -> the distribution's pid 1.
             let outer = *children_of(helper.id()).first()?;
-            children_of(outer).first().copied()
+            Some((*children_of(outer).first()?, outer))
         })?;
         let pid_namespace = pid_namespace_inode(tree.init_pid).unwrap_or(0);
         tracing::info!(
