@@ -12,7 +12,8 @@
 //! 3. Leaves, never held across I/O with a host, a dispatch, a process start or any I/O on a file
 //!    a user names: `Shared::sessions`, `Shared::csessions`, `Shared::store` (held across the
 //!    atomic write of the daemon's own state file, which is root's, in the state directory),
-//!    `Shared::pinned`, `Shared::running`, `Daemon::host_uids`, `AppWatch::watched`,
+//!    `Shared::pinned`, `Shared::running`, `Sandbox::scratch_held`, `Daemon::host_uids`,
+//!    `AppWatch::watched`,
 //!    `UserSession::{vm, distros, last_used}`, `CSession::{vm, mounts}`; and the control socket's
 //!    admission counts (`server.rs`).
 //!
