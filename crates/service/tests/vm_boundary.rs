@@ -745,3 +745,78 @@ fn a_vms_root_cannot_take_the_distribution_inits_fds() {
     assert_eq!(runs.stdout, "runs\n");
     daemon.shutdown();
 }
+
+/// The VM's root owns `/etc` (and `/lib64`, `/usr/lib`...) in the VM: a program of the daemon
+/// exec'd there as the host's root would take its loader, its libraries and `/etc/ld.so.preload`
+/// from files the VM's root wrote, and run them as the host's root. A distribution's init is
+/// exec'd in the host's mount namespace and enters the VM's only after: the VM's preload library
+/// (which says whether it can read `/etc/shadow`, as the host's root can and the VM's root
+/// cannot) is never loaded into it.
+#[test]
+fn the_vms_preload_library_never_runs_in_a_daemon_helper() {
+    if !need_root("the_vms_preload_library_never_runs_in_a_daemon_helper") {
+        return;
+    }
+    let world = World::new(vec![c("vm_attacker")]);
+    // On the root file system (the VM's lower layer), so the VM sees it.
+    let dir = tempfile::Builder::new()
+        .prefix("plughost-preload-")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let source = dir.path().join("preload.c");
+    std::fs::write(
+        &source,
+        "#include <fcntl.h>\n#include <stdio.h>\n\
+         __attribute__((constructor)) static void said(void) {\n\
+           int fd = open(\"/etc/shadow\", O_RDONLY | O_CLOEXEC);\n\
+           fprintf(stderr, \"PRELOADED hostroot=%s\\n\", fd >= 0 ? \"yes\" : \"no\");\n\
+         }\n",
+    )
+    .expect("write the preload source");
+    let library = dir.path().join("preload.so");
+    let built = std::process::Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .status()
+        .expect("run cc");
+    assert!(built.success());
+    std::fs::set_permissions(&library, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    setting(
+        &world,
+        "vm_script",
+        &format!(
+            "echo {} > /etc/ld.so.preload && echo preload=yes || echo preload=no",
+            library.display()
+        ),
+    );
+    let rootfs = make_rootfs_with(world.dir.path(), "preload-rootfs", &["sh", "echo"]);
+    let daemon = world.start();
+    daemon
+        .ctl_as(
+            65534,
+            &[
+                "distro",
+                "register",
+                "pre",
+                "--rootfs",
+                rootfs.to_str().expect("utf-8"),
+            ],
+        )
+        .ok();
+    daemon.ctl_as(65534, &["distro", "start", "pre"]).ok();
+    let out = field(&world.fx.wait_for("vm_exec"), "out").to_owned();
+    assert_eq!(said(&out, "preload"), "yes", "{out}");
+    // The VM's own programs do load it, as the VM's ids: the attack is in place.
+    let vm_program = daemon.ctl_as(65534, &["exec", "--", "/bin/true"]).ok();
+    assert!(
+        vm_program.stderr.contains("PRELOADED hostroot=no"),
+        "{}",
+        vm_program.stderr
+    );
+    let log = daemon.log_text();
+    assert!(!log.contains("hostroot=yes"), "{log}");
+    assert!(!log.contains("PRELOADED"), "{log}");
+    daemon.shutdown();
+}

@@ -45,6 +45,13 @@ pub(super) fn start_distribution(
         Mode::empty(),
     )
     .unwrap_or_else(|e| die("open /proc/self/exe", e));
+    // Our own mount namespace, to come back to before the init is exec'd (below).
+    let host_mounts = rustix::fs::open(
+        "/proc/self/ns/mnt",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap_or_else(|e| die("open /proc/self/ns/mnt", e));
     if let Err(e) = enter_namespaces(pidfd, ThreadNameSpaceType::MOUNT, "VM's mount") {
         die("enter the VM", e);
     }
@@ -54,14 +61,26 @@ pub(super) fn start_distribution(
     if let Err(e) = attach_tree(&tree, &place) {
         die(&format!("attach the rootfs at {}", stage.display()), e);
     }
-    // Not the user namespace: the init enters that itself, after its exec (below).
+    // Back in the host's mount namespace before the init is exec'd as the host's root: an exec
+    // in the VM's would take its dynamic loader, its libraries and `/etc/ld.so.preload` from the
+    // VM's root file system, which the VM's root may rewrite (it owns `/etc`, `/lib64`, ...), and
+    // run them as the host's root. The init enters the VM's mount and user namespaces itself.
+    if let Err(e) = rustix::thread::move_into_link_name_space(
+        host_mounts.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Mount),
+    ) {
+        die("return to the host's mount namespace", e);
+    }
+    drop(host_mounts);
+    // Nor the user namespace: the init enters that itself, after its exec (below).
     let rest = ThreadNameSpaceType::PROCESS_ID
         | ThreadNameSpaceType::INTER_PROCESS_COMMUNICATION
         | ThreadNameSpaceType::HOST_NAME_AND_NIS_DOMAIN_NAME;
     if let Err(e) = enter_namespaces(pidfd, rest, "VM's") {
         die("enter the VM", e);
     }
-    // The VM's init, for the distribution's init to enter its user namespace: its stdin.
+    // The VM's init, for the distribution's init to enter its mount and user namespaces: its
+    // stdin.
     let vm_pidfd = pidfd
         .try_clone()
         .unwrap_or_else(|e| die("dup the VM's pidfd", e));
@@ -89,21 +108,26 @@ pub(super) fn start_distribution(
     mirror_exit(exit)
 }
 
-/// `__distro-init`: see the module docs. Exec'd as the host's root (in the VM's pid namespace),
-/// with a pidfd of the VM's init as its stdin, it enters the VM's user namespace and becomes the
-/// VM's root there: its memory stays owned by the host's user namespace and it is not dumpable,
-/// so the VM's root can neither ptrace it (nor the distribution's pid 1, its fork) nor take its
-/// fds.
+/// `__distro-init`: see the module docs. Exec'd as the host's root in the host's mount namespace
+/// (so with the host's loader and libraries) and the VM's pid namespace, with a pidfd of the
+/// VM's init as its stdin, it enters the VM's mount and user namespaces and becomes the VM's root
+/// there before it touches any path of the VM: its memory stays owned by the host's user
+/// namespace and it is not dumpable, so the VM's root can neither ptrace it (nor the
+/// distribution's pid 1, its fork) nor take its fds.
 pub fn distro_init(root: &Path, parent: u32) -> ! {
     bind_to_parent(parent);
     let vm = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
         .unwrap_or_else(|e| die("the VM's pidfd", e));
-    if let Err(e) = enter_namespaces(&vm, ThreadNameSpaceType::USER, "VM's user") {
+    let vm_namespaces = ThreadNameSpaceType::USER | ThreadNameSpaceType::MOUNT;
+    if let Err(e) = enter_namespaces(&vm, vm_namespaces, "VM's mount and user") {
         die("enter the VM", e);
     }
     drop(vm);
+    if let Err(e) = super::vm_init::become_root_of_namespace() {
+        die("become the VM's root", e);
+    }
     let null = rustix::fs::open(
         "/dev/null",
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
@@ -112,9 +136,6 @@ pub fn distro_init(root: &Path, parent: u32) -> ! {
     .unwrap_or_else(|e| die("open /dev/null", e));
     if let Err(e) = rustix::stdio::dup2_stdin(&null) {
         die("stdin", e);
-    }
-    if let Err(e) = super::vm_init::become_root_of_namespace() {
-        die("become the VM's root", e);
     }
     if let Err(e) =
         rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
