@@ -115,6 +115,13 @@ pub(super) fn start_distribution(
 /// namespace and it is not dumpable, so the VM's root can neither ptrace it (nor the
 /// distribution's pid 1, its fork) nor take its fds.
 pub fn distro_init(root: &Path, parent: u32) -> ! {
+    // First: once in the VM's user namespace with the host's uid 0 (before the id change), a
+    // dumpable process would be the VM's root's to ptrace, and it reads as the host's root.
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        die("PR_SET_DUMPABLE", e);
+    }
     bind_to_parent(parent);
     let vm = std::io::stdin()
         .as_fd()
@@ -136,11 +143,6 @@ pub fn distro_init(root: &Path, parent: u32) -> ! {
     .unwrap_or_else(|e| die("open /dev/null", e));
     if let Err(e) = rustix::stdio::dup2_stdin(&null) {
         die("stdin", e);
-    }
-    if let Err(e) =
-        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
-    {
-        die("PR_SET_DUMPABLE", e);
     }
     // The change of ids cleared the parent-death signal: arm it again and check the parent.
     bind_to_parent(parent);

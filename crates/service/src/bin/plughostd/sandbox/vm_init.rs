@@ -158,6 +158,10 @@ pub(super) fn become_root_of_namespace() -> Result<(), String> {
         .map_err(|e| format!("setresgid: {e}"))?;
     rustix::thread::set_thread_res_uid(Uid::ROOT, Uid::ROOT, Uid::ROOT)
         .map_err(|e| format!("setresuid: {e}"))?;
+    // The id change made us as dumpable as `fs.suid_dumpable` says (1 on some systems): never,
+    // or the VM's root (our uid now) could ptrace us and take our fds.
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(|e| format!("PR_SET_DUMPABLE: {e}"))?;
     Ok(())
 }
 
