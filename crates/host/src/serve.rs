@@ -7,9 +7,22 @@
 //! is written in place. No other host thread is involved, whatever the main thread is doing. A reply
 //! that carries an fd names the call's request id; the service sent the fd on the ring's fd lane
 //! before writing the reply, so the caller takes it there without waiting ([`Ring::take_fd`]). A
-//! hook's answer goes on the ring's lane. The socket remains for the hook itself, for calls whose
-//! frame does not fit a slot (or when every slot is busy), and each frame sent up the socket is
-//! announced on the ring.
+//! hook comes down the ring's hook lane and its answer goes up the ring's lane. The socket remains for
+//! hooks too large for the hook lane, `Shutdown`, calls whose frame does not fit a slot (or when
+//! every slot is busy) and their replies; each frame sent up the socket is announced on the ring.
+//!
+//! # The main thread sleeps on the ring, not in `recv`
+//! With the ring, the main thread waits for a hook on the ring's hook word (a futex), never blocked
+//! in `recv`: a hook then costs no `sendmsg`/`recvmsg` pair (BENCHMARKS.md, "fanout_100"). It still
+//! learns of everything that comes on the socket, because the service bumps the hook word after
+//! every frame it sends there (and when it sees the socket end): woken with no hook on the lane,
+//! the main thread reads the socket *without blocking* (unless a plugin thread is the reader, which
+//! routes to it as below, waking it through the same word). A dead service needs no frame: its
+//! death kills the host (PDEATHSIG, `crates/host/README.md`); should it not, the main thread's sleep
+//! ends every [`IDLE_CHECK`] and the non-blocking read sees the end of the socket. That costs a
+//! wake-up per second while idle, nothing per hook. (Rejected: a thread blocked in `recv` beside the
+//! main thread costs a hand-off per socket frame and a thread per host; `poll` on an eventfd the
+//! service writes costs the same syscalls as the socket.)
 //!
 //! # The socket: leader/follower
 //! Every thread that waits for something from the socket (the main thread waiting for the next hook,
@@ -44,6 +57,10 @@ use plughost_wire::{
 };
 
 use plughost_runtime::{Backend, BackendReply};
+
+/// Longest the main thread sleeps on the ring before it reads the socket anyway (an end of the
+/// socket nobody announced: a service that died without taking the host with it).
+const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the main thread waits for.
 pub enum MainEvent {
@@ -293,13 +310,27 @@ impl Demux {
     /// Receives one frame into `buf` (`MAX_FRAME` long) and checks it: a hook is left there (its
     /// length returned), any other message is decoded.
     fn recv_into(&self, buf: &mut [u8]) -> Result<Received, ChannelError> {
+        let mut fds = Vec::new();
+        let len = self.channel.recv(buf, &mut fds)?;
+        Self::check(buf, len, fds)
+    }
+
+    /// [`Demux::recv_into`] without blocking: `None` when nothing is waiting.
+    fn try_recv_into(&self, buf: &mut [u8]) -> Result<Option<Received>, ChannelError> {
+        let mut fds = Vec::new();
+        match self.channel.try_recv(buf, &mut fds)? {
+            Some(len) => Self::check(buf, len, fds).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Checks a frame received into `buf` (see [`Demux::recv_into`]).
+    fn check(buf: &[u8], len: usize, fds: Vec<OwnedFd>) -> Result<Received, ChannelError> {
         let bad = |e: WireError| {
             ChannelError::Io(std::io::Error::other(format!(
                 "bad frame from service: {e}"
             )))
         };
-        let mut fds = Vec::new();
-        let len = self.channel.recv(buf, &mut fds)?;
         let frame = &buf[..len];
         let msg = match decode_hook(frame) {
             Ok(Some(_)) => None,
@@ -342,9 +373,96 @@ impl Demux {
 
     /// The main thread: waits for the next hook; [`MainEvent::Hook`] leaves it in `frame`.
     pub fn next_hook(&self, frame: &mut HookFrame) -> MainEvent {
+        if let Some(ring) = self.ring.get() {
+            ring.main_waits(true);
+            let event = self.next_hook_on_ring(ring, frame);
+            ring.main_waits(false);
+            return event;
+        }
         match self.wait(Want::Main(frame)) {
             Got::Main(event) => event,
             Got::Reply(_) => MainEvent::Closed,
+        }
+    }
+
+    /// [`Demux::next_hook`] with the ring: the hook lane first, then the hooks a reader queued and
+    /// the socket (read without blocking, only when no plugin thread is the reader), then a sleep on
+    /// the hook word (module docs).
+    fn next_hook_on_ring(&self, ring: &Ring, frame: &mut HookFrame) -> MainEvent {
+        loop {
+            // Read before looking: whatever comes after it moves the word, so the sleep below
+            // returns at once.
+            let seen = ring.main_word();
+            match ring.take_hook(&mut frame.buf) {
+                Ok(Some(len)) => {
+                    frame.len = len;
+                    if let Ok(Some(_)) = decode_hook(&frame.buf[..len]) {
+                        return MainEvent::Hook;
+                    }
+                    // Only the host's own threads can have garbled it: the service wrote a hook.
+                    host_log("a bad hook on the ring: closing");
+                    self.close(&mut self.lock());
+                    return MainEvent::Closed;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    host_log(&format!("closing: {e}"));
+                    self.close(&mut self.lock());
+                    return MainEvent::Closed;
+                }
+            }
+            let mut state = self.lock();
+            if let Some(hook) = state.hooks.pop_front() {
+                frame.set(&hook);
+                return MainEvent::Hook;
+            }
+            if state.closed {
+                return MainEvent::Closed;
+            }
+            if !state.reader_active {
+                state.reader_active = true;
+                drop(state);
+                let hook = self.read_socket_now(frame);
+                state = self.lock();
+                state.reader_active = false;
+                self.promote_one(&mut state, true);
+                if hook {
+                    return MainEvent::Hook;
+                }
+                if state.closed {
+                    return MainEvent::Closed;
+                }
+            }
+            drop(state);
+            ring.wait_main(seen, IDLE_CHECK);
+        }
+    }
+
+    /// The main thread as the socket's reader, without blocking: routes every frame waiting there
+    /// until the socket is empty, it closes, or a hook comes (left in `frame`: `true`).
+    fn read_socket_now(&self, frame: &mut HookFrame) -> bool {
+        loop {
+            match self.try_recv_into(&mut frame.buf) {
+                Ok(None) => return false,
+                Ok(Some(Received::Hook(len))) => {
+                    frame.len = len;
+                    return true;
+                }
+                Ok(Some(Received::Msg(msg, fds))) => {
+                    let mut state = self.lock();
+                    self.route(&mut state, None, *msg, fds);
+                    if state.closed {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    if !matches!(e, ChannelError::Disconnected) {
+                        host_log(&format!("closing the channel: {e}"));
+                    }
+                    self.close(&mut self.lock());
+                    return false;
+                }
+            }
         }
     }
 
@@ -360,6 +478,7 @@ impl Demux {
         if let Some(main) = state.main_waiting.take() {
             main.unpark();
         }
+        // With the ring, the main thread sleeps on it: `ring.close` above woke it.
     }
 
     fn take_ready(state: &mut State, want: &mut Want<'_>) -> Option<Got> {
@@ -390,10 +509,22 @@ impl Demux {
         }
     }
 
-    /// Wakes one waiter other than the caller so it can take over reading.
-    fn promote_one(state: &mut State) {
+    /// Wakes one waiter other than the caller (`from_main`: the main thread) so it can take over
+    /// reading. With the ring, the main thread is woken through it (it sleeps there, and reads the
+    /// socket without blocking when woken): a frame that came after the last reader's last `recv`
+    /// is read by someone.
+    fn promote_one(&self, state: &mut State, from_main: bool) {
         if let Some((thread, _)) = state.pending.values().find(|(_, reply)| reply.is_none()) {
             thread.unpark();
+        } else if !from_main {
+            self.wake_main(state);
+        }
+    }
+
+    /// Tells the main thread a hook is queued for it.
+    fn wake_main(&self, state: &State) {
+        if let Some(ring) = self.ring.get() {
+            ring.wake_main();
         } else if let Some(main) = &state.main_waiting {
             main.unpark();
         }
@@ -407,7 +538,7 @@ impl Demux {
                     state.main_waiting = None;
                 }
                 if !state.reader_active {
-                    Self::promote_one(&mut state);
+                    self.promote_one(&mut state, matches!(want, Want::Main(_)));
                 }
                 return got;
             }
@@ -435,14 +566,12 @@ impl Demux {
                 // looked before reading, and only the reader adds to it).
                 Ok(Incoming::HookInFrame) => {
                     state.main_waiting = None;
-                    Self::promote_one(&mut state);
+                    self.promote_one(&mut state, true);
                     return Got::Main(MainEvent::Hook);
                 }
                 Ok(Incoming::Hook(frame)) => {
                     state.hooks.push_back(frame);
-                    if let Some(main) = &state.main_waiting {
-                        main.unpark();
-                    }
+                    self.wake_main(&state);
                 }
                 Ok(Incoming::Msg(msg, fds)) => {
                     let mine = match want {

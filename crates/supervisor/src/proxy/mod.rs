@@ -2,16 +2,19 @@
 //! plugin's calls, and classifies how the host ended.
 //!
 //! # Two transports
-//! - The **socket** carries the handshake, hooks and `Shutdown` to the host, the replies to socket
-//!   calls (with their fd), and from the host: calls that do not fit the ring (or find every slot
-//!   busy), `Blocked`, and whatever a hostile plugin writes on it.
-//! - The **call ring** ([`plughost_sys::ring`], shared memory) carries every other API call (a slot
-//!   each, answered in place; an fd the reply carries goes first on the ring's fd lane, named by
-//!   the request id) and the hook answers (the lane). The frames are the same in both.
+//! - The **socket** carries the handshake, hooks too large for the ring and `Shutdown` to the host,
+//!   the replies to socket calls (with their fd), and from the host: calls that do not fit the ring
+//!   (or find every slot busy), `Blocked`, and whatever a hostile plugin writes on it. After every
+//!   frame it sends there (and when it reads the socket's end) the service wakes the host's main
+//!   thread through the ring (`Ring::wake_main`): that thread sleeps on the ring, not in `recv`.
+//! - The **call ring** ([`plughost_sys::ring`], shared memory) carries the hooks (the hook lane),
+//!   every other API call (a slot each, answered in place; an fd the reply carries goes first on the
+//!   ring's fd lane, named by the request id) and the hook answers (the lane). The frames are the
+//!   same in both.
 //!
 //! # Who consumes what
 //! - A thread dispatching a hook holds [`Host::reader`] (the read token) for the whole round trip:
-//!   it marks the ring as its own (`set_dispatcher`), sends the hook, then sleeps on the ring's futex
+//!   it marks the ring as its own (`set_dispatcher`), posts the hook, then sleeps on the ring's futex
 //!   (bounded by [`DEADLINE_TICK`] to check the deadline) and serves every call that arrives
 //!   meanwhile, from any plugin thread, on its own thread with the dispatch's `scope` callbacks.
 //! - Outside hooks, the [`Pool`](crate::pool::Pool) serves: it watches the ring's doorbell eventfd
@@ -279,11 +282,15 @@ impl Host {
             if let Err(e) = encode(msg, &mut buf) {
                 return Err(ChannelError::Io(std::io::Error::other(e.to_string())));
             }
-            if nonblocking {
+            let sent = if nonblocking {
                 self.channel.try_send(&buf, fds)
             } else {
                 self.channel.send(&buf, fds)
-            }
+            };
+            // The host's main thread sleeps on the ring, not on the socket: it reads the socket
+            // when woken (`Ring::wake_main`).
+            self.ring.wake_main();
+            sent
         })
     }
 
@@ -397,7 +404,13 @@ impl Host {
         let len = match self.channel.try_recv(buf, fds) {
             Ok(Some(len)) => len,
             Ok(None) | Err(ChannelError::TimedOut) => return Ok(None),
-            Err(ChannelError::Disconnected) => return Err(Gone),
+            Err(ChannelError::Disconnected) => {
+                // A host whose own end closed (a plugin closed it) learns it from its read of the
+                // socket, which its main thread makes when woken: it exits saying so at once,
+                // instead of after the service's grace.
+                self.ring.wake_main();
+                return Err(Gone);
+            }
             Err(ChannelError::Empty) => return refuse("sent an empty frame".into()),
             Err(ChannelError::Oversized { len, limit }) => {
                 return refuse(format!("sent a frame of {len} bytes (limit {limit})"))
@@ -705,11 +718,18 @@ impl Host {
         dispatch: &Dispatch<'_>,
     ) -> Result<HookOutcome, CrashCause> {
         let (id, kind) = (dispatch.id, dispatch.hook.kind());
-        // The hook was encoded once for the whole dispatch; only the request id is this host's.
+        // The hook was encoded once for the whole dispatch; only the request id is this host's. It
+        // goes down the ring's hook lane (a futex wake-up, no socket round trip), or on the socket
+        // when it does not fit there.
         let sent = SEND_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             match dispatch.hook.frame(id, &mut buf) {
-                Ok(()) => self.channel.send(&buf, &[]),
+                Ok(()) if self.ring.post_hook(&buf) => Ok(()),
+                Ok(()) => {
+                    let sent = self.channel.send(&buf, &[]);
+                    self.ring.wake_main();
+                    sent
+                }
                 Err(e) => Err(ChannelError::Io(std::io::Error::other(e.to_string()))),
             }
         });
