@@ -135,6 +135,11 @@ pub struct Demux {
     /// `u64::MAX`.
     ring_ids: AtomicU64,
     state: Mutex<State>,
+    /// The main thread's longest sleep on the ring ([`IDLE_CHECK`]; the tests lengthen it, so that
+    /// a lost wake-up shows in `idle_timeouts`).
+    idle_check: std::time::Duration,
+    /// How often that sleep ended by its timeout (a diagnostic for the tests).
+    idle_timeouts: AtomicU64,
 }
 
 thread_local! {
@@ -178,6 +183,8 @@ impl Demux {
             ring: OnceLock::new(),
             ring_ids: AtomicU64::new(u64::MAX),
             state: Mutex::new(State::default()),
+            idle_check: IDLE_CHECK,
+            idle_timeouts: AtomicU64::new(0),
         }
     }
 
@@ -434,7 +441,9 @@ impl Demux {
                 }
             }
             drop(state);
-            ring.wait_main(seen, IDLE_CHECK);
+            if !ring.wait_main(seen, self.idle_check) {
+                self.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 

@@ -561,18 +561,20 @@ impl Ring {
     }
 
     /// Host (main thread): sleeps until the hook word moves from `seen` (a hook was posted, the
-    /// service sent on the socket, a host thread wants the main thread) or `timeout` passes.
-    pub fn wait_main(&self, seen: u32, timeout: Duration) {
+    /// service sent on the socket, a host thread wants the main thread) or `timeout` passes
+    /// (`false`).
+    pub fn wait_main(&self, seen: u32, timeout: Duration) -> bool {
         let ts = rustix::event::Timespec {
             tv_sec: timeout.as_secs() as i64,
             tv_nsec: timeout.subsec_nanos().into(),
         };
-        let _ = futex::wait(
+        let waited = futex::wait(
             &self.shared().down.hook_seq,
             futex::Flags::empty(),
             seen,
             Some(&ts),
         );
+        waited != Err(Errno::TIMEDOUT)
     }
 
     /// Either side: wakes the host's main thread (a hook was posted, a frame was sent down the
