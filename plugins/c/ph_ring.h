@@ -56,9 +56,10 @@
 #define PH_RING_UP_SOCKET 68u
 #define PH_RING_UP_PENDING 72u /* one bit per slot holding a request */
 #define PH_RING_UP_MAIN_WAITING 76u
-#define PH_RING_OWNER 128u     /* the service's line: owner, waiting, hook_seq */
+#define PH_RING_OWNER 128u     /* the service's line: owner, waiting, hook_seq, socket */
 #define PH_RING_SERVICE_WAITING 132u
 #define PH_RING_HOOK_SEQ 136u  /* the host main thread's futex word */
+#define PH_RING_DOWN_SOCKET 140u /* frames sent down the socket: the main thread reads it then */
 #define PH_RING_CLOSED 192u
 #define PH_RING_LANE_OFFSET 256u /* the hook answer (host -> service) */
 #define PH_RING_HOOK_OFFSET 1280u /* the hook (service -> host) */

@@ -77,6 +77,8 @@ pub enum MainEvent {
 pub struct HookFrame {
     buf: Vec<u8>,
     len: usize,
+    /// The ring's socket word when the main thread last looked at the socket (`None`: never).
+    socket_seen: Option<u32>,
 }
 
 impl HookFrame {
@@ -85,6 +87,7 @@ impl HookFrame {
             // A frame may be this long; the handshake's answer is received here too.
             buf: vec![0; MAX_FRAME],
             len: 0,
+            socket_seen: None,
         }
     }
 
@@ -392,10 +395,13 @@ impl Demux {
         }
     }
 
-    /// [`Demux::next_hook`] with the ring: the hook lane first, then the hooks a reader queued and
-    /// the socket (read without blocking, only when no plugin thread is the reader), then a sleep on
-    /// the hook word (module docs).
+    /// [`Demux::next_hook`] with the ring: the hook lane first, then, when the socket word moved
+    /// (or the last sleep timed out), the hooks a reader queued and the socket (read without
+    /// blocking, only when no plugin thread is the reader), then a sleep on the hook word (module
+    /// docs). A hook on the lane costs no lock and no `recvmsg`.
     fn next_hook_on_ring(&self, ring: &Ring, frame: &mut HookFrame) -> MainEvent {
+        // Set when the last sleep timed out: look at the socket even if nobody announced a frame.
+        let mut look = false;
         loop {
             // Read before looking: whatever comes after it moves the word, so the sleep below
             // returns at once.
@@ -418,32 +424,48 @@ impl Demux {
                     return MainEvent::Closed;
                 }
             }
+            let socket = ring.main_socket_word();
+            if std::mem::take(&mut look) || frame.socket_seen != Some(socket) {
+                frame.socket_seen = Some(socket);
+                if let Some(event) = self.look_at_socket(frame) {
+                    return event;
+                }
+            }
+            look = !ring.wait_main(seen, self.idle_check);
+            if look {
+                self.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The main thread's look at what the socket (and the demux) hold for it: a hook queued by a
+    /// reader, a closed channel, or (when no plugin thread is the reader) the frames waiting on the
+    /// socket. `None`: nothing for it.
+    fn look_at_socket(&self, frame: &mut HookFrame) -> Option<MainEvent> {
+        {
             let mut state = self.lock();
             if let Some(hook) = state.hooks.pop_front() {
                 frame.set(&hook);
-                return MainEvent::Hook;
+                return Some(MainEvent::Hook);
             }
             if state.closed {
-                return MainEvent::Closed;
+                return Some(MainEvent::Closed);
             }
-            if !state.reader_active {
-                state.reader_active = true;
-                drop(state);
-                let hook = self.read_socket_now(frame);
-                state = self.lock();
-                state.reader_active = false;
-                self.promote_one(&mut state, true);
-                if hook {
-                    return MainEvent::Hook;
-                }
-                if state.closed {
-                    return MainEvent::Closed;
-                }
+            if state.reader_active {
+                // The reader routes what comes, and wakes this thread through the ring when it
+                // leaves (`promote_one`).
+                return None;
             }
-            drop(state);
-            if !ring.wait_main(seen, self.idle_check) {
-                self.idle_timeouts.fetch_add(1, Ordering::Relaxed);
-            }
+            state.reader_active = true;
+        }
+        let hook = self.read_socket_now(frame);
+        let mut state = self.lock();
+        state.reader_active = false;
+        self.promote_one(&mut state, true);
+        if hook {
+            Some(MainEvent::Hook)
+        } else {
+            state.closed.then_some(MainEvent::Closed)
         }
     }
 
@@ -533,7 +555,7 @@ impl Demux {
     /// Tells the main thread a hook is queued for it.
     fn wake_main(&self, state: &State) {
         if let Some(ring) = self.ring.get() {
-            ring.wake_main();
+            ring.wake_main_for_socket();
         } else if let Some(main) = &state.main_waiting {
             main.unpark();
         }

@@ -215,7 +215,7 @@ fn send_down(socket: &Seqpacket, ring: &Ring, msg: &ServiceMsg) {
     let mut frame = Vec::new();
     encode(msg, &mut frame).expect("encode");
     socket.send(&frame, &[]).expect("send");
-    ring.wake_main();
+    ring.wake_main_for_socket();
 }
 
 fn hook_id(frame: &HookFrame) -> u64 {
@@ -249,7 +249,7 @@ fn serve_hooks(demux: &'static Demux) -> std::thread::JoinHandle<Vec<u64>> {
 fn dispatch(socket: &Seqpacket, ring: &Ring, frame: &[u8]) -> u64 {
     if !ring.post_hook(frame) {
         socket.send(frame, &[]).expect("send the hook");
-        ring.wake_main();
+        ring.wake_main_for_socket();
     }
     let mut answer = Vec::new();
     ring.set_dispatcher(true);

@@ -130,6 +130,10 @@ struct Down {
     /// Bumped after every hook posted on the hook lane and every frame sent down the socket. The
     /// host's main thread's futex word (the host's own threads bump it too, to wake that thread).
     hook_seq: AtomicU32,
+    /// Bumped (before `hook_seq`) for every frame sent down the socket: the main thread reads the
+    /// socket only when this moved, so a hook on the lane costs it no `recvmsg`. The host's own
+    /// threads bump it too ("look at the socket and the demux").
+    socket: AtomicU32,
 }
 
 #[repr(C, align(64))]
@@ -160,10 +164,12 @@ pub mod layout {
     pub const UP_SOCKET: usize = 68;
     pub const UP_PENDING: usize = 72;
     pub const UP_MAIN_WAITING: usize = 76;
-    /// The service's line: `u32 owner` (0 pool, 1 dispatcher), `u32 waiting`, `u32 hook_seq`.
+    /// The service's line: `u32 owner` (0 pool, 1 dispatcher), `u32 waiting`, `u32 hook_seq`,
+    /// `u32 socket`.
     pub const OWNER: usize = 128;
     pub const SERVICE_WAITING: usize = 132;
     pub const HOOK_SEQ: usize = 136;
+    pub const DOWN_SOCKET: usize = 140;
     pub const CLOSED: usize = 192;
     /// The hook answer's lane (host → service), then the hook lane (service → host): slots.
     pub const LANE: usize = 256;
@@ -528,13 +534,19 @@ impl Ring {
         for slot in &s.slots {
             wake(&slot.state, u32::MAX);
         }
-        self.wake_main();
+        self.wake_main_for_socket();
     }
 
     /// Host (main thread): the hook word, read before looking at the hook lane and the socket (see
     /// [`Ring::wait_main`]).
     pub fn main_word(&self) -> u32 {
         self.shared().down.hook_seq.load(Ordering::SeqCst)
+    }
+
+    /// Host (main thread): how often the socket was announced (compare with the last value seen;
+    /// the host's own threads can write any number here, so this only says "look at the socket").
+    pub fn main_socket_word(&self) -> u32 {
+        self.shared().down.socket.load(Ordering::SeqCst)
     }
 
     /// Host (main thread): says it is about to sleep on the hook word (`true`, before its last look
@@ -577,11 +589,18 @@ impl Ring {
         waited != Err(Errno::TIMEDOUT)
     }
 
-    /// Either side: wakes the host's main thread (a hook was posted, a frame was sent down the
-    /// socket, a host thread routed something to it). The futex call only when it said it sleeps
-    /// (`Up::main_waiting`): it bumps the word first and looks at the flag after, and the main
-    /// thread sets the flag before it reads the word (both `SeqCst`), so no wake-up is lost.
-    pub fn wake_main(&self) {
+    /// Either side: tells the host's main thread to look at the socket (a frame was sent down it,
+    /// or it ended) and at the demux (a host thread routed something to it), and wakes it.
+    pub fn wake_main_for_socket(&self) {
+        self.shared().down.socket.fetch_add(1, Ordering::SeqCst);
+        self.wake_main();
+    }
+
+    /// Wakes the host's main thread (a hook was posted; [`Ring::wake_main_for_socket`] for
+    /// the rest). The futex call only when it said it sleeps (`Up::main_waiting`): it bumps the
+    /// word first and looks at the flag after, and the main thread sets the flag before it reads
+    /// the word (both `SeqCst`), so no wake-up is lost.
+    fn wake_main(&self) {
         let s = self.shared();
         s.down.hook_seq.fetch_add(1, Ordering::SeqCst);
         if s.up.main_waiting.load(Ordering::SeqCst) != 0 {
@@ -629,7 +648,7 @@ impl Ring {
     }
 
     /// Service (dispatcher): posts a hook's frame on the hook lane and wakes the host's main thread.
-    /// `false`: it does not fit (send it on the socket, then [`Ring::wake_main`]). Nothing is read
+    /// `false`: it does not fit (send it on the socket, then [`Ring::wake_main_for_socket`]). Nothing is read
     /// back from the lane: the host may have written anything there.
     pub fn post_hook(&self, frame: &[u8]) -> bool {
         if frame.len() > SLOT_BYTES {
@@ -741,6 +760,10 @@ mod tests {
             layout::SERVICE_WAITING
         );
         assert_eq!(layout::OWNER + offset_of!(Down, hook_seq), layout::HOOK_SEQ);
+        assert_eq!(
+            layout::OWNER + offset_of!(Down, socket),
+            layout::DOWN_SOCKET
+        );
         assert_eq!(offset_of!(Shared, closed), layout::CLOSED);
         assert_eq!(offset_of!(Shared, lane), layout::LANE);
         assert_eq!(offset_of!(Shared, hook), layout::HOOK);

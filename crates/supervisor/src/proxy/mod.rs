@@ -6,7 +6,7 @@
 //!   the replies to socket calls (with their fd), and from the host: calls that do not fit the ring
 //!   (or find every slot busy), `Blocked`, and whatever a hostile plugin writes on it. After every
 //!   frame it sends there (and when it reads the socket's end) the service wakes the host's main
-//!   thread through the ring (`Ring::wake_main`): that thread sleeps on the ring, not in `recv`.
+//!   thread through the ring (`Ring::wake_main_for_socket`): that thread sleeps on the ring, not in `recv`.
 //! - The **call ring** ([`plughost_sys::ring`], shared memory) carries the hooks (the hook lane),
 //!   every other API call (a slot each, answered in place; an fd the reply carries goes first on the
 //!   ring's fd lane, named by the request id) and the hook answers (the lane). The frames are the
@@ -288,8 +288,8 @@ impl Host {
                 self.channel.send(&buf, fds)
             };
             // The host's main thread sleeps on the ring, not on the socket: it reads the socket
-            // when woken (`Ring::wake_main`).
-            self.ring.wake_main();
+            // when woken (`Ring::wake_main_for_socket`).
+            self.ring.wake_main_for_socket();
             sent
         })
     }
@@ -408,7 +408,7 @@ impl Host {
                 // A host whose own end closed (a plugin closed it) learns it from its read of the
                 // socket, which its main thread makes when woken: it exits saying so at once,
                 // instead of after the service's grace.
-                self.ring.wake_main();
+                self.ring.wake_main_for_socket();
                 return Err(Gone);
             }
             Err(ChannelError::Empty) => return refuse("sent an empty frame".into()),
@@ -727,7 +727,7 @@ impl Host {
                 Ok(()) if self.ring.post_hook(&buf) => Ok(()),
                 Ok(()) => {
                     let sent = self.channel.send(&buf, &[]);
-                    self.ring.wake_main();
+                    self.ring.wake_main_for_socket();
                     sent
                 }
                 Err(e) => Err(ChannelError::Io(std::io::Error::other(e.to_string()))),
