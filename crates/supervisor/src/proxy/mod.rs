@@ -767,9 +767,16 @@ impl Host {
                 .take_answer(&mut reader.frame)
                 .map_err(|e| self.violation(format!("sent {e}")))?;
             if answered {
-                // Whatever the host sent on the socket before its answer belongs to this hook.
-                if let Some(outcome) = self.drain_socket(reader, dispatch)? {
-                    return Ok(outcome);
+                // Whatever the host sent on the socket before its answer belongs to this hook: an
+                // honest host announced it before it answered (a host whose plugin closed the
+                // channel in the hook ends without answering, `Demux::answer_hook`). Frames that
+                // plugin code wrote on the channel itself without a word are found by the pool's
+                // watch of the socket, during the hook or after it.
+                let announced = self.socket_announced(reader) || self.is_dead();
+                if announced {
+                    if let Some(outcome) = self.drain_socket(reader, dispatch)? {
+                        return Ok(outcome);
+                    }
                 }
                 // Only this hook's answer belongs on the lane: anything else is refused before it
                 // has any effect.
