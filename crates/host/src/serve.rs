@@ -201,19 +201,10 @@ impl Demux {
     }
 
     /// Sends a hook's answer: on the ring's lane, or on the socket when it does not fit there.
-    /// `Disconnected`: the plugin closed the channel's fd during the hook (the host then ends
-    /// saying so, and the hook fails, instead of answering with a channel the service would find
-    /// closed only at its next operation).
     pub fn answer_hook(&self, msg: &HostMsg) -> Result<(), ChannelError> {
         let Some(ring) = self.ring.get() else {
             return self.send(msg);
         };
-        // The service reads the socket after an answer only when a frame was announced there (it
-        // costs it a `recvmsg` per hook otherwise): a closed channel is this thread's to notice
-        // (one `fcntl`, no socket lock).
-        if rustix::io::fcntl_getfd(&self.channel).is_err() {
-            return Err(ChannelError::Disconnected);
-        }
         // The usual answer (no message) is written on the stack: no send buffer, no serializer.
         if let HostMsg::HookDone {
             id,

@@ -101,6 +101,8 @@ pub(crate) struct Host {
     /// Asks the pool to look at this host (a service-private wake-up: the service never writes the
     /// host's doorbell).
     kicks: Arc<Kicks>,
+    /// Whether the host's end of the channel closed, without reading the socket (`hangups.rs`).
+    hangups: Arc<crate::hangups::Hangups>,
     /// Lock 1: the read token (see the module docs).
     reader: Mutex<Reader>,
     /// The pool saw the socket readable while it could not read it (a dispatcher reads it then).
@@ -768,11 +770,13 @@ impl Host {
                 .map_err(|e| self.violation(format!("sent {e}")))?;
             if answered {
                 // Whatever the host sent on the socket before its answer belongs to this hook: an
-                // honest host announced it before it answered (a host whose plugin closed the
-                // channel in the hook ends without answering, `Demux::answer_hook`). Frames that
-                // plugin code wrote on the channel itself without a word are found by the pool's
-                // watch of the socket, during the hook or after it.
-                let announced = self.socket_announced(reader) || self.is_dead();
+                // honest host announced it before it answered, and a channel the plugin closed in
+                // the hook shows in `hangups` (no `recvmsg` on a cold socket per hook otherwise).
+                // Frames that plugin code wrote on the channel itself without a word are found by
+                // the pool's watch of the socket, during the hook or after it.
+                let announced = self.socket_announced(reader)
+                    || self.is_dead()
+                    || self.hangups.maybe_hung_up(self.id);
                 if announced {
                     if let Some(outcome) = self.drain_socket(reader, dispatch)? {
                         return Ok(outcome);
