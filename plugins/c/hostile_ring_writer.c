@@ -4,7 +4,7 @@
  *
  * The frame is $PH_FRAME_HEX (hex digits, at most 960 bytes: one slot), written into request slot
  * $PH_RING_SLOT (default 0) when $PH_RING_TARGET is `slot` (the default), into the hook answer's lane
- * when it is `lane`, or into the hook lane (service -> host: where the host's own main thread takes
+ * when it is `lane`, or into the hook-request lane (service -> host: where the host's own main thread takes
  * its hooks) when it is `hook`, with $PH_FRAME_LEN (decimal or 0x hex; default the frame's real
  * length) as the length the slot claims. Then the state becomes REQUEST, up_seq is bumped, the futex
  * woken and the doorbell rung (ph_ring_post; for `hook`: hook_seq is bumped and the host's main

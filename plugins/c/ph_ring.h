@@ -18,7 +18,7 @@
  *   ph_ring_frame_from_env(buf, cap) $PH_FRAME_HEX decoded: its length, or -1.
  *   ph_ring_word(&ring, offset)    the 32-bit atomic word at a region offset (PH_RING_UP_SEQ, ...).
  *   ph_ring_state(&ring, target)   the state word of slot `target` (0..31), of the hook answer's lane
- *                                  (PH_RING_LANE) or of the hook lane (PH_RING_HOOK).
+ *                                  (PH_RING_LANE) or of the hook-request lane (PH_RING_HOOK).
  *   ph_ring_write(&ring, target, bytes, len, claimed_len)
  *                                  writes a frame as the host does: a slot is taken FREE -> WRITING by
  *                                  compare-and-swap (-EBUSY if it is not free; the lanes are written in
@@ -29,9 +29,9 @@
  *                                  FUTEX_PRIVATE: the word is shared with the service), and writes 1
  *                                  to the doorbell: whichever service thread consumes the ring wakes.
  *   ph_ring_wake_main(&ring)       bumps hook_seq and FUTEX_WAKE on it: the host's main thread wakes
- *                                  and looks at the hook lane, as when the service posted a hook.
+ *                                  and looks at the hook-request lane, as when the service posted a hook.
  *   ph_ring_post(...)              ph_ring_write, then ph_ring_wake_service (ph_ring_wake_main for
- *                                  the hook lane).
+ *                                  the hook-request lane).
  */
 #ifndef PH_RING_H
 #define PH_RING_H
@@ -81,7 +81,7 @@
 #define PH_RING_OWNER_POOL 0u
 #define PH_RING_OWNER_DISPATCHER 1u
 
-/* `target` of the helpers for the hook answer's lane and the hook lane (slots are
+/* `target` of the helpers for the hook answer's lane and the hook-request lane (slots are
  * 0..PH_RING_SLOTS-1). */
 #define PH_RING_LANE (-1)
 #define PH_RING_HOOK (-2)

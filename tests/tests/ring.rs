@@ -60,7 +60,7 @@ fn touch_frame(path: &Path) -> Vec<u8> {
 enum Target {
     Slot,
     Lane,
-    /// The hook lane (service -> host): the host's own main thread reads it.
+    /// The hook-request lane (service -> host): the host's own main thread reads it.
     Hook,
 }
 
@@ -423,12 +423,12 @@ fn garbage_in_a_slot_outside_any_hook_is_classified_by_the_call_pool() {
     a.finish();
 }
 
-/// The hook lane (service -> host) is the host's to read: a plugin that writes garbage there and
-/// wakes its host's main thread as the service would fails only its own host, which ends at once
-/// (the service never reads that lane back). The hook before it succeeded; the next start reports
-/// the host's end, and the service carries on.
+/// The hook-request lane (service -> host) is the host's to read: a plugin that writes garbage
+/// there and wakes its host's main thread as the service would fails only its own host, which ends
+/// at once (the service never reads that lane back). The hook before it succeeded; the next start
+/// reports the host's end, and the service carries on.
 #[test]
-fn garbage_on_the_hook_lane_ends_only_its_own_host() {
+fn garbage_on_the_hook_request_lane_ends_only_its_own_host() {
     let _serial = serial();
     let a = attack_outside_any_hook_on(Target::Hook, &[0xff; 64], None, HOOK_LANE_SCRIBBLED);
     a.fx.wait_for("sending bytes=64 target=hook");
@@ -437,7 +437,7 @@ fn garbage_on_the_hook_lane_ends_only_its_own_host() {
 
 /// The same with a length word past the lane (the copy is bounded by the host, not trusted).
 #[test]
-fn hook_lane_length_past_the_lane_ends_only_its_own_host() {
+fn hook_request_lane_length_past_the_lane_ends_only_its_own_host() {
     let _serial = serial();
     let a = attack_outside_any_hook_on(
         Target::Hook,
@@ -448,7 +448,7 @@ fn hook_lane_length_past_the_lane_ends_only_its_own_host() {
     a.finish();
 }
 
-/// What the user sees of a host whose main thread found garbage on its hook lane.
+/// What the user sees of a host whose main thread found garbage on its hook-request lane.
 const HOOK_LANE_SCRIBBLED: &str = "plugin 'hostile_ring_writer' crashed: exited with status 0";
 
 /// The same outside any hook: the call pool passes the fds, and its threads never block either.

@@ -2,14 +2,15 @@
 //! plugin thread, with no thread of our own.
 //!
 //! # The call ring first
-//! Once the plugin is loaded, an API call takes a slot of the call ring ([`plughost_sys::ring`]): the
-//! calling thread writes its frame, wakes the service and sleeps on the slot's futex until the reply
-//! is written in place. No other host thread is involved, whatever the main thread is doing. A reply
-//! that carries an fd names the call's request id; the service sent the fd on the ring's fd lane
-//! before writing the reply, so the caller takes it there without waiting ([`Ring::take_fd`]). A
-//! hook comes down the ring's hook lane and its answer goes up the ring's lane. The socket remains for
-//! hooks too large for the hook lane, `Shutdown`, calls whose frame does not fit a slot (or when
-//! every slot is busy) and their replies; each frame sent up the socket is announced on the ring.
+//! Once the plugin is loaded, an API call takes a slot of the call ring ([`plughost_sys::ring`]):
+//! the calling thread writes its frame, wakes the service and sleeps on the slot's futex until the
+//! reply is written in place. No other host thread is involved, whatever the main thread is doing.
+//! A reply that carries an fd names the call's request id; the service sent the fd on the ring's fd
+//! lane before writing the reply, so the caller takes it there without waiting ([`Ring::take_fd`]).
+//! A hook comes down the ring's hook-request lane and its answer goes up the ring's lane. The
+//! socket remains for hooks too large for the hook-request lane, `Shutdown`, calls whose frame does
+//! not fit a slot (or when every slot is busy) and their replies; each frame sent up the socket is
+//! announced on the ring.
 //!
 //! # The main thread sleeps on the ring, not in `recv`
 //! With the ring, the main thread waits for a hook on the ring's hook word (a futex), never blocked
@@ -18,11 +19,11 @@
 //! every frame it sends there (and when it sees the socket end): woken with no hook on the lane,
 //! the main thread reads the socket *without blocking* (unless a plugin thread is the reader, which
 //! routes to it as below, waking it through the same word). A dead service needs no frame: its
-//! death kills the host (PDEATHSIG, `crates/host/README.md`); should it not, the main thread's sleep
-//! ends every [`IDLE_CHECK`] and the non-blocking read sees the end of the socket. That costs a
-//! wake-up per second while idle, nothing per hook. (Rejected: a thread blocked in `recv` beside the
-//! main thread costs a hand-off per socket frame and a thread per host; `poll` on an eventfd the
-//! service writes costs the same syscalls as the socket.)
+//! death kills the host (PDEATHSIG, `crates/host/README.md`); should it not, the main thread's
+//! sleep ends every [`IDLE_CHECK`] and the non-blocking read sees the end of the socket. That costs
+//! a wake-up per second while idle, nothing per hook. (Rejected: a thread blocked in `recv` beside
+//! the main thread costs a hand-off per socket frame and a thread per host; `poll` on an eventfd
+//! the service writes costs the same syscalls as the socket.)
 //!
 //! # The socket: leader/follower
 //! Every thread that waits for something from the socket (the main thread waiting for the next hook,
@@ -395,8 +396,8 @@ impl Demux {
         }
     }
 
-    /// [`Demux::next_hook`] with the ring: the hook lane first, then, when the socket word moved
-    /// (or the last sleep timed out), the hooks a reader queued and the socket (read without
+    /// [`Demux::next_hook`] with the ring: the hook-request lane first, then, when the socket word
+    /// moved (or the last sleep timed out), the hooks a reader queued and the socket (read without
     /// blocking, only when no plugin thread is the reader), then a sleep on the hook word (module
     /// docs). A hook on the lane costs no lock and no `recvmsg`.
     fn next_hook_on_ring(&self, ring: &Ring, frame: &mut HookFrame) -> MainEvent {

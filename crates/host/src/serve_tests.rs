@@ -187,7 +187,8 @@ fn a_reply_whose_fd_never_came_fails_without_blocking() {
 }
 
 // The main thread asleep on the ring (module docs, "The main thread sleeps on the ring"): hooks
-// come down the hook lane or the socket, and whatever the service sends on the socket reaches it.
+// come down the hook-request lane or the socket, and whatever the service sends on the socket
+// reaches it.
 
 use plughost_wire::{Hook, Session, VmSettings};
 
@@ -244,8 +245,8 @@ fn serve_hooks(demux: &'static Demux) -> std::thread::JoinHandle<Vec<u64>> {
     .expect("spawn the main thread")
 }
 
-/// The dispatcher's side of one hook: posted on the hook lane, or on the socket when it does not
-/// fit; then its answer, taken from the lane.
+/// The dispatcher's side of one hook: posted on the hook-request lane, or on the socket when it
+/// does not fit; then its answer, taken from the lane.
 fn dispatch(socket: &Seqpacket, ring: &Ring, frame: &[u8]) -> u64 {
     if !ring.post_hook(frame) {
         socket.send(frame, &[]).expect("send the hook");
@@ -266,8 +267,8 @@ fn dispatch(socket: &Seqpacket, ring: &Ring, frame: &[u8]) -> u64 {
     }
 }
 
-/// Many hooks, every third too large for the hook lane: each reaches the main thread once, in
-/// order, whichever way it came, and the `Shutdown` after them ends it.
+/// Many hooks, every third too large for the hook-request lane: each reaches the main thread once,
+/// in order, whichever way it came, and the `Shutdown` after them ends it.
 #[test]
 fn hooks_reach_the_main_thread_on_the_hook_lane_and_too_large_ones_on_the_socket() {
     let (demux, socket, ring) = demux_checking_every(NEVER);

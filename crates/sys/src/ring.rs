@@ -13,14 +13,16 @@
 //!   ([`Ring::take_fd`]): the message is already queued, so no other wake-up is involved. Error
 //!   replies never touch it. Nothing travels host → service there (the service shut its read side).
 //! - **Lane** (host → service): the host's main thread posts a hook's answer here.
-//! - **Hook lane** (service → host): the dispatcher writes a hook's frame here, bumps `Down::hook_seq`
-//!   (the host's main thread's futex word) and wakes the main thread if it said it sleeps
-//!   (`Up::main_waiting`). A hook that does not fit takes the socket.
-//! - `Shutdown`, the replies to socket calls (with their fds) and hooks too large for the hook lane go
-//!   down the socket, and the service bumps `Down::hook_seq` after each frame it sends there (and
-//!   when it sees the socket end), so the main thread, asleep on the ring, knows to read the socket
-//!   (without blocking). The host announces each frame it sends up the socket (`Up::socket`, then
-//!   the usual wake-up), so the thread that consumes the ring knows when to read the socket too.
+//! - **Hook-request lane** (service → host): the dispatcher writes a hook's frame here, bumps
+//!   `Down::hook_seq` (the host's main thread's futex word) and wakes the main thread if it said it
+//!   sleeps (`Up::main_waiting`). A hook that does not fit takes the socket.
+//! - `Shutdown`, the replies to socket calls (with their fds) and hooks too large for the
+//!   hook-request lane go down the socket; after each frame it sends there (and when it sees the
+//!   socket end) the service bumps `Down::socket`, then `Down::hook_seq`
+//!   ([`Ring::wake_main_for_socket`]), so the main thread, asleep on the ring, reads the socket
+//!   (without blocking) only then. The host announces each frame it sends up the socket
+//!   (`Up::socket`, then the usual wake-up), so the thread that consumes the ring knows when to
+//!   read the socket too.
 //!
 //! The frames are the ordinary wire frames (header + postcard body): the ring is a transport, not a
 //! second protocol, and the service decodes and checks what it copies out exactly as a socket frame.
@@ -41,11 +43,12 @@
 //! - only ever reads through atomics, copies a frame out before decoding it, bounds every length;
 //! - takes a slot only by `compare_exchange(REQUEST → SERVING)`, so two service threads never serve
 //!   one slot;
-//! - never lets a flag the host can write decide anything but whom the *host* wakes: a host that lies
-//!   only delays its own calls (or its own hooks: `Up::main_waiting`), and every service wait on the
-//!   ring is bounded by a timeout;
-//! - never reads the hook lane or `Down::hook_seq` back: it only stores a frame, its length and its
-//!   state there, and bumps the word (a host that scribbles on them garbles only its own hooks);
+//! - never lets a flag the host can write decide anything but whom the *host* wakes: a host that
+//!   lies only delays its own calls (or its own hooks: `Up::main_waiting`), and every service wait
+//!   on the ring is bounded by a timeout;
+//! - never reads the hook-request lane, `Down::hook_seq` or `Down::socket` back: it only stores a
+//!   frame, its length and its state there, and bumps the words (a host that scribbles on them
+//!   garbles only its own hooks);
 //! - never reads or writes the doorbell eventfd, whose open file the host shares (it could make it
 //!   blocking or fill it): the service only watches it (the pool's own wake-ups use an eventfd only
 //!   the service holds).
@@ -81,7 +84,7 @@ const CLOSE_POLL: rustix::event::Timespec = rustix::event::Timespec {
     tv_sec: 0,
     tv_nsec: 50_000_000,
 };
-/// "PHR2": the layout with the hook lane (a host of the layout before it refuses the ring).
+/// "PHR2": the layout with the hook-request lane (a host of the layout before it refuses the ring).
 const MAGIC: u32 = 0x5048_5232;
 
 /// Slot states. The host moves FREE → WRITING → REQUEST and REPLY → FREE; the service REQUEST →
@@ -127,8 +130,9 @@ struct Down {
     owner: AtomicU32,
     /// The dispatcher is asleep (or about to be) on `Up::seq`.
     waiting: AtomicU32,
-    /// Bumped after every hook posted on the hook lane and every frame sent down the socket. The
-    /// host's main thread's futex word (the host's own threads bump it too, to wake that thread).
+    /// Bumped after every hook posted on the hook-request lane and every frame sent down the
+    /// socket. The host's main thread's futex word (the host's own threads bump it too, to wake
+    /// that thread).
     hook_seq: AtomicU32,
     /// Bumped (before `hook_seq`) for every frame sent down the socket: the main thread reads the
     /// socket only when this moved, so a hook on the lane costs it no `recvmsg`. The host's own
@@ -171,7 +175,7 @@ pub mod layout {
     pub const HOOK_SEQ: usize = 136;
     pub const DOWN_SOCKET: usize = 140;
     pub const CLOSED: usize = 192;
-    /// The hook answer's lane (host → service), then the hook lane (service → host): slots.
+    /// The hook answer's lane (host → service), then the hook-request lane (service → host): slots.
     pub const LANE: usize = 256;
     pub const HOOK: usize = 1280;
     pub const SLOTS: usize = 2304;
@@ -200,8 +204,9 @@ pub enum RingError {
     BadLength { slot: usize, len: u32 },
     #[error("a frame of {len} bytes on the hook lane (it holds {SLOT_BYTES})")]
     BadLaneLength { len: u32 },
-    /// Host: the hook lane claims a frame longer than it holds (only the host can have written it).
-    #[error("a hook of {len} bytes on the ring (the hook lane holds {SLOT_BYTES})")]
+    /// Host: the hook-request lane claims a frame longer than it holds (only the host can have
+    /// written it).
+    #[error("a hook of {len} bytes on the ring (the hook-request lane holds {SLOT_BYTES})")]
     BadHookLength { len: u32 },
     /// Service: the fd lane is full: the host left that many fds of earlier replies untaken.
     #[error("did not take the file descriptors passed with its replies")]
@@ -314,8 +319,8 @@ fn copy_out(slot: &Slot, index: usize, out: &mut Vec<u8>) -> Result<(), RingErro
 }
 
 /// Copies a frame out of `slot` into the start of `out` (the host's hook buffer, at least
-/// [`SLOT_BYTES`] long) and returns its length; bounded like [`copy_out`], and no `memcpy` call (see
-/// [`copy_in`]).
+/// [`SLOT_BYTES`] long) and returns its length; bounded like [`copy_out`], and no `memcpy` call
+/// (see [`copy_in`]).
 fn copy_out_into(slot: &Slot, out: &mut [u8]) -> Result<usize, RingError> {
     let len = slot.len.load(Ordering::Relaxed);
     if len as usize > SLOT_BYTES || len as usize > out.len() {
@@ -537,8 +542,8 @@ impl Ring {
         self.wake_main_for_socket();
     }
 
-    /// Host (main thread): the hook word, read before looking at the hook lane and the socket (see
-    /// [`Ring::wait_main`]).
+    /// Host (main thread): the hook word, read before looking at the hook-request lane and the
+    /// socket (see [`Ring::wait_main`]).
     pub fn main_word(&self) -> u32 {
         self.shared().down.hook_seq.load(Ordering::SeqCst)
     }
@@ -550,7 +555,8 @@ impl Ring {
     }
 
     /// Host (main thread): says it is about to sleep on the hook word (`true`, before its last look
-    /// at the hook lane and the socket) or is busy (`false`: the service then skips the futex wake).
+    /// at the hook-request lane and the socket) or is busy (`false`: the service then skips the
+    /// futex wake).
     pub fn main_waits(&self, waiting: bool) {
         self.shared()
             .up
@@ -558,9 +564,9 @@ impl Ring {
             .store(u32::from(waiting), Ordering::SeqCst);
     }
 
-    /// Host (main thread): takes the hook the service posted on the hook lane, if one is there, into
-    /// the start of `out`; its length. `Err`: the lane claims more than it holds (the service never
-    /// writes that: the host's own threads scribbled on it).
+    /// Host (main thread): takes the hook the service posted on the hook-request lane, if one is
+    /// there, into the start of `out`; its length. `Err`: the lane claims more than it holds (the
+    /// service never writes that: the host's own threads scribbled on it).
     pub fn take_hook(&self, out: &mut [u8]) -> Result<Option<usize>, RingError> {
         let hook = &self.shared().hook;
         if hook.state.load(Ordering::Acquire) != REQUEST {
@@ -647,9 +653,10 @@ impl Ring {
         wake(&s.up.seq, u32::MAX);
     }
 
-    /// Service (dispatcher): posts a hook's frame on the hook lane and wakes the host's main thread.
-    /// `false`: it does not fit (send it on the socket, then [`Ring::wake_main_for_socket`]). Nothing is read
-    /// back from the lane: the host may have written anything there.
+    /// Service (dispatcher): posts a hook's frame on the hook-request lane and wakes the host's
+    /// main thread. `false`: it does not fit (send it on the socket, then
+    /// [`Ring::wake_main_for_socket`]). Nothing is read back from the lane: the host may have
+    /// written anything there.
     pub fn post_hook(&self, frame: &[u8]) -> bool {
         if frame.len() > SLOT_BYTES {
             return false;
@@ -830,7 +837,7 @@ mod tests {
     }
 
     #[test]
-    fn every_hook_length_is_copied_through_the_hook_lane_byte_for_byte() {
+    fn every_hook_length_is_copied_through_the_hook_request_lane_byte_for_byte() {
         let (service, host) = pair();
         let mut out = vec![0u8; 64 * 1024];
         assert_eq!(host.take_hook(&mut out).expect("empty lane"), None);
@@ -844,10 +851,10 @@ mod tests {
         assert!(!service.post_hook(&[0; SLOT_BYTES + 1]));
     }
 
-    /// Whatever the host writes into the hook lane garbles only the hooks it reads itself: the
-    /// service reads nothing back, and its next hook arrives whole.
+    /// Whatever the host writes into the hook-request lane garbles only the hooks it reads itself:
+    /// the service reads nothing back, and its next hook arrives whole.
     #[test]
-    fn a_host_scribbling_on_the_hook_lane_garbles_only_its_own_hooks() {
+    fn a_host_scribbling_on_the_hook_request_lane_garbles_only_its_own_hooks() {
         let (service, host) = pair();
         let mut out = vec![0u8; 64 * 1024];
         let lane = &host.shared().hook;

@@ -6,16 +6,17 @@
 //!   the replies to socket calls (with their fd), and from the host: calls that do not fit the ring
 //!   (or find every slot busy), `Blocked`, and whatever a hostile plugin writes on it. After every
 //!   frame it sends there (and when it reads the socket's end) the service wakes the host's main
-//!   thread through the ring (`Ring::wake_main_for_socket`): that thread sleeps on the ring, not in `recv`.
-//! - The **call ring** ([`plughost_sys::ring`], shared memory) carries the hooks (the hook lane),
-//!   every other API call (a slot each, answered in place; an fd the reply carries goes first on the
-//!   ring's fd lane, named by the request id) and the hook answers (the lane). The frames are the
-//!   same in both.
+//!   thread through the ring (`Ring::wake_main_for_socket`): that thread sleeps on the ring, not in
+//!   `recv`.
+//! - The **call ring** ([`plughost_sys::ring`], shared memory) carries the hooks (the hook-request
+//!   lane), every other API call (a slot each, answered in place; an fd the reply carries goes
+//!   first on the ring's fd lane, named by the request id) and the hook answers (the lane). The
+//!   frames are the same in both.
 //!
 //! # Who consumes what
 //! - A thread dispatching a hook holds [`Host::reader`] (the read token) for the whole round trip:
-//!   it marks the ring as its own (`set_dispatcher`), posts the hook, then sleeps on the ring's futex
-//!   (bounded by [`DEADLINE_TICK`] to check the deadline) and serves every call that arrives
+//!   it marks the ring as its own (`set_dispatcher`), posts the hook, then sleeps on the ring's
+//!   futex (bounded by [`DEADLINE_TICK`] to check the deadline) and serves every call that arrives
 //!   meanwhile, from any plugin thread, on its own thread with the dispatch's `scope` callbacks.
 //! - Outside hooks, the [`Pool`](crate::pool::Pool) serves: it watches the ring's doorbell eventfd
 //!   and the socket (edge-triggered). A pool thread `try_lock`s the token only to *claim* work (ring
@@ -721,8 +722,8 @@ impl Host {
     ) -> Result<HookOutcome, CrashCause> {
         let (id, kind) = (dispatch.id, dispatch.hook.kind());
         // The hook was encoded once for the whole dispatch; only the request id is this host's. It
-        // goes down the ring's hook lane (a futex wake-up, no socket round trip), or on the socket
-        // when it does not fit there.
+        // goes down the ring's hook-request lane (a futex wake-up, no socket round trip), or on the
+        // socket when it does not fit there.
         let sent = SEND_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             match dispatch.hook.frame(id, &mut buf) {
