@@ -553,7 +553,8 @@ impl Demux {
         }
     }
 
-    /// Tells the main thread a hook is queued for it.
+    /// Tells the main thread to look at the demux and the socket (a hook queued for it, a reader
+    /// left): through the ring when it sleeps there.
     fn wake_main(&self, state: &State) {
         if let Some(ring) = self.ring.get() {
             ring.wake_main_for_socket();

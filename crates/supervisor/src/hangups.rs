@@ -43,6 +43,12 @@ impl Hangups {
         Ok(())
     }
 
+    /// Stops watching a dead host's channel (a hung-up socket stays ready until it is closed or
+    /// forgotten: a dead host kept around would be reported to every check).
+    pub(crate) fn forget(&self, channel: impl AsFd) {
+        let _ = epoll::delete(&self.epoll, channel);
+    }
+
     /// Whether host `id`'s socket may have hung up (also when the check itself fails, or more
     /// hosts than it looks at hung up at once: the caller then reads the socket to know).
     pub(crate) fn maybe_hung_up(&self, id: u64) -> bool {
@@ -85,9 +91,10 @@ mod tests {
         assert!(hangups.maybe_hung_up(2));
     }
 
-    /// A registration ends with the socket: a dropped host leaves nothing ready behind.
+    /// A registration ends with the socket (a dropped host) or when forgotten (a dead one): neither
+    /// leaves anything ready behind.
     #[test]
-    fn a_dropped_socket_leaves_the_watch() {
+    fn a_dropped_or_forgotten_socket_leaves_the_watch() {
         let hangups = Hangups::new().expect("epoll");
         let (ours, theirs) = Seqpacket::pair().expect("pair");
         hangups.watch(&ours, 1).expect("watch");
@@ -95,5 +102,11 @@ mod tests {
         assert!(hangups.maybe_hung_up(1));
         drop(ours);
         assert!(!hangups.maybe_hung_up(1));
+        let (ours, theirs) = Seqpacket::pair().expect("pair");
+        hangups.watch(&ours, 2).expect("watch");
+        drop(theirs);
+        assert!(hangups.maybe_hung_up(2));
+        hangups.forget(&ours);
+        assert!(!hangups.maybe_hung_up(2));
     }
 }

@@ -329,6 +329,7 @@ impl Host {
         }
         let exit = self.reap();
         self.channel.shutdown();
+        self.hangups.forget(&self.channel);
         self.ring.wake_service();
         if self.killed_for.get().is_none() && !self.stopping.load(Ordering::Acquire) {
             if let Some(exit) = exit {
