@@ -3,10 +3,12 @@
  * memory with the service, see ph_ring.h) and wakes the service as the host does.
  *
  * The frame is $PH_FRAME_HEX (hex digits, at most 960 bytes: one slot), written into request slot
- * $PH_RING_SLOT (default 0) when $PH_RING_TARGET is `slot` (the default) or into the hook lane when it
- * is `lane`, with $PH_FRAME_LEN (decimal or 0x hex; default the frame's real length) as the length
- * the slot claims. Then the state becomes REQUEST, up_seq is bumped, the futex woken and the doorbell
- * rung (ph_ring_post).
+ * $PH_RING_SLOT (default 0) when $PH_RING_TARGET is `slot` (the default), into the hook answer's lane
+ * when it is `lane`, or into the hook-request lane (service -> host: where the host's own main thread takes
+ * its hooks) when it is `hook`, with $PH_FRAME_LEN (decimal or 0x hex; default the frame's real
+ * length) as the length the slot claims. Then the state becomes REQUEST, up_seq is bumped, the futex
+ * woken and the doorbell rung (ph_ring_post; for `hook`: hook_seq is bumped and the host's main
+ * thread woken, as the service does after posting a hook).
  *
  * Repeat: with $PH_RING_REPEAT = n (default 1), once the service answered the slot (state REPLY) the
  * plugin frees it and posts the same frame again, n times in all, without ever taking what the
@@ -60,23 +62,27 @@ static int prepare(void)
     frame_len = (size_t)len;
     const char *len_text = ph_env("PH_FRAME_LEN", NULL);
     claimed_len = len_text != NULL ? (uint32_t)strtoul(len_text, NULL, 0) : (uint32_t)frame_len;
-    target = strcmp(ph_env("PH_RING_TARGET", "slot"), "lane") == 0
-                 ? PH_RING_LANE
-                 : atoi(ph_env("PH_RING_SLOT", "0"));
+    const char *where = ph_env("PH_RING_TARGET", "slot");
+    target = strcmp(where, "lane") == 0   ? PH_RING_LANE
+             : strcmp(where, "hook") == 0 ? PH_RING_HOOK
+                                          : atoi(ph_env("PH_RING_SLOT", "0"));
     return 0;
 }
 
 static void post(void)
 {
     ph_log("sending bytes=%zu target=%s len=%u", frame_len,
-           target == PH_RING_LANE ? "lane" : "slot", claimed_len);
+           target == PH_RING_LANE   ? "lane"
+           : target == PH_RING_HOOK ? "hook"
+                                    : "slot",
+           claimed_len);
     int rc = ph_ring_post(&ring, target, frame, frame_len, claimed_len);
     if (rc != 0) {
         ph_log("post_failed error=%d", rc);
         return;
     }
     long repeat = atol(ph_env("PH_RING_REPEAT", "1"));
-    if (repeat <= 1 || target == PH_RING_LANE)
+    if (repeat <= 1 || target < 0)
         return;
     long n = 1;
     for (; n < repeat; n++) {

@@ -17,17 +17,21 @@
  *                                  (-ENOENT: no ring mapping, -EPROTO: the magic number is wrong).
  *   ph_ring_frame_from_env(buf, cap) $PH_FRAME_HEX decoded: its length, or -1.
  *   ph_ring_word(&ring, offset)    the 32-bit atomic word at a region offset (PH_RING_UP_SEQ, ...).
- *   ph_ring_state(&ring, target)   the state word of slot `target` (0..31) or of the lane (PH_RING_LANE).
+ *   ph_ring_state(&ring, target)   the state word of slot `target` (0..31), of the hook answer's lane
+ *                                  (PH_RING_LANE) or of the hook-request lane (PH_RING_HOOK).
  *   ph_ring_write(&ring, target, bytes, len, claimed_len)
  *                                  writes a frame as the host does: a slot is taken FREE -> WRITING by
- *                                  compare-and-swap (-EBUSY if it is not free; the lane is written in
+ *                                  compare-and-swap (-EBUSY if it is not free; the lanes are written in
  *                                  place), at most PH_RING_SLOT_BYTES bytes are copied (-E2BIG past
  *                                  that), `claimed_len` goes into the length word (it may lie), then
  *                                  the state becomes REQUEST (seq-cst store).
  *   ph_ring_wake_service(&ring)    bumps up_seq (seq-cst add), FUTEX_WAKE on it (shared futex, not
  *                                  FUTEX_PRIVATE: the word is shared with the service), and writes 1
  *                                  to the doorbell: whichever service thread consumes the ring wakes.
- *   ph_ring_post(...)              ph_ring_write, then ph_ring_wake_service.
+ *   ph_ring_wake_main(&ring)       bumps hook_seq and FUTEX_WAKE on it: the host's main thread wakes
+ *                                  and looks at the hook-request lane, as when the service posted a hook.
+ *   ph_ring_post(...)              ph_ring_write, then ph_ring_wake_service (ph_ring_wake_main for
+ *                                  the hook-request lane).
  */
 #ifndef PH_RING_H
 #define PH_RING_H
@@ -47,15 +51,19 @@
 
 /* plughost_sys::ring::layout (byte offsets in the region). */
 #define PH_RING_SIZE 36864u /* size_of::<Shared>() rounded up to 4096 */
-#define PH_RING_MAGIC 0x50485231u /* "PHR1", at offset 0 */
-#define PH_RING_UP_SEQ 64u     /* the host's line: seq, socket, pending */
+#define PH_RING_MAGIC 0x50485232u /* "PHR2", at offset 0 */
+#define PH_RING_UP_SEQ 64u     /* the host's line: seq, socket, pending, main_waiting */
 #define PH_RING_UP_SOCKET 68u
 #define PH_RING_UP_PENDING 72u /* one bit per slot holding a request */
-#define PH_RING_OWNER 128u     /* the service's line: owner, waiting */
+#define PH_RING_UP_MAIN_WAITING 76u
+#define PH_RING_OWNER 128u     /* the service's line: owner, waiting, hook_seq, socket */
 #define PH_RING_SERVICE_WAITING 132u
+#define PH_RING_HOOK_SEQ 136u  /* the host main thread's futex word */
+#define PH_RING_DOWN_SOCKET 140u /* frames sent down the socket: the main thread reads it then */
 #define PH_RING_CLOSED 192u
-#define PH_RING_LANE_OFFSET 256u
-#define PH_RING_SLOTS_OFFSET 1280u
+#define PH_RING_LANE_OFFSET 256u /* the hook answer (host -> service) */
+#define PH_RING_HOOK_OFFSET 1280u /* the hook (service -> host) */
+#define PH_RING_SLOTS_OFFSET 2304u
 #define PH_RING_SLOT_SIZE 1024u
 /* In a slot: u32 state at 0, u32 len at 4, the frame from PH_RING_SLOT_DATA. */
 #define PH_RING_SLOT_LEN 4u
@@ -73,8 +81,10 @@
 #define PH_RING_OWNER_POOL 0u
 #define PH_RING_OWNER_DISPATCHER 1u
 
-/* `target` of the helpers for the hook lane (slots are 0..PH_RING_SLOTS-1). */
+/* `target` of the helpers for the hook answer's lane and the hook-request lane (slots are
+ * 0..PH_RING_SLOTS-1). */
 #define PH_RING_LANE (-1)
+#define PH_RING_HOOK (-2)
 
 struct ph_ring {
     unsigned char *base;
@@ -156,6 +166,8 @@ static inline unsigned char *ph_ring_slot(const struct ph_ring *ring, int target
 {
     if (target == PH_RING_LANE)
         return ring->base + PH_RING_LANE_OFFSET;
+    if (target == PH_RING_HOOK)
+        return ring->base + PH_RING_HOOK_OFFSET;
     return ring->base + PH_RING_SLOTS_OFFSET + (size_t)target * PH_RING_SLOT_SIZE;
 }
 
@@ -167,13 +179,14 @@ static inline _Atomic uint32_t *ph_ring_state(const struct ph_ring *ring, int ta
 static inline int ph_ring_write(const struct ph_ring *ring, int target, const unsigned char *bytes,
                                 size_t len, uint32_t claimed_len)
 {
-    if (target != PH_RING_LANE && (target < 0 || target >= PH_RING_SLOTS))
+    int lane = target == PH_RING_LANE || target == PH_RING_HOOK;
+    if (!lane && (target < 0 || target >= PH_RING_SLOTS))
         return -EINVAL;
     if (len > PH_RING_SLOT_BYTES)
         return -E2BIG;
     unsigned char *slot = ph_ring_slot(ring, target);
     _Atomic uint32_t *state = ph_ring_state(ring, target);
-    if (target != PH_RING_LANE) {
+    if (!lane) {
         uint32_t expected = PH_RING_STATE_FREE;
         if (!atomic_compare_exchange_strong(state, &expected, PH_RING_STATE_WRITING))
             return -EBUSY;
@@ -183,9 +196,18 @@ static inline int ph_ring_write(const struct ph_ring *ring, int target, const un
                           memory_order_relaxed);
     atomic_store(state, PH_RING_STATE_REQUEST);
     /* As the host does: mark the slot pending, so the service looks at it. */
-    if (target != PH_RING_LANE)
+    if (!lane)
         atomic_fetch_or(ph_ring_word(ring, PH_RING_UP_PENDING), 1u << target);
     return 0;
+}
+
+/* Wakes the host's own main thread as the service does after posting a hook: bumps hook_seq and
+ * FUTEX_WAKE on it (shared futex). */
+static inline void ph_ring_wake_main(const struct ph_ring *ring)
+{
+    _Atomic uint32_t *hook_seq = ph_ring_word(ring, PH_RING_HOOK_SEQ);
+    atomic_fetch_add(hook_seq, 1);
+    syscall(SYS_futex, (uint32_t *)hook_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
 static inline void ph_ring_wake_service(const struct ph_ring *ring)
@@ -233,7 +255,9 @@ static inline int ph_ring_post(const struct ph_ring *ring, int target, const uns
                                size_t len, uint32_t claimed_len)
 {
     int rc = ph_ring_write(ring, target, bytes, len, claimed_len);
-    if (rc == 0)
+    if (rc == 0 && target == PH_RING_HOOK)
+        ph_ring_wake_main(ring);
+    else if (rc == 0)
         ph_ring_wake_service(ring);
     return rc;
 }

@@ -60,6 +60,8 @@ fn touch_frame(path: &Path) -> Vec<u8> {
 enum Target {
     Slot,
     Lane,
+    /// The hook-request lane (service -> host): the host's own main thread reads it.
+    Hook,
 }
 
 #[derive(Clone, Copy)]
@@ -85,6 +87,7 @@ fn writer(
                 match target {
                     Target::Slot => "slot",
                     Target::Lane => "lane",
+                    Target::Hook => "hook",
                 },
             )
             .env(
@@ -128,10 +131,14 @@ fn ph_ring_h_mirrors_the_published_layout() {
         "UP_SEQ",
         "UP_SOCKET",
         "UP_PENDING",
+        "UP_MAIN_WAITING",
         "OWNER",
         "SERVICE_WAITING",
+        "HOOK_SEQ",
+        "DOWN_SOCKET",
         "CLOSED",
         "LANE_OFFSET",
+        "HOOK_OFFSET",
         "SLOTS_OFFSET",
         "SLOT_SIZE",
         "SLOT_DATA",
@@ -176,10 +183,14 @@ fn ph_ring_h_mirrors_the_published_layout() {
         layout::UP_SEQ,
         layout::UP_SOCKET,
         layout::UP_PENDING,
+        layout::UP_MAIN_WAITING,
         layout::OWNER,
         layout::SERVICE_WAITING,
+        layout::HOOK_SEQ,
+        layout::DOWN_SOCKET,
         layout::CLOSED,
         layout::LANE,
+        layout::HOOK,
         layout::SLOTS,
         layout::SLOT_SIZE,
         layout::SLOT_DATA,
@@ -375,7 +386,16 @@ fn hook_answer_with_the_wrong_request_id_on_the_lane_is_a_protocol_violation() {
 /// A frame published once the hook is over is the call pool's: the pool classifies it and kills
 /// the host; the hook itself succeeded, so the next start reports it.
 fn attack_outside_any_hook(frame: &[u8], expected: &str) -> Attack {
-    let a = attack(WRITER, writer(Target::Slot, When::AfterHook, frame, None));
+    attack_outside_any_hook_on(Target::Slot, frame, None, expected)
+}
+
+fn attack_outside_any_hook_on(
+    target: Target,
+    frame: &[u8],
+    claimed_len: Option<u32>,
+    expected: &str,
+) -> Attack {
+    let a = attack(WRITER, writer(target, When::AfterHook, frame, claimed_len));
     a.service
         .start_vm(&a.manager, &session(1))
         .expect("the hook itself succeeds");
@@ -402,6 +422,34 @@ fn garbage_in_a_slot_outside_any_hook_is_classified_by_the_call_pool() {
     );
     a.finish();
 }
+
+/// The hook-request lane (service -> host) is the host's to read: a plugin that writes garbage
+/// there and wakes its host's main thread as the service would fails only its own host, which ends
+/// at once (the service never reads that lane back). The hook before it succeeded; the next start
+/// reports the host's end, and the service carries on.
+#[test]
+fn garbage_on_the_hook_request_lane_ends_only_its_own_host() {
+    let _serial = serial();
+    let a = attack_outside_any_hook_on(Target::Hook, &[0xff; 64], None, HOOK_LANE_SCRIBBLED);
+    a.fx.wait_for("sending bytes=64 target=hook");
+    a.finish();
+}
+
+/// The same with a length word past the lane (the copy is bounded by the host, not trusted).
+#[test]
+fn hook_request_lane_length_past_the_lane_ends_only_its_own_host() {
+    let _serial = serial();
+    let a = attack_outside_any_hook_on(
+        Target::Hook,
+        &true_frame(),
+        Some(u32::MAX),
+        HOOK_LANE_SCRIBBLED,
+    );
+    a.finish();
+}
+
+/// What the user sees of a host whose main thread found garbage on its hook-request lane.
+const HOOK_LANE_SCRIBBLED: &str = "plugin 'hostile_ring_writer' crashed: exited with status 0";
 
 /// The same outside any hook: the call pool passes the fds, and its threads never block either.
 #[test]

@@ -2,14 +2,28 @@
 //! plugin thread, with no thread of our own.
 //!
 //! # The call ring first
-//! Once the plugin is loaded, an API call takes a slot of the call ring ([`plughost_sys::ring`]): the
-//! calling thread writes its frame, wakes the service and sleeps on the slot's futex until the reply
-//! is written in place. No other host thread is involved, whatever the main thread is doing. A reply
-//! that carries an fd names the call's request id; the service sent the fd on the ring's fd lane
-//! before writing the reply, so the caller takes it there without waiting ([`Ring::take_fd`]). A
-//! hook's answer goes on the ring's lane. The socket remains for the hook itself, for calls whose
-//! frame does not fit a slot (or when every slot is busy), and each frame sent up the socket is
+//! Once the plugin is loaded, an API call takes a slot of the call ring ([`plughost_sys::ring`]):
+//! the calling thread writes its frame, wakes the service and sleeps on the slot's futex until the
+//! reply is written in place. No other host thread is involved, whatever the main thread is doing.
+//! A reply that carries an fd names the call's request id; the service sent the fd on the ring's fd
+//! lane before writing the reply, so the caller takes it there without waiting ([`Ring::take_fd`]).
+//! A hook comes down the ring's hook-request lane and its answer goes up the ring's lane. The
+//! socket remains for hooks too large for the hook-request lane, `Shutdown`, calls whose frame does
+//! not fit a slot (or when every slot is busy) and their replies; each frame sent up the socket is
 //! announced on the ring.
+//!
+//! # The main thread sleeps on the ring, not in `recv`
+//! With the ring, the main thread waits for a hook on the ring's hook word (a futex), never blocked
+//! in `recv`: a hook then costs no `sendmsg`/`recvmsg` pair (BENCHMARKS.md, "fanout_100"). It still
+//! learns of everything that comes on the socket, because the service bumps the hook word after
+//! every frame it sends there (and when it sees the socket end): woken with no hook on the lane,
+//! the main thread reads the socket *without blocking* (unless a plugin thread is the reader, which
+//! routes to it as below, waking it through the same word). A dead service needs no frame: its
+//! death kills the host (PDEATHSIG, `crates/host/README.md`); should it not, the main thread's
+//! sleep ends every [`IDLE_CHECK`] and the non-blocking read sees the end of the socket. That costs
+//! a wake-up per second while idle, nothing per hook. (Rejected: a thread blocked in `recv` beside
+//! the main thread costs a hand-off per socket frame and a thread per host; `poll` on an eventfd
+//! the service writes costs the same syscalls as the socket.)
 //!
 //! # The socket: leader/follower
 //! Every thread that waits for something from the socket (the main thread waiting for the next hook,
@@ -45,6 +59,10 @@ use plughost_wire::{
 
 use plughost_runtime::{Backend, BackendReply};
 
+/// Longest the main thread sleeps on the ring before it reads the socket anyway (an end of the
+/// socket nobody announced: a service that died without taking the host with it).
+const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What the main thread waits for.
 pub enum MainEvent {
     /// A hook: its frame is in the [`HookFrame`] given to [`Demux::next_hook`].
@@ -60,6 +78,8 @@ pub enum MainEvent {
 pub struct HookFrame {
     buf: Vec<u8>,
     len: usize,
+    /// The ring's socket word when the main thread last looked at the socket (`None`: never).
+    socket_seen: Option<u32>,
 }
 
 impl HookFrame {
@@ -68,6 +88,7 @@ impl HookFrame {
             // A frame may be this long; the handshake's answer is received here too.
             buf: vec![0; MAX_FRAME],
             len: 0,
+            socket_seen: None,
         }
     }
 
@@ -118,6 +139,11 @@ pub struct Demux {
     /// `u64::MAX`.
     ring_ids: AtomicU64,
     state: Mutex<State>,
+    /// The main thread's longest sleep on the ring ([`IDLE_CHECK`]; the tests lengthen it, so that
+    /// a lost wake-up shows in `idle_timeouts`).
+    idle_check: std::time::Duration,
+    /// How often that sleep ended by its timeout (a diagnostic for the tests).
+    idle_timeouts: AtomicU64,
 }
 
 thread_local! {
@@ -161,6 +187,8 @@ impl Demux {
             ring: OnceLock::new(),
             ring_ids: AtomicU64::new(u64::MAX),
             state: Mutex::new(State::default()),
+            idle_check: IDLE_CHECK,
+            idle_timeouts: AtomicU64::new(0),
         }
     }
 
@@ -293,13 +321,27 @@ impl Demux {
     /// Receives one frame into `buf` (`MAX_FRAME` long) and checks it: a hook is left there (its
     /// length returned), any other message is decoded.
     fn recv_into(&self, buf: &mut [u8]) -> Result<Received, ChannelError> {
+        let mut fds = Vec::new();
+        let len = self.channel.recv(buf, &mut fds)?;
+        Self::check(buf, len, fds)
+    }
+
+    /// [`Demux::recv_into`] without blocking: `None` when nothing is waiting.
+    fn try_recv_into(&self, buf: &mut [u8]) -> Result<Option<Received>, ChannelError> {
+        let mut fds = Vec::new();
+        match self.channel.try_recv(buf, &mut fds)? {
+            Some(len) => Self::check(buf, len, fds).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Checks a frame received into `buf` (see [`Demux::recv_into`]).
+    fn check(buf: &[u8], len: usize, fds: Vec<OwnedFd>) -> Result<Received, ChannelError> {
         let bad = |e: WireError| {
             ChannelError::Io(std::io::Error::other(format!(
                 "bad frame from service: {e}"
             )))
         };
-        let mut fds = Vec::new();
-        let len = self.channel.recv(buf, &mut fds)?;
         let frame = &buf[..len];
         let msg = match decode_hook(frame) {
             Ok(Some(_)) => None,
@@ -342,9 +384,117 @@ impl Demux {
 
     /// The main thread: waits for the next hook; [`MainEvent::Hook`] leaves it in `frame`.
     pub fn next_hook(&self, frame: &mut HookFrame) -> MainEvent {
+        if let Some(ring) = self.ring.get() {
+            ring.main_waits(true);
+            let event = self.next_hook_on_ring(ring, frame);
+            ring.main_waits(false);
+            return event;
+        }
         match self.wait(Want::Main(frame)) {
             Got::Main(event) => event,
             Got::Reply(_) => MainEvent::Closed,
+        }
+    }
+
+    /// [`Demux::next_hook`] with the ring: the hook-request lane first, then, when the socket word
+    /// moved (or the last sleep timed out), the hooks a reader queued and the socket (read without
+    /// blocking, only when no plugin thread is the reader), then a sleep on the hook word (module
+    /// docs). A hook on the lane costs no lock and no `recvmsg`.
+    fn next_hook_on_ring(&self, ring: &Ring, frame: &mut HookFrame) -> MainEvent {
+        // Set when the last sleep timed out: look at the socket even if nobody announced a frame.
+        let mut look = false;
+        loop {
+            // Read before looking: whatever comes after it moves the word, so the sleep below
+            // returns at once.
+            let seen = ring.main_word();
+            match ring.take_hook(&mut frame.buf) {
+                Ok(Some(len)) => {
+                    frame.len = len;
+                    if let Ok(Some(_)) = decode_hook(&frame.buf[..len]) {
+                        return MainEvent::Hook;
+                    }
+                    // Only the host's own threads can have garbled it: the service wrote a hook.
+                    host_log("a bad hook on the ring: closing");
+                    self.close(&mut self.lock());
+                    return MainEvent::Closed;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    host_log(&format!("closing: {e}"));
+                    self.close(&mut self.lock());
+                    return MainEvent::Closed;
+                }
+            }
+            let socket = ring.main_socket_word();
+            if std::mem::take(&mut look) || frame.socket_seen != Some(socket) {
+                frame.socket_seen = Some(socket);
+                if let Some(event) = self.look_at_socket(frame) {
+                    return event;
+                }
+            }
+            look = !ring.wait_main(seen, self.idle_check);
+            if look {
+                self.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The main thread's look at what the socket (and the demux) hold for it: a hook queued by a
+    /// reader, a closed channel, or (when no plugin thread is the reader) the frames waiting on the
+    /// socket. `None`: nothing for it.
+    fn look_at_socket(&self, frame: &mut HookFrame) -> Option<MainEvent> {
+        {
+            let mut state = self.lock();
+            if let Some(hook) = state.hooks.pop_front() {
+                frame.set(&hook);
+                return Some(MainEvent::Hook);
+            }
+            if state.closed {
+                return Some(MainEvent::Closed);
+            }
+            if state.reader_active {
+                // The reader routes what comes, and wakes this thread through the ring when it
+                // leaves (`promote_one`).
+                return None;
+            }
+            state.reader_active = true;
+        }
+        let hook = self.read_socket_now(frame);
+        let mut state = self.lock();
+        state.reader_active = false;
+        self.promote_one(&mut state, true);
+        if hook {
+            Some(MainEvent::Hook)
+        } else {
+            state.closed.then_some(MainEvent::Closed)
+        }
+    }
+
+    /// The main thread as the socket's reader, without blocking: routes every frame waiting there
+    /// until the socket is empty, it closes, or a hook comes (left in `frame`: `true`).
+    fn read_socket_now(&self, frame: &mut HookFrame) -> bool {
+        loop {
+            match self.try_recv_into(&mut frame.buf) {
+                Ok(None) => return false,
+                Ok(Some(Received::Hook(len))) => {
+                    frame.len = len;
+                    return true;
+                }
+                Ok(Some(Received::Msg(msg, fds))) => {
+                    let mut state = self.lock();
+                    self.route(&mut state, None, *msg, fds);
+                    if state.closed {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    if !matches!(e, ChannelError::Disconnected) {
+                        host_log(&format!("closing the channel: {e}"));
+                    }
+                    self.close(&mut self.lock());
+                    return false;
+                }
+            }
         }
     }
 
@@ -360,6 +510,7 @@ impl Demux {
         if let Some(main) = state.main_waiting.take() {
             main.unpark();
         }
+        // With the ring, the main thread sleeps on it: `ring.close` above woke it.
     }
 
     fn take_ready(state: &mut State, want: &mut Want<'_>) -> Option<Got> {
@@ -390,10 +541,23 @@ impl Demux {
         }
     }
 
-    /// Wakes one waiter other than the caller so it can take over reading.
-    fn promote_one(state: &mut State) {
+    /// Wakes one waiter other than the caller (`from_main`: the main thread) so it can take over
+    /// reading. With the ring, the main thread is woken through it (it sleeps there, and reads the
+    /// socket without blocking when woken): a frame that came after the last reader's last `recv`
+    /// is read by someone.
+    fn promote_one(&self, state: &mut State, from_main: bool) {
         if let Some((thread, _)) = state.pending.values().find(|(_, reply)| reply.is_none()) {
             thread.unpark();
+        } else if !from_main {
+            self.wake_main(state);
+        }
+    }
+
+    /// Tells the main thread to look at the demux and the socket (a hook queued for it, a reader
+    /// left): through the ring when it sleeps there.
+    fn wake_main(&self, state: &State) {
+        if let Some(ring) = self.ring.get() {
+            ring.wake_main_for_socket();
         } else if let Some(main) = &state.main_waiting {
             main.unpark();
         }
@@ -407,7 +571,7 @@ impl Demux {
                     state.main_waiting = None;
                 }
                 if !state.reader_active {
-                    Self::promote_one(&mut state);
+                    self.promote_one(&mut state, matches!(want, Want::Main(_)));
                 }
                 return got;
             }
@@ -435,14 +599,12 @@ impl Demux {
                 // looked before reading, and only the reader adds to it).
                 Ok(Incoming::HookInFrame) => {
                     state.main_waiting = None;
-                    Self::promote_one(&mut state);
+                    self.promote_one(&mut state, true);
                     return Got::Main(MainEvent::Hook);
                 }
                 Ok(Incoming::Hook(frame)) => {
                     state.hooks.push_back(frame);
-                    if let Some(main) = &state.main_waiting {
-                        main.unpark();
-                    }
+                    self.wake_main(&state);
                 }
                 Ok(Incoming::Msg(msg, fds)) => {
                     let mine = match want {

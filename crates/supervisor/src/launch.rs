@@ -53,6 +53,7 @@ impl Launcher<'_> {
             service_version: self.version,
             spawner: self.spawner,
             kicks: &self.pool.kicks,
+            hangups: &self.pool.hangups,
             default: self.default,
             stats: &plugin.stats,
             trust: self.trust,

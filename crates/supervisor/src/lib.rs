@@ -36,6 +36,7 @@ mod cgroups;
 mod config;
 mod error;
 mod execute;
+mod hangups;
 mod inprocess;
 mod integrity;
 mod kicks;

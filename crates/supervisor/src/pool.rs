@@ -39,6 +39,8 @@ pub(crate) struct Pool {
     epoll: OwnedFd,
     stop: OwnedFd,
     pub kicks: Arc<Kicks>,
+    /// Every host's socket, for its dispatchers' hang-up check (`hangups.rs`).
+    pub hangups: Arc<crate::hangups::Hangups>,
     /// Leaf lock: host id to host. Looked up per event, never held while serving.
     hosts: Mutex<HashMap<u64, Weak<Host>>>,
 }
@@ -59,6 +61,7 @@ impl Pool {
             epoll,
             stop,
             kicks,
+            hangups: Arc::new(crate::hangups::Hangups::new()?),
             hosts: Mutex::new(HashMap::new()),
         }))
     }

@@ -13,9 +13,16 @@
 //!   ([`Ring::take_fd`]): the message is already queued, so no other wake-up is involved. Error
 //!   replies never touch it. Nothing travels host → service there (the service shut its read side).
 //! - **Lane** (host → service): the host's main thread posts a hook's answer here.
-//! - Hooks, `Shutdown` and the replies to socket calls (with their fds) go down the socket. The host announces
-//!   each frame it sends up the socket (`Up::socket`, then the usual wake-up), so the thread that
-//!   consumes the ring knows when to read the socket too.
+//! - **Hook-request lane** (service → host): the dispatcher writes a hook's frame here, bumps
+//!   `Down::hook_seq` (the host's main thread's futex word) and wakes the main thread if it said it
+//!   sleeps (`Up::main_waiting`). A hook that does not fit takes the socket.
+//! - `Shutdown`, the replies to socket calls (with their fds) and hooks too large for the
+//!   hook-request lane go down the socket; after each frame it sends there (and when it sees the
+//!   socket end) the service bumps `Down::socket`, then `Down::hook_seq`
+//!   ([`Ring::wake_main_for_socket`]), so the main thread, asleep on the ring, reads the socket
+//!   (without blocking) only then. The host announces each frame it sends up the socket
+//!   (`Up::socket`, then the usual wake-up), so the thread that consumes the ring knows when to
+//!   read the socket too.
 //!
 //! The frames are the ordinary wire frames (header + postcard body): the ring is a transport, not a
 //! second protocol, and the service decodes and checks what it copies out exactly as a socket frame.
@@ -36,8 +43,12 @@
 //! - only ever reads through atomics, copies a frame out before decoding it, bounds every length;
 //! - takes a slot only by `compare_exchange(REQUEST → SERVING)`, so two service threads never serve
 //!   one slot;
-//! - never lets a flag the host can write decide anything but whom the *host* wakes: a host that lies
-//!   only delays its own calls, and every service wait on the ring is bounded by a timeout;
+//! - never lets a flag the host can write decide anything but whom the *host* wakes: a host that
+//!   lies only delays its own calls (or its own hooks: `Up::main_waiting`), and every service wait
+//!   on the ring is bounded by a timeout;
+//! - never reads the hook-request lane, `Down::hook_seq` or `Down::socket` back: it only stores a
+//!   frame, its length and its state there, and bumps the words (a host that scribbles on them
+//!   garbles only its own hooks);
 //! - never reads or writes the doorbell eventfd, whose open file the host shares (it could make it
 //!   blocking or fill it): the service only watches it (the pool's own wake-ups use an eventfd only
 //!   the service holds).
@@ -73,7 +84,8 @@ const CLOSE_POLL: rustix::event::Timespec = rustix::event::Timespec {
     tv_sec: 0,
     tv_nsec: 50_000_000,
 };
-const MAGIC: u32 = 0x5048_5231; // "PHR1"
+/// "PHR2": the layout with the hook-request lane (a host of the layout before it refuses the ring).
+const MAGIC: u32 = 0x5048_5232;
 
 /// Slot states. The host moves FREE → WRITING → REQUEST and REPLY → FREE; the service REQUEST →
 /// SERVING → REPLY.
@@ -107,6 +119,8 @@ struct Up {
     /// One bit per slot holding a request (set after the slot's state), so the service looks only
     /// at those slots.
     pending: AtomicU32,
+    /// The host's main thread is asleep (or about to be) on `Down::hook_seq`.
+    main_waiting: AtomicU32,
 }
 
 /// What the service writes and the host reads.
@@ -116,6 +130,14 @@ struct Down {
     owner: AtomicU32,
     /// The dispatcher is asleep (or about to be) on `Up::seq`.
     waiting: AtomicU32,
+    /// Bumped after every hook posted on the hook-request lane and every frame sent down the
+    /// socket. The host's main thread's futex word (the host's own threads bump it too, to wake
+    /// that thread).
+    hook_seq: AtomicU32,
+    /// Bumped (before `hook_seq`) for every frame sent down the socket: the main thread reads the
+    /// socket only when this moved, so a hook on the lane costs it no `recvmsg`. The host's own
+    /// threads bump it too ("look at the socket and the demux").
+    socket: AtomicU32,
 }
 
 #[repr(C, align(64))]
@@ -129,6 +151,8 @@ struct Shared {
     /// Host: the host is shutting down; its waiters return.
     closed: Line,
     lane: Slot,
+    /// Service → host: the hook to serve (written only by the service, read only by the host).
+    hook: Slot,
     slots: [Slot; SLOTS],
 }
 
@@ -139,16 +163,22 @@ const SIZE: usize = std::mem::size_of::<Shared>().next_multiple_of(4096);
 pub mod layout {
     /// Size of the mapping.
     pub const SIZE: usize = super::SIZE;
-    /// The host's line: `u32 seq`, `u32 socket`, `u32 pending`.
+    /// The host's line: `u32 seq`, `u32 socket`, `u32 pending`, `u32 main_waiting`.
     pub const UP_SEQ: usize = 64;
     pub const UP_SOCKET: usize = 68;
     pub const UP_PENDING: usize = 72;
-    /// The service's line: `u32 owner` (0 pool, 1 dispatcher), `u32 waiting`.
+    pub const UP_MAIN_WAITING: usize = 76;
+    /// The service's line: `u32 owner` (0 pool, 1 dispatcher), `u32 waiting`, `u32 hook_seq`,
+    /// `u32 socket`.
     pub const OWNER: usize = 128;
     pub const SERVICE_WAITING: usize = 132;
+    pub const HOOK_SEQ: usize = 136;
+    pub const DOWN_SOCKET: usize = 140;
     pub const CLOSED: usize = 192;
+    /// The hook answer's lane (host → service), then the hook-request lane (service → host): slots.
     pub const LANE: usize = 256;
-    pub const SLOTS: usize = 1280;
+    pub const HOOK: usize = 1280;
+    pub const SLOTS: usize = 2304;
     /// One slot: `u32 state`, `u32 len`, 56 bytes of padding, then the frame.
     pub const SLOT_SIZE: usize = 1024;
     pub const SLOT_DATA: usize = 64;
@@ -159,6 +189,10 @@ pub mod layout {
     pub const STATE_SERVING: u32 = super::SERVING;
     pub const STATE_REPLY: u32 = super::REPLY;
 }
+
+// The lines a hook touches on both sides (the words, both lanes) share the first page: a cold host
+// in a fan-out pays a TLB miss per page it touches.
+const _: () = assert!(layout::HOOK + layout::SLOT_SIZE <= 4096);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
@@ -174,6 +208,10 @@ pub enum RingError {
     BadLength { slot: usize, len: u32 },
     #[error("a frame of {len} bytes on the hook lane (it holds {SLOT_BYTES})")]
     BadLaneLength { len: u32 },
+    /// Host: the hook-request lane claims a frame longer than it holds (only the host can have
+    /// written it).
+    #[error("a hook of {len} bytes on the ring (the hook-request lane holds {SLOT_BYTES})")]
+    BadHookLength { len: u32 },
     /// Service: the fd lane is full: the host left that many fds of earlier replies untaken.
     #[error("did not take the file descriptors passed with its replies")]
     FdsNotTaken,
@@ -282,6 +320,24 @@ fn copy_out(slot: &Slot, index: usize, out: &mut Vec<u8>) -> Result<(), RingErro
     }
     out.truncate(len);
     Ok(())
+}
+
+/// Copies a frame out of `slot` into the start of `out` (the host's hook buffer, at least
+/// [`SLOT_BYTES`] long) and returns its length; bounded like [`copy_out`], and no `memcpy` call
+/// (see [`copy_in`]).
+fn copy_out_into(slot: &Slot, out: &mut [u8]) -> Result<usize, RingError> {
+    let len = slot.len.load(Ordering::Relaxed);
+    if len as usize > SLOT_BYTES || len as usize > out.len() {
+        return Err(RingError::BadHookLength { len });
+    }
+    let len = len as usize;
+    for (chunk, word) in out[..len].chunks_mut(8).zip(&slot.data) {
+        let bytes = word.load(Ordering::Relaxed).to_ne_bytes();
+        for (to, from) in chunk.iter_mut().zip(bytes) {
+            *to = from;
+        }
+    }
+    Ok(len)
 }
 
 fn wake(word: &AtomicU32, count: u32) {
@@ -479,12 +535,86 @@ impl Ring {
         }
     }
 
-    /// Host: wakes every thread waiting for a reply; their calls fail from now on.
+    /// Host: wakes every thread waiting for a reply (and the main thread); their calls fail from
+    /// now on.
     pub fn close(&self) {
         let s = self.shared();
         s.closed.0.store(1, Ordering::SeqCst);
         for slot in &s.slots {
             wake(&slot.state, u32::MAX);
+        }
+        self.wake_main_for_socket();
+    }
+
+    /// Host (main thread): the hook word, read before looking at the hook-request lane and the
+    /// socket (see [`Ring::wait_main`]).
+    pub fn main_word(&self) -> u32 {
+        self.shared().down.hook_seq.load(Ordering::SeqCst)
+    }
+
+    /// Host (main thread): how often the socket was announced (compare with the last value seen;
+    /// the host's own threads can write any number here, so this only says "look at the socket").
+    pub fn main_socket_word(&self) -> u32 {
+        self.shared().down.socket.load(Ordering::SeqCst)
+    }
+
+    /// Host (main thread): says it is about to sleep on the hook word (`true`, before its last look
+    /// at the hook-request lane and the socket) or is busy (`false`: the service then skips the
+    /// futex wake).
+    pub fn main_waits(&self, waiting: bool) {
+        self.shared()
+            .up
+            .main_waiting
+            .store(u32::from(waiting), Ordering::SeqCst);
+    }
+
+    /// Host (main thread): takes the hook the service posted on the hook-request lane, if one is
+    /// there, into the start of `out`; its length. `Err`: the lane claims more than it holds (the
+    /// service never writes that: the host's own threads scribbled on it).
+    pub fn take_hook(&self, out: &mut [u8]) -> Result<Option<usize>, RingError> {
+        let hook = &self.shared().hook;
+        if hook.state.load(Ordering::Acquire) != REQUEST {
+            return Ok(None);
+        }
+        // Only the main thread takes hooks, so the lane is free again before the copy: the service
+        // posts the next hook only after this one's answer.
+        hook.state.store(FREE, Ordering::Relaxed);
+        copy_out_into(hook, out).map(Some)
+    }
+
+    /// Host (main thread): sleeps until the hook word moves from `seen` (a hook was posted, the
+    /// service sent on the socket, a host thread wants the main thread) or `timeout` passes
+    /// (`false`).
+    pub fn wait_main(&self, seen: u32, timeout: Duration) -> bool {
+        let ts = rustix::event::Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: timeout.subsec_nanos().into(),
+        };
+        let waited = futex::wait(
+            &self.shared().down.hook_seq,
+            futex::Flags::empty(),
+            seen,
+            Some(&ts),
+        );
+        waited != Err(Errno::TIMEDOUT)
+    }
+
+    /// Either side: tells the host's main thread to look at the socket (a frame was sent down it,
+    /// or it ended) and at the demux (a host thread routed something to it), and wakes it.
+    pub fn wake_main_for_socket(&self) {
+        self.shared().down.socket.fetch_add(1, Ordering::SeqCst);
+        self.wake_main();
+    }
+
+    /// Wakes the host's main thread (a hook was posted; [`Ring::wake_main_for_socket`] for
+    /// the rest). The futex call only when it said it sleeps (`Up::main_waiting`): it bumps the
+    /// word first and looks at the flag after, and the main thread sets the flag before it reads
+    /// the word (both `SeqCst`), so no wake-up is lost.
+    fn wake_main(&self) {
+        let s = self.shared();
+        s.down.hook_seq.fetch_add(1, Ordering::SeqCst);
+        if s.up.main_waiting.load(Ordering::SeqCst) != 0 {
+            wake(&s.down.hook_seq, 1);
         }
     }
 
@@ -525,6 +655,21 @@ impl Ring {
         let s = self.shared();
         s.up.seq.fetch_add(1, Ordering::SeqCst);
         wake(&s.up.seq, u32::MAX);
+    }
+
+    /// Service (dispatcher): posts a hook's frame on the hook-request lane and wakes the host's
+    /// main thread. `false`: it does not fit (send it on the socket, then
+    /// [`Ring::wake_main_for_socket`]). Nothing is read back from the lane: the host may have
+    /// written anything there.
+    pub fn post_hook(&self, frame: &[u8]) -> bool {
+        if frame.len() > SLOT_BYTES {
+            return false;
+        }
+        let hook = &self.shared().hook;
+        copy_in(hook, frame);
+        hook.state.store(REQUEST, Ordering::SeqCst);
+        self.wake_main();
+        true
     }
 
     /// Service: takes the hook answer from the lane, if one is there.
@@ -616,13 +761,23 @@ mod tests {
         assert_eq!(offset_of!(Shared, up), layout::UP_SEQ);
         assert_eq!(layout::UP_SEQ + offset_of!(Up, socket), layout::UP_SOCKET);
         assert_eq!(layout::UP_SEQ + offset_of!(Up, pending), layout::UP_PENDING);
+        assert_eq!(
+            layout::UP_SEQ + offset_of!(Up, main_waiting),
+            layout::UP_MAIN_WAITING
+        );
         assert_eq!(offset_of!(Shared, down), layout::OWNER);
         assert_eq!(
             layout::OWNER + offset_of!(Down, waiting),
             layout::SERVICE_WAITING
         );
+        assert_eq!(layout::OWNER + offset_of!(Down, hook_seq), layout::HOOK_SEQ);
+        assert_eq!(
+            layout::OWNER + offset_of!(Down, socket),
+            layout::DOWN_SOCKET
+        );
         assert_eq!(offset_of!(Shared, closed), layout::CLOSED);
         assert_eq!(offset_of!(Shared, lane), layout::LANE);
+        assert_eq!(offset_of!(Shared, hook), layout::HOOK);
         assert_eq!(offset_of!(Shared, slots), layout::SLOTS);
         assert_eq!(size_of::<Slot>(), layout::SLOT_SIZE);
         assert_eq!(offset_of!(Slot, data), layout::SLOT_DATA);
@@ -680,6 +835,98 @@ mod tests {
         assert!(service.take_answer(&mut out).expect("lane"));
         assert_eq!(out, b"done");
         assert!(!service.take_answer(&mut out).expect("taken"));
+    }
+
+    #[test]
+    fn every_hook_length_is_copied_through_the_hook_request_lane_byte_for_byte() {
+        let (service, host) = pair();
+        let mut out = vec![0u8; 64 * 1024];
+        assert_eq!(host.take_hook(&mut out).expect("empty lane"), None);
+        for len in (0..=64).chain([SLOT_BYTES - 1, SLOT_BYTES]) {
+            let frame: Vec<u8> = (0..len).map(|i| (i * 13 + len) as u8).collect();
+            assert!(service.post_hook(&frame));
+            let got = host.take_hook(&mut out).expect("take").expect("a hook");
+            assert_eq!(&out[..got], &frame[..], "len {len}");
+            assert_eq!(host.take_hook(&mut out).expect("taken"), None, "len {len}");
+        }
+        assert!(!service.post_hook(&[0; SLOT_BYTES + 1]));
+    }
+
+    /// Whatever the host writes into the hook-request lane garbles only the hooks it reads itself:
+    /// the service reads nothing back, and its next hook arrives whole.
+    #[test]
+    fn a_host_scribbling_on_the_hook_request_lane_garbles_only_its_own_hooks() {
+        let (service, host) = pair();
+        let mut out = vec![0u8; 64 * 1024];
+        let lane = &host.shared().hook;
+        for (state, len) in [
+            (REQUEST, u32::MAX),
+            (REQUEST, SLOT_BYTES as u32 + 1),
+            (77, 5),
+        ] {
+            for word in &lane.data {
+                word.store(u64::MAX, Ordering::Relaxed);
+            }
+            lane.len.store(len, Ordering::Relaxed);
+            lane.state.store(state, Ordering::SeqCst);
+            host.shared().down.hook_seq.store(len, Ordering::SeqCst);
+            host.shared().up.main_waiting.store(state, Ordering::SeqCst);
+            match host.take_hook(&mut out) {
+                Err(RingError::BadHookLength { len: got }) => assert_eq!(got, len),
+                Ok(None) => assert_ne!(state, REQUEST),
+                other => panic!("{other:?} for state {state} len {len}"),
+            }
+            assert!(service.post_hook(b"the next hook"));
+            let got = host.take_hook(&mut out).expect("take").expect("a hook");
+            assert_eq!(&out[..got], b"the next hook");
+        }
+    }
+
+    /// The main thread's sleep on the hook word never misses a hook: each wait ends because the
+    /// word moved, never by its (long) timeout. Many rounds, racing the service's post.
+    #[test]
+    fn a_hook_posted_while_the_main_thread_falls_asleep_always_wakes_it() {
+        const ROUNDS: u32 = 5_000;
+        let (service, host) = pair();
+        let host = std::sync::Arc::new(host);
+        let main = {
+            let host = host.clone();
+            std::thread::spawn(move || {
+                let mut out = vec![0u8; 64 * 1024];
+                let mut timeouts = 0;
+                for round in 0..ROUNDS {
+                    host.main_waits(true);
+                    let got = loop {
+                        let seen = host.main_word();
+                        if let Some(len) = host.take_hook(&mut out).expect("take") {
+                            break len;
+                        }
+                        host.wait_main(seen, Duration::from_secs(10));
+                        if host.main_word() == seen {
+                            timeouts += 1;
+                        }
+                    };
+                    host.main_waits(false);
+                    assert_eq!(&out[..got], round.to_le_bytes());
+                    // The answer, so that the service posts the next hook only after this one.
+                    assert!(host.post_answer(b"done"));
+                }
+                timeouts
+            })
+        };
+        let mut answer = Vec::new();
+        for round in 0..ROUNDS {
+            assert!(service.post_hook(&round.to_le_bytes()));
+            loop {
+                let seen = service.seq();
+                if service.take_answer(&mut answer).expect("answer") {
+                    break;
+                }
+                service.set_dispatcher(true);
+                service.wait(seen, Duration::from_millis(50));
+            }
+        }
+        assert_eq!(main.join().expect("main thread"), 0, "wake-ups lost");
     }
 
     #[test]

@@ -2,17 +2,21 @@
 //! plugin's calls, and classifies how the host ended.
 //!
 //! # Two transports
-//! - The **socket** carries the handshake, hooks and `Shutdown` to the host, the replies to socket
-//!   calls (with their fd), and from the host: calls that do not fit the ring (or find every slot
-//!   busy), `Blocked`, and whatever a hostile plugin writes on it.
-//! - The **call ring** ([`plughost_sys::ring`], shared memory) carries every other API call (a slot
-//!   each, answered in place; an fd the reply carries goes first on the ring's fd lane, named by
-//!   the request id) and the hook answers (the lane). The frames are the same in both.
+//! - The **socket** carries the handshake, hooks too large for the ring and `Shutdown` to the host,
+//!   the replies to socket calls (with their fd), and from the host: calls that do not fit the ring
+//!   (or find every slot busy), `Blocked`, and whatever a hostile plugin writes on it. After every
+//!   frame it sends there (and when it reads the socket's end) the service wakes the host's main
+//!   thread through the ring (`Ring::wake_main_for_socket`): that thread sleeps on the ring, not in
+//!   `recv`.
+//! - The **call ring** ([`plughost_sys::ring`], shared memory) carries the hooks (the hook-request
+//!   lane), every other API call (a slot each, answered in place; an fd the reply carries goes
+//!   first on the ring's fd lane, named by the request id) and the hook answers (the lane). The
+//!   frames are the same in both.
 //!
 //! # Who consumes what
 //! - A thread dispatching a hook holds [`Host::reader`] (the read token) for the whole round trip:
-//!   it marks the ring as its own (`set_dispatcher`), sends the hook, then sleeps on the ring's futex
-//!   (bounded by [`DEADLINE_TICK`] to check the deadline) and serves every call that arrives
+//!   it marks the ring as its own (`set_dispatcher`), posts the hook, then sleeps on the ring's
+//!   futex (bounded by [`DEADLINE_TICK`] to check the deadline) and serves every call that arrives
 //!   meanwhile, from any plugin thread, on its own thread with the dispatch's `scope` callbacks.
 //! - Outside hooks, the [`Pool`](crate::pool::Pool) serves: it watches the ring's doorbell eventfd
 //!   and the socket (edge-triggered). A pool thread `try_lock`s the token only to *claim* work (ring
@@ -98,6 +102,8 @@ pub(crate) struct Host {
     /// Asks the pool to look at this host (a service-private wake-up: the service never writes the
     /// host's doorbell).
     kicks: Arc<Kicks>,
+    /// Whether the host's end of the channel closed, without reading the socket (`hangups.rs`).
+    hangups: Arc<crate::hangups::Hangups>,
     /// Lock 1: the read token (see the module docs).
     reader: Mutex<Reader>,
     /// The pool saw the socket readable while it could not read it (a dispatcher reads it then).
@@ -279,11 +285,15 @@ impl Host {
             if let Err(e) = encode(msg, &mut buf) {
                 return Err(ChannelError::Io(std::io::Error::other(e.to_string())));
             }
-            if nonblocking {
+            let sent = if nonblocking {
                 self.channel.try_send(&buf, fds)
             } else {
                 self.channel.send(&buf, fds)
-            }
+            };
+            // The host's main thread sleeps on the ring, not on the socket: it reads the socket
+            // when woken (`Ring::wake_main_for_socket`).
+            self.ring.wake_main_for_socket();
+            sent
         })
     }
 
@@ -319,6 +329,7 @@ impl Host {
         }
         let exit = self.reap();
         self.channel.shutdown();
+        self.hangups.forget(&self.channel);
         self.ring.wake_service();
         if self.killed_for.get().is_none() && !self.stopping.load(Ordering::Acquire) {
             if let Some(exit) = exit {
@@ -397,7 +408,13 @@ impl Host {
         let len = match self.channel.try_recv(buf, fds) {
             Ok(Some(len)) => len,
             Ok(None) | Err(ChannelError::TimedOut) => return Ok(None),
-            Err(ChannelError::Disconnected) => return Err(Gone),
+            Err(ChannelError::Disconnected) => {
+                // A host whose own end closed (a plugin closed it) learns it from its read of the
+                // socket, which its main thread makes when woken: it exits saying so at once,
+                // instead of after the service's grace.
+                self.ring.wake_main_for_socket();
+                return Err(Gone);
+            }
             Err(ChannelError::Empty) => return refuse("sent an empty frame".into()),
             Err(ChannelError::Oversized { len, limit }) => {
                 return refuse(format!("sent a frame of {len} bytes (limit {limit})"))
@@ -705,11 +722,18 @@ impl Host {
         dispatch: &Dispatch<'_>,
     ) -> Result<HookOutcome, CrashCause> {
         let (id, kind) = (dispatch.id, dispatch.hook.kind());
-        // The hook was encoded once for the whole dispatch; only the request id is this host's.
+        // The hook was encoded once for the whole dispatch; only the request id is this host's. It
+        // goes down the ring's hook-request lane (a futex wake-up, no socket round trip), or on the
+        // socket when it does not fit there.
         let sent = SEND_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             match dispatch.hook.frame(id, &mut buf) {
-                Ok(()) => self.channel.send(&buf, &[]),
+                Ok(()) if self.ring.post_hook(&buf) => Ok(()),
+                Ok(()) => {
+                    let sent = self.channel.send(&buf, &[]);
+                    self.ring.wake_main_for_socket();
+                    sent
+                }
                 Err(e) => Err(ChannelError::Io(std::io::Error::other(e.to_string()))),
             }
         });
@@ -747,9 +771,18 @@ impl Host {
                 .take_answer(&mut reader.frame)
                 .map_err(|e| self.violation(format!("sent {e}")))?;
             if answered {
-                // Whatever the host sent on the socket before its answer belongs to this hook.
-                if let Some(outcome) = self.drain_socket(reader, dispatch)? {
-                    return Ok(outcome);
+                // Whatever the host sent on the socket before its answer belongs to this hook: an
+                // honest host announced it before it answered, and a channel the plugin closed in
+                // the hook shows in `hangups` (no `recvmsg` on a cold socket per hook otherwise).
+                // Frames that plugin code wrote on the channel itself without a word are found by
+                // the pool's watch of the socket, during the hook or after it.
+                let announced = self.socket_announced(reader)
+                    || self.is_dead()
+                    || self.hangups.maybe_hung_up(self.id);
+                if announced {
+                    if let Some(outcome) = self.drain_socket(reader, dispatch)? {
+                        return Ok(outcome);
+                    }
                 }
                 // Only this hook's answer belongs on the lane: anything else is refused before it
                 // has any effect.

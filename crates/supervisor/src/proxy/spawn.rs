@@ -99,6 +99,7 @@ pub(crate) struct StartParams<'a> {
     pub service_version: Version,
     pub spawner: &'a Spawner,
     pub kicks: &'a Arc<crate::kicks::Kicks>,
+    pub hangups: &'a Arc<crate::hangups::Hangups>,
     pub default: &'a dyn ServiceCallbacks,
     pub stats: &'a Arc<crate::stats::Stats>,
     pub trust: &'a crate::config::Trust,
@@ -156,6 +157,10 @@ pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<O
         let _ = pidfd.kill();
         return Err((StartError::Load(format!("socket timeouts: {e}")), None));
     }
+    if let Err(e) = p.hangups.watch(&ours, p.id) {
+        let _ = pidfd.kill();
+        return Err((StartError::Load(format!("epoll_ctl: {e}")), None));
+    }
     let host = Arc::new(Host {
         name: Arc::from(name.as_str()),
         id: p.id,
@@ -164,6 +169,7 @@ pub(crate) fn start(p: StartParams<'_>) -> Result<Started, (StartError, Option<O
         channel: ours,
         ring,
         kicks: p.kicks.clone(),
+        hangups: p.hangups.clone(),
         reader: Mutex::new(new_reader()),
         socket_pending: AtomicBool::new(false),
         backlog: Mutex::new(Backlog::default()),
