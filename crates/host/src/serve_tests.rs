@@ -377,14 +377,30 @@ fn a_socket_closed_without_a_word_still_ends_the_main_thread() {
         "202 "
     };
     let tid = loop {
+        // Asleep, not merely inside a futex call: a thread preempted in the FUTEX_WAKE of its
+        // answer is in syscall 202 too, and would see the end at its first look.
+        let futex_wait = |call: &str| {
+            let mut fields = call.split_whitespace();
+            fields.next() == Some(futex_nr.trim())
+                && fields
+                    .next()
+                    .and_then(|op| u64::from_str_radix(op.trim_start_matches("0x"), 16).ok())
+                    .is_some_and(|op| matches!(op & 0x7f, 0 | 9)) // FUTEX_WAIT, FUTEX_WAIT_BITSET
+        };
         let asleep = std::fs::read_dir("/proc/self/task")
             .expect("tasks")
             .flatten()
             .find(|task| {
                 let read = |file: &str| std::fs::read_to_string(task.path().join(file));
+                let sleeping = read("stat").is_ok_and(|stat| {
+                    stat.rfind(')')
+                        .and_then(|at| stat[at + 1..].split_whitespace().next())
+                        == Some("S")
+                });
                 read("comm").is_ok_and(|comm| comm.trim() == "idle-main")
+                    && sleeping
                     && (read("wchan").is_ok_and(|wchan| wchan.contains("futex"))
-                        || read("syscall").is_ok_and(|call| call.starts_with(futex_nr)))
+                        || read("syscall").is_ok_and(|call| futex_wait(&call)))
             });
         if let Some(task) = asleep {
             break task.file_name();
