@@ -47,29 +47,37 @@
 //! The [`Monitor`](crate::monitor::Monitor) watches the host's pidfd: when the host dies it reaps it,
 //! shuts the channel down and wakes the ring's waiter, even if a grandchild of the plugin still holds
 //! the other end. Every error path ends in [`Host::crash_cause`].
+//!
+//! # Rooms
+//! This file: the handle, its transports and the hook round trip. `calls.rs`: serving the host's
+//! API calls and the backlog. `death.rs`: killing, reaping and classifying the host's end.
+//! `phase.rs`: which message is accepted in which phase. `outgoing.rs`: a hook encoded once per
+//! dispatch. `spawn.rs`: starting the host process.
 
+mod calls;
+mod death;
 mod outgoing;
 mod phase;
 pub(crate) mod spawn;
 
+pub(crate) use calls::Backlog;
 pub(crate) use outgoing::OutgoingHook;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use plughost_sys::{ChannelError, Pidfd, ProcessExit, Ring, Seqpacket};
 use plughost_wire::{
-    decode, encode, ApiCall, ApiReply, HookOutcome, HookSet, HostMsg, RequestId, ServiceMsg,
-    MAX_FRAME,
+    decode, encode, HookOutcome, HookSet, HostMsg, RequestId, ServiceMsg, MAX_FRAME,
 };
 
-use crate::callbacks::{CallContext, ServiceCallbacks};
+use crate::callbacks::ServiceCallbacks;
 use crate::error::CrashCause;
-use crate::execute::{self, ProcessTable};
+use crate::execute::ProcessTable;
 use crate::kicks::Kicks;
-use phase::{DuringHook, HookLane, HookSocket, Idle, Outside, Phase, RingSlot};
+use phase::{DuringHook, HookLane, HookSocket, Phase};
 
 /// How long a host has, after its channel closed, to finish exiting before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
@@ -153,48 +161,9 @@ fn slots(mask: u32) -> impl Iterator<Item = usize> {
 /// A socket read failed: the host is gone, or was just killed for what it sent.
 struct Gone;
 
-/// Calls a pool thread claimed but has not begun serving, and whether a hook is in flight (module
-/// docs). Whoever takes a call out of it serves it: the pool with the default callbacks while
-/// `hooks == 0`, a dispatcher with its scope otherwise.
-#[derive(Default)]
-pub(crate) struct Backlog {
-    /// Dispatchers of this host inside [`Host::call_hook`] (waiting for the token or holding it).
-    hooks: u32,
-    /// Claimed ring slots, one bit each.
-    slots: u32,
-    /// Calls read from the socket.
-    socket: std::collections::VecDeque<(RequestId, ApiCall)>,
-}
-
-/// One call taken out of the backlog.
-enum Work {
-    Slot(usize),
-    Socket(RequestId, ApiCall),
-}
-
-impl Backlog {
-    fn is_empty(&self) -> bool {
-        self.slots == 0 && self.socket.is_empty()
-    }
-
-    fn pop(&mut self) -> Option<Work> {
-        if self.slots != 0 {
-            let index = self.slots.trailing_zeros() as usize;
-            self.slots &= !(1 << index);
-            return Some(Work::Slot(index));
-        }
-        self.socket
-            .pop_front()
-            .map(|(id, call)| Work::Socket(id, call))
-    }
-}
-
 /// A dispatcher's mark in the backlog (`hooks`), from its entry into `call_hook`. Dropped on a
 /// path that did not hand the backlog over (an error, a panicking `scope` callback): the mark goes
 /// and the pool gets a turn for whatever is left.
-/// How often the monitor tries for a dead host's read token a pool thread holds (500 µs apart).
-const DEATH_TOKEN_TRIES: u32 = 200;
-
 struct InFlight<'a> {
     host: &'a Host,
     finished: bool,
@@ -297,104 +266,6 @@ impl Host {
         })
     }
 
-    /// Kills the host and everything it spawned, recording why (first reason wins).
-    pub fn kill_for(&self, cause: CrashCause) {
-        if self.killed_for.set(cause.clone()).is_ok() {
-            tracing::warn!(plugin = %self.name, pid = self.pid(), "killing host: {cause}");
-        }
-        self.kill();
-    }
-
-    /// SIGKILL to the host and its process group; in pid-namespace mode the namespace's init dies with
-    /// it (parent-death signal) and the kernel kills the rest. Only while the host is unreaped: its pid
-    /// (and so its group id) cannot be reused before that.
-    pub fn kill(&self) {
-        let exit = lock(&self.exit);
-        if exit.is_none() {
-            let _ = self.pidfd.kill();
-            let _ = plughost_sys::process::kill_process_group(self.pid());
-        }
-        drop(exit);
-        self.channel.shutdown();
-        self.ring.wake_service();
-    }
-
-    /// Called by the monitor when the pidfd says the host exited: reap, then wake any dispatcher.
-    pub fn on_exit(&self) {
-        self.dead.store(true, Ordering::Release);
-        // Whatever the plugin left behind in the fallback process group goes too (before reaping,
-        // while the group id cannot have been reused).
-        if lock(&self.exit).is_none() {
-            let _ = plughost_sys::process::kill_process_group(self.pid());
-        }
-        let exit = self.reap();
-        self.channel.shutdown();
-        self.hangups.forget(&self.channel);
-        self.ring.wake_service();
-        if self.killed_for.get().is_none() && !self.stopping.load(Ordering::Acquire) {
-            if let Some(exit) = exit {
-                tracing::warn!(plugin = %self.name, pid = self.pid(), "host {exit}");
-            }
-        }
-    }
-
-    fn reap(&self) -> Option<ProcessExit> {
-        let mut exit = lock(&self.exit);
-        if exit.is_none() {
-            if let Ok(Some(status)) = self.pidfd.try_wait() {
-                *exit = Some(status);
-            }
-        }
-        *exit
-    }
-
-    /// Why the host is gone (waiting briefly for it to finish exiting, killing it if it does not).
-    pub fn crash_cause(&self) -> CrashCause {
-        self.dead.store(true, Ordering::Release);
-        if let Some(cause) = self.killed_for.get() {
-            return cause.clone();
-        }
-        if !self.pidfd.wait_exit_timeout(Some(EXIT_GRACE)) {
-            self.kill_for(CrashCause::ChannelClosed);
-            return CrashCause::ChannelClosed;
-        }
-        match self.reap() {
-            Some(exit) => self.located(exit),
-            None => self
-                .killed_for
-                .get()
-                .cloned()
-                .unwrap_or(CrashCause::ChannelClosed),
-        }
-    }
-
-    /// `Faulted` with the report when the host died of a fault signal and left one, else `Exited`.
-    fn located(&self, exit: ProcessExit) -> CrashCause {
-        let (ProcessExit::Signal { signal, .. }, Some(crash)) = (exit, &self.crash) else {
-            return CrashCause::Exited(exit);
-        };
-        if !plughost_sys::crash_report::SIGNALS.contains(&signal) {
-            return CrashCause::Exited(exit);
-        }
-        let report = crash.report.get_or_init(|| {
-            crate::symbolize::read_report(&crash.memfd, &crash.library, &crash.library_name)
-                .filter(|report| report.signal == signal)
-                .map(Arc::new)
-        });
-        match report {
-            Some(report) => CrashCause::Faulted {
-                exit,
-                report: report.clone(),
-            },
-            None => CrashCause::Exited(exit),
-        }
-    }
-
-    fn violation(&self, what: String) -> CrashCause {
-        self.kill_for(CrashCause::ProtocolViolation(what));
-        self.crash_cause()
-    }
-
     /// Receives one frame from the socket with the read token held, without blocking. Every failure
     /// means the host is gone or has just been killed for what it sent (`killed_for` records why):
     /// the caller classifies it with [`Host::crash_cause`], after releasing the token if it is a pool
@@ -440,98 +311,6 @@ impl Host {
         decode::<HostMsg>(frame).map_err(|e| {
             self.violation(format!("sent a malformed frame through the call ring: {e}"))
         })
-    }
-
-    /// Runs one API call for the host.
-    fn run_call(
-        &self,
-        call: ApiCall,
-        handler: &dyn ServiceCallbacks,
-    ) -> (ApiReply, Option<OwnedFd>) {
-        let name = call.name();
-        let ctx = CallContext { plugin: &self.name };
-        let (reply, fd) = execute::execute(ctx, call, handler, &self.processes);
-        self.stats.api_calls.fetch_add(1, Ordering::Relaxed);
-        tracing::trace!(plugin = %self.name, call = name, ?reply, "api call");
-        (reply, fd)
-    }
-
-    /// Runs one API call that came on the socket and sends the reply there.
-    fn serve_call(&self, id: RequestId, call: ApiCall, handler: &dyn ServiceCallbacks) {
-        let (reply, fd) = self.run_call(call, handler);
-        // A host's threads read their replies, so a full queue means it keeps calling without
-        // reading: wait at most SEND_TIMEOUT for room (never longer: that holds a service thread).
-        let msg = ServiceMsg::Reply { id, reply };
-        let fds: &[BorrowedFd<'_>] = match &fd {
-            Some(fd) => &[fd.as_fd()],
-            None => &[],
-        };
-        let sent = match self.send_with(&msg, fds, true) {
-            Err(ChannelError::TimedOut) => self.send(&msg, fds),
-            other => other,
-        };
-        // Any other failure means the host is gone; whoever reads next classifies it.
-        if let Err(ChannelError::TimedOut) = sent {
-            self.kill_for(CrashCause::ProtocolViolation(format!(
-                "stopped reading the service's replies (none read for {} ms)",
-                SEND_TIMEOUT.as_millis()
-            )));
-        }
-    }
-
-    /// Serves the call in ring slot `index` (claimed by this thread) and answers it in place.
-    fn serve_slot(
-        &self,
-        index: usize,
-        frame: &mut Vec<u8>,
-        handler: &dyn ServiceCallbacks,
-    ) -> Result<(), CrashCause> {
-        self.ring
-            .request(index, frame)
-            .map_err(|e| self.violation(format!("sent {e} of the call ring")))?;
-        let (id, call) = RingSlot
-            .accept(self.decode_ring(frame)?)
-            .map_err(|why| self.violation(why))?;
-        let (reply, fd) = self.run_call(call, handler);
-        // The fd goes first, on the fd lane, so that it is queued when the caller sees the reply
-        // (which names it by request id). Never blocking: a host that leaves its fds untaken until
-        // the lane is full is killed, and the fd it did not take is closed here.
-        if let Some(fd) = &fd {
-            match self.ring.send_fd(id.0, fd.as_fd()) {
-                Ok(()) => {}
-                Err(e @ plughost_sys::RingError::FdsNotTaken) => {
-                    return Err(self.violation(e.to_string()))
-                }
-                Err(_) => return Err(self.crash_cause()),
-            }
-        }
-        SEND_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            match encode(&ServiceMsg::Reply { id, reply }, &mut buf) {
-                Ok(()) => self.ring.reply(index, &buf),
-                // A reply is a few bytes; this cannot fail, but never leave the caller waiting.
-                Err(_) => self.ring.reply(index, &[]),
-            }
-        });
-        // Our copy of the fd is closed once the caller is on its way, not before.
-        drop(fd);
-        Ok(())
-    }
-
-    /// Serves one call taken out of the backlog.
-    fn serve_work(
-        &self,
-        work: Work,
-        frame: &mut Vec<u8>,
-        handler: &dyn ServiceCallbacks,
-    ) -> Result<(), CrashCause> {
-        match work {
-            Work::Slot(index) => self.serve_slot(index, frame, handler),
-            Work::Socket(id, call) => {
-                self.serve_call(id, call, handler);
-                Ok(())
-            }
-        }
     }
 
     /// Dispatches one hook and waits for its answer, serving the plugin's calls meanwhile with `scope`.
@@ -608,56 +387,6 @@ impl Host {
             self.kicks.kick(self.id);
         }
         Ok(outcome)
-    }
-
-    /// Why a host the monitor saw die died (`None` while it lives). With `wait` false, also `None`
-    /// while someone holds the read token: a dispatcher in a hook classifies the death itself, and a
-    /// pool thread leaves it to the next dispatch.
-    pub fn death_cause(&self, wait: bool) -> Option<CrashCause> {
-        if !self.is_dead() {
-            return None;
-        }
-        let mut reader = if wait {
-            lock(&self.reader)
-        } else {
-            let mut tries = 0;
-            loop {
-                match self.reader.try_lock() {
-                    Ok(reader) => break reader,
-                    Err(TryLockError::Poisoned(e)) => break e.into_inner(),
-                    Err(TryLockError::WouldBlock) => {
-                        // A dispatcher in a hook of this host records the death itself. Otherwise
-                        // a pool thread holds the token, only while it claims work (it saw the
-                        // same death on the socket, say): wait for it, briefly, rather than leave
-                        // the death to the next operation.
-                        if lock(&self.backlog).hooks > 0 || tries >= DEATH_TOKEN_TRIES {
-                            return None;
-                        }
-                        tries += 1;
-                        std::thread::sleep(Duration::from_micros(500));
-                    }
-                }
-            }
-        };
-        Some(self.classify_dead(&mut reader))
-    }
-
-    /// With the read token of a dead host: what it sent before it died may say why (`Blocked`).
-    fn classify_dead(&self, reader: &mut Reader) -> CrashCause {
-        while let Ok(Some(msg)) = self.recv(reader) {
-            if let HostMsg::Blocked { syscall } = msg {
-                self.kill_for(CrashCause::BlockedSyscall { syscall });
-            }
-        }
-        self.crash_cause()
-    }
-
-    fn hung(&self, dispatch: &Dispatch<'_>) -> CrashCause {
-        self.kill_for(CrashCause::Hung {
-            hook: dispatch.hook.kind(),
-            after: dispatch.deadline,
-        });
-        self.crash_cause()
     }
 
     /// One frame during a hook: its answer, a call to serve with `scope`, or a violation.
@@ -814,107 +543,6 @@ impl Host {
             }
             if claimed == 0 && !rerouted {
                 self.ring.wait(seen, left.min(DEADLINE_TICK));
-            }
-        }
-    }
-
-    /// A pool thread was woken for this host (its doorbell, or its socket when `socket` is true)
-    /// with no hook in flight, or with a dispatcher about to start (then it leaves everything to the
-    /// dispatcher).
-    pub fn serve_idle(&self, default: &dyn ServiceCallbacks, socket: bool) {
-        if socket {
-            self.socket_pending.store(true, Ordering::SeqCst);
-        }
-        SLOT_BUF.with(|frame| {
-            let mut frame = frame.borrow_mut();
-            for _ in 0..POOL_ROUNDS {
-                if !self.serve_round(default, &mut frame) {
-                    return;
-                }
-            }
-            // More is waiting: give it a later turn rather than holding this thread.
-            self.kicks.kick(self.id);
-        })
-    }
-
-    /// One round of [`serve_idle`]: claim under the token, serve without it. Returns whether to look
-    /// again.
-    fn serve_round(&self, default: &dyn ServiceCallbacks, frame: &mut Vec<u8>) -> bool {
-        let mut reader = match self.reader.try_lock() {
-            Ok(reader) => reader,
-            // A panic in a callback of an earlier holder: the buffers are still sound.
-            Err(TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(TryLockError::WouldBlock) => {
-                // A dispatcher (which must hear of socket frames) or another pool thread (which
-                // looks again before it stops) holds the token.
-                if self.socket_pending.load(Ordering::SeqCst) {
-                    self.ring.wake_service();
-                }
-                return false;
-            }
-        };
-        let seen = self.ring.seq();
-        let claimed = self.ring.claim_requests();
-        let msg = if self.socket_announced(&mut reader) {
-            match self.recv(&mut reader) {
-                Ok(Some(msg)) => {
-                    // There may be more behind it.
-                    self.socket_pending.store(true, Ordering::SeqCst);
-                    Some(msg)
-                }
-                Ok(None) => None,
-                // Dead or killed: the monitor and the next dispatcher report it (classifying it
-                // here could wait for the exit with the token held).
-                Err(Gone) => return false,
-            }
-        } else {
-            None
-        };
-        drop(reader);
-        let mut found = claimed != 0;
-        let call = match msg {
-            Some(HostMsg::Call { id, call }) => Some((id, call)),
-            Some(other) => {
-                found = true;
-                self.serve_idle_msg(other, default);
-                None
-            }
-            None => None,
-        };
-        // Claimed calls go through the backlog: a hook that begins before one of them is begun
-        // takes it (module docs).
-        if claimed != 0 || call.is_some() {
-            found = true;
-            let mut backlog = lock(&self.backlog);
-            backlog.slots |= claimed;
-            backlog.socket.extend(call);
-        }
-        loop {
-            let work = {
-                let mut backlog = lock(&self.backlog);
-                if backlog.hooks > 0 {
-                    if !backlog.is_empty() {
-                        // The dispatcher looks at the backlog on its next turn.
-                        self.ring.wake_service();
-                    }
-                    return false;
-                }
-                backlog.pop()
-            };
-            let Some(work) = work else { break };
-            if self.serve_work(work, frame, default).is_err() {
-                return false;
-            }
-        }
-        found || self.ring.seq() != seen || self.socket_pending.load(Ordering::SeqCst)
-    }
-
-    fn serve_idle_msg(&self, msg: HostMsg, default: &dyn ServiceCallbacks) {
-        match Idle.accept(msg) {
-            Ok(Outside::Call(id, call)) => self.serve_call(id, call, default),
-            Ok(Outside::Blocked(syscall)) => self.kill_for(CrashCause::BlockedSyscall { syscall }),
-            Err(why) => {
-                self.violation(why);
             }
         }
     }
