@@ -1,5 +1,5 @@
 /*
- * ph_ring.h — the call ring (crates/sys/src/ring.rs) seen from inside a hostile test plugin: find the
+ * ph_ring.h — the call ring (crates/sys/src/ring/mod.rs) seen from inside a hostile test plugin: find the
  * host's mapping of it, write any frame into a request slot or the hook lane, and wake the service
  * the way the host does. Static inline helpers only; include after ph_test.h.
  *
@@ -8,7 +8,7 @@
  * The doorbell is the host's only eventfd (/proc/self/fd/N -> `anon_inode:[eventfd]`).
  *
  * The offsets below mirror `plughost_sys::ring::layout`; the Rust unit test
- * `the_published_layout_matches_the_struct` (crates/sys/src/ring.rs) pins those to the `#[repr(C)]`
+ * `the_published_layout_matches_the_struct` (crates/sys/src/ring/mod.rs) pins those to the `#[repr(C)]`
  * struct, so a change of the struct fails there first: update this file with it. The integration
  * test `ph_ring_h_mirrors_the_published_layout` (tests/tests/ring.rs) compiles this header and checks
  * its numbers against `layout`.
