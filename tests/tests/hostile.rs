@@ -391,7 +391,13 @@ impl plughost::OutputSink for CountingSink {
             .bytes()
             .fold(0u64, |a, b| a.rotate_left(5) ^ u64::from(b));
         self.checksum.fetch_xor(sum, Relaxed);
-        self.lines.fetch_add(1, Relaxed);
+        // The monitor logs a burst, then 20 lines a second, and says how many it did not log.
+        let not_logged = line
+            .strip_prefix('[')
+            .and_then(|rest| rest.strip_suffix(" lines not logged: more than 20 a second]"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        self.lines.fetch_add(1 + not_logged, Relaxed);
     }
 }
 

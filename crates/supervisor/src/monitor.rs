@@ -6,10 +6,14 @@
 //! manager's `OnDeath`: a `try_lock` of the host's read token, a classification of an exited process,
 //! leaf locks only), so the next operation fails before any hook. A dead host's cgroup is killed at once; its directory is
 //! removed when `cgroup.events` (watched in the same epoll set) says the last process is gone.
+//! A plugin's output is read at most 64 KiB per wake-up and logged within a line budget (200 at
+//! once, then 20 a second; the rest counted), so a plugin that floods its stdout holds neither this
+//! thread nor the service's disk.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::event::{eventfd, EventfdFlags};
@@ -25,8 +29,57 @@ const STOP_KEY: u64 = u64::MAX;
 /// without newlines cannot grow the service's memory.
 const MAX_LINE: usize = 4096;
 
+/// Most reads of one host's output per wake-up (64 KiB): the pipe is level-triggered, so what is
+/// left comes back at the next wait, after the other hosts' events (a plugin printing faster than
+/// the sink takes it cannot hold the monitor, and with it every other host's death notice).
+const READS_PER_WAKE: usize = 16;
+/// Lines of one plugin logged at once, then [`LINES_PER_SEC`] a second; the rest are counted and
+/// the count logged with the next line that passes (a flood cannot fill the service's disk).
+const LINE_BURST: f64 = 200.0;
+const LINES_PER_SEC: f64 = 20.0;
+
 /// Keys per host: its pidfd, its output pipe, its cgroup's `cgroup.events`.
 const KEYS_PER_HOST: u64 = 3;
+
+/// A token bucket of one plugin's output lines.
+struct LineBudget {
+    tokens: f64,
+    at: Instant,
+    dropped: u64,
+}
+
+impl LineBudget {
+    fn new() -> LineBudget {
+        LineBudget {
+            tokens: LINE_BURST,
+            at: Instant::now(),
+            dropped: 0,
+        }
+    }
+
+    /// Passes `line` to `sink` if the budget allows (after a note of how many were not), else
+    /// counts it.
+    fn emit(&mut self, sink: &dyn OutputSink, plugin: &str, line: &str) {
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * LINES_PER_SEC;
+        self.tokens = (self.tokens + refill).min(LINE_BURST);
+        self.at = now;
+        if self.tokens < 1.0 {
+            self.dropped += 1;
+            return;
+        }
+        self.tokens -= 1.0;
+        if self.dropped > 0 {
+            let note = format!(
+                "[{} lines not logged: more than {LINES_PER_SEC} a second]",
+                self.dropped
+            );
+            sink.line(plugin, &note);
+            self.dropped = 0;
+        }
+        sink.line(plugin, line);
+    }
+}
 
 /// What the manager does when a host dies (latch or back off: the next operation fails fast).
 pub(crate) type OnDeath = Box<dyn FnOnce() + Send>;
@@ -41,6 +94,7 @@ enum Watch {
         plugin: Arc<str>,
         pipe: OwnedFd,
         partial: Vec<u8>,
+        budget: LineBudget,
     },
     /// A dead host's killed cgroup, removed once empty.
     Drain {
@@ -113,6 +167,7 @@ impl Monitor {
                 plugin,
                 pipe,
                 partial: Vec::new(),
+                budget: LineBudget::new(),
             },
         );
     }
@@ -173,7 +228,8 @@ impl Monitor {
                 plugin,
                 pipe,
                 partial,
-            }) => read_output(pipe, partial, plugin, &*self.output),
+                budget,
+            }) => read_output(pipe, partial, budget, plugin, &*self.output),
             Some(Watch::Drain { cgroup, events }) => {
                 // Reading re-arms the notification; then try again.
                 let _ = events.is_populated();
@@ -230,35 +286,116 @@ impl Monitor {
     }
 }
 
-/// Reads what is available; returns true at end of file.
-fn read_output(pipe: &OwnedFd, partial: &mut Vec<u8>, plugin: &str, sink: &dyn OutputSink) -> bool {
+/// Reads what is available, at most [`READS_PER_WAKE`] times; returns true at end of file.
+fn read_output(
+    pipe: &OwnedFd,
+    partial: &mut Vec<u8>,
+    budget: &mut LineBudget,
+    plugin: &str,
+    sink: &dyn OutputSink,
+) -> bool {
     let mut buf = [0u8; 4096];
-    loop {
+    let mut reads = 0;
+    while reads < READS_PER_WAKE {
         match rustix::io::read(pipe, &mut buf) {
             Ok(0) => {
                 if !partial.is_empty() {
-                    sink.line(plugin, &String::from_utf8_lossy(partial));
+                    budget.emit(sink, plugin, &String::from_utf8_lossy(partial));
                     partial.clear();
                 }
                 return true;
             }
             Ok(n) => {
+                reads += 1;
                 partial.extend_from_slice(&buf[..n]);
                 while let Some(pos) = partial.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = partial.drain(..=pos).collect();
-                    sink.line(
+                    budget.emit(
+                        sink,
                         plugin,
                         String::from_utf8_lossy(&line[..pos]).trim_end_matches('\r'),
                     );
                 }
                 while partial.len() >= MAX_LINE {
                     let line: Vec<u8> = partial.drain(..MAX_LINE).collect();
-                    sink.line(plugin, &String::from_utf8_lossy(&line));
+                    budget.emit(sink, plugin, &String::from_utf8_lossy(&line));
                 }
             }
             Err(Errno::INTR) => continue,
             Err(Errno::AGAIN) => return false,
             Err(_) => return true,
         }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Lines(Mutex<Vec<String>>);
+
+    impl OutputSink for Lines {
+        fn line(&self, _plugin: &str, line: &str) {
+            self.0.lock().expect("lines").push(line.to_owned());
+        }
+    }
+
+    /// A writer that never stops cannot keep one wake-up reading, and what it writes past the
+    /// burst is counted, not logged.
+    #[test]
+    fn a_flood_is_read_in_bounded_turns_and_logged_within_the_budget() {
+        let (read, write) = rustix::pipe::pipe().expect("pipe");
+        rustix::fs::fcntl_setfl(&read, rustix::fs::OFlags::NONBLOCK).expect("nonblock");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let chunk = "flood\n".repeat(512);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = rustix::io::write(&write, chunk.as_bytes());
+                }
+            })
+        };
+        let sink = Lines::default();
+        let (mut partial, mut budget) = (Vec::new(), LineBudget::new());
+        // Returns (not at the end) however fast the writer refills the pipe; until the writer
+        // has offered far more than the burst.
+        for _ in 0..1_000_000 {
+            assert!(!read_output(&read, &mut partial, &mut budget, "p", &sink));
+            if budget.dropped > 10_000 {
+                break;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(read);
+        writer.join().expect("writer");
+        let lines = sink.0.lock().expect("lines");
+        assert!(budget.dropped > 10_000, "{} dropped", budget.dropped);
+        // The burst, and what the rate let through while the test ran (well under a minute).
+        assert!(
+            lines.len() <= LINE_BURST as usize + 1200,
+            "{} logged",
+            lines.len()
+        );
+        assert!(lines.iter().all(|l| l == "flood" || l.starts_with('[')));
+    }
+
+    #[test]
+    fn the_count_of_what_was_not_logged_comes_with_the_next_line() {
+        let sink = Lines::default();
+        let mut budget = LineBudget::new();
+        for _ in 0..(LINE_BURST as usize + 5) {
+            budget.emit(&sink, "p", "x");
+        }
+        assert_eq!(budget.dropped, 5);
+        budget.tokens = 1.0;
+        budget.emit(&sink, "p", "after");
+        let lines = sink.0.lock().expect("lines");
+        let n = lines.len();
+        assert_eq!(lines[n - 2], "[5 lines not logged: more than 20 a second]");
+        assert_eq!(lines[n - 1], "after");
     }
 }
