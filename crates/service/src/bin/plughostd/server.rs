@@ -251,7 +251,11 @@ fn read_request(stream: &UnixStream, deadline: Instant) -> Result<(Vec<u8>, Vec<
 }
 
 fn handle(daemon: &Daemon, caller: Caller, stream: UnixStream, socket: &Path) {
-    if let Some(why) = daemon.plugin_host(caller) {
+    let refusal = daemon
+        .plugin_host(caller)
+        .map(|why| ("plugin hosts", why))
+        .or_else(|| daemon.vm_id(caller).map(|why| ("inside VMs", why)));
+    if let Some((whom, why)) = refusal {
         tracing::warn!(
             uid = caller.uid,
             pid = caller.pid,
@@ -260,20 +264,7 @@ fn handle(daemon: &Daemon, caller: Caller, stream: UnixStream, socket: &Path) {
         refuse(
             stream,
             ErrorKind::Refused,
-            format!("plughostd refuses control requests from plugin hosts: {why}"),
-        );
-        return;
-    }
-    if let Some(why) = daemon.vm_id(caller) {
-        tracing::warn!(
-            uid = caller.uid,
-            pid = caller.pid,
-            "control request refused: {why}"
-        );
-        refuse(
-            stream,
-            ErrorKind::Refused,
-            format!("plughostd refuses control requests from inside VMs: {why}"),
+            format!("plughostd refuses control requests from {whom}: {why}"),
         );
         return;
     }
