@@ -121,9 +121,11 @@ mod tests {
             }
             assert_eq!(ran.load(Ordering::SeqCst), (round + 1) * 8);
         }
-        // One job at a time, each once a thread is idle: no new thread is started.
+        // At most one thread per job; fewer when a thread was idle again before the next `run`
+        // (a fast job on a busy machine).
         let started = workers.started.load(Ordering::Relaxed);
-        assert!((8..=400).contains(&started), "{started} threads");
+        assert!((1..=400).contains(&started), "{started} threads");
+        // One job at a time, each once a thread is idle: no new thread is started.
         for round in 0..20 {
             while workers.lock().idle == 0 {
                 std::thread::yield_now();
