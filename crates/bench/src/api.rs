@@ -9,16 +9,15 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::io::{Read, Write};
 use std::rc::Rc;
 use std::sync::OnceLock;
 
 use anyhow::{ensure, Context, Result};
 use plughost::{PluginConfig, PluginManager, VmSettings};
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
 
-use crate::cases::{Case, STUCK};
+use crate::cases::Case;
 use crate::echo::Echo;
+use crate::fifos::BenchFifos;
 use crate::setup::{session, Env};
 use crate::stats::{Samples, Unit};
 
@@ -85,69 +84,23 @@ const MAX_CALLS: usize = 4000;
 pub struct ApiPlugin<'a> {
     env: &'a Env,
     pub manager: PluginManager,
-    ctl: File,
-    done: File,
+    fifos: BenchFifos,
 }
 
 impl<'a> ApiPlugin<'a> {
     pub fn start(env: &'a Env) -> Result<ApiPlugin<'a>> {
-        let ctl_path = env.fifo("api.ctl")?;
-        let done_path = env.fifo("api.done")?;
-        // Read-write opens of a FIFO never block, and keep it from ever reaching end of file.
-        let open = |p: &std::path::Path| {
-            File::options()
-                .read(true)
-                .write(true)
-                .open(p)
-                .with_context(|| format!("opening {}", p.display()))
-        };
-        let ctl = open(&ctl_path)?;
-        let done = open(&done_path)?;
-        let plugin = PluginConfig::new("bench_api", &env.api)
-            .env("PH_BENCH_CTL", ctl_path.to_string_lossy())
-            .env("PH_BENCH_DONE", done_path.to_string_lossy())
-            .allow_write(&env.scratch);
+        let (fifos, plugin) =
+            BenchFifos::open(env, "api", PluginConfig::new("bench_api", &env.api))?;
         let manager = env.ready_manager(vec![plugin])?;
         Ok(ApiPlugin {
             env,
             manager,
-            ctl,
-            done,
+            fifos,
         })
     }
 
     fn command(&mut self, mode: u32, kind: u32, count: u32) -> Result<(u32, u32)> {
-        let mut cmd = Vec::with_capacity(12);
-        for word in [mode, kind, count] {
-            cmd.extend_from_slice(&word.to_ne_bytes());
-        }
-        self.ctl
-            .write_all(&cmd)
-            .context("writing a bench command")?;
-        let mut head = [0u8; 8];
-        self.read_answer(&mut head)?;
-        let word = |i: usize| u32::from_ne_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
-        Ok((word(0), word(4)))
-    }
-
-    fn read_answer(&mut self, buf: &mut [u8]) -> Result<()> {
-        let mut filled = 0;
-        while filled < buf.len() {
-            let ts = Timespec {
-                tv_sec: STUCK.as_secs() as i64,
-                tv_nsec: 0,
-            };
-            let mut fds = [PollFd::new(&self.done, PollFlags::IN)];
-            let ready = poll(&mut fds, Some(&ts)).context("poll on the bench FIFO")?;
-            ensure!(ready > 0, "the api plugin did not answer within {STUCK:?}");
-            let n = self
-                .done
-                .read(&mut buf[filled..])
-                .context("reading the bench FIFO")?;
-            ensure!(n > 0, "the bench FIFO closed");
-            filled += n;
-        }
-        Ok(())
+        self.fifos.command([mode, kind, count])
     }
 
     /// The samples of the last WORKER or COLLECT command, in µs.
@@ -164,7 +117,7 @@ impl<'a> ApiPlugin<'a> {
             "{what}: {failures} of {n} calls did not answer as expected"
         );
         let mut raw = vec![0u8; n as usize * 8];
-        self.read_answer(&mut raw)?;
+        self.fifos.read_answer(&mut raw)?;
         out.extend(raw.chunks_exact(8).map(|c| {
             let ns = u64::from_ne_bytes(c.try_into().unwrap_or_default());
             ns as f64 / 1e3

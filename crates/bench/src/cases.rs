@@ -1,15 +1,13 @@
 //! The measurements. Each [`Case`] runs one batch of iterations per round; the driver interleaves the
 //! rounds of all cases so that drift (absolute times move between runs) falls on all alike.
 
-use std::fs::File;
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use plughost::{PluginConfig, PluginManager, Session, VmSettings};
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
 
 use crate::echo::Echo;
+use crate::fifos::BenchFifos;
 use crate::setup::{check_ready, session, Env};
 use crate::stats::{Samples, Unit};
 
@@ -171,8 +169,7 @@ impl Case for HookRtt<'_> {
 pub struct CallbackPlugin<'a> {
     env: &'a Env,
     manager: PluginManager,
-    ctl: File,
-    done: File,
+    fifos: BenchFifos,
 }
 
 const MODE_LATENCY: u32 = 1;
@@ -180,70 +177,18 @@ const MODE_THROUGHPUT: u32 = 2;
 
 impl<'a> CallbackPlugin<'a> {
     pub fn start(env: &'a Env, name: &str) -> Result<CallbackPlugin<'a>> {
-        let ctl_path = env.fifo(&format!("{name}.ctl"))?;
-        let done_path = env.fifo(&format!("{name}.done"))?;
-        // Read-write opens of a FIFO never block, and keep it from ever reaching end of file.
-        let open = |p: &std::path::Path| {
-            File::options()
-                .read(true)
-                .write(true)
-                .open(p)
-                .with_context(|| format!("opening {}", p.display()))
-        };
-        let ctl = open(&ctl_path)?;
-        let done = open(&done_path)?;
-        // The host confines the plugin's file access (Landlock): open the FIFOs' directory to it.
-        let plugin = PluginConfig::new(name, &env.callbacks)
-            .env("PH_BENCH_CTL", ctl_path.to_string_lossy())
-            .env("PH_BENCH_DONE", done_path.to_string_lossy())
-            .allow_write(&env.scratch);
+        let (fifos, plugin) = BenchFifos::open(env, name, PluginConfig::new(name, &env.callbacks))?;
         let manager = env.ready_manager(vec![plugin])?;
         Ok(CallbackPlugin {
             env,
             manager,
-            ctl,
-            done,
+            fifos,
         })
     }
 
     /// Sends one command; returns (failures, calls made).
     fn command(&mut self, mode: u32, count: u32) -> Result<(u32, u32)> {
-        let mut cmd = Vec::with_capacity(12);
-        for word in [mode, count, session().id.0] {
-            cmd.extend_from_slice(&word.to_ne_bytes());
-        }
-        self.ctl
-            .write_all(&cmd)
-            .context("writing a bench command")?;
-        let mut head = [0u8; 8];
-        self.read_answer(&mut head)?;
-        let word = |i: usize| u32::from_ne_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
-        Ok((word(0), word(4)))
-    }
-
-    fn read_answer(&mut self, buf: &mut [u8]) -> Result<()> {
-        let mut filled = 0;
-        while filled < buf.len() {
-            let ts = Timespec {
-                tv_sec: STUCK.as_secs() as i64,
-                tv_nsec: 0,
-            };
-            let mut fds = [PollFd::new(&self.done, PollFlags::IN)];
-            let ready = poll(&mut fds, Some(&ts)).context("poll on the bench FIFO")?;
-            if ready == 0 {
-                bail!(
-                    "the callback plugin did not answer within {STUCK:?} (can the host's user \
-                     open the FIFOs? does its Landlock or seccomp policy refuse them?)"
-                );
-            }
-            let n = self
-                .done
-                .read(&mut buf[filled..])
-                .context("reading the bench FIFO")?;
-            ensure!(n > 0, "the bench FIFO closed");
-            filled += n;
-        }
-        Ok(())
+        self.fifos.command([mode, count, session().id.0])
     }
 
     /// `count` calls one after another from one plugin thread: each one's duration in µs, as the
@@ -256,7 +201,7 @@ impl<'a> CallbackPlugin<'a> {
             "latency: {failures} of {n} calls failed"
         );
         let mut raw = vec![0u8; n as usize * 8];
-        self.read_answer(&mut raw)?;
+        self.fifos.read_answer(&mut raw)?;
         out.extend(raw.chunks_exact(8).map(|c| {
             let ns = u64::from_ne_bytes(c.try_into().unwrap_or_default());
             ns as f64 / 1e3
@@ -273,7 +218,7 @@ impl<'a> CallbackPlugin<'a> {
         let before = self.env.service.mounts();
         let (failures, n) = self.command(MODE_THROUGHPUT, count)?;
         let mut elapsed = [0u8; 8];
-        self.read_answer(&mut elapsed)?;
+        self.fifos.read_answer(&mut elapsed)?;
         ensure!(failures == 0, "throughput: {failures} of {n} calls failed");
         ensure!(
             self.env.service.mounts() - before == u64::from(n),

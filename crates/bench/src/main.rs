@@ -16,6 +16,7 @@ mod api;
 mod cases;
 mod daemon;
 mod echo;
+mod fifos;
 mod pin;
 mod report;
 mod setup;
