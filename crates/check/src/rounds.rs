@@ -113,6 +113,15 @@ impl Driver {
             if created {
                 self.stop_session(id);
             }
+        }
+        self.stop_the_rest(id, distro);
+    }
+
+    /// The distribution's stop (when it `runs`), its unregistration and the VM's stop.
+    fn stop_the_rest(&self, id: u32, runs: bool) {
+        let (s, d, o) = (session(id), distribution(id), offline(id));
+        let service = &*self.service;
+        if runs {
             self.call(HookKind::DistributionStopping, |me| {
                 me.manager.on_distribution_stopping(
                     &s,
@@ -161,30 +170,8 @@ impl Driver {
     /// Every stopping hook for ids that were never started.
     pub fn stop_unknown(&self) {
         let id = 9_999;
-        let (s, d, o) = (session(id), distribution(id), offline(id));
-        let service = &*self.service;
         self.stop_session(id);
-        self.call(HookKind::DistributionStopping, |me| {
-            me.manager.on_distribution_stopping(
-                &s,
-                &d,
-                &service.scope(HookKind::DistributionStopping),
-            );
-            Ok(())
-        });
-        self.call(HookKind::DistributionUnregistered, |me| {
-            me.manager.on_distribution_unregistered(
-                &s,
-                &o,
-                &service.scope(HookKind::DistributionUnregistered),
-            );
-            Ok(())
-        });
-        self.call(HookKind::VmStopping, |me| {
-            me.manager
-                .on_vm_stopping(&s, &service.scope(HookKind::VmStopping));
-            Ok(())
-        });
+        self.stop_the_rest(id, true);
     }
 
     /// Two sessions' lifecycles on two threads at once.
