@@ -95,8 +95,9 @@ static void finish(uint32_t kind)
     handle_count = 0;
 }
 
-/* One call of `kind` (the i-th of its batch); 0 when its outcome is the one expected. */
-static int one_call(uint32_t kind, uint32_t i)
+/* One call of `kind` (the i-th of its batch); 0 when its outcome is the one expected. An fd it
+ * received is left in *fd_out for the caller to close after its timestamp. */
+static int one_call(uint32_t kind, uint32_t i, int *fd_out)
 {
     static const struct plughost_uuid distro_ok = {{1}}, distro_err = {{2, 2, 2, 2, 2, 2, 2, 2, 2,
                                                                         2, 2, 2, 2, 2, 2, 2}};
@@ -155,8 +156,7 @@ static int one_call(uint32_t kind, uint32_t i)
     default:
         return 1;
     }
-    if (fd >= 0)
-        close(fd);
+    *fd_out = fd;
     if (ok)
         return s == PLUGHOST_OK ? 0 : 1;
     return s == PLUGHOST_E_NOT_FOUND ? 0 : 1;
@@ -168,9 +168,12 @@ static void run(uint32_t kind, uint32_t count)
     uint32_t n = count < MAX_CALLS ? count : MAX_CALLS;
     uint32_t failed = kind < KINDS ? 0 : n;
     for (uint32_t i = 0; i < n && kind < KINDS; i++) {
+        int fd = -1;
         uint64_t t0 = now_ns();
-        failed += (uint32_t)one_call(kind, i);
+        failed += (uint32_t)one_call(kind, i, &fd);
         samples[i] = now_ns() - t0;
+        if (fd >= 0)
+            close(fd);
     }
     sample_count = n;
     sample_failures = failed;

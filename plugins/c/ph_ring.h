@@ -65,8 +65,10 @@
 #define PH_RING_HOOK_OFFSET 1280u /* the hook (service -> host) */
 #define PH_RING_SLOTS_OFFSET 2304u
 #define PH_RING_SLOT_SIZE 1024u
-/* In a slot: u32 state at 0, u32 len at 4, the frame from PH_RING_SLOT_DATA. */
+/* In a slot: u32 state at 0, u32 len at 4, u32 by_lane at 8 (the caller waits for its reply on
+ * the fd lane), the frame from PH_RING_SLOT_DATA. */
 #define PH_RING_SLOT_LEN 4u
+#define PH_RING_SLOT_BY_LANE 8u
 #define PH_RING_SLOT_DATA 64u
 #define PH_RING_SLOT_BYTES 960u /* SLOT_WORDS (120) * 8 */
 #define PH_RING_SLOTS 32

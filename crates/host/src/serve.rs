@@ -7,6 +7,8 @@
 //! reply is written in place. No other host thread is involved, whatever the main thread is doing.
 //! A reply that carries an fd names the call's request id; the service sent the fd on the ring's fd
 //! lane before writing the reply, so the caller takes it there without waiting ([`Ring::take_fd`]).
+//! A call of a kind that last answered with an fd waits on the fd lane itself when no other thread
+//! does, so the fd and its wake-up come in one message (`Demux::last_without_fd`, `Ring::call`).
 //! A hook comes down the ring's hook-request lane and its answer goes up the ring's lane. The
 //! socket remains for hooks too large for the hook-request lane, `Shutdown`, calls whose frame does
 //! not fit a slot (or when every slot is busy) and their replies; each frame sent up the socket is
@@ -36,7 +38,8 @@
 //! # Locks
 //! `Demux::state`: guards the pending-call table, the hook queue and the reader flag. Never held
 //! across `recv`, `send` or plugin code. The ring's fd stash (`Ring::take_fd`): a leaf, held across
-//! non-blocking receives on the fd lane only, never with `state`.
+//! non-blocking receives on the fd lane only (never across the lane reader's blocking one), never
+//! with `state`.
 //!
 //! # Shutdown
 //! When the channel closes or the service sends `Shutdown`, every waiter (on the socket or on a ring
@@ -46,7 +49,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::thread::Thread;
 
@@ -138,6 +141,12 @@ pub struct Demux {
     /// from the socket's ids (`State::next_id`, counting up from 1): these count down from
     /// `u64::MAX`.
     ring_ids: AtomicU64,
+    /// Per call kind that answers with an fd when it succeeds ([`fd_kind`]): whether its last
+    /// answer through the ring came without one (an error). Until then the next call of that kind
+    /// waits for its reply on the fd lane, where the fd comes with the wake-up (`Ring::call`);
+    /// after an error it waits on its slot, where an answer without an fd costs less than a
+    /// message on the lane.
+    last_without_fd: [AtomicBool; 4],
     state: Mutex<State>,
     /// The main thread's longest sleep on the ring ([`IDLE_CHECK`]; the tests lengthen it, so that
     /// a lost wake-up shows in `idle_timeouts`).
@@ -186,6 +195,7 @@ impl Demux {
             channel,
             ring: OnceLock::new(),
             ring_ids: AtomicU64::new(u64::MAX),
+            last_without_fd: Default::default(),
             state: Mutex::new(State::default()),
             idle_check: IDLE_CHECK,
             idle_timeouts: AtomicU64::new(0),
@@ -237,6 +247,11 @@ impl Demux {
             return Err(call);
         };
         let id = self.ring_ids.fetch_sub(1, Ordering::Relaxed);
+        // A call that may answer with an fd waits for its reply on the fd lane when it can
+        // (`Ring::call`): the fd and the wake-up then come in one message.
+        let mut lane_fd = None;
+        let guess = fd_kind(&call).and_then(|kind| self.last_without_fd.get(kind));
+        let wants_fd = guess.is_some_and(|without| !without.load(Ordering::Relaxed));
         let msg = HostMsg::Call {
             id: RequestId(id),
             call,
@@ -246,7 +261,7 @@ impl Demux {
             let sent = SEND_BUF.with(|buf| {
                 let mut buf = buf.borrow_mut();
                 encode(&msg, &mut buf).ok()?;
-                Some(ring.call(&buf, &mut reply))
+                Some(ring.call(&buf, &mut reply, wants_fd.then_some((id, &mut lane_fd))))
             });
             match sent {
                 None | Some(Ok(false)) => None,
@@ -254,13 +269,15 @@ impl Demux {
                     Ok(ServiceMsg::Reply {
                         id: got,
                         reply: plughost_wire::ApiReply::Fd,
-                    }) if got.0 == id => match ring.take_fd(id) {
-                        Ok(fd) => Ok((plughost_wire::ApiReply::Fd, Some(fd))),
-                        Err(e) => {
-                            host_log(&format!("call ring: {e}"));
-                            Err(PLUGHOST_E_SHUTTING_DOWN)
+                    }) if got.0 == id => {
+                        match lane_fd.take().map_or_else(|| ring.take_fd(id), Ok) {
+                            Ok(fd) => Ok((plughost_wire::ApiReply::Fd, Some(fd))),
+                            Err(e) => {
+                                host_log(&format!("call ring: {e}"));
+                                Err(PLUGHOST_E_SHUTTING_DOWN)
+                            }
                         }
-                    },
+                    }
                     Ok(ServiceMsg::Reply { reply, .. }) if reply != plughost_wire::ApiReply::Fd => {
                         Ok((reply, None))
                     }
@@ -276,6 +293,10 @@ impl Demux {
                 Some(Err(_)) => Some(Err(PLUGHOST_E_SHUTTING_DOWN)),
             }
         });
+        if let (Some(without), Some(reply)) = (guess, &sent) {
+            let with_fd = matches!(reply, Ok((plughost_wire::ApiReply::Fd, _)));
+            without.store(!with_fd, Ordering::Relaxed);
+        }
         match (sent, msg) {
             (Some(reply), _) => Ok(reply),
             (None, HostMsg::Call { call, .. }) => Err(call),
@@ -643,6 +664,17 @@ impl Demux {
                 self.close(state);
             }
         }
+    }
+}
+
+/// The call kinds whose success answers with an fd, each an index of `Demux::last_without_fd`.
+fn fd_kind(call: &ApiCall) -> Option<usize> {
+    match call {
+        ApiCall::ExecuteBinary { .. } => Some(0),
+        ApiCall::ExecuteBinaryInDistribution { .. } => Some(1),
+        ApiCall::ProcessGetFd { .. } => Some(2),
+        ApiCall::ProcessGetExitFd { .. } => Some(3),
+        _ => None,
     }
 }
 

@@ -104,17 +104,26 @@ impl Host {
             .accept(self.decode_ring(frame)?)
             .map_err(|why| self.violation(why))?;
         let (reply, fd) = self.run_call(call, handler);
+        if self.ring.answers_on_lane(index) {
+            // The caller waits on the fd lane: the reply into the slot, then one message there
+            // (with the fd, if any) passes the fd and wakes it.
+            let sent = SEND_BUF.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                let frame = match encode(&ServiceMsg::Reply { id, reply }, &mut buf) {
+                    Ok(()) => &buf[..],
+                    // A reply is a few bytes; this cannot fail, but never leave the caller waiting.
+                    Err(_) => &[],
+                };
+                let fd = fd.as_ref().map(|fd| fd.as_fd());
+                self.ring.reply_on_lane(index, id.0, frame, fd)
+            });
+            return self.lane_sent(sent);
+        }
         // The fd goes first, on the fd lane, so that it is queued when the caller sees the reply
         // (which names it by request id). Never blocking: a host that leaves its fds untaken until
         // the lane is full is killed, and the fd it did not take is closed here.
         if let Some(fd) = &fd {
-            match self.ring.send_fd(id.0, fd.as_fd()) {
-                Ok(()) => {}
-                Err(e @ plughost_sys::RingError::FdsNotTaken) => {
-                    return Err(self.violation(e.to_string()))
-                }
-                Err(_) => return Err(self.crash_cause()),
-            }
+            self.lane_sent(self.ring.send_fd(id.0, fd.as_fd()))?;
         }
         SEND_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
@@ -127,6 +136,16 @@ impl Host {
         // Our copy of the fd is closed once the caller is on its way, not before.
         drop(fd);
         Ok(())
+    }
+
+    /// What a send on the fd lane means for the host: a full lane is its fault (it does not take
+    /// what it is sent), any other failure its death.
+    fn lane_sent(&self, sent: Result<(), plughost_sys::RingError>) -> Result<(), CrashCause> {
+        match sent {
+            Ok(()) => Ok(()),
+            Err(e @ plughost_sys::RingError::FdsNotTaken) => Err(self.violation(e.to_string())),
+            Err(_) => Err(self.crash_cause()),
+        }
     }
 
     /// Serves one call taken out of the backlog.

@@ -12,6 +12,15 @@
 //!   slot. The caller, woken by the slot, takes its fd with a non-blocking receive
 //!   ([`Ring::take_fd`]): the message is already queued, so no other wake-up is involved. Error
 //!   replies never touch it. Nothing travels host → service there (the service shut its read side).
+//!
+//!   Or the caller waits *on the lane* (one host thread at a time, the lane reader: it marks its
+//!   slot `by_lane` and blocks in `recvmsg`): the service writes the reply into the slot, then
+//!   sends the request id on the lane, with the fd if the reply carries one. That one `sendmsg`
+//!   passes the fd and wakes the caller: no futex round and no second receive (BENCHMARKS.md,
+//!   "fd answers on the lane"). It suits calls that usually answer with an fd; an answer without one
+//!   costs more there than a futex wake-up. What the reader receives for another caller (that
+//!   caller's fd) goes to the stash, and a caller that finds neither its fd in the stash nor on the
+//!   lane while a reader is at work waits for the reader to stash it or stop (a condvar, bounded).
 //! - **Lane** (host → service): the host's main thread posts a hook's answer here.
 //! - **Hook-request lane** (service → host): the dispatcher writes a hook's frame here, bumps
 //!   `Down::hook_seq` (the host's main thread's futex word) and wakes the main thread if it said it
@@ -71,7 +80,7 @@ use rustix::thread::futex;
 
 use crate::channel::{ChannelError, Seqpacket};
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// Request slots: at most this many calls of one host are in flight through the ring (more take
 /// the socket).
@@ -84,6 +93,7 @@ const CLOSE_POLL: rustix::event::Timespec = rustix::event::Timespec {
     tv_sec: 0,
     tv_nsec: 50_000_000,
 };
+const CLOSE_POLL_DURATION: Duration = Duration::from_millis(50);
 /// "PHR2": the layout with the hook-request lane (a host of the layout before it refuses the ring).
 const MAGIC: u32 = 0x5048_5232;
 
@@ -103,8 +113,11 @@ const DISPATCHER: u32 = 1;
 struct Slot {
     state: AtomicU32,
     len: AtomicU32,
+    /// Host: 1 when the caller waits for its reply on the fd lane instead of on `state`
+    /// ([`Ring::call`] with `fd_of`). Read by the service only to choose how to wake the caller.
+    by_lane: AtomicU32,
     /// Atomics too: the host may write any byte of the region.
-    _pad: [AtomicU32; 14],
+    _pad: [AtomicU32; 13],
     data: [AtomicU64; SLOT_WORDS],
 }
 
@@ -179,8 +192,9 @@ pub mod layout {
     pub const LANE: usize = 256;
     pub const HOOK: usize = 1280;
     pub const SLOTS: usize = 2304;
-    /// One slot: `u32 state`, `u32 len`, 56 bytes of padding, then the frame.
+    /// One slot: `u32 state`, `u32 len`, `u32 by_lane`, 52 bytes of padding, then the frame.
     pub const SLOT_SIZE: usize = 1024;
+    pub const SLOT_BY_LANE: usize = 8;
     pub const SLOT_DATA: usize = 64;
     /// Slot states: free, being written by the host, request, being served, reply.
     pub const STATE_FREE: u32 = super::FREE;
@@ -240,6 +254,11 @@ const FD_STASH: usize = 2 * SLOTS;
 struct FdStash {
     kept: VecDeque<(u64, OwnedFd)>,
     received: Vec<OwnedFd>,
+    /// A host thread is blocked receiving on the fd lane for its own reply (it holds `received`
+    /// meanwhile): a message it takes for another caller reaches that caller only through `kept`.
+    reader: bool,
+    /// Threads in [`Ring::take_fd`] waiting for that reader to stash their fd.
+    waiting: u32,
 }
 
 /// One end of the ring: the mapping, the doorbell eventfd and the fd lane.
@@ -247,9 +266,13 @@ pub struct Ring {
     shared: NonNull<Shared>,
     doorbell: OwnedFd,
     fd_lane: Seqpacket,
-    /// Host: fds received for another caller than the one that read them, by request id. A leaf
-    /// lock, held across non-blocking receives only.
+    /// Host: fds received for another caller than the one that read them, by request id, and who
+    /// reads the lane. A leaf lock, held across non-blocking receives only (never across the lane
+    /// reader's blocking one).
     fd_stash: Mutex<FdStash>,
+    /// Host: signalled when the lane reader stashed an fd or stopped reading (only when
+    /// `FdStash::waiting` says someone waits: a notify is a syscall).
+    fd_stashed: Condvar,
 }
 
 // SAFETY: the mapping is only accessed through the atomics of `Shared`, which are Sync; the pointer
@@ -377,6 +400,7 @@ impl Ring {
             doorbell,
             fd_lane,
             fd_stash: Mutex::new(FdStash::default()),
+            fd_stashed: Condvar::new(),
         };
         ring.shared().magic.store(MAGIC, Ordering::Release);
         Ok((
@@ -403,7 +427,13 @@ impl Ring {
             doorbell: ends.doorbell,
             fd_lane: Seqpacket::from_fd(ends.fds),
             fd_stash: Mutex::new(FdStash::default()),
+            fd_stashed: Condvar::new(),
         };
+        // The lane reader's tick to notice `close` (its blocking receive is bounded like a futex
+        // wait on a slot).
+        ring.fd_lane
+            .set_timeouts(CLOSE_POLL_DURATION, CLOSE_POLL_DURATION)
+            .map_err(RingError::Setup)?;
         if ring.shared().magic.load(Ordering::Acquire) != MAGIC {
             return Err(RingError::BadMagic);
         }
@@ -437,7 +467,19 @@ impl Ring {
     /// Host: sends `request` through a free slot and waits for the reply frame, written to `reply`.
     /// `Ok(false)`: no slot free or the frame does not fit (use the socket); `Err`: the ring is
     /// closed (the host is shutting down) or the service wrote a bad reply.
-    pub fn call(&self, request: &[u8], reply: &mut Vec<u8>) -> Result<bool, RingError> {
+    ///
+    /// `fd_of`: the call's request id and where to put an fd, for a call whose reply may carry one.
+    /// When no other thread of this host is receiving on the fd lane, this one waits for its reply
+    /// there (blocked in `recvmsg`, the slot marked `by_lane`): the service then writes the reply
+    /// into the slot and sends the request id on the lane, with the fd if there is one, and that one
+    /// `sendmsg` both passes the fd and wakes the caller (no futex round, no second receive). An fd
+    /// that arrives this way is put into `fd_of`; otherwise it is taken with [`Ring::take_fd`].
+    pub fn call(
+        &self,
+        request: &[u8],
+        reply: &mut Vec<u8>,
+        fd_of: Option<(u64, &mut Option<OwnedFd>)>,
+    ) -> Result<bool, RingError> {
         let s = self.shared();
         if s.closed.0.load(Ordering::Acquire) != 0 {
             return Err(RingError::Closed);
@@ -453,9 +495,17 @@ impl Ring {
             return Ok(false);
         };
         copy_in(slot, request);
+        let reader = fd_of.and_then(|(id, out)| Some((id, out, self.become_lane_reader()?)));
+        slot.by_lane
+            .store(u32::from(reader.is_some()), Ordering::Relaxed);
         slot.state.store(REQUEST, Ordering::SeqCst);
         s.up.pending.fetch_or(1 << index, Ordering::SeqCst);
         self.notify_service();
+        if let Some((id, out, received)) = reader {
+            // Returns once the reply is in the slot, the ring closes or the lane ends (then the
+            // wait below notices `closed`).
+            self.wait_on_lane(slot, id, out, received);
+        }
         loop {
             let state = slot.state.load(Ordering::Acquire);
             if state == REPLY {
@@ -475,6 +525,74 @@ impl Ring {
         let copied = copy_out(slot, index, reply);
         slot.state.store(FREE, Ordering::Release);
         copied.map(|()| true)
+    }
+
+    fn lock_stash(&self) -> MutexGuard<'_, FdStash> {
+        // Poisoned only by a panic in this module's own bookkeeping; the stash stays consistent.
+        self.fd_stash.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Host: becomes the one thread receiving on the fd lane, if no other is; gives the receive
+    /// buffer it uses meanwhile.
+    fn become_lane_reader(&self) -> Option<Vec<OwnedFd>> {
+        let mut stash = self.lock_stash();
+        if stash.reader {
+            return None;
+        }
+        stash.reader = true;
+        Some(std::mem::take(&mut stash.received))
+    }
+
+    /// Host: the lane reader receives until its own request id comes (with its fd, if any). What
+    /// comes for another caller (an fd for a caller waiting on its slot) is stashed for it.
+    fn wait_on_lane(&self, slot: &Slot, id: u64, out: &mut Option<OwnedFd>, mut fds: Vec<OwnedFd>) {
+        let mut buf = [0u8; 16];
+        loop {
+            fds.clear();
+            let tag = match self.fd_lane.recv(&mut buf, &mut fds) {
+                Ok(8) => {
+                    let mut tag = [0u8; 8];
+                    tag.copy_from_slice(&buf[..8]);
+                    u64::from_le_bytes(tag)
+                }
+                // Not something the service sends: ignore it.
+                Ok(_) => continue,
+                // A tick: the host may be closing, or the reply came on the slot without a word
+                // on the lane (not how the service answers a caller on the lane, but then the
+                // caller is only late).
+                Err(ChannelError::TimedOut) => {
+                    if self.shared().closed.0.load(Ordering::Acquire) != 0
+                        || slot.state.load(Ordering::Acquire) == REPLY
+                    {
+                        break;
+                    }
+                    continue;
+                }
+                // The lane ended: the service is gone (the caller's wait sees `closed` soon).
+                Err(_) => break,
+            };
+            if tag == id {
+                *out = fds.pop();
+                break;
+            }
+            if let Some(fd) = fds.pop() {
+                let mut stash = self.lock_stash();
+                if stash.kept.len() == FD_STASH {
+                    stash.kept.pop_front();
+                }
+                stash.kept.push_back((tag, fd));
+                if stash.waiting > 0 {
+                    self.fd_stashed.notify_all();
+                }
+            }
+        }
+        fds.clear();
+        let mut stash = self.lock_stash();
+        stash.reader = false;
+        stash.received = fds;
+        if stash.waiting > 0 {
+            self.fd_stashed.notify_all();
+        }
     }
 
     /// Host: announces a frame it just sent on the socket, so that a dispatcher reads the socket
@@ -501,16 +619,40 @@ impl Ring {
     /// Never blocks: an fd that is not there is [`RingError::FdMissing`]. Fds that arrive for other
     /// callers are kept for them; frames that are not one id with one fd are dropped (closed).
     pub fn take_fd(&self, id: u64) -> Result<OwnedFd, RingError> {
-        let mut guard = self.fd_stash.lock().unwrap_or_else(|e| e.into_inner());
-        let FdStash {
-            kept: stash,
-            received: fds,
-        } = &mut *guard;
-        if let Some(at) = stash.iter().position(|(tag, _)| *tag == id) {
-            if let Some((_, fd)) = stash.remove(at) {
-                return Ok(fd);
+        let mut guard = self.lock_stash();
+        loop {
+            let stash = &mut *guard;
+            if let Some(at) = stash.kept.iter().position(|(tag, _)| *tag == id) {
+                if let Some((_, fd)) = stash.kept.remove(at) {
+                    return Ok(fd);
+                }
             }
+            if !stash.reader {
+                return self.receive_fd(stash, id);
+            }
+            // A thread blocked on the lane for its own reply may have taken ours (or be about to):
+            // it stashes it, or stops reading, and says so. Bounded, like every wait on the ring.
+            if self.shared().closed.0.load(Ordering::Acquire) != 0 {
+                return Err(RingError::FdMissing { id });
+            }
+            stash.waiting += 1;
+            let (again, _) = self
+                .fd_stashed
+                .wait_timeout(guard, CLOSE_POLL_DURATION)
+                .unwrap_or_else(|e| e.into_inner());
+            guard = again;
+            guard.waiting -= 1;
         }
+    }
+
+    /// [`Ring::take_fd`] when no thread reads the lane: receives without blocking until `id`'s fd
+    /// comes, stashing the others.
+    fn receive_fd(&self, stash: &mut FdStash, id: u64) -> Result<OwnedFd, RingError> {
+        let FdStash {
+            kept,
+            received: fds,
+            ..
+        } = stash;
         let mut buf = [0u8; 16];
         loop {
             fds.clear();
@@ -528,10 +670,10 @@ impl Ring {
             if tag == id {
                 return Ok(fd);
             }
-            if stash.len() == FD_STASH {
-                stash.pop_front();
+            if kept.len() == FD_STASH {
+                kept.pop_front();
             }
-            stash.push_back((tag, fd));
+            kept.push_back((tag, fd));
         }
     }
 
@@ -721,7 +863,11 @@ impl Ring {
     /// written into its slot. Never blocks: a full lane (the host does not take its fds) is
     /// [`RingError::FdsNotTaken`]. The service's own fd stays the caller's to close.
     pub fn send_fd(&self, id: u64, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), RingError> {
-        match self.fd_lane.try_send(&id.to_le_bytes(), &[fd]) {
+        self.send_on_lane(id, &[fd])
+    }
+
+    fn send_on_lane(&self, id: u64, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<(), RingError> {
+        match self.fd_lane.try_send(&id.to_le_bytes(), fds) {
             Ok(()) => Ok(()),
             Err(ChannelError::TimedOut) => Err(RingError::FdsNotTaken),
             Err(ChannelError::Io(e)) => Err(RingError::FdSend(e)),
@@ -731,6 +877,11 @@ impl Ring {
 
     /// Service: answers a slot it claimed and wakes the waiting plugin thread.
     pub fn reply(&self, index: usize, frame: &[u8]) {
+        let slot = self.write_reply(index, frame);
+        wake(&slot.state, 1);
+    }
+
+    fn write_reply(&self, index: usize, frame: &[u8]) -> &Slot {
         let slot = &self.shared().slots[index % SLOTS];
         // The service only writes frames it encoded itself, and they fit (checked by the caller);
         // a reply that does not fit is cut to an empty frame, which the host reports.
@@ -741,7 +892,32 @@ impl Ring {
         }
         fence(Ordering::Release);
         slot.state.store(REPLY, Ordering::Release);
-        wake(&slot.state, 1);
+        slot
+    }
+
+    /// Service: the caller of a slot it claimed waits for its reply on the fd lane (the host says
+    /// so; a host that says it falsely only delays its own call, or fills its lane and is killed
+    /// for [`RingError::FdsNotTaken`]).
+    pub fn answers_on_lane(&self, index: usize) -> bool {
+        self.shared().slots[index % SLOTS]
+            .by_lane
+            .load(Ordering::Relaxed)
+            != 0
+    }
+
+    /// Service: answers a slot whose caller waits on the fd lane ([`Ring::answers_on_lane`]): the
+    /// reply into the slot, then request `id` on the lane with `fd`, if any, which wakes the
+    /// caller. Never blocks, like [`Ring::send_fd`]. The service's own fd stays the caller's to
+    /// close.
+    pub fn reply_on_lane(
+        &self,
+        index: usize,
+        id: u64,
+        frame: &[u8],
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<(), RingError> {
+        self.write_reply(index, frame);
+        self.send_on_lane(id, fd.as_slice())
     }
 }
 

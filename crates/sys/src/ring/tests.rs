@@ -36,6 +36,7 @@ fn the_published_layout_matches_the_struct() {
     assert_eq!(size_of::<Slot>(), layout::SLOT_SIZE);
     assert_eq!(offset_of!(Slot, data), layout::SLOT_DATA);
     assert_eq!(offset_of!(Slot, len), 4);
+    assert_eq!(offset_of!(Slot, by_lane), layout::SLOT_BY_LANE);
     assert!(size_of::<Shared>() <= layout::SIZE);
 }
 
@@ -59,7 +60,7 @@ fn a_call_through_a_slot_gets_its_reply() {
         let host = host.clone();
         std::thread::spawn(move || {
             let mut reply = Vec::new();
-            assert!(host.call(b"hello ring", &mut reply).expect("call"));
+            assert!(host.call(b"hello ring", &mut reply, None).expect("call"));
             reply
         })
     };
@@ -200,7 +201,9 @@ fn a_length_past_the_slot_is_refused() {
 fn frames_that_do_not_fit_take_the_socket() {
     let (_service, host) = pair();
     let mut reply = Vec::new();
-    assert!(!host.call(&[0; SLOT_BYTES + 1], &mut reply).expect("call"));
+    assert!(!host
+        .call(&[0; SLOT_BYTES + 1], &mut reply, None)
+        .expect("call"));
     assert!(!host.post_answer(&[0; SLOT_BYTES + 1]));
 }
 
@@ -216,7 +219,7 @@ fn closing_wakes_a_waiting_caller() {
     let host = std::sync::Arc::new(host);
     let caller = {
         let host = host.clone();
-        std::thread::spawn(move || host.call(b"never served", &mut Vec::new()))
+        std::thread::spawn(move || host.call(b"never served", &mut Vec::new(), None))
     };
     // The caller either sees `closed` before it sleeps or is woken by `close`.
     host.close();
@@ -348,7 +351,7 @@ fn every_slot_of_many_threads_is_served_exactly_once() {
                 for i in 0..500u32 {
                     let request = [t, (i & 0xff) as u8, (i >> 8) as u8];
                     let mut reply = Vec::new();
-                    if host.call(&request, &mut reply).expect("call") {
+                    if host.call(&request, &mut reply, None).expect("call") {
                         assert_eq!(reply, [request[0], request[1], request[2], 1]);
                     }
                 }
@@ -380,4 +383,117 @@ fn every_slot_of_many_threads_is_served_exactly_once() {
     }
     done.store(true, Ordering::Release);
     server.join().expect("server");
+}
+
+/// Calls waiting on the fd lane (one reader at a time) mixed with calls waiting on their slots,
+/// answered with and without fds: every caller gets its own reply and exactly its own fd, whoever
+/// received it from the lane, and no call is left waiting.
+#[test]
+fn lane_readers_and_slot_waiters_each_get_their_own_reply_and_fd() {
+    // A lost wake-up would leave a caller waiting for ever: bounded here, it fails the test.
+    let (finished, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        lane_readers_and_slot_waiters();
+        let _ = finished.send(());
+    });
+    done.recv_timeout(Duration::from_secs(120))
+        .expect("every call was answered (a caller panicked or waits for ever)");
+}
+
+fn lane_readers_and_slot_waiters() {
+    let (service, host) = pair();
+    let host = std::sync::Arc::new(host);
+    let lane_replies = std::sync::Arc::new(AtomicU64::new(0));
+    let callers: Vec<_> = (0..8u8)
+        .map(|t| {
+            let host = host.clone();
+            std::thread::spawn(move || {
+                for i in 0..500u32 {
+                    let id = u64::from(t) << 32 | u64::from(i);
+                    let request = id.to_le_bytes();
+                    let mut reply = Vec::new();
+                    let mut lane_fd = None;
+                    // Every other call of a thread may wait on the lane.
+                    let fd_of = (i % 2 == 0).then_some((id, &mut lane_fd));
+                    assert!(host.call(&request, &mut reply, fd_of).expect("call"));
+                    assert_eq!(reply[..8], request, "thread {t} call {i}");
+                    // The service answers every third call with an fd (its id as text).
+                    if reply[8] == 1 {
+                        let fd = match lane_fd {
+                            Some(fd) => fd,
+                            None => host.take_fd(id).expect("take"),
+                        };
+                        assert_eq!(read_all(&fd), id.to_string().as_bytes());
+                    } else {
+                        assert!(lane_fd.is_none(), "an fd came with an error answer");
+                    }
+                }
+            })
+        })
+        .collect();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = {
+        let (done, lane_replies) = (done.clone(), lane_replies.clone());
+        std::thread::spawn(move || {
+            let mut frame = Vec::new();
+            while !done.load(Ordering::Acquire) {
+                let seen = service.seq();
+                let claimed = service.claim_requests();
+                for index in (0..SLOTS).filter(|i| claimed & (1 << i) != 0) {
+                    service.request(index, &mut frame).expect("request");
+                    let id = u64::from_le_bytes(frame[..8].try_into().expect("id"));
+                    let pipe = (id % 3 == 0).then(|| pipe_with(id.to_string().as_bytes()));
+                    frame.push(u8::from(pipe.is_some()));
+                    let fd = pipe.as_ref().map(|p| p.as_fd());
+                    if service.answers_on_lane(index) {
+                        lane_replies.fetch_add(1, Ordering::Relaxed);
+                        service
+                            .reply_on_lane(index, id, &frame, fd)
+                            .expect("reply on lane");
+                    } else {
+                        if let Some(fd) = fd {
+                            service.send_fd(id, fd).expect("send");
+                        }
+                        service.reply(index, &frame);
+                    }
+                }
+                if claimed == 0 {
+                    service.set_dispatcher(true);
+                    service.wait(seen, Duration::from_millis(5));
+                }
+            }
+        })
+    };
+    for caller in callers {
+        caller.join().expect("caller");
+    }
+    done.store(true, Ordering::Release);
+    server.join().expect("server");
+    // Both ways were taken (one reader at a time: the other lane-capable calls waited on slots).
+    let on_lane = lane_replies.load(Ordering::Relaxed);
+    assert!(
+        on_lane > 0 && on_lane < 4000,
+        "{on_lane} of 4000 replies on the lane"
+    );
+}
+
+/// A caller waiting on the fd lane for a reply that never comes returns when the host closes the
+/// ring.
+#[test]
+fn a_lane_reader_returns_when_the_ring_closes() {
+    let (_service, host) = pair();
+    let host = std::sync::Arc::new(host);
+    let caller = {
+        let host = host.clone();
+        std::thread::spawn(move || {
+            let mut fd = None;
+            host.call(b"never served", &mut Vec::new(), Some((1, &mut fd)))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    host.close();
+    assert!(matches!(
+        caller.join().expect("caller"),
+        Err(RingError::Closed)
+    ));
 }
