@@ -10,6 +10,9 @@
  * woken and the doorbell rung (ph_ring_post; for `hook`: hook_seq is bumped and the host's main
  * thread woken, as the service does after posting a hook).
  *
+ * By lane: with $PH_RING_BY_LANE = 1 (slots only), the slot's by_lane word is set before each post,
+ * as a host thread waiting for its reply on the fd lane does (this plugin never reads that lane).
+ *
  * Repeat: with $PH_RING_REPEAT = n (default 1), once the service answered the slot (state REPLY) the
  * plugin frees it and posts the same frame again, n times in all, without ever taking what the
  * service passed with the replies (an fd on the ring's fd lane, for a call that answers with one),
@@ -25,7 +28,7 @@
  * ignores SIGTERM/SIGINT/SIGHUP, closes every fd and pauses forever; it must die with the host.
  *
  * Env: PH_LOG, PH_MARKER (optional), PH_FRAME_HEX, PH_FRAME_LEN, PH_RING_TARGET, PH_RING_SLOT,
- * PH_RING_WHEN, PH_RING_REPEAT.
+ * PH_RING_WHEN, PH_RING_REPEAT, PH_RING_BY_LANE.
  * Tests expect (tests/tests/ring.rs): `loaded`, `witness pid=`, `ring name=plughost-ring:<plugin>
  * doorbell=<fd>`, `sending bytes=`; the service kills the host for a protocol violation naming what
  * the frame was ("plugin 'hostile_ring_writer' crashed: protocol violation: ..."), the VM start fails
@@ -69,6 +72,14 @@ static int prepare(void)
     return 0;
 }
 
+/* Sets the target slot's by_lane word when $PH_RING_BY_LANE asks for it (before the post). */
+static void mark_by_lane(void)
+{
+    if (target < 0 || target >= (int)PH_RING_SLOTS || strcmp(ph_env("PH_RING_BY_LANE", "0"), "1") != 0)
+        return;
+    atomic_store((_Atomic uint32_t *)(ph_ring_slot(&ring, target) + PH_RING_SLOT_BY_LANE), 1u);
+}
+
 static void post(void)
 {
     ph_log("sending bytes=%zu target=%s len=%u", frame_len,
@@ -76,6 +87,7 @@ static void post(void)
            : target == PH_RING_HOOK ? "hook"
                                     : "slot",
            claimed_len);
+    mark_by_lane();
     int rc = ph_ring_post(&ring, target, frame, frame_len, claimed_len);
     if (rc != 0) {
         ph_log("post_failed error=%d", rc);
@@ -90,6 +102,7 @@ static void post(void)
         while (atomic_load(state) != PH_RING_STATE_REPLY)
             sched_yield();
         atomic_store(state, PH_RING_STATE_FREE);
+        mark_by_lane();
         if (ph_ring_post(&ring, target, frame, frame_len, claimed_len) != 0)
             break;
     }

@@ -331,6 +331,37 @@ fn a_host_that_never_takes_its_fds_is_killed_and_the_service_keeps_none() {
     a.finish();
 }
 
+/// The same through slots marked `by_lane` (the caller says it waits for its reply on the fd
+/// lane, and never reads it): whether the replies carry an fd (`execute_binary`) or not (an
+/// unknown session's `mount_folder`), the lane fills, the service's send fails at once, and the
+/// host is killed for it.
+#[test]
+fn a_host_that_asks_for_replies_on_the_fd_lane_and_never_reads_them_is_killed() {
+    let _serial = serial();
+    let error_frame = call_frame(ApiCall::MountFolder {
+        session: SessionId(99),
+        host_path: "/".into(),
+        vm_path: "/mnt/lane".into(),
+        read_only: true,
+        name: "lane".into(),
+    });
+    for frame in [true_frame(), error_frame] {
+        let repeat = |c: PluginConfig| {
+            writer(Target::Slot, When::Hook, &frame, None)(c)
+                .env("PH_RING_REPEAT", "100000")
+                .env("PH_RING_BY_LANE", "1")
+        };
+        let a = or_abort("a VM start with a lane hoarder", || {
+            attack_in_vm_started_with(WRITER, repeat, HOARDER)
+        });
+        assert_found_the_ring(&a);
+        let served = a.manager.plugins()[0].api_calls;
+        assert!(served > 32, "the lane filled after {served} calls");
+        a.assert_service_carries_on(2);
+        a.finish();
+    }
+}
+
 #[test]
 fn call_posted_on_the_hook_lane_is_a_protocol_violation() {
     let _serial = serial();
