@@ -898,6 +898,39 @@ fn processes_in_a_users_vm_are_bounded() {
     assert_eq!(root.ok().stdout, "all\n");
 }
 
+/// A VM that eats the machine's memory: every process plughostd starts in a VM (its init, the
+/// programs run there, and so all their children) starts as the first the kernel's OOM killer takes
+/// (`oom_score_adj` 1000), so the daemon, its plugin hosts and other users' programs outlive a
+/// runaway program. A default, not a bound: on this kernel any process may lower its own score
+/// back to 0 (SECURITY.md, "Not bounded"). The daemon keeps its own score.
+#[test]
+fn a_users_vm_processes_start_as_the_first_the_oom_killer_takes() {
+    if !need_root("a_users_vm_processes_start_as_the_first_the_oom_killer_takes") {
+        return;
+    }
+    let world = World::new(vec![]);
+    let daemon = world.start();
+    let out = daemon.ctl_as(
+        USER,
+        &[
+            "exec",
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat /proc/self/oom_score_adj /proc/1/oom_score_adj",
+        ],
+    );
+    assert_eq!(out.ok().stdout, "1000\n1000\n");
+    let own = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", daemon.pid()))
+        .expect("the daemon's oom_score_adj");
+    assert_ne!(
+        own.trim(),
+        "1000",
+        "the daemon made itself the OOM killer's first choice"
+    );
+    daemon.ctl_as(USER, &["vm", "stop"]).ok();
+}
+
 /// What plughostctl prints comes from plugins and users (a veto's message, a rootfs path, a
 /// package, os-release fields): its control characters are shown escaped, so a plugin cannot
 /// drive the terminal of the user (root, here) who started a VM, nor forge a line there.

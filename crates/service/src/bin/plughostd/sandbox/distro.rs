@@ -17,8 +17,8 @@ use super::trees::{
     attach_tree, clone_tree, idmap_or_warn, open_or_make_target, set_tree_attrs, MOUNT_ATTR_NODEV,
 };
 use super::{
-    bind_to_parent, child_end, die, fork_bound, mirror_exit, pivot_into, reap_forever, say,
-    unshare, wait_child,
+    bind_to_parent, child_end, die, first_for_the_oom_killer, fork_bound, mirror_exit, pivot_into,
+    reap_forever, say, unshare, wait_child,
 };
 
 /// Attaches the rootfs in the VM and starts the distribution's init as the VM's root.
@@ -123,6 +123,7 @@ pub fn distro_init(root: &Path, parent: u32) -> ! {
         die("PR_SET_DUMPABLE", e);
     }
     bind_to_parent(parent);
+    first_for_the_oom_killer();
     let vm = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()

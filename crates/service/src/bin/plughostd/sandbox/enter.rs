@@ -19,7 +19,10 @@ use super::trees::{
     attach_tree, clone_tree, idmap_or_warn, open_or_make_target, set_tree_attrs, MOUNT_ATTR_NODEV,
     MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
 };
-use super::{bind_to_parent, die, die_errno, fresh_session_keyring, leave_the_daemons_session};
+use super::{
+    bind_to_parent, die, die_errno, first_for_the_oom_killer, fresh_session_keyring,
+    leave_the_daemons_session,
+};
 
 /// What `__vm-enter` does once inside. The fds each operation needs come on the control socket
 /// (its stdin), the target's pidfd first: no pid number is ever trusted to still name the VM.
@@ -122,6 +125,7 @@ pub(super) fn enter_namespaces(
 /// `__vm-enter`: see the module docs.
 pub fn vm_enter(parent: u32, init_pid: u32, op: EnterOp) -> ! {
     bind_to_parent(parent);
+    first_for_the_oom_killer();
     leave_the_daemons_session();
     fresh_session_keyring();
     // Nothing in the VM may ptrace us while we still hold root's identity on the host.

@@ -14,8 +14,8 @@ use rustix::process::Signal;
 use rustix::thread::UnshareFlags;
 
 use super::{
-    bind_to_parent, die, fork_bound, fresh_session_keyring, leave_the_daemons_session, mirror_exit,
-    pivot_into, reap_forever, say, unshare, wait_child,
+    bind_to_parent, die, first_for_the_oom_killer, fork_bound, fresh_session_keyring,
+    leave_the_daemons_session, mirror_exit, pivot_into, reap_forever, say, unshare, wait_child,
 };
 
 /// What `__vm-init` needs: where to build, and the user namespace's maps (see `ids.rs`).
@@ -37,6 +37,7 @@ pub struct VmInit {
 /// `__vm-init`: see the module docs.
 pub fn vm_init(init: &VmInit) -> ! {
     bind_to_parent(init.parent);
+    first_for_the_oom_killer();
     leave_the_daemons_session();
     fresh_session_keyring();
     let flags =
