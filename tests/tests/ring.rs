@@ -230,13 +230,7 @@ fn attack_through_the_ring(target: Target, frame: &[u8], claimed_len: Option<u32
 #[test]
 fn slot_length_past_the_slot_is_a_protocol_violation() {
     let _serial = serial();
-    let mount = call_frame(ApiCall::MountFolder {
-        session: SessionId(1),
-        host_path: "/".into(),
-        vm_path: "/mnt/x".into(),
-        read_only: true,
-        name: "x".into(),
-    });
+    let mount = mount_frame(1, "/", "x");
     attack_through_the_ring(
         Target::Slot,
         &mount,
@@ -282,13 +276,7 @@ fn garbage_in_a_slot_is_a_protocol_violation() {
 #[test]
 fn truncated_frame_in_a_slot_is_a_protocol_violation() {
     let _serial = serial();
-    let mount = call_frame(ApiCall::MountFolder {
-        session: SessionId(1),
-        host_path: "/".repeat(200),
-        vm_path: "/mnt/x".into(),
-        read_only: true,
-        name: "x".into(),
-    });
+    let mount = mount_frame(1, &"/".repeat(200), "x");
     attack_through_the_ring(
         Target::Slot,
         &mount[..mount.len() / 2],
@@ -296,6 +284,17 @@ fn truncated_frame_in_a_slot_is_a_protocol_violation() {
         "plugin 'hostile_ring_writer' crashed: protocol violation: sent a malformed frame through \
          the call ring: malformed message body: Hit the end of buffer, expected more data",
     );
+}
+
+/// `mount_folder(session, host_path, "/mnt/<name>", read-only, name)`.
+fn mount_frame(session: u32, host_path: &str, name: &str) -> Vec<u8> {
+    call_frame(ApiCall::MountFolder {
+        session: SessionId(session),
+        host_path: host_path.into(),
+        vm_path: format!("/mnt/{name}"),
+        read_only: true,
+        name: name.into(),
+    })
 }
 
 /// `execute_binary(1, "/bin/true", [true])`: its reply carries an fd, which the service passes on
@@ -318,8 +317,27 @@ const HOARDER: &str = "plugin 'hostile_ring_writer' crashed: protocol violation:
 #[test]
 fn a_host_that_never_takes_its_fds_is_killed_and_the_service_keeps_none() {
     let _serial = serial();
+    hoard_the_fd_lane(&true_frame(), false);
+}
+
+/// The same through slots marked `by_lane` (the caller says it waits for its reply on the fd
+/// lane, and never reads it): whether the replies carry an fd (`execute_binary`) or not (an
+/// unknown session's `mount_folder`), the lane fills, the service's send fails at once, and the
+/// host is killed for it.
+#[test]
+fn a_host_that_asks_for_replies_on_the_fd_lane_and_never_reads_them_is_killed() {
+    let _serial = serial();
+    hoard_the_fd_lane(&true_frame(), true);
+    hoard_the_fd_lane(&mount_frame(99, "/", "lane"), true);
+}
+
+/// A VM start whose plugin posts `frame` in a slot again and again (marked `by_lane` or not) and
+/// never reads the fd lane: killed once the lane is full, the service unharmed.
+fn hoard_the_fd_lane(frame: &[u8], by_lane: bool) {
     let repeat = |c: PluginConfig| {
-        writer(Target::Slot, When::Hook, &true_frame(), None)(c).env("PH_RING_REPEAT", "100000")
+        writer(Target::Slot, When::Hook, frame, None)(c)
+            .env("PH_RING_REPEAT", "100000")
+            .env("PH_RING_BY_LANE", if by_lane { "1" } else { "0" })
     };
     let a = or_abort("a VM start with an fd hoarder", || {
         attack_in_vm_started_with(WRITER, repeat, HOARDER)
@@ -331,47 +349,10 @@ fn a_host_that_never_takes_its_fds_is_killed_and_the_service_keeps_none() {
     a.finish();
 }
 
-/// The same through slots marked `by_lane` (the caller says it waits for its reply on the fd
-/// lane, and never reads it): whether the replies carry an fd (`execute_binary`) or not (an
-/// unknown session's `mount_folder`), the lane fills, the service's send fails at once, and the
-/// host is killed for it.
-#[test]
-fn a_host_that_asks_for_replies_on_the_fd_lane_and_never_reads_them_is_killed() {
-    let _serial = serial();
-    let error_frame = call_frame(ApiCall::MountFolder {
-        session: SessionId(99),
-        host_path: "/".into(),
-        vm_path: "/mnt/lane".into(),
-        read_only: true,
-        name: "lane".into(),
-    });
-    for frame in [true_frame(), error_frame] {
-        let repeat = |c: PluginConfig| {
-            writer(Target::Slot, When::Hook, &frame, None)(c)
-                .env("PH_RING_REPEAT", "100000")
-                .env("PH_RING_BY_LANE", "1")
-        };
-        let a = or_abort("a VM start with a lane hoarder", || {
-            attack_in_vm_started_with(WRITER, repeat, HOARDER)
-        });
-        assert_found_the_ring(&a);
-        let served = a.manager.plugins()[0].api_calls;
-        assert!(served > 32, "the lane filled after {served} calls");
-        a.assert_service_carries_on(2);
-        a.finish();
-    }
-}
-
 #[test]
 fn call_posted_on_the_hook_lane_is_a_protocol_violation() {
     let _serial = serial();
-    let mount = call_frame(ApiCall::MountFolder {
-        session: SessionId(1),
-        host_path: "/".into(),
-        vm_path: "/mnt/lane".into(),
-        read_only: true,
-        name: "lane".into(),
-    });
+    let mount = mount_frame(1, "/", "lane");
     attack_through_the_ring(
         Target::Lane,
         &mount,

@@ -358,31 +358,54 @@ fn every_slot_of_many_threads_is_served_exactly_once() {
             })
         })
         .collect();
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let server = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let mut frame = Vec::new();
-            while !done.load(Ordering::Acquire) {
-                let seen = service.seq();
-                let claimed = service.claim_requests();
-                for index in (0..SLOTS).filter(|i| claimed & (1 << i) != 0) {
-                    service.request(index, &mut frame).expect("request");
-                    frame.push(1);
-                    service.reply(index, &frame);
-                }
-                if claimed == 0 {
-                    service.set_dispatcher(true);
-                    service.wait(seen, Duration::from_millis(5));
-                }
-            }
-        })
-    };
+    let server = Server::start(service, |service, index, frame| {
+        frame.push(1);
+        service.reply(index, frame);
+    });
     for caller in callers {
         caller.join().expect("caller");
     }
-    done.store(true, Ordering::Release);
-    server.join().expect("server");
+    server.stop();
+}
+
+/// A service thread serving every slot it claims with `serve` (given the slot's request frame),
+/// until stopped.
+struct Server {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Server {
+    fn start(
+        service: Ring,
+        mut serve: impl FnMut(&Ring, usize, &mut Vec<u8>) + Send + 'static,
+    ) -> Server {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut frame = Vec::new();
+                while !done.load(Ordering::Acquire) {
+                    let seen = service.seq();
+                    let claimed = service.claim_requests();
+                    for index in (0..SLOTS).filter(|i| claimed & (1 << i) != 0) {
+                        service.request(index, &mut frame).expect("request");
+                        serve(&service, index, &mut frame);
+                    }
+                    if claimed == 0 {
+                        service.set_dispatcher(true);
+                        service.wait(seen, Duration::from_millis(5));
+                    }
+                }
+            })
+        };
+        Server { done, thread }
+    }
+
+    fn stop(self) {
+        self.done.store(true, Ordering::Release);
+        self.thread.join().expect("server");
+    }
 }
 
 /// Calls waiting on the fd lane (one reader at a time) mixed with calls waiting on their slots,
@@ -431,44 +454,30 @@ fn lane_readers_and_slot_waiters() {
             })
         })
         .collect();
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let server = {
-        let (done, lane_replies) = (done.clone(), lane_replies.clone());
-        std::thread::spawn(move || {
-            let mut frame = Vec::new();
-            while !done.load(Ordering::Acquire) {
-                let seen = service.seq();
-                let claimed = service.claim_requests();
-                for index in (0..SLOTS).filter(|i| claimed & (1 << i) != 0) {
-                    service.request(index, &mut frame).expect("request");
-                    let id = u64::from_le_bytes(frame[..8].try_into().expect("id"));
-                    let pipe = (id % 3 == 0).then(|| pipe_with(id.to_string().as_bytes()));
-                    frame.push(u8::from(pipe.is_some()));
-                    let fd = pipe.as_ref().map(|p| p.as_fd());
-                    if service.answers_on_lane(index) {
-                        lane_replies.fetch_add(1, Ordering::Relaxed);
-                        service
-                            .reply_on_lane(index, id, &frame, fd)
-                            .expect("reply on lane");
-                    } else {
-                        if let Some(fd) = fd {
-                            service.send_fd(id, fd).expect("send");
-                        }
-                        service.reply(index, &frame);
-                    }
+        let lane_replies = lane_replies.clone();
+        Server::start(service, move |service, index, frame| {
+            let id = u64::from_le_bytes(frame[..8].try_into().expect("id"));
+            let pipe = (id % 3 == 0).then(|| pipe_with(id.to_string().as_bytes()));
+            frame.push(u8::from(pipe.is_some()));
+            let fd = pipe.as_ref().map(|p| p.as_fd());
+            if service.answers_on_lane(index) {
+                lane_replies.fetch_add(1, Ordering::Relaxed);
+                service
+                    .reply_on_lane(index, id, frame, fd)
+                    .expect("reply on lane");
+            } else {
+                if let Some(fd) = fd {
+                    service.send_fd(id, fd).expect("send");
                 }
-                if claimed == 0 {
-                    service.set_dispatcher(true);
-                    service.wait(seen, Duration::from_millis(5));
-                }
+                service.reply(index, frame);
             }
         })
     };
     for caller in callers {
         caller.join().expect("caller");
     }
-    done.store(true, Ordering::Release);
-    server.join().expect("server");
+    server.stop();
     // Both ways were taken (one reader at a time: the other lane-capable calls waited on slots).
     let on_lane = lane_replies.load(Ordering::Relaxed);
     assert!(
