@@ -226,7 +226,13 @@ fn hook_id(frame: &HookFrame) -> u64 {
 /// The host's main thread: serves hooks (answering each on the lane) until the channel closes;
 /// the request ids it served.
 fn serve_hooks(demux: &'static Demux) -> std::thread::JoinHandle<Vec<u64>> {
-    let main = std::thread::Builder::new().name("idle-main".into());
+    serve_hooks_as(demux, "idle-main")
+}
+
+/// [`serve_hooks`] on a thread of that name (a test that looks for its own main thread among the
+/// process's tasks names it: the other tests, running in parallel, have theirs).
+fn serve_hooks_as(demux: &'static Demux, name: &str) -> std::thread::JoinHandle<Vec<u64>> {
+    let main = std::thread::Builder::new().name(name.into());
     main.spawn(move || {
         let mut frame = HookFrame::new();
         let mut ids = Vec::new();
@@ -366,7 +372,8 @@ fn a_shutdown_behind_a_socket_reply_reaches_the_main_thread() {
 #[test]
 fn a_socket_closed_without_a_word_still_ends_the_main_thread() {
     let (demux, socket, ring) = demux();
-    let main = serve_hooks(demux);
+    // A name of its own: another test's main thread asleep on its ring is not this one.
+    let main = serve_hooks_as(demux, "closed-main");
     assert_eq!(dispatch(&socket, &ring, &hook_frame(7, 8)), 7);
     // Closed only once the main thread sleeps on the ring (its first look at the socket would see
     // the end at once): its task's wait channel says futex (or, where the kernel hides wait
@@ -397,7 +404,7 @@ fn a_socket_closed_without_a_word_still_ends_the_main_thread() {
                         .and_then(|at| stat[at + 1..].split_whitespace().next())
                         == Some("S")
                 });
-                read("comm").is_ok_and(|comm| comm.trim() == "idle-main")
+                read("comm").is_ok_and(|comm| comm.trim() == "closed-main")
                     && sleeping
                     && (read("wchan").is_ok_and(|wchan| wchan.contains("futex"))
                         || read("syscall").is_ok_and(|call| futex_wait(&call)))
