@@ -62,6 +62,11 @@
 //!   blocking or fill it): the service only watches it (the pool's own wake-ups use an eventfd only
 //!   the service holds).
 //!
+//! # Files
+//! This file: the layout, the errors, setting the ring up and the wake-ups both sides use;
+//! `host.rs`: the host's side (calls, the fd lane's reader and stash, the main thread's hooks);
+//! `service.rs`: the service's side (claiming, answering, hooks); `tests.rs`.
+//!
 //! # Safety
 //! This module maps memory and waits on futexes in it. The region is only ever accessed as the
 //! `#[repr(C)]` [`Shared`] of atomics, which are sound to access concurrently from other processes.
@@ -69,18 +74,16 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rustix::event::{eventfd, EventfdFlags};
 use rustix::fs::{MemfdFlags, SealFlags};
-use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 use rustix::thread::futex;
 
 use crate::channel::{ChannelError, Seqpacket};
-use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 
 /// Request slots: at most this many calls of one host are in flight through the ring (more take
 /// the socket).
@@ -244,23 +247,6 @@ pub struct HostEnds {
     pub fds: OwnedFd,
 }
 
-/// Most fds a host keeps that arrived for another caller and were not taken yet (an honest host
-/// has at most one per slot in flight); past it the oldest is closed.
-const FD_STASH: usize = 2 * SLOTS;
-
-/// The host's fds received on the fd lane for another caller, and the buffer each receive fills
-/// (kept, so taking an fd allocates nothing).
-#[derive(Default)]
-struct FdStash {
-    kept: VecDeque<(u64, OwnedFd)>,
-    received: Vec<OwnedFd>,
-    /// A host thread is blocked receiving on the fd lane for its own reply (it holds `received`
-    /// meanwhile): a message it takes for another caller reaches that caller only through `kept`.
-    reader: bool,
-    /// Threads in [`Ring::take_fd`] waiting for that reader to stash their fd.
-    waiting: u32,
-}
-
 /// One end of the ring: the mapping, the doorbell eventfd and the fd lane.
 pub struct Ring {
     shared: NonNull<Shared>,
@@ -269,7 +255,7 @@ pub struct Ring {
     /// Host: fds received for another caller than the one that read them, by request id, and who
     /// reads the lane. A leaf lock, held across non-blocking receives only (never across the lane
     /// reader's blocking one).
-    fd_stash: Mutex<FdStash>,
+    fd_stash: Mutex<host::FdStash>,
     /// Host: signalled when the lane reader stashed an fd or stopped reading (only when
     /// `FdStash::waiting` says someone waits: a notify is a syscall).
     fd_stashed: Condvar,
@@ -399,7 +385,7 @@ impl Ring {
             shared,
             doorbell,
             fd_lane,
-            fd_stash: Mutex::new(FdStash::default()),
+            fd_stash: Mutex::new(host::FdStash::default()),
             fd_stashed: Condvar::new(),
         };
         ring.shared().magic.store(MAGIC, Ordering::Release);
@@ -426,7 +412,7 @@ impl Ring {
             shared,
             doorbell: ends.doorbell,
             fd_lane: Seqpacket::from_fd(ends.fds),
-            fd_stash: Mutex::new(FdStash::default()),
+            fd_stash: Mutex::new(host::FdStash::default()),
             fd_stashed: Condvar::new(),
         };
         // The lane reader's tick to notice `close` (its blocking receive is bounded like a futex
@@ -449,298 +435,6 @@ impl Ring {
         let _ = rustix::io::write(&self.doorbell, &1u64.to_ne_bytes());
     }
 
-    // ---- host side ----
-
-    /// Host: tells the service there is something new (after a publish).
-    fn notify_service(&self) {
-        let s = self.shared();
-        s.up.seq.fetch_add(1, Ordering::SeqCst);
-        if s.down.owner.load(Ordering::SeqCst) == DISPATCHER {
-            if s.down.waiting.load(Ordering::SeqCst) != 0 {
-                wake(&s.up.seq, u32::MAX);
-            }
-        } else {
-            self.ring_doorbell();
-        }
-    }
-
-    /// Host: sends `request` through a free slot and waits for the reply frame, written to `reply`.
-    /// `Ok(false)`: no slot free or the frame does not fit (use the socket); `Err`: the ring is
-    /// closed (the host is shutting down) or the service wrote a bad reply.
-    ///
-    /// `fd_of`: the call's request id and where to put an fd, for a call whose reply may carry one.
-    /// When no other thread of this host is receiving on the fd lane, this one waits for its reply
-    /// there (blocked in `recvmsg`, the slot marked `by_lane`): the service then writes the reply
-    /// into the slot and sends the request id on the lane, with the fd if there is one, and that one
-    /// `sendmsg` both passes the fd and wakes the caller (no futex round, no second receive). An fd
-    /// that arrives this way is put into `fd_of`; otherwise it is taken with [`Ring::take_fd`].
-    pub fn call(
-        &self,
-        request: &[u8],
-        reply: &mut Vec<u8>,
-        fd_of: Option<(u64, &mut Option<OwnedFd>)>,
-    ) -> Result<bool, RingError> {
-        let s = self.shared();
-        if s.closed.0.load(Ordering::Acquire) != 0 {
-            return Err(RingError::Closed);
-        }
-        if request.len() > SLOT_BYTES {
-            return Ok(false);
-        }
-        let Some((index, slot)) = s.slots.iter().enumerate().find(|(_, slot)| {
-            slot.state
-                .compare_exchange(FREE, WRITING, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-        }) else {
-            return Ok(false);
-        };
-        copy_in(slot, request);
-        let reader = fd_of.and_then(|(id, out)| Some((id, out, self.become_lane_reader()?)));
-        slot.by_lane
-            .store(u32::from(reader.is_some()), Ordering::Relaxed);
-        slot.state.store(REQUEST, Ordering::SeqCst);
-        s.up.pending.fetch_or(1 << index, Ordering::SeqCst);
-        self.notify_service();
-        if let Some((id, out, received)) = reader {
-            // Returns once the reply is in the slot, the ring closes or the lane ends (then the
-            // wait below notices `closed`).
-            self.wait_on_lane(slot, id, out, received);
-        }
-        loop {
-            let state = slot.state.load(Ordering::Acquire);
-            if state == REPLY {
-                break;
-            }
-            if s.closed.0.load(Ordering::Acquire) != 0 {
-                // The slot stays taken: the process is about to end.
-                return Err(RingError::Closed);
-            }
-            // Bounded: `close` cannot change the slot's word, so a caller that checked `closed`
-            // just before it was set looks again within CLOSE_POLL.
-            match futex::wait(&slot.state, futex::Flags::empty(), state, Some(&CLOSE_POLL)) {
-                Ok(()) | Err(Errno::AGAIN) | Err(Errno::INTR) | Err(Errno::TIMEDOUT) => {}
-                Err(e) => return Err(RingError::Setup(e.into())),
-            }
-        }
-        let copied = copy_out(slot, index, reply);
-        slot.state.store(FREE, Ordering::Release);
-        copied.map(|()| true)
-    }
-
-    fn lock_stash(&self) -> MutexGuard<'_, FdStash> {
-        // Poisoned only by a panic in this module's own bookkeeping; the stash stays consistent.
-        self.fd_stash.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Host: becomes the one thread receiving on the fd lane, if no other is; gives the receive
-    /// buffer it uses meanwhile.
-    fn become_lane_reader(&self) -> Option<Vec<OwnedFd>> {
-        let mut stash = self.lock_stash();
-        if stash.reader {
-            return None;
-        }
-        stash.reader = true;
-        Some(std::mem::take(&mut stash.received))
-    }
-
-    /// Host: the lane reader receives until its own request id comes (with its fd, if any). What
-    /// comes for another caller (an fd for a caller waiting on its slot) is stashed for it.
-    fn wait_on_lane(&self, slot: &Slot, id: u64, out: &mut Option<OwnedFd>, mut fds: Vec<OwnedFd>) {
-        let mut buf = [0u8; 16];
-        loop {
-            fds.clear();
-            let tag = match self.fd_lane.recv(&mut buf, &mut fds) {
-                Ok(8) => {
-                    let mut tag = [0u8; 8];
-                    tag.copy_from_slice(&buf[..8]);
-                    u64::from_le_bytes(tag)
-                }
-                // Not something the service sends: ignore it.
-                Ok(_) => continue,
-                // A tick: the host may be closing, or the reply came on the slot without a word
-                // on the lane (not how the service answers a caller on the lane, but then the
-                // caller is only late).
-                Err(ChannelError::TimedOut) => {
-                    if self.shared().closed.0.load(Ordering::Acquire) != 0
-                        || slot.state.load(Ordering::Acquire) == REPLY
-                    {
-                        break;
-                    }
-                    continue;
-                }
-                // The lane ended: the service is gone (the caller's wait sees `closed` soon).
-                Err(_) => break,
-            };
-            if tag == id {
-                *out = fds.pop();
-                break;
-            }
-            if let Some(fd) = fds.pop() {
-                let mut stash = self.lock_stash();
-                if stash.kept.len() == FD_STASH {
-                    stash.kept.pop_front();
-                }
-                stash.kept.push_back((tag, fd));
-                if stash.waiting > 0 {
-                    self.fd_stashed.notify_all();
-                }
-            }
-        }
-        fds.clear();
-        let mut stash = self.lock_stash();
-        stash.reader = false;
-        stash.received = fds;
-        if stash.waiting > 0 {
-            self.fd_stashed.notify_all();
-        }
-    }
-
-    /// Host: announces a frame it just sent on the socket, so that a dispatcher reads the socket
-    /// without depending on any other service thread.
-    pub fn announce_socket_frame(&self) {
-        self.shared().up.socket.fetch_add(1, Ordering::SeqCst);
-        self.notify_service();
-    }
-
-    /// Host: posts a hook's answer on the lane. `false`: it does not fit (use the socket).
-    pub fn post_answer(&self, frame: &[u8]) -> bool {
-        if frame.len() > SLOT_BYTES {
-            return false;
-        }
-        let lane = &self.shared().lane;
-        copy_in(lane, frame);
-        lane.state.store(REQUEST, Ordering::SeqCst);
-        self.notify_service();
-        true
-    }
-
-    /// Host: takes the fd the service passed with the reply to request `id` (call it once the
-    /// reply is in the slot: the service sent the fd before writing the reply, so it is queued).
-    /// Never blocks: an fd that is not there is [`RingError::FdMissing`]. Fds that arrive for other
-    /// callers are kept for them; frames that are not one id with one fd are dropped (closed).
-    pub fn take_fd(&self, id: u64) -> Result<OwnedFd, RingError> {
-        let mut guard = self.lock_stash();
-        loop {
-            let stash = &mut *guard;
-            if let Some(at) = stash.kept.iter().position(|(tag, _)| *tag == id) {
-                if let Some((_, fd)) = stash.kept.remove(at) {
-                    return Ok(fd);
-                }
-            }
-            if !stash.reader {
-                return self.receive_fd(stash, id);
-            }
-            // A thread blocked on the lane for its own reply may have taken ours (or be about to):
-            // it stashes it, or stops reading, and says so. Bounded, like every wait on the ring.
-            if self.shared().closed.0.load(Ordering::Acquire) != 0 {
-                return Err(RingError::FdMissing { id });
-            }
-            stash.waiting += 1;
-            let (again, _) = self
-                .fd_stashed
-                .wait_timeout(guard, CLOSE_POLL_DURATION)
-                .unwrap_or_else(|e| e.into_inner());
-            guard = again;
-            guard.waiting -= 1;
-        }
-    }
-
-    /// [`Ring::take_fd`] when no thread reads the lane: receives without blocking until `id`'s fd
-    /// comes, stashing the others.
-    fn receive_fd(&self, stash: &mut FdStash, id: u64) -> Result<OwnedFd, RingError> {
-        let FdStash {
-            kept,
-            received: fds,
-            ..
-        } = stash;
-        let mut buf = [0u8; 16];
-        loop {
-            fds.clear();
-            let len = match self.fd_lane.try_recv(&mut buf, fds) {
-                Ok(Some(len)) => len,
-                Ok(None) | Err(_) => return Err(RingError::FdMissing { id }),
-            };
-            if len != 8 || fds.len() != 1 {
-                continue;
-            }
-            let mut tag = [0u8; 8];
-            tag.copy_from_slice(&buf[..8]);
-            let tag = u64::from_le_bytes(tag);
-            let Some(fd) = fds.pop() else { continue };
-            if tag == id {
-                return Ok(fd);
-            }
-            if kept.len() == FD_STASH {
-                kept.pop_front();
-            }
-            kept.push_back((tag, fd));
-        }
-    }
-
-    /// Host: wakes every thread waiting for a reply (and the main thread); their calls fail from
-    /// now on.
-    pub fn close(&self) {
-        let s = self.shared();
-        s.closed.0.store(1, Ordering::SeqCst);
-        for slot in &s.slots {
-            wake(&slot.state, u32::MAX);
-        }
-        self.wake_main_for_socket();
-    }
-
-    /// Host (main thread): the hook word, read before looking at the hook-request lane and the
-    /// socket (see [`Ring::wait_main`]).
-    pub fn main_word(&self) -> u32 {
-        self.shared().down.hook_seq.load(Ordering::SeqCst)
-    }
-
-    /// Host (main thread): how often the socket was announced (compare with the last value seen;
-    /// the host's own threads can write any number here, so this only says "look at the socket").
-    pub fn main_socket_word(&self) -> u32 {
-        self.shared().down.socket.load(Ordering::SeqCst)
-    }
-
-    /// Host (main thread): says it is about to sleep on the hook word (`true`, before its last look
-    /// at the hook-request lane and the socket) or is busy (`false`: the service then skips the
-    /// futex wake).
-    pub fn main_waits(&self, waiting: bool) {
-        self.shared()
-            .up
-            .main_waiting
-            .store(u32::from(waiting), Ordering::SeqCst);
-    }
-
-    /// Host (main thread): takes the hook the service posted on the hook-request lane, if one is
-    /// there, into the start of `out`; its length. `Err`: the lane claims more than it holds (the
-    /// service never writes that: the host's own threads scribbled on it).
-    pub fn take_hook(&self, out: &mut [u8]) -> Result<Option<usize>, RingError> {
-        let hook = &self.shared().hook;
-        if hook.state.load(Ordering::Acquire) != REQUEST {
-            return Ok(None);
-        }
-        // Only the main thread takes hooks, so the lane is free again before the copy: the service
-        // posts the next hook only after this one's answer.
-        hook.state.store(FREE, Ordering::Relaxed);
-        copy_out_into(hook, out).map(Some)
-    }
-
-    /// Host (main thread): sleeps until the hook word moves from `seen` (a hook was posted, the
-    /// service sent on the socket, a host thread wants the main thread) or `timeout` passes
-    /// (`false`).
-    pub fn wait_main(&self, seen: u32, timeout: Duration) -> bool {
-        let ts = rustix::event::Timespec {
-            tv_sec: timeout.as_secs() as i64,
-            tv_nsec: timeout.subsec_nanos().into(),
-        };
-        let waited = futex::wait(
-            &self.shared().down.hook_seq,
-            futex::Flags::empty(),
-            seen,
-            Some(&ts),
-        );
-        waited != Err(Errno::TIMEDOUT)
-    }
-
     /// Either side: tells the host's main thread to look at the socket (a frame was sent down it,
     /// or it ended) and at the demux (a host thread routed something to it), and wakes it.
     pub fn wake_main_for_socket(&self) {
@@ -759,167 +453,10 @@ impl Ring {
             wake(&s.down.hook_seq, 1);
         }
     }
-
-    // ---- service side ----
-
-    /// Service: the publish counter, read before looking at the ring (see [`Ring::wait`]).
-    pub fn seq(&self) -> u32 {
-        self.shared().up.seq.load(Ordering::SeqCst)
-    }
-
-    /// Service: how many socket frames the host announced (compare with the last value seen; the
-    /// host can write any number here, so this only says "look at the socket").
-    pub fn socket_frames(&self) -> u32 {
-        self.shared().up.socket.load(Ordering::SeqCst)
-    }
-
-    /// Service: a dispatcher takes over the ring (its hook is about to be sent) or hands it back.
-    pub fn set_dispatcher(&self, dispatching: bool) {
-        let owner = if dispatching { DISPATCHER } else { POOL };
-        self.shared().down.owner.store(owner, Ordering::SeqCst);
-    }
-
-    /// Service (dispatcher): sleeps until the host publishes after `seen` was read, someone calls
-    /// [`Ring::wake_service`], or `timeout` passes.
-    pub fn wait(&self, seen: u32, timeout: Duration) {
-        let s = self.shared();
-        s.down.waiting.store(1, Ordering::SeqCst);
-        let ts = rustix::event::Timespec {
-            tv_sec: timeout.as_secs() as i64,
-            tv_nsec: timeout.subsec_nanos().into(),
-        };
-        let _ = futex::wait(&s.up.seq, futex::Flags::empty(), seen, Some(&ts));
-        s.down.waiting.store(0, Ordering::Relaxed);
-    }
-
-    /// Service: wakes a dispatcher waiting on this ring (the host died, or a frame came on the socket).
-    pub fn wake_service(&self) {
-        let s = self.shared();
-        s.up.seq.fetch_add(1, Ordering::SeqCst);
-        wake(&s.up.seq, u32::MAX);
-    }
-
-    /// Service (dispatcher): posts a hook's frame on the hook-request lane and wakes the host's
-    /// main thread. `false`: it does not fit (send it on the socket, then
-    /// [`Ring::wake_main_for_socket`]). Nothing is read back from the lane: the host may have
-    /// written anything there.
-    pub fn post_hook(&self, frame: &[u8]) -> bool {
-        if frame.len() > SLOT_BYTES {
-            return false;
-        }
-        let hook = &self.shared().hook;
-        copy_in(hook, frame);
-        hook.state.store(REQUEST, Ordering::SeqCst);
-        self.wake_main();
-        true
-    }
-
-    /// Service: takes the hook answer from the lane, if one is there.
-    pub fn take_answer(&self, out: &mut Vec<u8>) -> Result<bool, RingError> {
-        let lane = &self.shared().lane;
-        if lane
-            .state
-            .compare_exchange(REQUEST, SERVING, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            return Ok(false);
-        }
-        let copied = copy_out(lane, 0, out).map_err(|e| match e {
-            RingError::BadLength { len, .. } => RingError::BadLaneLength { len },
-            other => other,
-        });
-        lane.state.store(FREE, Ordering::Release);
-        copied.map(|()| true)
-    }
-
-    /// Service: claims every slot with a request waiting, as a bit mask of slot indices. Only the
-    /// slots the host marked pending are looked at; a mark on a slot without a request is ignored.
-    pub fn claim_requests(&self) -> u32 {
-        let s = self.shared();
-        if s.up.pending.load(Ordering::Relaxed) == 0 {
-            return 0;
-        }
-        let marked = s.up.pending.swap(0, Ordering::SeqCst);
-        let mut claimed = 0u32;
-        for index in (0..SLOTS).filter(|i| marked & (1 << i) != 0) {
-            if s.slots[index]
-                .state
-                .compare_exchange(REQUEST, SERVING, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
-                claimed |= 1 << index;
-            }
-        }
-        claimed
-    }
-
-    /// Service: the request frame of a slot it claimed.
-    pub fn request(&self, index: usize, out: &mut Vec<u8>) -> Result<(), RingError> {
-        let slot = &self.shared().slots[index % SLOTS];
-        copy_out(slot, index, out)
-    }
-
-    /// Service: passes `fd` on the fd lane for the reply to request `id`, before that reply is
-    /// written into its slot. Never blocks: a full lane (the host does not take its fds) is
-    /// [`RingError::FdsNotTaken`]. The service's own fd stays the caller's to close.
-    pub fn send_fd(&self, id: u64, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), RingError> {
-        self.send_on_lane(id, &[fd])
-    }
-
-    fn send_on_lane(&self, id: u64, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<(), RingError> {
-        match self.fd_lane.try_send(&id.to_le_bytes(), fds) {
-            Ok(()) => Ok(()),
-            Err(ChannelError::TimedOut) => Err(RingError::FdsNotTaken),
-            Err(ChannelError::Io(e)) => Err(RingError::FdSend(e)),
-            Err(e) => Err(RingError::FdSend(std::io::Error::other(e.to_string()))),
-        }
-    }
-
-    /// Service: answers a slot it claimed and wakes the waiting plugin thread.
-    pub fn reply(&self, index: usize, frame: &[u8]) {
-        let slot = self.write_reply(index, frame);
-        wake(&slot.state, 1);
-    }
-
-    fn write_reply(&self, index: usize, frame: &[u8]) -> &Slot {
-        let slot = &self.shared().slots[index % SLOTS];
-        // The service only writes frames it encoded itself, and they fit (checked by the caller);
-        // a reply that does not fit is cut to an empty frame, which the host reports.
-        if frame.len() <= SLOT_BYTES {
-            copy_in(slot, frame);
-        } else {
-            slot.len.store(0, Ordering::Relaxed);
-        }
-        fence(Ordering::Release);
-        slot.state.store(REPLY, Ordering::Release);
-        slot
-    }
-
-    /// Service: the caller of a slot it claimed waits for its reply on the fd lane (the host says
-    /// so; a host that says it falsely only delays its own call, or fills its lane and is killed
-    /// for [`RingError::FdsNotTaken`]).
-    pub fn answers_on_lane(&self, index: usize) -> bool {
-        self.shared().slots[index % SLOTS]
-            .by_lane
-            .load(Ordering::Relaxed)
-            != 0
-    }
-
-    /// Service: answers a slot whose caller waits on the fd lane ([`Ring::answers_on_lane`]): the
-    /// reply into the slot, then request `id` on the lane with `fd`, if any, which wakes the
-    /// caller. Never blocks, like [`Ring::send_fd`]. The service's own fd stays the caller's to
-    /// close.
-    pub fn reply_on_lane(
-        &self,
-        index: usize,
-        id: u64,
-        frame: &[u8],
-        fd: Option<std::os::fd::BorrowedFd<'_>>,
-    ) -> Result<(), RingError> {
-        self.write_reply(index, frame);
-        self.send_on_lane(id, fd.as_slice())
-    }
 }
+
+mod host;
+mod service;
 
 #[cfg(test)]
 mod tests;
