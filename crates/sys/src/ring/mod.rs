@@ -69,7 +69,7 @@
 //!
 //! # Safety
 //! This module maps memory and waits on futexes in it. The region is only ever accessed as the
-//! `#[repr(C)]` [`Shared`] of atomics, which are sound to access concurrently from other processes.
+//! `#[repr(C)]` `Shared` of atomics, which are sound to access concurrently from other processes.
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsFd, OwnedFd};
