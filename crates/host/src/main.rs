@@ -12,7 +12,7 @@
 //!
 //! Then it shakes hands, confines itself as the `Welcome` says (session, umask, limits, user,
 //! no_new_privs, Landlock, seccomp), loads the sealed library, and serves hooks on the main thread (see
-//! `serve.rs` for the thread design). It exits when the channel closes or the service says `Shutdown`.
+//! `serve/mod.rs` for the thread design). It exits when the channel closes or the service says `Shutdown`.
 
 mod fs_sandbox;
 mod seccomp;

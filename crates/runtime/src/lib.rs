@@ -2,7 +2,7 @@
 //! `plughost_api_v1` table whose calls go to a [`Backend`].
 //!
 //! Two users share it:
-//! - the `plughost-host` binary (`crates/host`: `main.rs`, `serve.rs`), where the backend is the
+//! - the `plughost-host` binary (`crates/host`: `main.rs`, `serve/`), where the backend is the
 //!   channel to the service: every API call becomes a [`plughost_wire::ApiCall`] frame;
 //! - the supervisor's in-process mode, where the backend calls the service directly.
 //!

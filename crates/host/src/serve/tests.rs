@@ -5,6 +5,7 @@
 
 use super::*;
 use plughost_wire::{ApiCall, HostMsg, SessionId};
+use std::sync::atomic::Ordering;
 
 fn mount() -> ApiCall {
     ApiCall::MountFolder {

@@ -49,7 +49,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::thread::Thread;
 
@@ -239,71 +239,6 @@ impl Demux {
         }
     }
 
-    /// A call through the ring; gives the call back when it must take the socket (no ring, the
-    /// frame does not fit, or every slot is busy). A reply carrying an fd names the request id;
-    /// its fd is taken from the fd lane.
-    fn call_on_ring(&self, call: ApiCall) -> Result<Result<BackendReply, i32>, ApiCall> {
-        let Some(ring) = self.ring.get() else {
-            return Err(call);
-        };
-        let id = self.ring_ids.fetch_sub(1, Ordering::Relaxed);
-        // A call that may answer with an fd waits for its reply on the fd lane when it can
-        // (`Ring::call`): the fd and the wake-up then come in one message.
-        let mut lane_fd = None;
-        let guess = fd_kind(&call).and_then(|kind| self.last_without_fd.get(kind));
-        let wants_fd = guess.is_some_and(|without| !without.load(Ordering::Relaxed));
-        let msg = HostMsg::Call {
-            id: RequestId(id),
-            call,
-        };
-        let sent = REPLY_BUF.with(|reply| {
-            let mut reply = reply.borrow_mut();
-            let sent = SEND_BUF.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                encode(&msg, &mut buf).ok()?;
-                Some(ring.call(&buf, &mut reply, wants_fd.then_some((id, &mut lane_fd))))
-            });
-            match sent {
-                None | Some(Ok(false)) => None,
-                Some(Ok(true)) => Some(match decode::<ServiceMsg>(&reply) {
-                    Ok(ServiceMsg::Reply {
-                        id: got,
-                        reply: plughost_wire::ApiReply::Fd,
-                    }) if got.0 == id => {
-                        match lane_fd.take().map_or_else(|| ring.take_fd(id), Ok) {
-                            Ok(fd) => Ok((plughost_wire::ApiReply::Fd, Some(fd))),
-                            Err(e) => {
-                                host_log(&format!("call ring: {e}"));
-                                Err(PLUGHOST_E_SHUTTING_DOWN)
-                            }
-                        }
-                    }
-                    Ok(ServiceMsg::Reply { reply, .. }) if reply != plughost_wire::ApiReply::Fd => {
-                        Ok((reply, None))
-                    }
-                    Ok(other) => {
-                        host_log(&format!("unexpected {other:?} in the call ring"));
-                        Err(PLUGHOST_E_SHUTTING_DOWN)
-                    }
-                    Err(e) => {
-                        host_log(&format!("bad frame from the service in the call ring: {e}"));
-                        Err(PLUGHOST_E_SHUTTING_DOWN)
-                    }
-                }),
-                Some(Err(_)) => Some(Err(PLUGHOST_E_SHUTTING_DOWN)),
-            }
-        });
-        if let (Some(without), Some(reply)) = (guess, &sent) {
-            let with_fd = matches!(reply, Ok((plughost_wire::ApiReply::Fd, _)));
-            without.store(!with_fd, Ordering::Relaxed);
-        }
-        match (sent, msg) {
-            (Some(reply), _) => Ok(reply),
-            (None, HostMsg::Call { call, .. }) => Err(call),
-            (None, _) => unreachable!("msg is the call built above"),
-        }
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         // A poisoned lock means a panic in our own routing code: the state is still consistent
         // (every update is a single assignment), so keep serving.
@@ -401,122 +336,6 @@ impl Demux {
                 Received::Msg(msg, fds) => Incoming::Msg(msg, fds),
             })
         })
-    }
-
-    /// The main thread: waits for the next hook; [`MainEvent::Hook`] leaves it in `frame`.
-    pub fn next_hook(&self, frame: &mut HookFrame) -> MainEvent {
-        if let Some(ring) = self.ring.get() {
-            ring.main_waits(true);
-            let event = self.next_hook_on_ring(ring, frame);
-            ring.main_waits(false);
-            return event;
-        }
-        match self.wait(Want::Main(frame)) {
-            Got::Main(event) => event,
-            Got::Reply(_) => MainEvent::Closed,
-        }
-    }
-
-    /// [`Demux::next_hook`] with the ring: the hook-request lane first, then, when the socket word
-    /// moved (or the last sleep timed out), the hooks a reader queued and the socket (read without
-    /// blocking, only when no plugin thread is the reader), then a sleep on the hook word (module
-    /// docs). A hook on the lane costs no lock and no `recvmsg`.
-    fn next_hook_on_ring(&self, ring: &Ring, frame: &mut HookFrame) -> MainEvent {
-        // Set when the last sleep timed out: look at the socket even if nobody announced a frame.
-        let mut look = false;
-        loop {
-            // Read before looking: whatever comes after it moves the word, so the sleep below
-            // returns at once.
-            let seen = ring.main_word();
-            match ring.take_hook(&mut frame.buf) {
-                Ok(Some(len)) => {
-                    frame.len = len;
-                    if let Ok(Some(_)) = decode_hook(&frame.buf[..len]) {
-                        return MainEvent::Hook;
-                    }
-                    // Only the host's own threads can have garbled it: the service wrote a hook.
-                    host_log("a bad hook on the ring: closing");
-                    self.close(&mut self.lock());
-                    return MainEvent::Closed;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    host_log(&format!("closing: {e}"));
-                    self.close(&mut self.lock());
-                    return MainEvent::Closed;
-                }
-            }
-            let socket = ring.main_socket_word();
-            if std::mem::take(&mut look) || frame.socket_seen != Some(socket) {
-                frame.socket_seen = Some(socket);
-                if let Some(event) = self.look_at_socket(frame) {
-                    return event;
-                }
-            }
-            look = !ring.wait_main(seen, self.idle_check);
-            if look {
-                self.idle_timeouts.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// The main thread's look at what the socket (and the demux) hold for it: a hook queued by a
-    /// reader, a closed channel, or (when no plugin thread is the reader) the frames waiting on the
-    /// socket. `None`: nothing for it.
-    fn look_at_socket(&self, frame: &mut HookFrame) -> Option<MainEvent> {
-        {
-            let mut state = self.lock();
-            if let Some(hook) = state.hooks.pop_front() {
-                frame.set(&hook);
-                return Some(MainEvent::Hook);
-            }
-            if state.closed {
-                return Some(MainEvent::Closed);
-            }
-            if state.reader_active {
-                // The reader routes what comes, and wakes this thread through the ring when it
-                // leaves (`promote_one`).
-                return None;
-            }
-            state.reader_active = true;
-        }
-        let hook = self.read_socket_now(frame);
-        let mut state = self.lock();
-        state.reader_active = false;
-        self.promote_one(&mut state, true);
-        if hook {
-            Some(MainEvent::Hook)
-        } else {
-            state.closed.then_some(MainEvent::Closed)
-        }
-    }
-
-    /// The main thread as the socket's reader, without blocking: routes every frame waiting there
-    /// until the socket is empty, it closes, or a hook comes (left in `frame`: `true`).
-    fn read_socket_now(&self, frame: &mut HookFrame) -> bool {
-        loop {
-            match self.try_recv_into(&mut frame.buf) {
-                Ok(None) => return false,
-                Ok(Some(Received::Hook(len))) => {
-                    frame.len = len;
-                    return true;
-                }
-                Ok(Some(Received::Msg(msg, fds))) => {
-                    let mut state = self.lock();
-                    self.route(&mut state, None, *msg, fds);
-                    if state.closed {
-                        return false;
-                    }
-                }
-                Err(e) => {
-                    if !matches!(e, ChannelError::Disconnected) {
-                        host_log(&format!("closing the channel: {e}"));
-                    }
-                    self.close(&mut self.lock());
-                    return false;
-                }
-            }
-        }
     }
 
     /// Marks the channel closed and wakes every waiter.
@@ -667,17 +486,6 @@ impl Demux {
     }
 }
 
-/// The call kinds whose success answers with an fd, each an index of `Demux::last_without_fd`.
-fn fd_kind(call: &ApiCall) -> Option<usize> {
-    match call {
-        ApiCall::ExecuteBinary { .. } => Some(0),
-        ApiCall::ExecuteBinaryInDistribution { .. } => Some(1),
-        ApiCall::ProcessGetFd { .. } => Some(2),
-        ApiCall::ProcessGetExitFd { .. } => Some(3),
-        _ => None,
-    }
-}
-
 impl Backend for Demux {
     fn call(&self, call: ApiCall) -> Result<BackendReply, i32> {
         let call = match self.call_on_ring(call) {
@@ -722,6 +530,8 @@ pub fn host_log(line: &str) {
     eprintln!("plughost-host: {line}");
 }
 
+mod main_thread;
+mod ring_calls;
+
 #[cfg(test)]
-#[path = "serve_tests.rs"]
 mod tests;
