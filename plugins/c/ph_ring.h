@@ -51,7 +51,7 @@
 
 /* plughost_sys::ring::layout (byte offsets in the region). */
 #define PH_RING_SIZE 36864u /* size_of::<Shared>() rounded up to 4096 */
-#define PH_RING_MAGIC 0x50485232u /* "PHR2", at offset 0 */
+#define PH_RING_MAGIC 0x50485233u /* "PHR3", at offset 0 */
 #define PH_RING_UP_SEQ 64u     /* the host's line: seq, socket, pending, main_waiting */
 #define PH_RING_UP_SOCKET 68u
 #define PH_RING_UP_PENDING 72u /* one bit per slot holding a request */

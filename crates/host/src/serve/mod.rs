@@ -6,7 +6,8 @@
 //! the calling thread writes its frame, wakes the service and sleeps on the slot's futex until the
 //! reply is written in place. No other host thread is involved, whatever the main thread is doing.
 //! A reply that carries an fd names the call's request id; the service sent the fd on the ring's fd
-//! lane before writing the reply, so the caller takes it there without waiting ([`Ring::take_fd`]).
+//! lane before writing the reply, so the caller takes it there without another wake-up
+//! ([`Ring::take_fd`]; it waits only for a thread reading the lane to hand it over).
 //! A call of a kind that last answered with an fd waits on the fd lane itself when no other thread
 //! does, so the fd and its wake-up come in one message (`Demux::last_without_fd`, `Ring::call`).
 //! A hook comes down the ring's hook-request lane and its answer goes up the ring's lane. The

@@ -112,16 +112,32 @@ fn serve_one(ring: &Ring, passed: Option<(u64, &[u8])>, named: Option<u64>) {
     let Ok(HostMsg::Call { id, .. }) = decode::<HostMsg>(&frame) else {
         panic!("not a call: {frame:?}");
     };
-    if let Some((tag, text)) = passed {
-        let tag = if tag == 0 { id.0 } else { tag };
-        ring.send_fd(tag, pipe_with(text).as_fd()).expect("send fd");
-    }
+    let passed = passed.map(|(tag, text)| (if tag == 0 { id.0 } else { tag }, pipe_with(text)));
     let reply = ServiceMsg::Reply {
         id: RequestId(named.unwrap_or(id.0)),
         reply: ApiReply::Fd,
     };
     let mut out = Vec::new();
     encode(&reply, &mut out).expect("encode");
+    // As the service does: a caller waiting on the fd lane gets its reply in the slot, then its
+    // request id (with its own fd, if one was passed for it) on the lane; another id's fd goes
+    // on the lane first, as for a caller waiting on its slot.
+    if ring.answers_on_lane(index) {
+        let own = match &passed {
+            Some((tag, fd)) if *tag == id.0 => Some(fd.as_fd()),
+            Some((tag, fd)) => {
+                ring.send_fd(*tag, fd.as_fd()).expect("send fd");
+                None
+            }
+            None => None,
+        };
+        ring.reply_on_lane(index, id.0, &out, own)
+            .expect("reply on the lane");
+        return;
+    }
+    if let Some((tag, fd)) = &passed {
+        ring.send_fd(*tag, fd.as_fd()).expect("send fd");
+    }
     ring.reply(index, &out);
 }
 

@@ -13,7 +13,7 @@ use rustix::io::Errno;
 use rustix::thread::futex;
 
 use super::{
-    copy_in, copy_out, copy_out_into, wake, ChannelError, Ring, RingError, Slot, CLOSE_POLL,
+    copy_in, copy_out, copy_out_into, wake, ChannelError, Ring, RingError, CLOSE_POLL,
     CLOSE_POLL_DURATION, DISPATCHER, FREE, REPLY, REQUEST, SLOTS, SLOT_BYTES, WRITING,
 };
 
@@ -33,6 +33,11 @@ pub(super) struct FdStash {
     /// Threads in [`Ring::take_fd`] waiting for that reader to stash their fd.
     pub(super) waiting: u32,
 }
+
+/// Longest a caller waits in [`Ring::take_fd`] for the lane reader to hand it an fd that the
+/// service sent before writing the reply (so it was on the lane already): the reader stashes it
+/// as soon as it receives it, so only a lost fd (a service bug) waits this long.
+const FD_WAIT: Duration = Duration::from_secs(1);
 
 impl Ring {
     /// Host: tells the service there is something new (after a publish).
@@ -88,7 +93,7 @@ impl Ring {
         if let Some((id, out, received)) = reader {
             // Returns once the reply is in the slot, the ring closes or the lane ends (then the
             // wait below notices `closed`).
-            self.wait_on_lane(slot, id, out, received);
+            self.wait_on_lane(id, out, received);
         }
         loop {
             let state = slot.state.load(Ordering::Acquire);
@@ -129,7 +134,7 @@ impl Ring {
 
     /// Host: the lane reader receives until its own request id comes (with its fd, if any). What
     /// comes for another caller (an fd for a caller waiting on its slot) is stashed for it.
-    fn wait_on_lane(&self, slot: &Slot, id: u64, out: &mut Option<OwnedFd>, mut fds: Vec<OwnedFd>) {
+    fn wait_on_lane(&self, id: u64, out: &mut Option<OwnedFd>, mut fds: Vec<OwnedFd>) {
         let mut buf = [0u8; 16];
         loop {
             fds.clear();
@@ -140,18 +145,20 @@ impl Ring {
                     u64::from_le_bytes(tag)
                 }
                 // Not something the service sends: ignore it.
-                Ok(_) => continue,
-                // A tick: the host may be closing, or the reply came on the slot without a word
-                // on the lane (not how the service answers a caller on the lane, but then the
-                // caller is only late).
+                Ok(_) | Err(ChannelError::Empty) | Err(ChannelError::Oversized { .. }) => continue,
+                // A tick: only a closing host ends the wait here. Not a reply already in the slot:
+                // the service writes it *before* it sends on the lane, so leaving then would
+                // leave this call's fd behind on the lane.
                 Err(ChannelError::TimedOut) => {
-                    if self.shared().closed.0.load(Ordering::Acquire) != 0
-                        || slot.state.load(Ordering::Acquire) == REPLY
-                    {
+                    if self.shared().closed.0.load(Ordering::Acquire) != 0 {
                         break;
                     }
                     continue;
                 }
+                // A message whose fd could not be received (this process is at its fd limit): it
+                // may have been ours, so stop reading; our reply is then in the slot and its fd
+                // is reported missing (the caller's wait below does not depend on the lane).
+                Err(ChannelError::TooManyFds { .. }) => break,
                 // The lane ended: the service is gone (the caller's wait sees `closed` soon).
                 Err(_) => break,
             };
@@ -198,11 +205,14 @@ impl Ring {
         true
     }
 
-    /// Host: takes the fd the service passed with the reply to request `id` (call it once the
-    /// reply is in the slot: the service sent the fd before writing the reply, so it is queued).
-    /// Never blocks: an fd that is not there is [`RingError::FdMissing`]. Fds that arrive for other
-    /// callers are kept for them; frames that are not one id with one fd are dropped (closed).
+    /// Host: takes the fd the service passed with the reply to request `id`, for a caller that
+    /// waited on its slot (call it once the reply is in the slot: the service sent the fd before
+    /// writing the reply, so it is queued). It waits only while another thread reads the lane (that
+    /// thread may hold the fd and stashes it), at most [`FD_WAIT`] in all; an fd that is not there
+    /// is [`RingError::FdMissing`]. Fds that arrive for other callers are kept for them; frames that
+    /// are not one id with one fd are dropped (closed).
     pub fn take_fd(&self, id: u64) -> Result<OwnedFd, RingError> {
+        let started = std::time::Instant::now();
         let mut guard = self.lock_stash();
         loop {
             let stash = &mut *guard;
@@ -216,7 +226,7 @@ impl Ring {
             }
             // A thread blocked on the lane for its own reply may have taken ours (or be about to):
             // it stashes it, or stops reading, and says so. Bounded, like every wait on the ring.
-            if self.shared().closed.0.load(Ordering::Acquire) != 0 {
+            if self.shared().closed.0.load(Ordering::Acquire) != 0 || started.elapsed() > FD_WAIT {
                 return Err(RingError::FdMissing { id });
             }
             stash.waiting += 1;

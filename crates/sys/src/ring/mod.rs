@@ -11,7 +11,8 @@
 //!   the call's request id, 8 bytes little-endian), then writes the reply (naming that id) into the
 //!   slot. The caller, woken by the slot, takes its fd with a non-blocking receive
 //!   ([`Ring::take_fd`]): the message is already queued, so no other wake-up is involved. Error
-//!   replies never touch it. Nothing travels host → service there (the service shut its read side).
+//!   replies to such a caller never touch it. Nothing travels host → service there (the service shut
+//!   its read side).
 //!
 //!   Or the caller waits *on the lane* (one host thread at a time, the lane reader: it marks its
 //!   slot `by_lane` and blocks in `recvmsg`): the service writes the reply into the slot, then
@@ -97,8 +98,10 @@ const CLOSE_POLL: rustix::event::Timespec = rustix::event::Timespec {
     tv_nsec: 50_000_000,
 };
 const CLOSE_POLL_DURATION: Duration = Duration::from_millis(50);
-/// "PHR2": the layout with the hook-request lane (a host of the layout before it refuses the ring).
-const MAGIC: u32 = 0x5048_5232;
+/// "PHR3": the layout with the hook-request lane and the slots' `by_lane` word (a host of an
+/// earlier layout refuses the ring: a service that ignored `by_lane` would leave its caller
+/// waiting on the lane).
+const MAGIC: u32 = 0x5048_5233;
 
 /// Slot states. The host moves FREE → WRITING → REQUEST and REPLY → FREE; the service REQUEST →
 /// SERVING → REPLY.

@@ -132,7 +132,7 @@ impl Ring {
         wake(&slot.state, 1);
     }
 
-    fn write_reply(&self, index: usize, frame: &[u8]) -> &Slot {
+    pub(super) fn write_reply(&self, index: usize, frame: &[u8]) -> &Slot {
         let slot = &self.shared().slots[index % SLOTS];
         // The service only writes frames it encoded itself, and they fit (checked by the caller);
         // a reply that does not fit is cut to an empty frame, which the host reports.

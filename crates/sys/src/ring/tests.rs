@@ -506,3 +506,43 @@ fn a_lane_reader_returns_when_the_ring_closes() {
         Err(RingError::Closed)
     ));
 }
+
+/// The service writes a lane caller's reply into the slot, then sends on the lane; a caller whose
+/// receive ticks between the two (the service thread preempted there) still waits for the lane's
+/// message, so it gets its fd with the wake-up instead of leaving it behind.
+#[test]
+fn a_lane_reader_ticking_between_the_reply_and_its_fd_still_gets_the_fd() {
+    let (service, host) = pair();
+    let host = std::sync::Arc::new(host);
+    let caller = {
+        let host = host.clone();
+        std::thread::spawn(move || {
+            let mut fd = None;
+            let mut reply = Vec::new();
+            assert!(host
+                .call(b"req", &mut reply, Some((7, &mut fd)))
+                .expect("call"));
+            (reply, fd)
+        })
+    };
+    let index = loop {
+        let claimed = service.claim_requests();
+        if claimed != 0 {
+            break claimed.trailing_zeros() as usize;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert!(service.answers_on_lane(index));
+    // `reply_on_lane`'s two steps, with more than a receive tick (50 ms) between them.
+    service.write_reply(index, b"reply");
+    std::thread::sleep(Duration::from_millis(120));
+    service
+        .send_fd(7, pipe_with(b"seven").as_fd())
+        .expect("send");
+    let (reply, fd) = caller.join().expect("caller");
+    assert_eq!(reply, b"reply");
+    assert_eq!(
+        read_all(&fd.expect("the fd came with the wake-up")),
+        b"seven"
+    );
+}
