@@ -43,7 +43,7 @@ fn choose_socket(flag: Option<PathBuf>, env: Option<std::ffi::OsString>) -> Path
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 ///
 /// Unknown fields are an error: a misspelt option is refused, never silently ignored (decoded
-/// through [`StrictRequest`], since serde ignores extra fields of a tagged unit variant).
+/// through `StrictRequest`, since serde ignores extra fields of a tagged unit variant).
 #[serde(rename_all = "snake_case", tag = "op", from = "StrictRequest")]
 pub enum Request {
     VmStart,

@@ -107,7 +107,7 @@ impl CrashReport {
         text
     }
 
-    /// The whole stack, one line per frame, at most [`MAX_TEXT`] bytes.
+    /// The whole stack, one line per frame, at most `MAX_TEXT` bytes.
     pub fn stack(&self) -> String {
         let mut text = String::new();
         for (i, frame) in self.frames.iter().enumerate() {

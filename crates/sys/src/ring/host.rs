@@ -208,7 +208,7 @@ impl Ring {
     /// Host: takes the fd the service passed with the reply to request `id`, for a caller that
     /// waited on its slot (call it once the reply is in the slot: the service sent the fd before
     /// writing the reply, so it is queued). It waits only while another thread reads the lane (that
-    /// thread may hold the fd and stashes it), at most [`FD_WAIT`] in all; an fd that is not there
+    /// thread may hold the fd and stashes it), at most `FD_WAIT` (1 s) in all; an fd that is not there
     /// is [`RingError::FdMissing`]. Fds that arrive for other callers are kept for them; frames that
     /// are not one id with one fd are dropped (closed).
     pub fn take_fd(&self, id: u64) -> Result<OwnedFd, RingError> {

@@ -147,7 +147,7 @@ enum EnterCommand {
         nproc: Option<u64>,
         #[arg(long = "env", allow_hyphen_values = true)]
         env: Vec<String>,
-        /// The program's path, then its whole argv (argv[0] included).
+        /// The program's path, then its whole argv (its first element included).
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
