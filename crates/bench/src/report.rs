@@ -207,9 +207,11 @@ fn ratios(samples: &[Samples]) -> Vec<(&'static str, Option<f64>)> {
     all
 }
 
-/// `pin`: the `api_*` targets are 1.0 × their baseline on one CPU, 2 × unpinned (issue 14).
+/// `pin`: the `api_*` targets are 1.0 × their baseline on one CPU, 2 × wherever a call crosses
+/// CPUs (issue 14 names one CPU and unpinned; split, every peer on the other CPU, is held to the
+/// unpinned limit: each call there is two cross-CPU wake-ups, as in the worst unpinned placement).
 fn targets(samples: &[Samples], pin: Pin) -> Vec<Target> {
-    let api_limit = if pin == Pin::None { 2.0 } else { 1.0 };
+    let api_limit = if pin == Pin::Same { 1.0 } else { 2.0 };
     let at_most = |what, value, limit| Target {
         what,
         value,
@@ -505,7 +507,7 @@ mod tests {
     }
 
     /// A call answering without an fd is held to raw_rtt, one answering with an fd to raw_rtt plus
-    /// fd_pass; 1.0 of that on one CPU, 2.0 unpinned.
+    /// fd_pass; 1.0 of that on one CPU, 2.0 unpinned or split.
     #[test]
     fn daemon_ratios_compare_with_their_own_baselines() {
         let samples = [
@@ -535,7 +537,7 @@ mod tests {
             let r = ratios[case].unwrap();
             assert!((r - 1.1).abs() < 1e-9, "{case}: {r}");
         }
-        for (pin, verdict) in [(Pin::Same, "MISSED"), (Pin::None, "ok")] {
+        for (pin, verdict) in [(Pin::Same, "MISSED"), (Pin::None, "ok"), (Pin::Split, "ok")] {
             let t = targets(&samples, pin);
             let worst = t
                 .iter()
