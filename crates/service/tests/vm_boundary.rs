@@ -132,19 +132,7 @@ fn a_users_distribution_binary_run_by_a_plugin_has_no_power_over_the_host() {
         ),
     );
     let daemon = world.start();
-    daemon
-        .ctl_as(
-            65534,
-            &[
-                "distro",
-                "register",
-                "mine",
-                "--rootfs",
-                rootfs.to_str().expect("utf-8"),
-            ],
-        )
-        .ok();
-    daemon.ctl_as(65534, &["distro", "start", "mine"]).ok();
+    daemon.start_distro_as(65534, "mine", &rootfs);
     let line = world.fx.wait_for("distro_exec");
     assert_eq!(field(&line, "status"), "0", "{line}");
     let out = field(&line, "out").to_owned();
@@ -282,16 +270,7 @@ fn absolute_symlinks_resolve_inside_the_distribution() {
     assert!(!Path::new("/opt/x/busybox").exists());
     setting(&world, "distro_script", "echo alpine=yes");
     let daemon = world.start();
-    daemon
-        .ctl(&[
-            "distro",
-            "register",
-            "alp",
-            "--rootfs",
-            rootfs.to_str().expect("utf-8"),
-        ])
-        .ok();
-    daemon.ctl(&["distro", "start", "alp"]).ok();
+    daemon.start_distro_as(0, "alp", &rootfs);
     let line = world.fx.wait_for("distro_exec");
     assert_eq!(field(&line, "status"), "0", "{line}");
     assert_eq!(said(field(&line, "out"), "alpine"), "yes");
@@ -632,10 +611,7 @@ fn a_vms_root_reaching_the_control_socket_is_refused() {
         ),
     );
     let daemon = world.start();
-    daemon
-        .ctl_as(65534, &["distro", "register", "host", "--rootfs", "/"])
-        .ok();
-    daemon.ctl_as(65534, &["distro", "start", "host"]).ok();
+    daemon.start_distro_as(65534, "host", Path::new("/"));
     let line = world.fx.wait_for("distro_exec");
     assert_eq!(field(&line, "status"), "0", "{line}");
     let out = field(&line, "out").replace('_', " ");
@@ -718,19 +694,7 @@ fn a_vms_root_cannot_take_the_distribution_inits_fds() {
          ls /proc/1/ >/dev/null 2>&1 && echo initdir=yes || echo initdir=no",
     );
     let daemon = world.start();
-    daemon
-        .ctl_as(
-            65534,
-            &[
-                "distro",
-                "register",
-                "fds",
-                "--rootfs",
-                rootfs.to_str().expect("utf-8"),
-            ],
-        )
-        .ok();
-    daemon.ctl_as(65534, &["distro", "start", "fds"]).ok();
+    daemon.start_distro_as(65534, "fds", &rootfs);
     let line = world.fx.wait_for("distro_exec");
     let out = field(&line, "out").to_owned();
     assert_eq!(said(&out, "initdir"), "yes", "{out}");
@@ -793,19 +757,7 @@ fn the_vms_preload_library_never_runs_in_a_daemon_helper() {
     );
     let rootfs = make_rootfs_with(world.dir.path(), "preload-rootfs", &["sh", "echo"]);
     let daemon = world.start();
-    daemon
-        .ctl_as(
-            65534,
-            &[
-                "distro",
-                "register",
-                "pre",
-                "--rootfs",
-                rootfs.to_str().expect("utf-8"),
-            ],
-        )
-        .ok();
-    daemon.ctl_as(65534, &["distro", "start", "pre"]).ok();
+    daemon.start_distro_as(65534, "pre", &rootfs);
     let out = field(&world.fx.wait_for("vm_exec"), "out").to_owned();
     assert_eq!(said(&out, "preload"), "yes", "{out}");
     // The VM's own programs do load it, as the VM's ids: the attack is in place.

@@ -306,6 +306,21 @@ impl Ctl {
 }
 
 impl Daemon {
+    /// Registers `rootfs` as the distribution `name` of `uid` (root's through `ctl`, another uid's
+    /// through `ctl_as`) and starts it; both must succeed.
+    pub fn start_distro_as(&self, uid: u32, name: &str, rootfs: &Path) {
+        let rootfs = rootfs.to_str().expect("utf-8");
+        let ctl = |args: &[&str]| {
+            if uid == 0 {
+                self.ctl(args)
+            } else {
+                self.ctl_as(uid, args)
+            }
+        };
+        ctl(&["distro", "register", name, "--rootfs", rootfs]).ok();
+        ctl(&["distro", "start", name]).ok();
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
