@@ -334,22 +334,31 @@ impl ApiCall {
     }
 
     /// Whether a successful reply carries an fd ([`ApiReply::Fd`]). Through the call ring, that fd
-    /// travels on the ring's fd lane, ahead of the reply that names it (`plughost_sys::ring`).
+    /// travels on the ring's fd lane (`plughost_sys::ring`).
     pub fn answers_with_fd(&self) -> bool {
+        self.fd_call_kind().is_some()
+    }
+
+    /// For a call whose successful reply carries an fd, its kind among those calls: an index
+    /// below [`FD_CALL_KINDS`] (a host keeps per-kind state with it); `None` for the others.
+    pub fn fd_call_kind(&self) -> Option<usize> {
         match self {
-            ApiCall::ExecuteBinary { .. }
-            | ApiCall::ExecuteBinaryInDistribution { .. }
-            | ApiCall::ProcessGetFd { .. }
-            | ApiCall::ProcessGetExitFd { .. } => true,
+            ApiCall::ExecuteBinary { .. } => Some(0),
+            ApiCall::ExecuteBinaryInDistribution { .. } => Some(1),
+            ApiCall::ProcessGetFd { .. } => Some(2),
+            ApiCall::ProcessGetExitFd { .. } => Some(3),
             ApiCall::MountFolder { .. }
             | ApiCall::ContainerMountFolder { .. }
             | ApiCall::ContainerUnmountFolder { .. }
             | ApiCall::ContainerCreateProcess { .. }
             | ApiCall::ProcessGetExitCode { .. }
-            | ApiCall::ProcessRelease { .. } => false,
+            | ApiCall::ProcessRelease { .. } => None,
         }
     }
 }
+
+/// How many [`ApiCall`] kinds answer with an fd ([`ApiCall::fd_call_kind`]).
+pub const FD_CALL_KINDS: usize = 4;
 
 /// The service's answer to one [`ApiCall`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -336,3 +336,41 @@ fn blocked_frame_matches_the_hand_encoding_of_the_sigsys_handler() {
     encode(&HostMsg::Blocked { syscall: 321 }, &mut buf).unwrap();
     assert_eq!(buf, [b'P', b'H', PROTOCOL_VERSION, 0, 5, 0xc1, 0x02]);
 }
+
+/// The calls that answer with an fd each have a kind of their own below `FD_CALL_KINDS`; the
+/// others have none.
+#[test]
+fn each_fd_answering_call_has_its_own_kind() {
+    let fd_calls = [
+        ApiCall::ExecuteBinary {
+            session: SessionId(1),
+            path: "/bin/true".into(),
+            argv: vec![],
+        },
+        ApiCall::ExecuteBinaryInDistribution {
+            session: SessionId(1),
+            distribution: DistributionId([0; 16]),
+            path: "/bin/true".into(),
+            argv: vec![],
+        },
+        ApiCall::ProcessGetFd {
+            process: ProcessHandle(1),
+            which: 1,
+        },
+        ApiCall::ProcessGetExitFd {
+            process: ProcessHandle(1),
+        },
+    ];
+    let mut kinds: Vec<usize> = fd_calls
+        .iter()
+        .map(|call| call.fd_call_kind().expect("an fd call has a kind"))
+        .collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, (0..FD_CALL_KINDS).collect::<Vec<_>>());
+    assert!(fd_calls.iter().all(ApiCall::answers_with_fd));
+    let exit_code = ApiCall::ProcessGetExitCode {
+        process: ProcessHandle(1),
+    };
+    assert_eq!(exit_code.fd_call_kind(), None);
+    assert!(!exit_code.answers_with_fd());
+}

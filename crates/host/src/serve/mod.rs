@@ -142,12 +142,12 @@ pub struct Demux {
     /// from the socket's ids (`State::next_id`, counting up from 1): these count down from
     /// `u64::MAX`.
     ring_ids: AtomicU64,
-    /// Per call kind that answers with an fd when it succeeds (`ring_calls::fd_kind`): whether its last
+    /// Per call kind that answers with an fd when it succeeds (`ApiCall::fd_call_kind`): whether its last
     /// answer through the ring came without one (an error). Until then the next call of that kind
     /// waits for its reply on the fd lane, where the fd comes with the wake-up (`Ring::call`);
     /// after an error it waits on its slot, where an answer without an fd costs less than a
     /// message on the lane.
-    last_without_fd: [AtomicBool; 4],
+    last_without_fd: [AtomicBool; plughost_wire::FD_CALL_KINDS],
     state: Mutex<State>,
     /// The main thread's longest sleep on the ring ([`IDLE_CHECK`]; the tests lengthen it, so that
     /// a lost wake-up shows in `idle_timeouts`).

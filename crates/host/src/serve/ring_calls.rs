@@ -23,7 +23,9 @@ impl Demux {
         // A call that may answer with an fd waits for its reply on the fd lane when it can
         // (`Ring::call`): the fd and the wake-up then come in one message.
         let mut lane_fd = None;
-        let guess = fd_kind(&call).and_then(|kind| self.last_without_fd.get(kind));
+        let guess = call
+            .fd_call_kind()
+            .and_then(|kind| self.last_without_fd.get(kind));
         let wants_fd = guess.is_some_and(|without| !without.load(Ordering::Relaxed));
         let msg = HostMsg::Call {
             id: RequestId(id),
@@ -75,16 +77,5 @@ impl Demux {
             (None, HostMsg::Call { call, .. }) => Err(call),
             (None, _) => unreachable!("msg is the call built above"),
         }
-    }
-}
-
-/// The call kinds whose success answers with an fd, each an index of `Demux::last_without_fd`.
-fn fd_kind(call: &ApiCall) -> Option<usize> {
-    match call {
-        ApiCall::ExecuteBinary { .. } => Some(0),
-        ApiCall::ExecuteBinaryInDistribution { .. } => Some(1),
-        ApiCall::ProcessGetFd { .. } => Some(2),
-        ApiCall::ProcessGetExitFd { .. } => Some(3),
-        _ => None,
     }
 }

@@ -13,7 +13,7 @@ use rustix::io::Errno;
 use rustix::thread::futex;
 
 use super::{
-    copy_in, copy_out, copy_out_into, wake, ChannelError, Ring, RingError, CLOSE_POLL,
+    copy_in, copy_out, copy_out_into, post, wake, ChannelError, Ring, RingError, CLOSE_POLL,
     CLOSE_POLL_DURATION, DISPATCHER, FREE, REPLY, REQUEST, SLOTS, SLOT_BYTES, WRITING,
 };
 
@@ -195,14 +195,11 @@ impl Ring {
 
     /// Host: posts a hook's answer on the lane. `false`: it does not fit (use the socket).
     pub fn post_answer(&self, frame: &[u8]) -> bool {
-        if frame.len() > SLOT_BYTES {
-            return false;
+        let posted = post(&self.shared().lane, frame);
+        if posted {
+            self.notify_service();
         }
-        let lane = &self.shared().lane;
-        copy_in(lane, frame);
-        lane.state.store(REQUEST, Ordering::SeqCst);
-        self.notify_service();
-        true
+        posted
     }
 
     /// Host: takes the fd the service passed with the reply to request `id`, for a caller that

@@ -352,6 +352,17 @@ fn copy_out_into(slot: &Slot, out: &mut [u8]) -> Result<usize, RingError> {
     Ok(len)
 }
 
+/// Writes `frame` into a lane (the hook answer's or the hook-request one) and marks it a request;
+/// `false` when it does not fit (it takes the socket). The caller wakes the other side.
+fn post(lane: &Slot, frame: &[u8]) -> bool {
+    if frame.len() > SLOT_BYTES {
+        return false;
+    }
+    copy_in(lane, frame);
+    lane.state.store(REQUEST, Ordering::SeqCst);
+    true
+}
+
 fn wake(word: &AtomicU32, count: u32) {
     // Not FUTEX_PRIVATE: the word is shared between processes.
     let _ = futex::wake(word, futex::Flags::empty(), count);

@@ -9,8 +9,8 @@ use std::time::Duration;
 use rustix::thread::futex;
 
 use super::{
-    copy_in, copy_out, wake, ChannelError, Ring, RingError, Slot, DISPATCHER, FREE, POOL, REPLY,
-    REQUEST, SERVING, SLOTS, SLOT_BYTES,
+    copy_in, copy_out, post, wake, ChannelError, Ring, RingError, Slot, DISPATCHER, FREE, POOL,
+    REPLY, REQUEST, SERVING, SLOTS, SLOT_BYTES,
 };
 
 impl Ring {
@@ -55,14 +55,11 @@ impl Ring {
     /// [`Ring::wake_main_for_socket`]). Nothing is read back from the lane: the host may have
     /// written anything there.
     pub fn post_hook(&self, frame: &[u8]) -> bool {
-        if frame.len() > SLOT_BYTES {
-            return false;
+        let posted = post(&self.shared().hook, frame);
+        if posted {
+            self.wake_main();
         }
-        let hook = &self.shared().hook;
-        copy_in(hook, frame);
-        hook.state.store(REQUEST, Ordering::SeqCst);
-        self.wake_main();
-        true
+        posted
     }
 
     /// Service: takes the hook answer from the lane, if one is there.
