@@ -104,35 +104,32 @@ impl Host {
             .accept(self.decode_ring(frame)?)
             .map_err(|why| self.violation(why))?;
         let (reply, fd) = self.run_call(call, handler);
-        if self.ring.answers_on_lane(index) {
-            // The caller waits on the fd lane: the reply into the slot, then one message there
-            // (with the fd, if any) passes the fd and wakes it.
-            let sent = SEND_BUF.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                let frame = match encode(&ServiceMsg::Reply { id, reply }, &mut buf) {
-                    Ok(()) => &buf[..],
-                    // A reply is a few bytes; this cannot fail, but never leave the caller waiting.
-                    Err(_) => &[],
-                };
-                let fd = fd.as_ref().map(|fd| fd.as_fd());
-                self.ring.reply_on_lane(index, id.0, frame, fd)
-            });
-            return self.lane_sent(sent);
+        let passed = fd.as_ref().map(|fd| fd.as_fd());
+        let by_lane = self.ring.answers_on_lane(index);
+        // For a caller waiting on its slot the fd goes first, on the fd lane, so that it is queued
+        // when the caller sees the reply (which names it by request id). Never blocking: a host
+        // that leaves its fds untaken until the lane is full is killed, and the fd it did not take
+        // is closed here.
+        if let (false, Some(passed)) = (by_lane, passed) {
+            self.lane_sent(self.ring.send_fd(id.0, passed))?;
         }
-        // The fd goes first, on the fd lane, so that it is queued when the caller sees the reply
-        // (which names it by request id). Never blocking: a host that leaves its fds untaken until
-        // the lane is full is killed, and the fd it did not take is closed here.
-        if let Some(fd) = &fd {
-            self.lane_sent(self.ring.send_fd(id.0, fd.as_fd()))?;
-        }
-        SEND_BUF.with(|buf| {
+        let sent = SEND_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
-            match encode(&ServiceMsg::Reply { id, reply }, &mut buf) {
-                Ok(()) => self.ring.reply(index, &buf),
-                // A reply is a few bytes; this cannot fail, but never leave the caller waiting.
-                Err(_) => self.ring.reply(index, &[]),
+            // A reply is a few bytes: encoding cannot fail, but never leave the caller waiting.
+            let frame: &[u8] = match encode(&ServiceMsg::Reply { id, reply }, &mut buf) {
+                Ok(()) => &buf,
+                Err(_) => &[],
+            };
+            if by_lane {
+                // The caller waits on the fd lane: the reply into the slot, then one message
+                // there (with the fd, if any) passes the fd and wakes it.
+                self.ring.reply_on_lane(index, id.0, frame, passed)
+            } else {
+                self.ring.reply(index, frame);
+                Ok(())
             }
         });
+        self.lane_sent(sent)?;
         // Our copy of the fd is closed once the caller is on its way, not before.
         drop(fd);
         Ok(())

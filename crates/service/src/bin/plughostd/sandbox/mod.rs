@@ -164,8 +164,9 @@ fn fresh_session_keyring() {
 /// Makes this helper, and every process it starts (a VM's init and everything below it, a
 /// distribution's, a program a user or a plugin runs), the first the kernel's OOM killer takes
 /// (`oom_score_adj` 1000): a VM that eats the machine's memory loses its own processes, not the
-/// daemon, a plugin host or another user's programs. Raising the score needs no privilege; lowering
-/// it again needs `CAP_SYS_RESOURCE` in the host's user namespace, which nothing in a VM has.
+/// daemon, a plugin host or another user's programs. A default, not a bound: on the kernels tried,
+/// a process may lower its own score back to 0 without any capability (SECURITY.md, "(not
+/// bounded)").
 fn first_for_the_oom_killer() {
     if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "1000") {
         die("oom_score_adj", e);
