@@ -34,6 +34,23 @@ pub(super) struct FdStash {
     pub(super) waiting: u32,
 }
 
+impl FdStash {
+    /// Keeps `fd`, passed for request `tag`, for its caller; past [`FD_STASH`] the oldest is closed.
+    fn keep(&mut self, tag: u64, fd: OwnedFd) {
+        if self.kept.len() == FD_STASH {
+            self.kept.pop_front();
+        }
+        self.kept.push_back((tag, fd));
+    }
+}
+
+/// The request id a message on the fd lane names (its first 8 bytes, little-endian).
+fn tag_of(message: &[u8; 16]) -> u64 {
+    let mut tag = [0u8; 8];
+    tag.copy_from_slice(&message[..8]);
+    u64::from_le_bytes(tag)
+}
+
 /// Longest a caller waits in [`Ring::take_fd`] for the lane reader to hand it an fd that the
 /// service sent before writing the reply (so it was on the lane already): the reader stashes it
 /// as soon as it receives it, so only a lost fd (a service bug) waits this long.
@@ -91,8 +108,8 @@ impl Ring {
         s.up.pending.fetch_or(1 << index, Ordering::SeqCst);
         self.notify_service();
         if let Some((id, out, received)) = reader {
-            // Returns once the reply is in the slot, the ring closes or the lane ends (then the
-            // wait below notices `closed`).
+            // Returns once its own request id came (the reply is in the slot then), the ring
+            // closes or the lane ends (then the wait below notices `closed`).
             self.wait_on_lane(id, out, received);
         }
         loop {
@@ -139,11 +156,7 @@ impl Ring {
         loop {
             fds.clear();
             let tag = match self.fd_lane.recv(&mut buf, &mut fds) {
-                Ok(8) => {
-                    let mut tag = [0u8; 8];
-                    tag.copy_from_slice(&buf[..8]);
-                    u64::from_le_bytes(tag)
-                }
+                Ok(8) => tag_of(&buf),
                 // Not something the service sends: ignore it.
                 Ok(_) | Err(ChannelError::Empty) | Err(ChannelError::Oversized { .. }) => continue,
                 // A tick: only a closing host ends the wait here. Not a reply already in the slot:
@@ -168,10 +181,7 @@ impl Ring {
             }
             if let Some(fd) = fds.pop() {
                 let mut stash = self.lock_stash();
-                if stash.kept.len() == FD_STASH {
-                    stash.kept.pop_front();
-                }
-                stash.kept.push_back((tag, fd));
+                stash.keep(tag, fd);
                 if stash.waiting > 0 {
                     self.fd_stashed.notify_all();
                 }
@@ -239,33 +249,27 @@ impl Ring {
     /// [`Ring::take_fd`] when no thread reads the lane: receives without blocking until `id`'s fd
     /// comes, stashing the others.
     fn receive_fd(&self, stash: &mut FdStash, id: u64) -> Result<OwnedFd, RingError> {
-        let FdStash {
-            kept,
-            received: fds,
-            ..
-        } = stash;
+        let mut fds = std::mem::take(&mut stash.received);
         let mut buf = [0u8; 16];
-        loop {
+        let found = loop {
             fds.clear();
-            let len = match self.fd_lane.try_recv(&mut buf, fds) {
+            let len = match self.fd_lane.try_recv(&mut buf, &mut fds) {
                 Ok(Some(len)) => len,
-                Ok(None) | Err(_) => return Err(RingError::FdMissing { id }),
+                Ok(None) | Err(_) => break Err(RingError::FdMissing { id }),
             };
             if len != 8 || fds.len() != 1 {
                 continue;
             }
-            let mut tag = [0u8; 8];
-            tag.copy_from_slice(&buf[..8]);
-            let tag = u64::from_le_bytes(tag);
             let Some(fd) = fds.pop() else { continue };
+            let tag = tag_of(&buf);
             if tag == id {
-                return Ok(fd);
+                break Ok(fd);
             }
-            if kept.len() == FD_STASH {
-                kept.pop_front();
-            }
-            kept.push_back((tag, fd));
-        }
+            stash.keep(tag, fd);
+        };
+        fds.clear();
+        stash.received = fds;
+        found
     }
 
     /// Host: wakes every thread waiting for a reply (and the main thread); their calls fail from
